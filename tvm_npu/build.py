@@ -1,0 +1,26 @@
+"""Stage: build. A Relax module becomes a host-executable TVM Relax executable.
+
+Entry point: `build(mod, config)`. The NPU lowering stages hand this stage a module
+whose NPU operators are already `call_tir`s to SRAM-tiled PrimFuncs; what remains is
+lowered by TVM's CPU pipeline (the CPU fallback) and compiled through LLVM.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .errors import EXIT_INTERNAL_ERROR, NpuError, first_line
+from .target import NpuConfig
+
+
+def build(mod: tvm.IRModule, config: NpuConfig) -> relax.Executable:
+    target = config.tvm_target()
+    try:
+        return tvm.compile(mod, target=target)
+    except Exception as err:  # noqa: BLE001 - a TVM failure here is ours to report, not the user's
+        raise NpuError(
+            f"TVM failed to build the model for {target.attrs['model']}: {first_line(err)} "
+            "(a tvm_npu bug: rerun with --debug and report it)",
+            EXIT_INTERNAL_ERROR,
+        ) from err

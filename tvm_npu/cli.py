@@ -1,0 +1,185 @@
+"""`tvmc`: the command line, following the old TVM tvmc's subcommands and flags.
+
+Argument parsing and error mapping only: each subcommand calls one pipeline entry point.
+Every user-fixable problem ends as one `tvmc: error: ...` line and a documented exit code
+(see tvm_npu.errors); `--debug` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
+from .frontend import parse_input_shapes
+from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
+from .validate import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_RTOL, DEVICES
+
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except NpuError as err:
+        return _fail(args, f"error: {err}", err.exit_code)
+    except KeyboardInterrupt:
+        return _fail(args, "interrupted", EXIT_INTERRUPTED)
+    except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback without --debug
+        message = f"internal error: {type(err).__name__}: {first_line(err)} (rerun with --debug and report it)"
+        return _fail(args, message, EXIT_INTERNAL_ERROR)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"tvmc: {message}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tvmc",
+        description="tvm_npu: compile, run and validate ONNX models for an INT8 NPU target.",
+        epilog="exit codes: 0 ok, 1 validation failed, 2 bad input or usage, 3 could not validate, "
+        "4 internal error, 130 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"tvm_npu {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,validate}")
+
+    compile_cmd = commands.add_parser("compile", help="compile an ONNX model into a package (.tar)")
+    compile_cmd.add_argument("FILE", help="the ONNX model to compile")
+    compile_cmd.add_argument("-o", "--output", default="module.tar", help="package to write (default: module.tar)")
+    compile_cmd.add_argument("--model-format", choices=["onnx"], default="onnx", help="input model format")
+    _add_compile_options(compile_cmd)
+    compile_cmd.set_defaults(handler=_compile)
+
+    run_cmd = commands.add_parser("run", help="run a compiled package on the host CPU")
+    run_cmd.add_argument("FILE", help="the package written by `tvmc compile`")
+    _add_input_options(run_cmd)
+    run_cmd.add_argument("-o", "--outputs", help="write the outputs to this .npz file")
+    run_cmd.add_argument("--print-time", action="store_true", help="print execution time statistics")
+    run_cmd.add_argument("--print-top", type=int, metavar="N", help="print the top N classes of each output")
+    run_cmd.add_argument("--repeat", type=int, default=1, help="timing measurements to take (default: 1)")
+    run_cmd.add_argument("--number", type=int, default=1, help="runs averaged per measurement (default: 1)")
+    run_cmd.set_defaults(handler=_run)
+
+    validate_cmd = commands.add_parser(
+        "validate", help="compare a package (or an ONNX model, compiled first) against OpenVINO"
+    )
+    validate_cmd.add_argument("FILE", help="a package (.tar) or an ONNX model (.onnx)")
+    _add_input_options(validate_cmd)
+    validate_cmd.add_argument("--device", choices=DEVICES, default="AUTO",
+                              help="OpenVINO device: AUTO uses the NPU when present, else the CPU")
+    validate_cmd.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                              help=f"relative tolerance for float outputs (default: {DEFAULT_RTOL})")
+    validate_cmd.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                              help=f"absolute tolerance for float outputs (default: {DEFAULT_ATOL})")
+    validate_cmd.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
+                              help=f"minimum cosine similarity per output (default: {DEFAULT_MIN_COSINE})")
+    validate_cmd.add_argument("--report-json", help="also write the report as JSON to this file")
+    _add_compile_options(validate_cmd)
+    validate_cmd.set_defaults(handler=_validate)
+    return parser
+
+
+def _add_compile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="npu",
+                        help=f"npu or npu/<preset>; presets: {', '.join(PRESETS)} (default: npu = npu/mid)")
+    parser.add_argument("--target-npu-config", metavar="JSON",
+                        help="hardware description file overriding the preset's fields")
+    for name in OVERRIDABLE_FIELDS:
+        kind = int if name in ("sram_kib", "mac_rows", "mac_cols") else float
+        parser.add_argument(f"--target-npu-{name.replace('_', '-')}", dest=name, type=kind, metavar="N",
+                            help=f"override the preset's {name}")
+    parser.add_argument("--input-shapes", help='fix input shapes, e.g. "input:[1,3,224,224] other:[1,10]"')
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--inputs", help="an .npz file with one array per model input")
+    parser.add_argument("--fill-mode", choices=["zeros", "ones", "random"], default="random",
+                        help="fill inputs when --inputs is not given (default: random)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --fill-mode random")
+
+
+def _compile_from_args(args: argparse.Namespace, output: Path):
+    from .pipeline import compile as compile_model
+
+    config = resolve_target(
+        args.target, args.target_npu_config, **{name: getattr(args, name) for name in OVERRIDABLE_FIELDS}
+    )
+    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
+    return compile_model(args.FILE, output=output, target=config, input_shapes=shapes)
+
+
+def _compile(args: argparse.Namespace) -> int:
+    result = _compile_from_args(args, Path(args.output))
+    meta = result.metadata
+    seconds = sum(result.stage_seconds.values())
+    print(f"compiled {meta.model_name} for npu/{meta.npu_config.name} in {seconds:.1f} s -> {result.package_path}")
+    for kind, specs in (("input", meta.inputs), ("output", meta.outputs)):
+        for spec in specs:
+            print(f"  {kind:<7}{spec.name}: {spec.dtype}{list(spec.shape)}")
+    return EXIT_OK
+
+
+def _inputs_from_args(args: argparse.Namespace, model) -> dict[str, np.ndarray]:
+    from .runtime import make_inputs, read_npz
+
+    if args.inputs:
+        return read_npz(args.inputs)
+    return make_inputs(model.inputs, args.fill_mode, args.seed)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runtime import load, write_npz
+
+    model = load(args.FILE)
+    inputs = _inputs_from_args(args, model)
+    outputs = model.run(inputs)
+    if args.outputs:
+        write_npz(args.outputs, outputs)
+    if args.print_top:
+        for name, value in outputs.items():
+            scores = value.reshape(-1)
+            top = np.argsort(scores)[::-1][: args.print_top]
+            print(f"{name}: " + ", ".join(f"class {i}: {scores[i]:.5g}" for i in top))
+    if args.print_time:
+        print(model.benchmark(inputs, repeat=args.repeat, number=args.number))
+    if not (args.outputs or args.print_top or args.print_time):
+        for name, value in outputs.items():
+            print(f"{name}: {value.dtype}{list(value.shape)} min {value.min():.5g} max {value.max():.5g}")
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .runtime import load
+    from .validate import validate
+
+    with tempfile.TemporaryDirectory(prefix="tvm_npu_validate_") as folder:
+        if Path(args.FILE).suffix == ".onnx":
+            package = _compile_from_args(args, Path(folder) / "model.tar").package_path
+        else:
+            package = args.FILE
+        model = load(package)
+    report = validate(model, _inputs_from_args(args, model), args.device, args.rtol, args.atol, args.min_cosine)
+    print(report)
+    if args.report_json:
+        from .atomic import atomic_output
+
+        with atomic_output(args.report_json) as stream:
+            stream.write(json.dumps(report.to_dict(), indent=2).encode())
+    return EXIT_OK if report.passed else EXIT_VALIDATION_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

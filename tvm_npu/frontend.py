@@ -1,0 +1,212 @@
+"""Stage 1, import: an ONNX file becomes a checked, static-shaped, constant-folded Relax module.
+
+Entry point: `import_onnx(path, input_shapes)`. Everything that can be wrong with a
+user's model file is found here, before TVM sees it, and reported as one NpuError line.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tvm
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+from .errors import NpuError, first_line
+
+_SHAPE_ENTRY = re.compile(r"\s*(?P<name>[^\s\[\]]+?):(?P<shape>\[[^\]]*\])\s*")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the compiled package sees it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TensorSpec:
+        return cls(data["name"], tuple(data["shape"]), data["dtype"])
+
+
+@dataclass
+class ImportedModel:
+    """The frontend's product: the Relax module and the interface it was compiled for."""
+
+    mod: tvm.IRModule
+    onnx_model: onnx.ModelProto
+    onnx_bytes: bytes  # self-contained serialization: what the package embeds for reference runs
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    name: str
+
+
+def parse_input_shapes(text: str) -> dict[str, tuple[int, ...]]:
+    """Parses tvmc's `--input-shapes "name:[1,3,224,224] other:[1,10]"` syntax."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    pos = 0
+    while pos < len(text.strip()):
+        match = _SHAPE_ENTRY.match(text, pos)
+        if match is None:
+            raise NpuError(
+                f"cannot parse --input-shapes {text!r}: expected space-separated entries "
+                f"like \"input:[1,3,224,224] other:[1,10]\""
+            )
+        name, shape_text = match["name"], match["shape"]
+        try:
+            shape = tuple(ast.literal_eval(shape_text))
+        except (ValueError, SyntaxError):
+            shape = ()
+        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise NpuError(
+                f"invalid shape {shape_text} for input {name!r} in --input-shapes: "
+                f"dimensions must be positive integers, e.g. {name}:[1,3,224,224]"
+            )
+        shapes[name] = shape
+        pos = match.end()
+    return shapes
+
+
+def format_input_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
+    return " ".join(f"{name}:[{','.join(map(str, shape))}]" for name, shape in shapes.items())
+
+
+def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ImportedModel:
+    """Loads, checks and imports an ONNX model with every input shape static."""
+    path = Path(path)
+    model, onnx_bytes = _load(path)
+    inputs = _resolve_inputs(model, input_shapes or {})
+    _check_operators(model)
+    try:
+        mod = from_onnx(
+            model,
+            shape_dict={spec.name: list(spec.shape) for spec in inputs},
+            dtype_dict={spec.name: spec.dtype for spec in inputs},
+            keep_params_in_input=False,
+        )
+    except tvm.error.OpNotImplemented as err:
+        raise NpuError(f"{path.name}: {err}; remove or replace those operators before compiling") from None
+    except Exception as err:  # noqa: BLE001 - TVM's importer raises many kinds; the message is what matters
+        raise NpuError(f"{path.name}: TVM's ONNX importer rejected the model: {first_line(err)}") from None
+    mod = relax.transform.FoldConstant()(mod)
+    outputs = _output_specs(model, mod, path)
+    return ImportedModel(mod, model, onnx_bytes, inputs, outputs, path.stem)
+
+
+def _load(path: Path) -> tuple[onnx.ModelProto, bytes]:
+    """The parsed, checked model and its self-contained serialization (external data inlined)."""
+    if not path.is_file():
+        raise NpuError(f"model file {path} does not exist; check the path")
+    data = path.read_bytes()
+    if not data:
+        raise NpuError(f"model file {path} is empty; re-export the model")
+    try:
+        model = onnx.load_from_string(data)
+    except (DecodeError, RuntimeWarning, ValueError) as err:
+        raise NpuError(f"{path} is not a valid ONNX model ({first_line(err)}); re-export it from your framework") from None
+    if not model.graph.node:
+        raise NpuError(f"{path} holds no ONNX graph (truncated or not an ONNX file); re-export the model")
+    if any(uses_external_data(init) for init in model.graph.initializer):
+        _load_external_data(model, path)
+        data = model.SerializeToString()
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise NpuError(f"{path} is not a valid ONNX model: {first_line(err)}; re-export it") from None
+    return model, data
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    folder = path.parent.resolve()
+    for init in model.graph.initializer:
+        if not uses_external_data(init):
+            continue
+        location = {entry.key: entry.value for entry in init.external_data}.get("location", "")
+        if not (folder / location).resolve().is_relative_to(folder):
+            raise NpuError(
+                f"{path}: initializer {init.name!r} points outside the model's folder ({location!r}); "
+                "refusing to read it: keep external data files beside the model"
+            )
+    try:
+        load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as err:
+        raise NpuError(f"{path}: cannot read its external data ({first_line(err)}); keep the data files beside the model") from None
+
+
+def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
+    initializers = {init.name for init in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    names = [i.name for i in graph_inputs]
+    unknown = sorted(set(input_shapes) - set(names))
+    if unknown:
+        raise NpuError(
+            f"--input-shapes names unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(names)}"
+        )
+    specs = []
+    for value in graph_inputs:
+        tensor_type = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            raise NpuError(f"input {value.name!r} is not a tensor; only tensor inputs are supported")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
+        if value.name in input_shapes:
+            shape = input_shapes[value.name]
+            if len(shape) != len(declared) or any(
+                isinstance(d, int) and d > 0 and d != s for d, s in zip(declared, shape)
+            ):
+                raise NpuError(
+                    f"--input-shapes gives {value.name!r} shape {list(shape)} but the model declares "
+                    f"{_shape_str(declared)}; give a shape of rank {len(declared)} matching its fixed dimensions"
+                )
+        else:
+            if not all(isinstance(d, int) and d > 0 for d in declared):
+                example = [d if isinstance(d, int) and d > 0 else 1 for d in declared]
+                raise NpuError(
+                    f"input {value.name!r} has dynamic shape {_shape_str(declared)}; fix it with "
+                    f"--input-shapes \"{value.name}:[{','.join(map(str, example))}]\""
+                )
+            shape = tuple(declared)
+        specs.append(TensorSpec(value.name, tuple(shape), dtype))
+    return specs
+
+
+def _check_operators(model: onnx.ModelProto) -> None:
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if foreign:
+        raise NpuError(
+            f"the model uses operators outside the standard ONNX domain ({', '.join(foreign)}); "
+            f"export it with standard ONNX operators only"
+        )
+
+
+def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, path: Path) -> list[TensorSpec]:
+    ret = mod["main"].ret_ty
+    types = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    names = [o.name for o in model.graph.output]
+    specs = []
+    for name, ty in zip(names, types, strict=True):
+        if not isinstance(ty, relax.TensorType) or ty.shape is None:
+            raise NpuError(f"{path.name}: output {name!r} is not a tensor of known rank; such models are not supported")
+        try:
+            shape = tuple(int(d) for d in ty.shape)
+        except TypeError:
+            raise NpuError(
+                f"{path.name}: output {name!r} has a data-dependent shape {ty.shape}; only static shapes are supported"
+            ) from None
+        specs.append(TensorSpec(name, shape, str(ty.dtype)))
+    return specs
+
+
+def _shape_str(dims) -> str:
+    return "[" + ",".join(str(d) for d in dims) + "]"

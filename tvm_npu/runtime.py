@@ -1,0 +1,144 @@
+"""Stage: run. Load a package and execute it on the host CPU through TVM's Relax VM.
+
+Entry points: `load(path)` returning a `CompiledModel`, whose `run(inputs)` and
+`benchmark(inputs, repeat)` are what `tvmc run` calls. Inputs are checked against the
+package's interface (names, shapes, dtypes) before anything reaches TVM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .atomic import atomic_output
+from .errors import NpuError, first_line
+from .frontend import TensorSpec
+from .package import Package, read_package
+
+FILL_MODES = ("zeros", "ones", "random")
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Per-repeat latencies in milliseconds, summarized the way tvmc printed them."""
+
+    ms: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "mean": float(np.mean(self.ms)),
+            "median": float(np.median(self.ms)),
+            "max": float(np.max(self.ms)),
+            "min": float(np.min(self.ms)),
+            "std": float(np.std(self.ms)),
+        }
+
+    def __str__(self) -> str:
+        stats = self.summary()
+        header = "".join(f"{name + ' (ms)':>14}" for name in stats)
+        values = "".join(f"{value:>14.4f}" for value in stats.values())
+        return f"Execution time summary:\n{header}\n{values}"
+
+
+class CompiledModel:
+    """A loaded package, ready to run on the host CPU."""
+
+    def __init__(self, package: Package):
+        self.metadata = package.metadata
+        self.onnx_bytes = package.onnx_bytes  # the model the library was compiled from
+        self.device = tvm.cpu()
+        self._vm = relax.VirtualMachine(package.library, self.device)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.metadata.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.metadata.outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs one inference; returns outputs by name."""
+        result = self._vm["main"](*self._to_device(inputs))
+        values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
+        return {spec.name: value.numpy() for spec, value in zip(self.outputs, values, strict=True)}
+
+    def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 10, number: int = 1) -> Timings:
+        """Times `repeat` measurements of `number` runs each, after one discarded warm-up run."""
+        if repeat < 1 or number < 1:
+            raise NpuError(f"--repeat and --number must be at least 1, got {repeat} and {number}")
+        evaluator = self._vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return Timings(np.array(evaluator(*self._to_device(inputs)).results) * 1e3)
+
+    def _to_device(self, inputs: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
+        check_inputs(self.inputs, inputs)
+        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec.name]), self.device) for spec in self.inputs]
+
+
+def load(path: str | Path) -> CompiledModel:
+    """Opens a package written by `tvm_npu.compile` / `tvmc compile`."""
+    return CompiledModel(read_package(path))
+
+
+def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> None:
+    """Raises NpuError naming the first input whose name, shape or dtype is wrong."""
+    expected = [spec.name for spec in specs]
+    missing = [name for name in expected if name not in inputs]
+    extra = sorted(set(inputs) - set(expected))
+    if missing or extra:
+        problems = [f"missing {', '.join(missing)}" if missing else "", f"unexpected {', '.join(extra)}" if extra else ""]
+        raise NpuError(
+            f"inputs do not match the model ({'; '.join(p for p in problems if p)}); "
+            f"the model takes {', '.join(expected)}"
+        )
+    for spec in specs:
+        value = np.asarray(inputs[spec.name])
+        if value.dtype != np.dtype(spec.dtype) or tuple(value.shape) != spec.shape:
+            raise NpuError(
+                f"input {spec.name!r} is {value.dtype}{list(value.shape)} but the model takes "
+                f"{spec.dtype}{list(spec.shape)}; convert it (e.g. array.astype('{spec.dtype}').reshape({list(spec.shape)}))"
+            )
+
+
+def make_inputs(specs: list[TensorSpec], fill_mode: str = "random", seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs filled like tvmc's --fill-mode (random: uniform [0, 1) floats, full-range integers)."""
+    if fill_mode not in FILL_MODES:
+        raise NpuError(f"unknown fill mode {fill_mode!r}; choose one of {', '.join(FILL_MODES)}")
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if fill_mode == "zeros":
+            inputs[spec.name] = np.zeros(spec.shape, dtype)
+        elif fill_mode == "ones":
+            inputs[spec.name] = np.ones(spec.shape, dtype)
+        elif dtype.kind == "f":
+            inputs[spec.name] = rng.random(spec.shape, dtype=np.float32).astype(dtype)
+        elif dtype.kind == "b":
+            inputs[spec.name] = rng.integers(0, 2, spec.shape).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            inputs[spec.name] = rng.integers(info.min, info.max, spec.shape, dtype=dtype, endpoint=True)
+    return inputs
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads arrays from an .npz file without ever unpickling (a file is data, not code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NpuError(f"inputs file {path} does not exist; check the --inputs path")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except Exception as err:  # noqa: BLE001 - numpy raises many kinds for a bad archive
+        raise NpuError(f"{path} is not a readable .npz of arrays ({first_line(err)}); save it with numpy.savez") from None
+
+
+def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with atomic_output(path) as stream:
+        np.savez(stream, **arrays)
