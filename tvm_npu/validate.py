@@ -49,6 +49,7 @@ class ValidationReport:
             "reference": f"OpenVINO {ov.get_version()}",
             "device": self.device,
             "device_reason": self.device_reason,
+            "properties": reference_properties(self.device),
             "passed": self.passed,
             "outputs": [o.to_dict() for o in self.outputs],
         }
@@ -84,11 +85,20 @@ def choose_device(requested: str = "AUTO") -> tuple[str, str]:
     return "CPU", f"no NPU device on this machine (OpenVINO devices: {', '.join(available)})"
 
 
+def reference_properties(device: str) -> dict[str, str]:
+    """OpenVINO settings for a faithful reference run, recorded in the report.
+
+    OpenVINO's CPU plugin silently computes FP32 models in bf16 on CPUs with AVX512-BF16
+    or AMX; a reference must compute what the model says.
+    """
+    return {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
+
+
 def reference_outputs(onnx_bytes: bytes, inputs: Mapping[str, np.ndarray], device: str) -> dict[str, np.ndarray]:
     """Runs the ONNX model with OpenVINO on `device`."""
     core = ov.Core()
     try:
-        compiled = core.compile_model(core.read_model(onnx_bytes), device)
+        compiled = core.compile_model(core.read_model(onnx_bytes), device, reference_properties(device))
         result = compiled(dict(inputs))
     except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError and friends
         raise NpuError(f"OpenVINO could not run the model on {device}: {first_line(err)}", EXIT_COULD_NOT_VALIDATE) from None

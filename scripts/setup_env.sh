@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sourced by the other scripts: use the active virtual environment, or create .venv, and
+# install tvm_npu (editable, with its pinned dependencies and test extra) into it.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+    python="${PYTHON:-python3.11}"
+    command -v "$python" >/dev/null || python=python3
+    if [ ! -x "$repo/.venv/bin/python" ]; then
+        echo "== creating virtual environment $repo/.venv"
+        "$python" -m venv "$repo/.venv"
+    fi
+    # shellcheck disable=SC1091
+    source "$repo/.venv/bin/activate"
+fi
+stamp="$VIRTUAL_ENV/.tvm_npu_installed"
+if [ ! -f "$stamp" ] || [ "$repo/setup.py" -nt "$stamp" ]; then
+    echo "== installing tvm_npu and its pinned dependencies into $VIRTUAL_ENV"
+    python -m pip install --quiet --upgrade pip
+    python -m pip install --quiet -e "$repo[test]"
+    touch "$stamp"
+fi
