@@ -16,7 +16,11 @@ fi
 stamp="$VIRTUAL_ENV/.tvm_npu_installed"
 if [ ! -f "$stamp" ] || [ "$repo/setup.py" -nt "$stamp" ]; then
     echo "== installing tvm_npu and its pinned dependencies into $VIRTUAL_ENV"
-    python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet -e "$repo[test]"
+    log="$VIRTUAL_ENV/tvm_npu_install.log"
+    if ! { python -m pip install --upgrade pip && python -m pip install -e "$repo[test]"; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "setup failed: pip could not install tvm_npu (full log: $log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi

@@ -22,6 +22,8 @@ def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
     path = check_output_path(path)
     fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
+        # mkstemp creates 0600 files; give the result the mode a plain open() would.
+        os.chmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as stream:
             yield stream
         os.replace(partial, path)
@@ -38,3 +40,9 @@ def check_output_path(path: str | Path) -> Path:
     if not path.parent.is_dir():
         raise NpuError(f"output folder {path.parent} does not exist; create it first")
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
