@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_output
 from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
 from .frontend import parse_input_shapes
+from .pipeline import compile as compile_model
+from .runtime import load, make_inputs, read_npz, write_npz
 from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
-from .validate import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_RTOL, DEVICES
+from .validate import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_RTOL, DEVICES, validate
 
 EXIT_INTERRUPTED = 130
 
@@ -112,8 +115,6 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _compile_from_args(args: argparse.Namespace, output: Path):
-    from .pipeline import compile as compile_model
-
     config = resolve_target(
         args.target, args.target_npu_config, **{name: getattr(args, name) for name in OVERRIDABLE_FIELDS}
     )
@@ -133,16 +134,12 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _inputs_from_args(args: argparse.Namespace, model) -> dict[str, np.ndarray]:
-    from .runtime import make_inputs, read_npz
-
     if args.inputs:
         return read_npz(args.inputs)
     return make_inputs(model.inputs, args.fill_mode, args.seed)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runtime import load, write_npz
-
     model = load(args.FILE)
     inputs = _inputs_from_args(args, model)
     outputs = model.run(inputs)
@@ -162,9 +159,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .runtime import load
-    from .validate import validate
-
     with tempfile.TemporaryDirectory(prefix="tvm_npu_validate_") as folder:
         if Path(args.FILE).suffix == ".onnx":
             package = _compile_from_args(args, Path(folder) / "model.tar").package_path
@@ -174,8 +168,6 @@ def _validate(args: argparse.Namespace) -> int:
     report = validate(model, _inputs_from_args(args, model), args.device, args.rtol, args.atol, args.min_cosine)
     print(report)
     if args.report_json:
-        from .atomic import atomic_output
-
         with atomic_output(args.report_json) as stream:
             stream.write(json.dumps(report.to_dict(), indent=2).encode())
     return EXIT_OK if report.passed else EXIT_VALIDATION_FAILED
