@@ -113,7 +113,9 @@ def read_package(path: str | Path) -> Package:
                     f"{path} is not a tvm_npu package: it must hold exactly the regular files "
                     f"{', '.join(MEMBERS)}, found {sorted(members)}; recompile it"
                 )
-            tar.extractall(folder, members=list(members.values()), filter="data")
+            # Copy the checked members by name: nothing in the archive decides where bytes land.
+            for name, member in members.items():
+                (Path(folder) / name).write_bytes(tar.extractfile(member).read())
             metadata = _read_metadata(Path(folder) / METADATA_NAME, path)
             library_path = Path(folder) / LIBRARY_NAME
             model_path = Path(folder) / MODEL_NAME
