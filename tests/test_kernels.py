@@ -70,6 +70,44 @@ def dense_case(rng, *, n=None, k=None, o=None, x_dtype=None, y_dtype=None):
     return KernelParams(attrs, [_integers(rng, (o, k), "int8"), bias, mult, shift]), [_integers(rng, (n, k), x_dtype)]
 
 
+def elementwise_case(rng, *, op=None, shape=None, a_dtype=None, b_dtype=None):
+    op = op or str(rng.choice(["add", "mul"]))
+    shape = shape or tuple(int(d) for d in rng.integers(1, 9, int(rng.integers(1, 5))))
+    a_dtype, b_dtype = a_dtype or str(rng.choice(["int8", "uint8"])), b_dtype or str(rng.choice(["int8", "uint8"]))
+    y_dtype = str(rng.choice(["int8", "uint8"]))
+    sa, sb = rng.uniform(0.01, 0.1, 2)
+    sy, zy, lo, hi = _output_quant(rng, y_dtype)
+    reals = np.array([sa / sy, sb / sy]) if op == "add" else np.array([sa * sb / sy / 4])
+    _, shift = multiplier(reals.max())
+    attrs = {"op": op, "za": int(rng.integers(-5, 5)) + (128 if a_dtype == "uint8" else 0),
+             "zb": int(rng.integers(-5, 5)) + (128 if b_dtype == "uint8" else 0), "zy": zy, "lo": lo, "hi": hi,
+             "out_dtype": y_dtype, "mults": tuple(int(m) for m in np.round(reals * 2.0 ** int(shift))), "shift": int(shift)}
+    return KernelParams(attrs), [_integers(rng, shape, a_dtype), _integers(rng, shape, b_dtype)]
+
+
+def pool_case(rng, *, mode=None, c=None, hw=None, k=None, stride=None, pad=None, include_pad=None, same_scale=False,
+              x_dtype=None):
+    mode = mode or str(rng.choice(["max", "avg"]))
+    k = k or int(rng.integers(1, 4))
+    stride = stride or int(rng.integers(1, 3))
+    pad = pad if pad is not None else tuple(int(p) for p in rng.integers(0, k, 4))
+    x_dtype = x_dtype or str(rng.choice(["int8", "uint8"]))
+    hw = hw or tuple(int(d) for d in rng.integers(k, k + 8, 2))
+    zx = int(rng.integers(0, 256)) if x_dtype == "uint8" else int(rng.integers(-128, 128))
+    if same_scale:
+        y_dtype, sy, zy, lo, hi, real = x_dtype, 0.05, zx, *activation_bounds(x_dtype, zx, 0.05, False, None), 1.0
+    else:
+        y_dtype = str(rng.choice(["int8", "uint8"]))
+        sy, zy, _, _ = _output_quant(rng, y_dtype)
+        lo, hi = activation_bounds(y_dtype, zy, sy, False, None)  # pools fuse no activation
+        real = rng.uniform(0.05, 0.1) / sy
+    mult, shift = multiplier(real)
+    attrs = {"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": y_dtype, "mult": int(mult), "shift": int(shift),
+             "mode": mode, "pool": (k, k), "strides": (stride, stride), "dilation": (1, 1), "padding": pad,
+             "include_pad": bool(rng.integers(0, 2)) if include_pad is None else include_pad}
+    return KernelParams(attrs), [_integers(rng, (1, c or int(rng.integers(1, 9))) + hw, x_dtype)]
+
+
 CASES = {
     "npu.conv2d": [
         *(lambda rng: conv2d_case(rng) for _ in range(10)),
@@ -85,6 +123,19 @@ CASES = {
         *(lambda rng: dense_case(rng) for _ in range(6)),
         lambda rng: dense_case(rng, n=1, k=1, o=1),
         lambda rng: dense_case(rng, n=3, k=513, o=7, x_dtype="uint8"),
+    ],
+    "npu.elementwise": [
+        *(lambda rng: elementwise_case(rng) for _ in range(6)),
+        lambda rng: elementwise_case(rng, op="add", shape=(1, 7, 5, 3), a_dtype="int8", b_dtype="uint8"),
+        lambda rng: elementwise_case(rng, op="mul", shape=(1,), a_dtype="uint8", b_dtype="uint8"),
+    ],
+    "npu.pool": [
+        *(lambda rng: pool_case(rng) for _ in range(8)),
+        lambda rng: pool_case(rng, mode="max", c=3, hw=(8, 8), k=2, stride=2, pad=(0, 0, 0, 0), same_scale=True),
+        lambda rng: pool_case(rng, mode="max", c=5, hw=(7, 7), k=3, stride=2, pad=(1, 1, 1, 1), x_dtype="uint8"),
+        lambda rng: pool_case(rng, mode="avg", c=5, hw=(5, 5), k=3, stride=1, pad=(1, 1, 1, 1), include_pad=False),
+        lambda rng: pool_case(rng, mode="avg", c=3, hw=(7, 7), k=7, stride=1, pad=(0, 0, 0, 0), include_pad=True),
+        lambda rng: pool_case(rng, mode="avg", c=3, hw=(1, 1), k=1, stride=1, pad=(0, 0, 0, 0), include_pad=True),
     ],
 }
 

@@ -139,13 +139,13 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
 
 
 def format_offloads(operators: list[dict]) -> str:
-    lines = [f"{'name':<12}{'runs on':<14}operators / reason"]
+    lines = [f"{'name':<16}{'runs on':<18}operators / reason"]
     for row in operators:
         where = row["kernel"] if row["runs_on"] == "npu" else "cpu"
         detail = " + ".join(op.removeprefix("relax.") for op in row["ops"])
         if row["reason"]:
             detail += f"  ({row['reason']})"
-        lines.append(f"{row['name']:<12}{where:<14}{detail}")
+        lines.append(f"{row['name']:<16}{where:<18}{detail}")
     return "\n".join(lines)
 
 

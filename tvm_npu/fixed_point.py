@@ -24,7 +24,7 @@ def multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     mant, exp = np.frexp(np.asarray(real, dtype=np.float64))
     m = np.round(mant * (1 << MULTIPLIER_BITS)).astype(np.int64)
     overflow = m == (1 << MULTIPLIER_BITS)  # mantissa rounded up to 1.0: renormalise
-    m[overflow] >>= 1
+    m = np.where(overflow, m >> 1, m)
     shift = (MULTIPLIER_BITS - exp - overflow).astype(np.int64)
     return m, shift
 

@@ -149,5 +149,5 @@ def _cpu_reason(op: str, name: str, anchors: dict[str, str], rejections: dict[st
     if op in _QDQ:
         return "quantization boundary between NPU integers and CPU floats"
     if op in anchors:
-        return f"dtype: float operands ({anchors[op]} needs DequantizeLinear inputs and a QuantizeLinear output)"
+        return f"dtype: runs in float ({anchors[op]} needs DequantizeLinear inputs and a QuantizeLinear output)"
     return f"unsupported op: no NPU kernel for {op}"

@@ -96,6 +96,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     was exported with, and a compiled model cannot take them as inputs anyway.
     """
     model = _copy(model)
+    model.ir_version = max(model.ir_version, 4)  # IR 4+: initializers need not be graph inputs
     graph = model.graph
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     kept_inputs = [i for i in graph.input if i.name not in values]
