@@ -106,7 +106,7 @@ def import_onnx(loaded: OnnxModel) -> ImportedModel:
     """The Relax module of a loaded (possibly quantized) ONNX model."""
     try:
         mod = from_onnx(
-            _clip_as_min_max(loaded.model),
+            loaded.model,
             shape_dict={spec.name: list(spec.shape) for spec in loaded.inputs},
             dtype_dict={spec.name: spec.dtype for spec in loaded.inputs},
             keep_params_in_input=False,
@@ -117,35 +117,6 @@ def import_onnx(loaded: OnnxModel) -> ImportedModel:
         raise NpuError(f"{loaded.name}: TVM's ONNX importer rejected the model: {first_line(err)}") from None
     outputs = _output_specs(loaded.model, mod, loaded.name)
     return ImportedModel(mod, loaded.model, loaded.model.SerializeToString(), loaded.inputs, outputs, loaded.name)
-
-
-def _clip_as_min_max(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Clip with constant bounds as Max/Min nodes (same values, NaN bounds aside).
-
-    TVM imports Clip as opaque `call_tir`s that no pattern can see through; Max and Min import
-    as `R.maximum`/`R.minimum`, which the NPU kernels fuse as ReLU6 / Clip.
-    """
-    consts = {init.name for init in model.graph.initializer}
-    if not any(n.op_type == "Clip" and all(i in consts for i in n.input[1:] if i) for n in model.graph.node):
-        return model
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    nodes = []
-    for node in copy.graph.node:
-        bounds = list(node.input[1:]) + ["", ""]
-        if node.op_type != "Clip" or len(node.input) < 2 or not all(i in consts for i in bounds[:2] if i):
-            nodes.append(node)
-            continue
-        current = node.input[0]
-        for op, bound in (("Max", bounds[0]), ("Min", bounds[1])):
-            if bound:
-                out = f"{node.output[0]}__{op.lower()}"
-                nodes.append(onnx.helper.make_node(op, [current, bound], [out]))
-                current = out
-        nodes.append(onnx.helper.make_node("Identity", [current], [node.output[0]]))
-    del copy.graph.node[:]
-    copy.graph.node.extend(nodes)
-    return copy
 
 
 def _load(path: Path) -> onnx.ModelProto:

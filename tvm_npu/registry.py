@@ -18,7 +18,7 @@ from functools import cache
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.dpl import DFPattern, is_const, is_op
+from tvm.relax.dpl import DFPattern, is_op, wildcard
 
 from .fixed_point import activation_bounds
 
@@ -82,14 +82,8 @@ def dtype_of(expr) -> str:
 
 
 def pattern_activation(x: DFPattern) -> DFPattern:
-    """`x` optionally followed by ReLU, Max/Min with constants (ONNX Clip as the frontend imports it)."""
-    maxed = is_op("relax.maximum")(x, is_const())
-    return (
-        x
-        | is_op("relax.nn.relu")(x)
-        | maxed
-        | is_op("relax.minimum")(x | maxed | is_op("relax.nn.relu")(x), is_const())
-    )
+    """`x` optionally followed by ReLU or a Relax clip (ReLU6 and friends)."""
+    return x | is_op("relax.nn.relu")(x) | is_op("relax.clip")(x, wildcard(), wildcard())
 
 
 class Composite:
@@ -144,9 +138,8 @@ class Composite:
         scale, zp = self.activation_input(q)
         dtype = str(q.attrs.out_dtype)
         relu = bool(self.calls("relax.nn.relu"))
-        lows = [float(self.const(c.args[1])) for c in self.calls("relax.maximum")]
-        highs = [float(self.const(c.args[1])) for c in self.calls("relax.minimum")]
-        clip = (max(lows, default=-np.inf), min(highs, default=np.inf)) if lows or highs else None
+        clips = self.calls("relax.clip")
+        clip = (float(clips[0].args[1].value), float(clips[0].args[2].value)) if clips else None
         lo, hi = activation_bounds(dtype, zp, scale, relu, clip)
         return scale, zp, dtype, lo, hi
 
