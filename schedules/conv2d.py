@@ -17,7 +17,6 @@ from tvm_npu.registry import (
     KernelParams,
     NpuKernel,
     const_value,
-    dtype_of,
     pattern_activation,
     per_tensor_problem,
 )
