@@ -1,7 +1,7 @@
 """NPU kernels, one file per kernel family; installed as `tvm_npu.schedules`.
 
-Each kernel file will register, in one place, the pattern it matches, its integer
-compute, its default SRAM-tiled schedule, its tunable knobs with their SRAM footprint,
-and a NumPy reference. No kernel exists yet: every operator currently runs through
-TVM's default CPU lowering.
+Each module defines `KERNEL = NpuKernel(...)` (see tvm_npu.registry): the pattern it
+offloads, why it refuses a match, its integer parameters, its TE compute and a NumPy
+integer reference. `tvm_npu.registry.kernels()` finds them all; nothing else lists them.
+SRAM-tiled schedules and tunable knobs are the next stage's addition to these files.
 """

@@ -51,5 +51,5 @@ def conv_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def conv_package(conv_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("packages") / "conv.tar"
-    tvm_npu.compile(conv_model, output=out, target="npu/micro")
+    tvm_npu.compile(conv_model, output=out, target="npu/micro", quantize_model=False)
     return out

@@ -32,7 +32,7 @@ def test_help_is_complete(command):
 
 def test_compile_run_validate_end_to_end(conv_model, tmp_path):
     package = tmp_path / "conv.tar"
-    result = run_tvmc("compile", "--target", "npu/micro", conv_model, "-o", package)
+    result = run_tvmc("compile", "--no-quantize", "--target", "npu/micro", conv_model, "-o", package)
     assert result.returncode == 0, result.stderr
     assert "input  x: float32[1, 4, 8, 8]" in result.stdout
 

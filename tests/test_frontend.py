@@ -4,7 +4,7 @@ import pytest
 
 import tvm_npu
 from tvm_npu import NpuError
-from tvm_npu.frontend import format_input_shapes, import_onnx, parse_input_shapes
+from tvm_npu.frontend import format_input_shapes, import_onnx, load_onnx, parse_input_shapes
 
 from conftest import make_conv_model
 
@@ -22,7 +22,7 @@ def test_parse_input_shapes_rejects_garbage(text):
 
 
 def test_import_gives_static_interface(conv_model):
-    imported = import_onnx(conv_model)
+    imported = import_onnx(load_onnx(conv_model))
     assert [(s.name, s.shape, s.dtype) for s in imported.inputs] == [("x", (1, 4, 8, 8), "float32")]
     assert [(s.name, s.shape, s.dtype) for s in imported.outputs] == [("y", (1, 8, 8, 8), "float32")]
 
@@ -30,14 +30,15 @@ def test_import_gives_static_interface(conv_model):
 def test_dynamic_dimension_without_shapes_names_input_and_flag(tmp_path):
     model = make_conv_model(tmp_path / "dyn.onnx", batch="N")
     with pytest.raises(NpuError) as err:
-        import_onnx(model)
+        import_onnx(load_onnx(model))
     message = str(err.value)
     assert "'x'" in message and "[N,4,8,8]" in message and '--input-shapes "x:[1,4,8,8]"' in message
 
 
 def test_input_shapes_fix_dynamic_dimensions(tmp_path):
     model = make_conv_model(tmp_path / "dyn.onnx", batch="N")
-    result = tvm_npu.compile(model, output=tmp_path / "dyn.tar", target="npu/micro", input_shapes={"x": (2, 4, 8, 8)})
+    result = tvm_npu.compile(model, output=tmp_path / "dyn.tar", target="npu/micro", input_shapes={"x": (2, 4, 8, 8)},
+                             quantize_model=False)
     assert result.metadata.inputs[0].shape == (2, 4, 8, 8)
     assert result.metadata.outputs[0].shape == (2, 8, 8, 8)
     compiled = tvm_npu.load(result.package_path)
@@ -47,9 +48,9 @@ def test_input_shapes_fix_dynamic_dimensions(tmp_path):
 
 def test_input_shapes_must_match_fixed_dimensions(conv_model):
     with pytest.raises(NpuError, match="declares \\[1,4,8,8\\]"):
-        import_onnx(conv_model, {"x": (1, 3, 8, 8)})
+        import_onnx(load_onnx(conv_model, {"x": (1, 3, 8, 8)}))
     with pytest.raises(NpuError, match="unknown input\\(s\\) y"):
-        import_onnx(conv_model, {"y": (1, 3, 8, 8)})
+        import_onnx(load_onnx(conv_model, {"y": (1, 3, 8, 8)}))
 
 
 def test_unsupported_operator_is_named(tmp_path):
@@ -62,7 +63,7 @@ def test_unsupported_operator_is_named(tmp_path):
     path = tmp_path / "det.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), path)
     with pytest.raises(NpuError, match="not supported.*Det"):
-        import_onnx(path)
+        import_onnx(load_onnx(path))
 
 
 @pytest.mark.parametrize(
@@ -73,14 +74,14 @@ def test_bad_files_are_refused(tmp_path, content, message):
     path = tmp_path / "bad.onnx"
     path.write_bytes(content)
     with pytest.raises(NpuError, match=message):
-        import_onnx(path)
+        import_onnx(load_onnx(path))
 
 
 def test_truncated_model_is_refused(tmp_path, conv_model):
     path = tmp_path / "truncated.onnx"
     path.write_bytes(conv_model.read_bytes()[:200])
     with pytest.raises(NpuError, match="not a valid ONNX model|holds no ONNX graph"):
-        import_onnx(path)
+        import_onnx(load_onnx(path))
 
 
 def test_external_data_outside_model_folder_is_refused(tmp_path, conv_model):
@@ -94,13 +95,13 @@ def test_external_data_outside_model_folder_is_refused(tmp_path, conv_model):
     path = tmp_path / "evil.onnx"
     path.write_bytes(model.SerializeToString())
     with pytest.raises(NpuError, match="points outside the model's folder"):
-        import_onnx(path)
+        import_onnx(load_onnx(path))
 
 
 def test_external_data_beside_the_model_is_inlined(tmp_path, conv_model):
     model = onnx.load(conv_model)
     onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
               location="ext.data", size_threshold=0)
-    imported = import_onnx(tmp_path / "ext.onnx")
+    imported = import_onnx(load_onnx(tmp_path / "ext.onnx"))
     embedded = onnx.load_from_string(imported.onnx_bytes)
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in embedded.graph.initializer)

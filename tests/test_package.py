@@ -9,7 +9,7 @@ import pytest
 import tvm_npu
 from tvm_npu import PRESETS, NpuError
 from tvm_npu.build import build
-from tvm_npu.frontend import import_onnx
+from tvm_npu.frontend import import_onnx, load_onnx
 from tvm_npu.package import LIBRARY_NAME, METADATA_NAME, MEMBERS, read_package, write_package
 
 
@@ -81,7 +81,7 @@ def test_interrupted_write_leaves_previous_package_intact(conv_package, conv_mod
     """An exception while the package is being written (e.g. Ctrl-C) keeps the old file whole."""
     out = tmp_path / "model.tar"
     out.write_bytes(conv_package.read_bytes())
-    imported = import_onnx(conv_model)
+    imported = import_onnx(load_onnx(conv_model))
     executable = build(imported.mod, PRESETS["micro"])
 
     def interrupted(*args, **kwargs):

@@ -105,6 +105,14 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--target-npu-{name.replace('_', '-')}", dest=name, type=kind, metavar="N",
                             help=f"override the preset's {name}")
     parser.add_argument("--input-shapes", help='fix input shapes, e.g. "input:[1,3,224,224] other:[1,10]"')
+    parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
+                        help="post-training INT8 quantization with NNCF (default: on unless the model is QDQ already)")
+    parser.add_argument("--calibration-data", metavar="NPZ",
+                        help="calibration samples: an .npz with one array per input, first axis = samples "
+                             "(default: seeded random inputs, accuracy unknown)")
+    parser.add_argument("--save-quantized", metavar="PATH", help="also write the quantized QDQ ONNX model here")
+    parser.add_argument("--dump-offloads", action="store_true",
+                        help="list every operator with where it runs (NPU kernel or CPU) and why")
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +127,27 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
         args.target, args.target_npu_config, **{name: getattr(args, name) for name in OVERRIDABLE_FIELDS}
     )
     shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
-    return compile_model(args.FILE, output=output, target=config, input_shapes=shapes)
+    result = compile_model(
+        args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
+        calibration_data=args.calibration_data, save_quantized=args.save_quantized,
+    )
+    operators = result.metadata.extra["operators"]
+    on_npu = sum(row["runs_on"] == "npu" for row in operators)
+    print(f"{on_npu} of {len(operators)} operators run on the NPU")
+    if args.dump_offloads:
+        print(format_offloads(operators))
+    return result
+
+
+def format_offloads(operators: list[dict]) -> str:
+    lines = [f"{'name':<16}{'runs on':<18}operators / reason"]
+    for row in operators:
+        where = row["kernel"] if row["runs_on"] == "npu" else "cpu"
+        detail = " + ".join(op.removeprefix("relax.") for op in row["ops"])
+        if row["reason"]:
+            detail += f"  ({row['reason']})"
+        lines.append(f"{row['name']:<16}{where:<18}{detail}")
+    return "\n".join(lines)
 
 
 def _compile(args: argparse.Namespace) -> int:

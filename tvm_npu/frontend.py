@@ -1,7 +1,9 @@
-"""Stage 1, import: an ONNX file becomes a checked, static-shaped, constant-folded Relax module.
+"""Stages load and import: an ONNX file becomes a checked model, then a static-shaped Relax module.
 
-Entry point: `import_onnx(path, input_shapes)`. Everything that can be wrong with a
-user's model file is found here, before TVM sees it, and reported as one NpuError line.
+Entry points: `load_onnx(path, input_shapes)` (everything that can be wrong with a user's
+model file is found here, before TVM sees it, and reported as one NpuError line) and
+`import_onnx(model)`, which runs after quantization. The Relax module is not constant-folded:
+folding would turn int8 weight dequantizes into float constants before partitioning.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ class TensorSpec:
     @classmethod
     def from_dict(cls, data: dict) -> TensorSpec:
         return cls(data["name"], tuple(data["shape"]), data["dtype"])
+
+
+@dataclass
+class OnnxModel:
+    """The load stage's product: a checked ONNX model with a static interface."""
+
+    model: onnx.ModelProto
+    inputs: list[TensorSpec]
+    name: str
 
 
 @dataclass
@@ -82,30 +93,34 @@ def format_input_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
     return " ".join(f"{name}:[{','.join(map(str, shape))}]" for name, shape in shapes.items())
 
 
-def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ImportedModel:
-    """Loads, checks and imports an ONNX model with every input shape static."""
+def load_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> OnnxModel:
+    """Loads and checks an ONNX model and fixes every input shape."""
     path = Path(path)
-    model, onnx_bytes = _load(path)
+    model = _load(path)
     inputs = _resolve_inputs(model, input_shapes or {})
     _check_operators(model)
+    return OnnxModel(model, inputs, path.stem)
+
+
+def import_onnx(loaded: OnnxModel) -> ImportedModel:
+    """The Relax module of a loaded (possibly quantized) ONNX model."""
     try:
         mod = from_onnx(
-            model,
-            shape_dict={spec.name: list(spec.shape) for spec in inputs},
-            dtype_dict={spec.name: spec.dtype for spec in inputs},
+            loaded.model,
+            shape_dict={spec.name: list(spec.shape) for spec in loaded.inputs},
+            dtype_dict={spec.name: spec.dtype for spec in loaded.inputs},
             keep_params_in_input=False,
         )
     except tvm.error.OpNotImplemented as err:
-        raise NpuError(f"{path.name}: {err}; remove or replace those operators before compiling") from None
+        raise NpuError(f"{loaded.name}: {err}; remove or replace those operators before compiling") from None
     except Exception as err:  # noqa: BLE001 - TVM's importer raises many kinds; the message is what matters
-        raise NpuError(f"{path.name}: TVM's ONNX importer rejected the model: {first_line(err)}") from None
-    mod = relax.transform.FoldConstant()(mod)
-    outputs = _output_specs(model, mod, path)
-    return ImportedModel(mod, model, onnx_bytes, inputs, outputs, path.stem)
+        raise NpuError(f"{loaded.name}: TVM's ONNX importer rejected the model: {first_line(err)}") from None
+    outputs = _output_specs(loaded.model, mod, loaded.name)
+    return ImportedModel(mod, loaded.model, loaded.model.SerializeToString(), loaded.inputs, outputs, loaded.name)
 
 
-def _load(path: Path) -> tuple[onnx.ModelProto, bytes]:
-    """The parsed, checked model and its self-contained serialization (external data inlined)."""
+def _load(path: Path) -> onnx.ModelProto:
+    """The parsed, checked model with any external data inlined."""
     if not path.is_file():
         raise NpuError(f"model file {path} does not exist; check the path")
     data = path.read_bytes()
@@ -119,12 +134,11 @@ def _load(path: Path) -> tuple[onnx.ModelProto, bytes]:
         raise NpuError(f"{path} holds no ONNX graph (truncated or not an ONNX file); re-export the model")
     if any(uses_external_data(init) for init in model.graph.initializer):
         _load_external_data(model, path)
-        data = model.SerializeToString()
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
         raise NpuError(f"{path} is not a valid ONNX model: {first_line(err)}; re-export it") from None
-    return model, data
+    return model
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -190,19 +204,19 @@ def _check_operators(model: onnx.ModelProto) -> None:
         )
 
 
-def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, path: Path) -> list[TensorSpec]:
+def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, name: str) -> list[TensorSpec]:
     ret = mod["main"].ret_ty
     types = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
     names = [o.name for o in model.graph.output]
     specs = []
     for name, ty in zip(names, types, strict=True):
         if not isinstance(ty, relax.TensorType) or ty.shape is None:
-            raise NpuError(f"{path.name}: output {name!r} is not a tensor of known rank; such models are not supported")
+            raise NpuError(f"{name}: output {name!r} is not a tensor of known rank; such models are not supported")
         try:
             shape = tuple(int(d) for d in ty.shape)
         except TypeError:
             raise NpuError(
-                f"{path.name}: output {name!r} has a data-dependent shape {ty.shape}; only static shapes are supported"
+                f"{name}: output {name!r} has a data-dependent shape {ty.shape}; only static shapes are supported"
             ) from None
         specs.append(TensorSpec(name, shape, str(ty.dtype)))
     return specs

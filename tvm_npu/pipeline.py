@@ -1,9 +1,11 @@
 """The compiler, stage by stage: the one place that shows the whole pipeline in order.
 
-    ONNX ─► frontend ─► build ─► package (model.tar)
+    ONNX ─► load ─► quantize ─► import ─► partition ─► lower ─► build ─► package (model.tar)
 
-Later stages (quantize, partition, plan, lower) slot in between frontend and build;
-each takes the previous stage's product and hands its own forward.
+Each stage takes the previous stage's product and hands its own forward. Quantization works
+on ONNX, so the package embeds (and `tvmc validate` runs OpenVINO on) the very QDQ model the
+library was compiled from. Constant folding waits until partitioning has claimed the int8
+weights.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tvm
+from tvm import relax
 
 from . import __version__
-from .atomic import check_output_path
+from .atomic import atomic_output, check_output_path
 from .build import build
-from .frontend import import_onnx
+from .frontend import OnnxModel, import_onnx, load_onnx
+from .lower import lower
 from .package import PackageMetadata, write_package
+from .partition import partition
+from .quantize import is_quantized, load_calibration, quantize
 from .target import NpuConfig, resolve_target
 
 
@@ -38,19 +44,43 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     output: str | Path = "module.tar",
     target: str | NpuConfig = "npu",
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    quantize_model: bool | None = None,
+    calibration_data: str | Path | None = None,
+    save_quantized: str | Path | None = None,
+    seed: int = 0,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
 
     `target` is `"npu"`, `"npu/<preset>"` or an `NpuConfig` (see `tvm_npu.resolve_target`
-    for overrides). Raises `NpuError` with a one-line message for anything a user can fix.
+    for overrides). `quantize_model` (default: when the model is not QDQ already) runs
+    post-training quantization, calibrated on `calibration_data` (.npz, one array per input,
+    first axis = samples) or on `seed`ed random inputs. `save_quantized` writes the QDQ ONNX.
+    Raises `NpuError` with a one-line message for anything a user can fix.
     """
     config = resolve_target(target)
     output = check_output_path(output)
+    if save_quantized is not None:
+        save_quantized = check_output_path(save_quantized)
     seconds: dict[str, float] = {}
+    with _timed(seconds, "load"):
+        loaded = load_onnx(model, input_shapes)
+    if quantize_model is None:
+        quantize_model = not is_quantized(loaded.model)
+    if quantize_model:
+        with _timed(seconds, "quantize"):
+            samples = load_calibration(calibration_data, loaded.inputs) if calibration_data else None
+            loaded = OnnxModel(quantize(loaded.model, loaded.inputs, samples, seed), loaded.inputs, loaded.name)
+    if save_quantized is not None:
+        with atomic_output(save_quantized) as stream:
+            stream.write(loaded.model.SerializeToString())
     with _timed(seconds, "import"):
-        imported = import_onnx(model, input_shapes)
+        imported = import_onnx(loaded)
+    with _timed(seconds, "partition"):
+        mod, operators = partition(imported.mod)
+    with _timed(seconds, "lower"):
+        mod = relax.transform.FoldConstant()(lower(mod))
     with _timed(seconds, "build"):
-        executable = build(imported.mod, config)
+        executable = build(mod, config)
     metadata = PackageMetadata(
         model_name=imported.name,
         inputs=imported.inputs,
@@ -58,6 +88,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
         npu_config=config,
         target=json.loads(str(config.tvm_target())),
         versions={"tvm_npu": __version__, "tvm": tvm.__version__},
+        extra={"quantized": is_quantized(loaded.model), "operators": operators},
     )
     with _timed(seconds, "package"):
         write_package(output, executable, metadata, imported.onnx_bytes)

@@ -1,0 +1,165 @@
+"""npu.conv2d: quantized 2-D convolution (any kernel size, stride, padding, dilation, groups,
+depthwise) with bias and fused ReLU / ReLU6 / Clip, integer-only inside.
+
+    acc[n,o,y,x] = sum (X - zx) * W          int8 x int8 -> int32, padding taps hold zx (= real 0)
+    Y = clamp(((acc << k) + B[o]) * M[o] >> S[o] (round half up) + zy)    per output channel
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+from tvm.relax.dpl import is_const, is_op, wildcard
+
+from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.registry import (
+    Composite,
+    KernelParams,
+    NpuKernel,
+    const_value,
+    pattern_activation,
+    per_tensor_problem,
+)
+
+_ACC_LIMIT = 2**31 - 1
+
+
+def patterns():
+    dq_x = is_op("relax.dequantize")(wildcard(), is_const(), is_const())
+    dq_w = is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    conv = is_op("relax.nn.conv2d")(dq_x, dq_w)
+    bias_src = is_const() | is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    biased = is_op("relax.add")(conv, bias_src | is_op("relax.reshape")(bias_src, wildcard()))
+    root = is_op("relax.quantize")(pattern_activation(conv | biased), is_const(), is_const())
+    return [(root, {"x": dq_x, "w": dq_w, "anchor": conv, "root": root})]
+
+
+def check(ann) -> str | None:
+    conv, dq_w = ann["anchor"], ann["w"]
+    problem = per_tensor_problem(ann["x"], ann["root"])
+    if problem:
+        return problem
+    attrs = conv.attrs
+    if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW"):
+        return f"attribute: layout {attrs.data_layout}/{attrs.kernel_layout} (the NPU takes NCHW/OIHW)"
+    w = const_value(dq_w.args[0])
+    if w.dtype != np.int8:
+        return f"dtype: {w.dtype} weights (the NPU takes int8)"
+    if np.any(const_value(dq_w.args[2]) != 0):
+        return "attribute: asymmetric weights (non-zero weight zero point)"
+    w_scale = const_value(dq_w.args[1])
+    if w_scale.size > 1 and int(dq_w.attrs.axis) % 4 != 0:
+        return "attribute: weight scales not per output channel"
+    taps = int(np.prod(w.shape[1:]))
+    if taps * 255 * 128 > _ACC_LIMIT:
+        return f"shape: {taps} taps per output overflow the int32 accumulator"
+    real = float(const_value(ann["x"].args[1])) * w_scale.astype(np.float64) / float(const_value(ann["root"].args[1]))
+    return scale_problem(real, BIAS_FRACTION_BITS)
+
+
+def params(comp: Composite) -> KernelParams:
+    conv = comp.call("relax.nn.conv2d")
+    dq_x, dq_w = comp.value(conv.args[0]), comp.value(conv.args[1])
+    sx, zx = comp.activation_input(dq_x)
+    sy, zy, dtype, lo, hi = comp.output()
+    w = comp.const(dq_w.args[0]).astype(np.int8)
+    out_channels = w.shape[0]
+    acc_scale = sx * np.broadcast_to(comp.quant(dq_w)[0].reshape(-1), (out_channels,))
+    adds = comp.calls("relax.add")
+    bias = comp.const(adds[0].args[1]).reshape(-1) if adds else np.zeros(out_channels)
+    bias_q = np.round(bias / acc_scale * (1 << BIAS_FRACTION_BITS)).astype(np.int64)
+    mult, shift = multiplier(acc_scale / sy)
+    a = conv.attrs
+    return KernelParams(
+        attrs={
+            "strides": tuple(int(v) for v in a.strides),
+            "padding": tuple(int(v) for v in a.padding),
+            "dilation": tuple(int(v) for v in a.dilation),
+            "groups": int(a.groups),
+            "zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype,
+        },
+        consts=[w, bias_q, mult, shift + BIAS_FRACTION_BITS],
+    )
+
+
+def out_shape(attrs: dict, x_shape, w_shape) -> tuple[int, ...]:
+    n, _, h, w = x_shape
+    o, _, kh, kw = w_shape
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["strides"], attrs["padding"], attrs["dilation"]
+    return (n, o, (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+def compute(p: KernelParams, inputs):
+    ((x_shape, x_dtype),) = inputs
+    a = p.attrs
+    w_np = p.consts[0]
+    _, c_in, height, width = x_shape
+    out_channels, group_channels, kh, kw = w_np.shape
+    per_group = out_channels // a["groups"]
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["strides"], a["padding"], a["dilation"]
+    shape = out_shape(a, x_shape, w_np.shape)
+    x = te.placeholder(x_shape, x_dtype, "X")
+    w = te.placeholder(w_np.shape, "int8", "W")
+    bias, mult, shift = (te.placeholder((out_channels,), "int64", n) for n in ("B", "M", "S"))
+    # The padded input stays 8-bit and pads with zx (real 0): it is the tile the SRAM schedule stages.
+    xp = te.compute(
+        (x_shape[0], c_in, height + pt + pb, width + pl + pr),
+        lambda n, c, h, w_: tirx.if_then_else(
+            tirx.all(h >= pt, h < pt + height, w_ >= pl, w_ < pl + width),
+            x[n, c, h - pt, w_ - pl],
+            tirx.const(a["zx"], x_dtype),
+        ),
+        name="Xp",
+    )
+    rc, rh, rw = te.reduce_axis((0, group_channels), "rc"), te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    acc = te.compute(
+        shape,
+        lambda n, o, y, x_: te.sum(
+            (xp[n, (o // per_group) * group_channels + rc, y * sh + rh * dh, x_ * sw + rw * dw].astype("int32")
+             - a["zx"]) * w[o, rc, rh, rw].astype("int32"),
+            axis=[rc, rh, rw],
+        ),
+        name="acc",
+    )
+    y = te.compute(
+        shape,
+        lambda n, o, i, j: requantize_te(
+            (acc[n, o, i, j].astype("int64") << BIAS_FRACTION_BITS) + bias[o],
+            mult[o], shift[o], a["zy"], a["lo"], a["hi"], a["out_dtype"],
+        ),
+        name="Y",
+    )
+    return te.create_prim_func([x, w, bias, mult, shift, y])
+
+
+def reference(p: KernelParams, inputs) -> np.ndarray:
+    (x,) = inputs
+    a = p.attrs
+    w, bias, mult, shift = p.consts
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["strides"], a["padding"], a["dilation"]
+    n, o, oh, ow = out_shape(a, x.shape, w.shape)
+    groups, cg = a["groups"], w.shape[1]
+    xp = np.pad(x.astype(np.int64) - a["zx"], ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    acc = np.zeros((n, o, oh, ow), np.int64)
+    per_group = o // groups
+    for g in range(groups):
+        xg = xp[:, g * cg:(g + 1) * cg]
+        wg = w[g * per_group:(g + 1) * per_group].astype(np.int64)
+        for i in range(w.shape[2]):
+            for j in range(w.shape[3]):
+                tap = xg[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+                acc[:, g * per_group:(g + 1) * per_group] += np.einsum("nchw,oc->nohw", tap, wg[:, :, i, j])
+    col = (slice(None), None, None)
+    return requantize_np((acc << BIAS_FRACTION_BITS) + bias[col], mult[col], shift[col],
+                         a["zy"], a["lo"], a["hi"], a["out_dtype"])
+
+
+KERNEL = NpuKernel(
+    name="npu.conv2d",
+    anchors=("relax.nn.conv2d",),
+    patterns=patterns,
+    check=check,
+    params=params,
+    compute=compute,
+    reference=reference,
+)

@@ -1,0 +1,118 @@
+"""npu.dense: quantized MatMul / Gemm ([N, K] x int8 weights -> [N, O]) with bias and fused
+ReLU / ReLU6 / Clip, integer-only inside; weights are held as [O, K] (Gemm transB form).
+
+    acc[n,o] = sum_k (X[n,k] - zx) * W[o,k]
+    Y = clamp(((acc << k) + B[o]) * M[o] >> S[o] (round half up) + zy)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te
+from tvm.relax.dpl import is_const, is_op, wildcard
+
+from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.registry import (
+    Composite,
+    KernelParams,
+    NpuKernel,
+    const_value,
+    pattern_activation,
+    per_tensor_problem,
+)
+
+_ACC_LIMIT = 2**31 - 1
+
+
+def patterns():
+    dq_x = is_op("relax.dequantize")(wildcard(), is_const(), is_const())
+    dq_w = is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    perm = is_op("relax.permute_dims")(dq_w)
+    matmul = is_op("relax.matmul")(dq_x, dq_w | perm)
+    bias = is_const() | is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    root = is_op("relax.quantize")(pattern_activation(matmul | is_op("relax.add")(matmul, bias)), is_const(), is_const())
+    return [(root, {"x": dq_x, "w": dq_w, "perm": perm, "anchor": matmul, "root": root})]
+
+
+def check(ann) -> str | None:
+    dq_w, dq_x = ann["w"], ann["x"]
+    problem = per_tensor_problem(dq_x, ann["root"])
+    if problem:
+        return problem
+    if len(dq_x.ty.shape) != 2:
+        return f"shape: rank-{len(dq_x.ty.shape)} input (the NPU dense takes [N, K])"
+    w = const_value(dq_w.args[0])
+    if w.dtype != np.int8 or w.ndim != 2:
+        return f"dtype: {w.dtype} rank-{w.ndim} weights (the NPU takes 2-D int8)"
+    if np.any(const_value(dq_w.args[2]) != 0):
+        return "attribute: asymmetric weights (non-zero weight zero point)"
+    w_scale = const_value(dq_w.args[1])
+    out_axis = 0 if "perm" in ann else 1  # Gemm transB=1 holds [O, K]; MatMul holds [K, O]
+    if w_scale.size > 1 and int(dq_w.attrs.axis) % 2 != out_axis:
+        return "attribute: weight scales not per output channel"
+    if w.shape[1 - out_axis] * 255 * 128 > _ACC_LIMIT:
+        return "shape: reduction too long for the int32 accumulator"
+    real = float(const_value(dq_x.args[1])) * w_scale.astype(np.float64) / float(const_value(ann["root"].args[1]))
+    return scale_problem(real, BIAS_FRACTION_BITS)
+
+
+def params(comp: Composite) -> KernelParams:
+    matmul = comp.call("relax.matmul")
+    dq_x = comp.value(matmul.args[0])
+    dq_w = comp.value(comp.calls("relax.permute_dims")[0].args[0]) if comp.calls("relax.permute_dims") else comp.value(matmul.args[1])
+    sx, zx = comp.activation_input(dq_x)
+    sy, zy, dtype, lo, hi = comp.output()
+    w = comp.const(dq_w.args[0]).astype(np.int8)
+    if not comp.calls("relax.permute_dims"):
+        w = np.ascontiguousarray(w.T)
+    out_channels = w.shape[0]
+    acc_scale = sx * np.broadcast_to(comp.quant(dq_w)[0].reshape(-1), (out_channels,))
+    adds = comp.calls("relax.add")
+    bias = np.broadcast_to(comp.const(adds[0].args[1]).reshape(-1), (out_channels,)) if adds else np.zeros(out_channels)
+    bias_q = np.round(bias / acc_scale * (1 << BIAS_FRACTION_BITS)).astype(np.int64)
+    mult, shift = multiplier(acc_scale / sy)
+    return KernelParams(
+        attrs={"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype},
+        consts=[w, bias_q, mult, shift + BIAS_FRACTION_BITS],
+    )
+
+
+def compute(p: KernelParams, inputs):
+    ((x_shape, x_dtype),) = inputs
+    a = p.attrs
+    out_channels, depth = p.consts[0].shape
+    x = te.placeholder(x_shape, x_dtype, "X")
+    w = te.placeholder((out_channels, depth), "int8", "W")
+    bias, mult, shift = (te.placeholder((out_channels,), "int64", n) for n in ("B", "M", "S"))
+    k = te.reduce_axis((0, depth), "k")
+    acc = te.compute(
+        (x_shape[0], out_channels),
+        lambda n, o: te.sum((x[n, k].astype("int32") - a["zx"]) * w[o, k].astype("int32"), axis=k),
+        name="acc",
+    )
+    y = te.compute(
+        (x_shape[0], out_channels),
+        lambda n, o: requantize_te((acc[n, o].astype("int64") << BIAS_FRACTION_BITS) + bias[o],
+                                   mult[o], shift[o], a["zy"], a["lo"], a["hi"], a["out_dtype"]),
+        name="Y",
+    )
+    return te.create_prim_func([x, w, bias, mult, shift, y])
+
+
+def reference(p: KernelParams, inputs) -> np.ndarray:
+    (x,) = inputs
+    a = p.attrs
+    w, bias, mult, shift = p.consts
+    acc = (x.astype(np.int64) - a["zx"]) @ w.astype(np.int64).T
+    return requantize_np((acc << BIAS_FRACTION_BITS) + bias, mult, shift, a["zy"], a["lo"], a["hi"], a["out_dtype"])
+
+
+KERNEL = NpuKernel(
+    name="npu.dense",
+    anchors=("relax.matmul",),
+    patterns=patterns,
+    check=check,
+    params=params,
+    compute=compute,
+    reference=reference,
+)

@@ -1,0 +1,153 @@
+"""npu.pool: quantized max pool, average pool and global average pool (NCHW), integer-only.
+
+    max: Y = clamp((max over valid taps of X - zx) * M >> S (round half up) + zy)
+         (M >> S is exactly 1 when input and output share their quantization)
+    avg: Y = clamp(round(sum (X - zx) * M / (count * 2^S)) + zy)   integer division, half up;
+         count = window taps, or only the taps inside the image without count_include_pad
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+from tvm.relax.dpl import is_const, is_op, wildcard
+
+from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, op_name, per_tensor_problem
+
+_POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.mean")
+
+
+def patterns():
+    dq_x = is_op("relax.dequantize")(wildcard(), is_const(), is_const())
+    anchor = is_op("relax.nn.max_pool2d")(dq_x) | is_op("relax.nn.avg_pool2d")(dq_x) | is_op("relax.mean")(dq_x)
+    root = is_op("relax.quantize")(anchor, is_const(), is_const())
+    return [(root, {"x": dq_x, "anchor": anchor, "root": root})]
+
+
+def check(ann) -> str | None:
+    dq_x, anchor = ann["x"], ann["anchor"]
+    problem = per_tensor_problem(dq_x, ann["root"])
+    if problem:
+        return problem
+    if len(dq_x.ty.shape) != 4:
+        return "shape: pooling needs an NCHW tensor"
+    attrs = anchor.attrs
+    if op_name(anchor) == "relax.mean":
+        if sorted(int(a) % 4 for a in attrs.axis) != [2, 3] or not attrs.keepdims:
+            return "attribute: mean over other axes than H, W with keepdims (not a global average pool)"
+    else:
+        if attrs.layout != "NCHW" or attrs.ceil_mode:
+            return f"attribute: layout {attrs.layout} / ceil_mode {bool(attrs.ceil_mode)} (the NPU pools NCHW, floor mode)"
+        if op_name(anchor) == "relax.nn.avg_pool2d" and any(int(d) != 1 for d in attrs.dilation):
+            return "attribute: dilated average pool"
+    return scale_problem(float(const_value(dq_x.args[1])) / float(const_value(ann["root"].args[1])))
+
+
+def params(comp: Composite) -> KernelParams:
+    (anchor,) = [v for v in comp.bindings.values() if op_name(v) in _POOLS]
+    sx, zx = comp.activation_input(comp.value(anchor.args[0]))
+    sy, zy, dtype, lo, hi = comp.output()
+    mult, shift = multiplier(sx / sy)
+    attrs = {"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, "mult": int(mult), "shift": int(shift)}
+    if op_name(anchor) == "relax.mean":
+        _, _, h, w = (int(d) for d in anchor.args[0].ty.shape)
+        attrs.update(mode="avg", pool=(h, w), strides=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0), include_pad=True)
+    else:
+        a = anchor.attrs
+        attrs.update(
+            mode="max" if op_name(anchor) == "relax.nn.max_pool2d" else "avg",
+            pool=tuple(int(v) for v in a.pool_size), strides=tuple(int(v) for v in a.strides),
+            dilation=tuple(int(v) for v in a.dilation), padding=tuple(int(v) for v in a.padding),
+            include_pad=bool(a.count_include_pad),
+        )
+    return KernelParams(attrs)
+
+
+def out_shape(attrs, x_shape):
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = attrs["pool"], attrs["strides"], attrs["dilation"], attrs["padding"]
+    return (n, c, (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+def _count(attrs, x_shape, i, j, minimum, maximum):
+    """Taps averaged at output (i, j): the whole window, or only those inside the image."""
+    (kh, kw), (sh, sw), (pt, pl, _, _) = attrs["pool"], attrs["strides"], attrs["padding"]
+    if attrs["include_pad"]:
+        return kh * kw
+    h, w = x_shape[2:]
+    rows = minimum(i * sh - pt + kh, h) - maximum(i * sh - pt, 0)
+    cols = minimum(j * sw - pl + kw, w) - maximum(j * sw - pl, 0)
+    return rows * cols
+
+
+def _rounded_divide(num, den, floordiv):
+    return floordiv(2 * num + den, 2 * den)
+
+
+def compute(p: KernelParams, inputs):
+    ((x_shape, x_dtype),) = inputs
+    a = p.attrs
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = a["pool"], a["strides"], a["dilation"], a["padding"]
+    _, _, height, width = x_shape
+    shape = out_shape(a, x_shape)
+    x = te.placeholder(x_shape, x_dtype, "X")
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+
+    def tap(n, c, i, j):
+        h, w = i * sh + rh * dh - pt, j * sw + rw * dw - pl
+        return tirx.all(h >= 0, h < height, w >= 0, w < width), x[n, c, h, w].astype("int64") - a["zx"]
+
+    if a["mode"] == "max":
+        floor = tirx.const(np.iinfo(x_dtype).min - a["zx"], "int64")
+
+        def reduce(n, c, i, j):
+            inside, value = tap(n, c, i, j)
+            return te.max(tirx.if_then_else(inside, value, floor), axis=[rh, rw])
+    else:
+
+        def reduce(n, c, i, j):
+            inside, value = tap(n, c, i, j)
+            return te.sum(tirx.if_then_else(inside, value, tirx.const(0, "int64")), axis=[rh, rw])
+
+    acc = te.compute(shape, reduce, name="acc")
+    if a["mode"] == "max":
+        y = te.compute(shape, lambda *i: requantize_te(acc[i], a["mult"], a["shift"], a["zy"], a["lo"], a["hi"], a["out_dtype"]), name="Y")
+    else:
+        def average(n, c, i, j):
+            count = tirx.Cast("int64", _count(a, x_shape, i, j, tirx.min, tirx.max))
+            q = _rounded_divide(acc[n, c, i, j] * a["mult"], count << a["shift"], tirx.floordiv)
+            return tirx.max(tirx.min(q + a["zy"], tirx.const(a["hi"], "int64")), tirx.const(a["lo"], "int64")).astype(a["out_dtype"])
+
+        y = te.compute(shape, average, name="Y")
+    return te.create_prim_func([x, y])
+
+
+def reference(p: KernelParams, inputs) -> np.ndarray:
+    (x,) = inputs
+    a = p.attrs
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = a["pool"], a["strides"], a["dilation"], a["padding"]
+    n, c, oh, ow = out_shape(a, x.shape)
+    xs = x.astype(np.int64) - a["zx"]
+    fill = np.iinfo(x.dtype).min - a["zx"] if a["mode"] == "max" else 0
+    xp = np.pad(xs, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
+    taps = np.stack([
+        xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+        for i in range(kh) for j in range(kw)
+    ])
+    if a["mode"] == "max":
+        return requantize_np(taps.max(0), a["mult"], a["shift"], a["zy"], a["lo"], a["hi"], a["out_dtype"])
+    count = np.array([[_count(a, x.shape, i, j, min, max) for j in range(ow)] for i in range(oh)], np.int64)
+    q = _rounded_divide(taps.sum(0) * a["mult"], count << a["shift"], np.floor_divide)
+    return np.clip(q + a["zy"], a["lo"], a["hi"]).astype(a["out_dtype"])
+
+
+KERNEL = NpuKernel(
+    name="npu.pool",
+    anchors=_POOLS,
+    patterns=patterns,
+    check=check,
+    params=params,
+    compute=compute,
+    reference=reference,
+)

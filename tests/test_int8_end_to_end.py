@@ -1,0 +1,187 @@
+"""INT8 end to end: QDQ models compiled with NPU kernels against OpenVINO CPU on the same QDQ ONNX.
+
+Outputs are compared in quantization steps on every activation DequantizeLinear of the model
+(exposed as extra graph outputs, "probes"): at most 2 steps off on at least 99.9 % of elements.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import openvino as ov
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import tvm_npu
+from tvm_npu.quantize import quantize
+from tvm_npu.frontend import load_onnx
+
+from conftest import run_tvmc
+
+LIGHT = Path(onnx.__file__).parent / "backend/test/data/light"
+
+
+def make_small_cnn(path: Path) -> Path:
+    """conv+BN+ReLU (stride 2) -> depthwise+ReLU6 -> 1x1 -> residual add -> ReLU -> max pool -> GAP -> Gemm -> Softmax."""
+    rng = np.random.default_rng(0)
+    inits = []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        return name
+
+    nodes = [
+        helper.make_node("Conv", ["x", const("w1", rng.normal(0, 0.3, (16, 3, 3, 3))), const("b1", rng.normal(0, 0.1, 16))],
+                         ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c1", const("g", rng.uniform(0.5, 1.5, 16)), const("be", rng.normal(0, 0.1, 16)),
+                                                const("m", rng.normal(0, 0.1, 16)), const("v", rng.uniform(0.5, 2, 16))], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["r1"]),
+        helper.make_node("Conv", ["r1", const("w2", rng.normal(0, 0.3, (16, 1, 3, 3)))], ["c2"], pads=[1, 1, 1, 1], group=16),
+        helper.make_node("Clip", ["c2", const("lo", 0.0), const("hi", 6.0)], ["r2"]),
+        helper.make_node("Conv", ["r2", const("w3", rng.normal(0, 0.3, (16, 16, 1, 1))), const("b3", rng.normal(0, 0.1, 16))], ["c3"]),
+        helper.make_node("Add", ["c3", "r1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r3"]),
+        helper.make_node("MaxPool", ["r3"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["f"]),
+        helper.make_node("Gemm", ["f", const("wf", rng.normal(0, 0.3, (10, 16))), const("bf", rng.normal(0, 0.1, 10))], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def with_probes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every activation DequantizeLinear output exposed as a graph output."""
+    consts = {init.name for init in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    probes = [n.output[0] for n in model.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] not in consts and n.output[0] not in outputs]
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    probed.graph.output.extend(inferred[name] for name in probes)
+    return probed
+
+
+def quantized_probe_model(source: Path, folder: Path) -> Path:
+    """NNCF-quantized (seeded random calibration) copy of `source` with DQ probes."""
+    loaded = load_onnx(source)
+    path = folder / f"{source.stem}_qdq_probed.onnx"
+    onnx.save(with_probes(quantize(loaded.model, loaded.inputs, None, seed=0)), path)
+    return path
+
+
+def step_errors(package: Path, qdq: Path, seeds=(1, 2)) -> np.ndarray:
+    """|ours - OpenVINO| in quantization steps over every probe and input."""
+    compiled = tvm_npu.load(package)
+    model = onnx.load(qdq)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    scale_of = {n.output[0]: float(inits[n.input[1]]) for n in model.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
+    core = ov.Core()
+    reference = core.compile_model(core.read_model(str(qdq)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    steps = []
+    for seed in seeds:
+        inputs = tvm_npu.runtime.make_inputs(compiled.inputs, "random", seed)
+        ours = compiled.run(inputs)
+        ref = {port.get_any_name(): value for port, value in reference(inputs).items()}
+        for name, scale in scale_of.items():
+            if name in ours:
+                steps.append(np.round(np.abs(ours[name].astype(np.float64) - ref[name]) / scale).ravel())
+    return np.concatenate(steps)
+
+
+def assert_within_two_steps(steps: np.ndarray, model: str):
+    within = np.mean(steps <= 2)
+    histogram = {int(k): int(v) for k, v in zip(*np.unique(steps, return_counts=True))}
+    print(f"{model}: {steps.size} probed elements, steps histogram {histogram}, within 2 steps {within:.4%}")
+    assert within >= 0.999, histogram
+
+
+@pytest.fixture(scope="session")
+def small_cnn_qdq(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("int8")
+    return quantized_probe_model(make_small_cnn(folder / "small_cnn.onnx"), folder)
+
+
+@pytest.fixture(scope="session")
+def small_cnn_package(small_cnn_qdq, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("int8_pkg") / "small_cnn.tar"
+    result = tvm_npu.compile(small_cnn_qdq, output=out, target="npu/micro")
+    return out, result.metadata
+
+
+def test_small_cnn_matches_openvino_in_steps(small_cnn_qdq, small_cnn_package):
+    package, _ = small_cnn_package
+    assert_within_two_steps(step_errors(package, small_cnn_qdq), "small_cnn")
+
+
+def test_small_cnn_runs_its_operators_on_the_npu(small_cnn_package):
+    _, metadata = small_cnn_package
+    operators = metadata.extra["operators"]
+    kernels = {row["kernel"] for row in operators if row["runs_on"] == "npu"}
+    assert {"npu.conv2d", "npu.elementwise", "npu.pool"} <= kernels
+    convs = [row for row in operators if "relax.nn.conv2d" in row["ops"]]
+    # TVM imports ONNX Clip as opaque call_tirs, so the ReLU6 conv is not fused yet (a known gap).
+    assert len(convs) == 3 and sum(row["runs_on"] == "npu" for row in convs) == 2
+    assert all(row["reason"] for row in operators if row["runs_on"] == "cpu")
+    softmax = next(row for row in operators if row["ops"] == ["relax.nn.softmax"])
+    assert softmax["runs_on"] == "cpu" and softmax["reason"].startswith("unsupported op")
+
+
+def test_unsupported_operator_falls_back_to_cpu_and_says_so(tmp_path):
+    """A quantized model with an operator no NPU kernel has (Softmax between QDQ) compiles and runs right."""
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8), "w_q")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w_q", "sw"], ["wd"]),
+        helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "sc", "zc"], ["cq"]),
+        helper.make_node("DequantizeLinear", ["cq", "sc", "zc"], ["cd"]),
+        helper.make_node("Softmax", ["cd"], ["s"], axis=1),
+        helper.make_node("QuantizeLinear", ["s", "ss", "zs"], ["sq"]),
+        helper.make_node("DequantizeLinear", ["sq", "ss", "zs"], ["y"]),
+    ]
+    scalars = {"sx": np.float32(0.02), "zx": np.int8(3), "sw": np.float32(0.01), "sc": np.float32(0.05),
+               "zc": np.int8(-4), "ss": np.float32(1 / 255), "zs": np.uint8(0)}
+    graph = helper.make_graph(nodes, "softmax_between_qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [w] + [numpy_helper.from_array(np.array(v), k) for k, v in scalars.items()])
+    path = tmp_path / "softmax.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = run_tvmc("compile", path, "-o", tmp_path / "m.tar", "--dump-offloads")
+    assert result.returncode == 0, result.stderr
+    softmax_line = next(line for line in result.stdout.splitlines() if "nn.softmax" in line)
+    assert "cpu" in softmax_line and "unsupported op: no NPU kernel for relax.nn.softmax" in softmax_line
+    assert any("npu.conv2d" in line for line in result.stdout.splitlines())
+    report = run_tvmc("validate", tmp_path / "m.tar", "--report-json", tmp_path / "v.json")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "max steps" in report.stdout
+
+
+def test_fp32_default_quantizes_with_warning_and_saves_qdq(tmp_path):
+    model = make_small_cnn(tmp_path / "cnn.onnx")
+    saved = tmp_path / "cnn_qdq.onnx"
+    result = run_tvmc("compile", model, "-o", tmp_path / "cnn.tar", "--save-quantized", saved)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy is unknown" in result.stdout
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(saved).graph.node)
+    assert tvm_npu.load(tmp_path / "cnn.tar").onnx_bytes == saved.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["squeezenet", "shufflenet", "inception_v1"])
+def test_light_model_matches_openvino_in_steps(name, tmp_path):
+    """Real architectures (constant-valued weights after folding) quantized by NNCF."""
+    qdq = quantized_probe_model(LIGHT / f"light_{name}.onnx", tmp_path)
+    package = tmp_path / f"{name}.tar"
+    metadata = tvm_npu.compile(qdq, output=package, target="npu/micro").metadata
+    assert sum(row["runs_on"] == "npu" for row in metadata.extra["operators"]) > 10
+    assert_within_two_steps(step_errors(package, qdq, seeds=(1,)), name)

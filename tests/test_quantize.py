@@ -1,0 +1,68 @@
+"""The quantize stage: graph folding keeps the model's function; QDQ models pass through; calibration files."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from tvm_npu import NpuError
+from tvm_npu.frontend import TensorSpec
+from tvm_npu.quantize import fold_batch_norms, fold_constants, is_quantized, load_calibration, quantize
+
+from test_int8_end_to_end import LIGHT, make_small_cnn
+
+
+def _run(model, x):
+    return ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x})[0]
+
+
+def test_folding_keeps_outputs_and_removes_batch_norm(tmp_path):
+    model = onnx.load(make_small_cnn(tmp_path / "cnn.onnx"))
+    folded = fold_batch_norms(fold_constants(model))
+    assert "BatchNormalization" not in {n.op_type for n in folded.graph.node}
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(_run(folded, x), _run(model, x), rtol=1e-4, atol=1e-6)
+
+
+def test_constant_of_shape_weights_become_initializers():
+    model = onnx.load(LIGHT / "light_squeezenet.onnx")
+    folded = fold_constants(model)
+    assert "ConstantOfShape" not in {n.op_type for n in folded.graph.node}
+    conv = next(n for n in folded.graph.node if n.op_type == "Conv")
+    assert conv.input[1] in {i.name for i in folded.graph.initializer}
+    assert [i.name for i in folded.graph.input] == ["data_0"]
+
+
+def test_qdq_model_passes_through_unchanged(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")]
+    graph = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                               helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "qdq", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert is_quantized(model)
+    assert quantize(model, [TensorSpec("x", (1, 4), "float32")]) is model
+
+
+def test_quantize_with_calibration_data_is_deterministic(tmp_path):
+    model = onnx.load(make_small_cnn(tmp_path / "cnn.onnx"))
+    spec = [TensorSpec("x", (1, 3, 32, 32), "float32")]
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32))
+    samples = load_calibration(tmp_path / "cal.npz", spec)
+    assert len(samples) == 8 and samples[0]["x"].shape == (1, 3, 32, 32)
+    first, second = quantize(model, spec, samples), quantize(model, spec, samples)
+    assert is_quantized(first) and first.SerializeToString() == second.SerializeToString()
+
+
+@pytest.mark.parametrize("arrays, fragment", [
+    ({"y": np.zeros((4, 3, 32, 32), np.float32)}, "one per input"),
+    ({"x": np.zeros((4, 3, 16, 16), np.float32)}, "expected [samples, 1, 3, 32, 32]"),
+])
+def test_bad_calibration_data_names_the_problem(tmp_path, arrays, fragment):
+    np.savez(tmp_path / "cal.npz", **arrays)
+    with pytest.raises(NpuError, match="calibration-data") as err:
+        load_calibration(tmp_path / "cal.npz", [TensorSpec("x", (1, 3, 32, 32), "float32")])
+    assert fragment in str(err.value)

@@ -1,0 +1,153 @@
+"""Stage: partition. Quantized operator groups become NPU composites; the rest stays on the CPU.
+
+Entry point: `partition(mod) -> (mod, report)`. It runs on the module exactly as imported:
+FoldConstant would turn the int8 weight dequantizes into float constants, so it runs later.
+The report lists every operator of `main` with where it runs and, for the CPU ones, why.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .registry import Composite, kernels, op_name
+
+# Operators that only move or select values: their output holds exactly the dequantized input
+# values, so re-quantizing it with the input's own parameters is exact. That gives the operators
+# after them (a conv after a max pool or a flatten) the dequantize input their NPU pattern needs.
+_VALUE_PRESERVING = {
+    "relax.nn.max_pool2d", "relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
+    "relax.flatten", "relax.concat", "relax.split", "relax.strided_slice",
+}
+_QDQ = ("relax.quantize", "relax.dequantize")
+
+
+def partition(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[dict]]:
+    mod = _requantize_value_preserving(mod)
+    mod = _update_main(mod, _DuplicateSharedDequantize)
+    rejections: dict[str, str] = {}
+    patterns = [
+        relax.transform.FusionPattern(k.name, pattern, annotations, _recording_check(k, rejections))
+        for k in kernels()
+        for pattern, annotations in k.patterns()
+    ]
+    mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=False)(mod)
+    return mod, _report(mod, rejections)
+
+
+def _recording_check(kernel, rejections: dict[str, str]):
+    """The kernel's check as FuseOpsByPattern wants it, remembering why each anchor was refused."""
+
+    def check(ctx: relax.transform.PatternCheckContext) -> bool:
+        reason = kernel.check(ctx.annotated_expr)
+        if reason:
+            anchor = ctx.annotated_expr["anchor"]
+            var = ctx.value_to_bound_var.get(anchor)
+            if var is not None:
+                rejections[var.name] = reason
+        return reason is None
+
+    return check
+
+
+def _update_main(mod: tvm.IRModule, mutator_class) -> tvm.IRModule:
+    mutator = mutator_class(mod)
+    gv = mod.get_global_var("main")
+    mutator.builder_.update_func(gv, mutator.visit_expr(mod["main"]))
+    return relax.transform.DeadCodeElimination(["main"])(mutator.builder_.finalize())
+
+
+def _per_tensor_dequantize(expr):
+    return (
+        op_name(expr) == "relax.dequantize"
+        and all(isinstance(a, tvm.ir.expr.Constant) for a in expr.args[1:3])
+        and expr.args[1].value.numpy().size == 1
+    )
+
+
+@relax.expr_functor.mutator
+class _RequantizeValuePreserving(relax.PyExprMutator):
+    """`op(dequantize(x, s, z))` -> `dequantize(quantize(op(...), s, z), s, z)` for value-preserving ops."""
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if op_name(call) not in _VALUE_PRESERVING:
+            return call
+        operands = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else [call.args[0]]
+        sources = [self.lookup_binding(a) if isinstance(a, relax.Var) else a for a in operands]
+        if not sources or not all(_per_tensor_dequantize(s) for s in sources):
+            return call
+        params = {(float(s.args[1].value.numpy()), int(s.args[2].value.numpy()), str(s.args[0].ty.dtype)) for s in sources}
+        if len(params) != 1:  # a concat of differently quantized inputs has no exact common grid
+            return call
+        if not isinstance(call.ty, relax.TensorType):
+            return call
+        dq = sources[0]
+        out = self.builder_.emit(call, "preserved")
+        q = self.builder_.emit(relax.op.quantize(out, dq.args[1], dq.args[2], axis=int(dq.attrs.axis),
+                                                 out_dtype=str(dq.args[0].ty.dtype)), "requantized")
+        return relax.op.dequantize(q, dq.args[1], dq.args[2], axis=int(dq.attrs.axis), out_dtype="float32")
+
+
+def _requantize_value_preserving(mod: tvm.IRModule) -> tvm.IRModule:
+    return _update_main(mod, _RequantizeValuePreserving)
+
+
+@relax.expr_functor.mutator
+class _DuplicateSharedDequantize(relax.PyExprMutator):
+    """Every consumer gets its own activation dequantize.
+
+    A dequantize shared by a conv and a residual add would otherwise make the conv's composite
+    also return the dequantized tensor (a tuple-output composite no kernel can implement).
+    """
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if op_name(call) == "relax.dequantize":
+            return call
+        args = [self._own_copy(a) for a in call.args]
+        if all(a.same_as(b) for a, b in zip(args, call.args)):
+            return call
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+    def _own_copy(self, arg):
+        if isinstance(arg, relax.Tuple):
+            return relax.Tuple([self._own_copy(f) for f in arg.fields])
+        bound = self.lookup_binding(arg) if isinstance(arg, relax.Var) else None
+        if op_name(bound) == "relax.dequantize" and not isinstance(bound.args[0], tvm.ir.expr.Constant):
+            return self.builder_.emit(relax.Call(bound.op, bound.args, bound.attrs), "dequantized")
+        return arg
+
+
+def _report(mod: tvm.IRModule, rejections: dict[str, str]) -> list[dict]:
+    anchors = {op: k.name for k in kernels() for op in k.anchors}
+    rows = []
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value, name = binding.value, binding.var.name
+            if not isinstance(value, relax.Call):
+                continue
+            if isinstance(value.op, relax.GlobalVar):
+                func = mod[value.op]
+                if func.attrs and "Composite" in func.attrs:
+                    ops = [op_name(v) for v in Composite(func).bindings.values() if op_name(v)]
+                    kernel = str(func.attrs["Composite"])
+                    rows.append({"name": name, "ops": ops, "runs_on": "npu", "kernel": kernel, "reason": ""})
+                    continue
+                op = value.op.name
+            elif isinstance(value.op, tvm.ir.Op):
+                op = value.op.name
+            else:
+                op = str(value.op)
+            rows.append({"name": name, "ops": [op], "runs_on": "cpu", "kernel": "", "reason": _cpu_reason(op, name, anchors, rejections)})
+    return rows
+
+
+def _cpu_reason(op: str, name: str, anchors: dict[str, str], rejections: dict[str, str]) -> str:
+    if name in rejections:
+        return rejections[name]
+    if op in _QDQ:
+        return "quantization boundary between NPU integers and CPU floats"
+    if op in anchors:
+        return f"dtype: runs in float ({anchors[op]} needs DequantizeLinear inputs and a QuantizeLinear output)"
+    return f"unsupported op: no NPU kernel for {op}"
