@@ -25,6 +25,7 @@ setup(
         "apache-tvm-ffi==0.1.14.post0",
         "onnx==1.23.2",
         "openvino==2026.4.1",
+        "nncf==3.4.0",  # post-training quantization: OpenVINO's own quantizer, emitting QDQ ONNX
         "numpy>=2.0,<3",
         "scipy>=1.13",
         "xgboost-cpu>=2.1",  # meta_schedule's xgb cost model; the CPU wheel skips 470 MB of CUDA
@@ -35,7 +36,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "onnxruntime"],
+        "test": ["pytest>=8", "onnxruntime", "scikit-learn"],
     },
     entry_points={
         "console_scripts": [

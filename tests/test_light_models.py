@@ -1,6 +1,6 @@
 """The nine real architectures that ship in the onnx wheel, end to end through `tvmc`.
 
-Their shipped weights are constants, so matching the expected outputs proves little on
+These run in FP32 (`--no-quantize`): the host-execution baseline. Their shipped weights are constants, so matching the expected outputs proves little on
 its own; the same architectures with seeded random weights are checked against
 OpenVINO CPU (FP32) on the same modified model.
 """
@@ -24,7 +24,7 @@ def test_light_model_matches_expected_output(name, tmp_path):
     inputs, expected = light_reference(name)
     np.savez(tmp_path / "in.npz", **inputs)
     package = tmp_path / f"{name}.tar"
-    result = run_tvmc("compile", "--target", "npu", light_model_path(name), "-o", package)
+    result = run_tvmc("compile", "--target", "npu", "--no-quantize", light_model_path(name), "-o", package)
     assert result.returncode == 0, result.stderr
     result = run_tvmc("run", package, "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz")
     assert result.returncode == 0, result.stderr
@@ -41,7 +41,7 @@ def test_randomized_light_model_matches_openvino(name, tmp_path):
     inputs, _ = light_reference(name)
     np.savez(tmp_path / "in.npz", **inputs)
     result = run_tvmc("validate", tmp_path / f"{name}_random.onnx", "--inputs", tmp_path / "in.npz",
-                      "--device", "CPU", "--report-json", tmp_path / "report.json")
+                      "--no-quantize", "--device", "CPU", "--report-json", tmp_path / "report.json")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["device"] == "CPU" and report["properties"] == {"INFERENCE_PRECISION_HINT": "f32"}
