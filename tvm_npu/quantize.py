@@ -178,11 +178,21 @@ def fold_batch_norms(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
     import nncf  # a slow import, needed only here
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
     nncf.set_log_level(logging.ERROR)
     try:
         # NNCF shows its own progress bars ("Statistics collection", "Applying Fast Bias correction").
-        return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+        return nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            subset_size=len(samples),
+            # OpenVINO's CPU preset quantizes depthwise-conv inputs per channel; an integer NPU
+            # needs one scale per activation tensor, since channels are summed in one accumulator.
+            advanced_parameters=AdvancedQuantizationParameters(
+                activations_quantization_params=QuantizationParameters(per_channel=False)
+            ),
+        )
     except Exception as err:  # noqa: BLE001 - NNCF raises many kinds on models it cannot handle
         raise NpuError(f"NNCF could not quantize the model ({first_line(err)}); "
                        "quantize it yourself to QDQ ONNX, or compile with --no-quantize") from None

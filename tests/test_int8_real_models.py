@@ -1,0 +1,97 @@
+"""INT8 on a model trained on real data: accuracy after `tvmc compile --quantize`, and the
+same network quantized by onnxruntime's quantizer (ReLU folded into Q, int32 bias)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import openvino as ov
+import pytest
+
+import tvm_npu
+
+from conftest import run_tvmc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _train_digits_module():
+    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "scripts" / "train_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The trained FP32 model, its calibration images (training split) and the held-out split."""
+    train_digits = _train_digits_module()
+    model, (train_x, _, test_x, test_y) = train_digits.train(seed=0)
+    folder = tmp_path_factory.mktemp("digits")
+    onnx.save(train_digits.to_onnx(model), folder / "digits_cnn.onnx")
+    np.savez(folder / "calibration.npz", image=train_x[:200])
+    fp32_accuracy = float(np.mean(model.forward(test_x)[0].argmax(1) == test_y))
+    return folder, test_x, test_y, fp32_accuracy
+
+
+def _accuracy(package: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    compiled = tvm_npu.load(package)
+    predictions = [compiled.run({"image": image[None]})["logits"].argmax() for image in images]
+    return float(np.mean(np.array(predictions) == labels))
+
+
+def test_digits_int8_accuracy_within_one_point_of_fp32(digits):
+    folder, test_x, test_y, fp32_accuracy = digits
+    package = folder / "digits_int8.tar"
+    result = run_tvmc("compile", folder / "digits_cnn.onnx", "--quantize", "--calibration-data",
+                      folder / "calibration.npz", "--save-quantized", folder / "digits_qdq.onnx", "-o", package)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy is unknown" not in result.stdout  # real calibration data, no warning
+    operators = tvm_npu.load(package).metadata.extra["operators"]
+    assert sum(row["kernel"] == "npu.conv2d" for row in operators) == 2
+    int8_accuracy = _accuracy(package, test_x, test_y)
+    print(f"digits: FP32 {fp32_accuracy:.2%}, INT8 {int8_accuracy:.2%} on {len(test_y)} held-out images")
+    assert fp32_accuracy > 0.95
+    assert int8_accuracy >= fp32_accuracy - 0.01
+
+
+def test_onnxruntime_quantized_model_matches_openvino_in_steps(digits, tmp_path):
+    """onnxruntime's QDQ style: asymmetric int8 activations with ReLU folded into Q, int32 bias."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    folder, test_x, _, _ = digits
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter({"image": x[None]} for x in np.load(folder / "calibration.npz")["image"][:100])
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    qdq = tmp_path / "digits_ort_qdq.onnx"
+    quantization.quantize_static(
+        str(folder / "digits_cnn.onnx"), str(qdq), Reader(), quant_format=quantization.QuantFormat.QDQ,
+        per_channel=True, activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+    )
+    model = onnx.load(qdq)
+    int32_constants = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32}
+    assert any(n.op_type == "DequantizeLinear" and n.input[0] in int32_constants for n in model.graph.node)
+    package = tmp_path / "digits_ort.tar"
+    tvm_npu.compile(qdq, output=package, target="npu/micro")
+    compiled = tvm_npu.load(package)
+    assert sum(row["kernel"] == "npu.conv2d" for row in compiled.metadata.extra["operators"]) == 2
+
+    (dq_logits,) = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == "logits"]
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    step = float(inits[dq_logits.input[1]])
+    core = ov.Core()
+    reference = core.compile_model(core.read_model(str(qdq)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    steps = np.concatenate([
+        np.abs(compiled.run({"image": x[None]})["logits"] - reference({"image": x[None]})[0]).ravel() / step
+        for x in test_x[:100]
+    ])
+    steps = np.round(steps)
+    print(f"onnxruntime-quantized digits: steps histogram {dict(zip(*np.unique(steps, return_counts=True)))}")
+    assert np.mean(steps <= 2) >= 0.999
