@@ -180,6 +180,7 @@ class _DuplicateSharedDequantize(relax.PyExprMutator):
 
 def _report(mod: tvm.IRModule, rejections: dict[str, str]) -> list[dict]:
     anchors = {op: k.name for k in kernels() for op in k.anchors}
+    graph = _Graph(mod["main"])
     rows = []
     for block in mod["main"].body.blocks:
         for binding in block.bindings:
@@ -198,15 +199,65 @@ def _report(mod: tvm.IRModule, rejections: dict[str, str]) -> list[dict]:
                 op = value.op.name
             else:
                 op = str(value.op)
-            rows.append({"name": name, "ops": [op], "runs_on": "cpu", "kernel": "", "reason": _cpu_reason(op, name, anchors, rejections)})
+            reason = _cpu_reason(op, binding.var, value, anchors, rejections, graph)
+            rows.append({"name": name, "ops": [op], "runs_on": "cpu", "kernel": "", "reason": reason})
     return rows
 
 
-def _cpu_reason(op: str, name: str, anchors: dict[str, str], rejections: dict[str, str]) -> str:
-    if name in rejections:
-        return rejections[name]
+class _Graph:
+    """Producers and consumers of `main`'s bindings, to say which side of a float op lacks QDQ."""
+
+    _ACTIVATIONS = ("relax.nn.relu", "relax.clip")
+
+    def __init__(self, main: relax.Function):
+        self.values = {b.var: b.value for block in main.body.blocks for b in block.bindings}
+        self.users: dict = {}
+        self.constant = set()  # computed from constants only: a weight's dequantize and permute_dims
+        for var, value in self.values.items():  # bindings come in dataflow order
+            operands = self._operands(value)
+            for arg in operands:
+                self.users.setdefault(arg, []).append(var)
+            if all(arg in self.constant for arg in operands):
+                self.constant.add(var)
+
+    @staticmethod
+    def _operands(value) -> list:
+        if not isinstance(value, relax.Call):
+            return []
+        flat = []
+        for arg in value.args:
+            flat.extend(arg.fields if isinstance(arg, relax.Tuple) else [arg])
+        return [a for a in flat if isinstance(a, relax.Var)]
+
+    def float_inputs(self, value) -> list[str]:
+        """Ops producing float tensor operands that are not DequantizeLinear outputs."""
+        ops = [op_name(self.values[a]) for a in self._operands(value) if a in self.values and a not in self.constant]
+        return [op or "a call" for op in ops if op != "relax.dequantize"]
+
+    def float_outputs(self, var) -> list[str]:
+        """Ops consuming the result in float, after the activations a kernel fuses."""
+        found = []
+        for user in self.users.get(var, []):
+            op = op_name(self.values[user])
+            if op in self._ACTIVATIONS:
+                found.extend(self.float_outputs(user))
+            elif op != "relax.quantize":
+                found.append(op or "the output")
+        return found or (["the graph output"] if not self.users.get(var) else [])
+
+
+def _cpu_reason(op: str, var, value, anchors: dict[str, str], rejections: dict[str, str], graph: _Graph) -> str:
+    if var.name in rejections:
+        return rejections[var.name]
     if op in _QDQ:
         return "quantization boundary between NPU integers and CPU floats"
     if op in anchors:
+        inputs, outputs = graph.float_inputs(value), graph.float_outputs(var)
+        # NNCF quantizes neither side of an op it fuses with its neighbours (conv + HardSwish,
+        # Add + Sigmoid): naming the float neighbour says where the model lacks a QDQ pair.
+        if inputs:
+            return f"quantization: float input from {inputs[0]} (no DequantizeLinear; {anchors[op]} takes int8)"
+        if outputs:
+            return f"quantization: float output into {outputs[0]} (no QuantizeLinear; {anchors[op]} gives int8)"
         return f"dtype: runs in float ({anchors[op]} needs DequantizeLinear inputs and a QuantizeLinear output)"
     return f"unsupported op: no NPU kernel for {op}"
