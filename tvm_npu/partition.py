@@ -1,6 +1,7 @@
 """Stage: partition. Quantized operator groups become NPU composites; the rest stays on the CPU.
 
-Entry point: `partition(mod) -> (mod, report)`. It runs on the module exactly as imported:
+Entry point: `partition(mod) -> (mod, report)`. It first normalizes what the importer leaves
+opaque (ONNX Clip becomes `R.clip`), then runs on the module otherwise as imported:
 FoldConstant would turn the int8 weight dequantizes into float constants, so it runs later.
 The report lists every operator of `main` with where it runs and, for the CPU ones, why.
 """
@@ -16,6 +17,8 @@ from .registry import Composite, kernels, op_name
 # Operators that only move or select values: their output holds exactly the dequantized input
 # values, so re-quantizing it with the input's own parameters is exact. That gives the operators
 # after them (a conv after a max pool or a flatten) the dequantize input their NPU pattern needs.
+# A concat so re-quantized runs on the NPU as a pure copy (npu.concat); differently quantized
+# inputs have no exact common grid, so only the model's own QuantizeLinear gives npu.concat one.
 _VALUE_PRESERVING = {
     "relax.nn.max_pool2d", "relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
     "relax.flatten", "relax.concat", "relax.split", "relax.strided_slice",
