@@ -8,6 +8,7 @@ depthwise) with bias and fused ReLU / ReLU6 / Clip, integer-only inside.
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
@@ -17,6 +18,7 @@ from tvm_npu.registry import (
     KernelParams,
     NpuKernel,
     const_value,
+    dtype_of,
     pattern_activation,
     per_tensor_problem,
 )
@@ -34,9 +36,32 @@ def patterns():
     return [(root, {"x": dq_x, "w": dq_w, "anchor": conv, "root": root})]
 
 
+def _input_problem(dq_x, conv) -> str | None:
+    """As for every kernel the input is per tensor, except that a depthwise conv (each output channel
+    reads one input channel) also takes per-channel inputs: the scale folds into that channel's
+    multiplier. NNCF quantizes depthwise inputs per channel for OpenVINO's CPU plugin."""
+    if not all(isinstance(a, tvm.ir.expr.Constant) for a in dq_x.args[1:3]) or const_value(dq_x.args[1]).size == 1:
+        return per_tensor_problem(dq_x)
+    scale, zp = const_value(dq_x.args[1]), const_value(dq_x.args[2]).reshape(-1)
+    channels = int(dq_x.ty.shape[1])
+    if int(dq_x.attrs.axis) % 4 != 1 or scale.size != channels or int(conv.attrs.groups) != channels:
+        return "attribute: per-channel activation quantization (the NPU takes it on depthwise conv inputs only)"
+    if np.any(zp != zp[0]):
+        return "attribute: per-channel activation zero points that differ"
+    if dtype_of(dq_x.args[0]) not in ("int8", "uint8"):
+        return f"dtype: {dtype_of(dq_x.args[0])} activations (the NPU takes int8/uint8)"
+    return None
+
+
 def check(ann) -> str | None:
     conv, dq_w = ann["anchor"], ann["w"]
-    problem = per_tensor_problem(ann["x"], ann["root"])
+    if all(isinstance(a, tvm.ir.expr.Constant) for a in ann["root"].args[1:3]) and const_value(ann["root"].args[1]).size > 1:
+        # NNCF does this when the output feeds a depthwise conv (see _input_problem).
+        return "attribute: per-channel output quantization (the NPU conv requantizes per tensor)"
+    problem = per_tensor_problem(ann["root"])
+    if problem:
+        return problem
+    problem = _input_problem(ann["x"], conv)
     if problem:
         return problem
     attrs = conv.attrs
@@ -53,14 +78,24 @@ def check(ann) -> str | None:
     taps = int(np.prod(w.shape[1:]))
     if taps * 255 * 128 > _ACC_LIMIT:
         return f"shape: {taps} taps per output overflow the int32 accumulator"
-    real = float(const_value(ann["x"].args[1])) * w_scale.astype(np.float64) / float(const_value(ann["root"].args[1]))
+    real = _input_scale(const_value(ann["x"].args[1]), conv) * w_scale.astype(np.float64) / float(const_value(ann["root"].args[1]))
     return scale_problem(real, BIAS_FRACTION_BITS)
+
+
+def _input_scale(scale: np.ndarray, conv) -> np.ndarray | float:
+    """The input scale per output channel (depthwise per-channel inputs), or the one scale."""
+    scale = np.asarray(scale, np.float64).reshape(-1)
+    if scale.size == 1:
+        return float(scale[0])
+    out_channels = int(conv.ty.shape[1])
+    return np.repeat(scale, out_channels // scale.size)  # groups == input channels: o reads o // per_group
 
 
 def params(comp: Composite) -> KernelParams:
     conv = comp.call("relax.nn.conv2d")
     dq_x, dq_w = comp.value(conv.args[0]), comp.value(conv.args[1])
-    sx, zx = comp.activation_input(dq_x)
+    sx, zx = comp.quant(dq_x)
+    sx, zx = _input_scale(sx, conv), int(zx.reshape(-1)[0])  # zero points are uniform (check)
     sy, zy, dtype, lo, hi = comp.output()
     w = comp.const(dq_w.args[0]).astype(np.int8)
     out_channels = w.shape[0]

@@ -13,10 +13,12 @@ import onnx
 import openvino as ov
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 import tvm_npu
 from tvm_npu.quantize import quantize
 from tvm_npu.frontend import load_onnx
+from tvm_npu.zoo import default_model_path
 
 from conftest import run_tvmc
 
@@ -127,11 +129,94 @@ def test_small_cnn_runs_its_operators_on_the_npu(small_cnn_package):
     kernels = {row["kernel"] for row in operators if row["runs_on"] == "npu"}
     assert {"npu.conv2d", "npu.elementwise", "npu.pool"} <= kernels
     convs = [row for row in operators if "relax.nn.conv2d" in row["ops"]]
-    # TVM imports ONNX Clip as opaque call_tirs, so the ReLU6 conv is not fused yet (a known gap).
-    assert len(convs) == 3 and sum(row["runs_on"] == "npu" for row in convs) == 2
+    # The depthwise conv's ReLU6 is an ONNX Clip (imported as opaque call_tirs, rewritten to R.clip).
+    assert len(convs) == 3 and all(row["runs_on"] == "npu" for row in convs)
     assert all(row["reason"] for row in operators if row["runs_on"] == "cpu")
     softmax = next(row for row in operators if row["ops"] == ["relax.nn.softmax"])
     assert softmax["runs_on"] == "cpu" and softmax["reason"].startswith("unsupported op")
+
+
+def test_default_model_runs_its_depthwise_relu6_conv_on_the_npu(tmp_path):
+    """The bundled model's depthwise conv has a ReLU6 (ONNX Clip) and, from NNCF, a per-channel input."""
+    operators = tvm_npu.compile(default_model_path(), output=tmp_path / "d.tar",
+                                target="npu/micro").metadata.extra["operators"]
+    convs = [row for row in operators if "relax.nn.conv2d" in row["ops"]]
+    on_cpu = [row["reason"] for row in convs if row["runs_on"] == "cpu"]
+    # Only the stem stays: NNCF quantizes its output per channel for the depthwise conv after it.
+    assert len(convs) >= 4 and on_cpu == ["attribute: per-channel output quantization (the NPU conv requantizes per tensor)"]
+    assert not any(row["reason"].startswith("dtype: runs in float") for row in operators)
+
+
+def make_activation_concat_model(path: Path) -> Path:
+    """A hand-made QDQ model (the form ONNX Runtime / TFLite-style quantizers emit): conv+ReLU6 and a
+    1x1 conv, HardSwish and Sigmoid on quantized inputs, and a concat of three differently quantized
+    tensors requantized to its own output grid. Scales come from float min/max on seeded inputs."""
+    rng = np.random.default_rng(5)
+    w1, b1 = rng.normal(0, 0.6, (8, 3, 3, 3)), rng.normal(0, 0.3, 8)
+    w2 = rng.normal(0, 0.5, (6, 8, 1, 1))
+    float_nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c1", "zero", "six"], ["r6"]),
+        helper.make_node("Conv", ["r6", "w2"], ["c2"]),
+        helper.make_node("HardSwish", ["c2"], ["hs"]),
+        helper.make_node("Sigmoid", ["c2"], ["sg"]),
+        helper.make_node("Concat", ["hs", "sg", "r6"], ["y"], axis=1),
+    ]
+    tensors = ["x", "r6", "c2", "hs", "sg", "y"]
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k)
+             for k, v in {"w1": w1, "b1": b1, "w2": w2, "zero": 0.0, "six": 6.0}.items()]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 20, 12, 12])
+    probe = helper.make_model(helper.make_graph(float_nodes, "f", [x_info], [helper.make_tensor_value_info(
+        t, TensorProto.FLOAT, None) for t in tensors], inits), opset_imports=[helper.make_opsetid("", 17)])
+    runs = [ReferenceEvaluator(probe).run(None, {"x": rng.random((1, 3, 12, 12), dtype=np.float32)}) for _ in range(4)]
+    dtypes = {"x": np.uint8, "r6": np.uint8, "c2": np.int8, "hs": np.int8, "sg": np.uint8, "y": np.int8}
+    nodes, qparams = [], []
+    for name, node in zip(["x"] + [n.output[0] for n in float_nodes], [None] + float_nodes):
+        if node is not None:
+            nodes.append(node)
+        if name not in dtypes:
+            continue
+        lo, hi = min(0.0, min(float(r[tensors.index(name)].min()) for r in runs)), max(float(r[tensors.index(name)].max()) for r in runs)
+        info = np.iinfo(dtypes[name])
+        scale = (hi - lo) / 255
+        zp = np.array(np.clip(np.round(info.min - lo / scale), info.min, info.max), dtypes[name])
+        qparams += [numpy_helper.from_array(np.array(scale, np.float32), f"{name}_s"), numpy_helper.from_array(zp, f"{name}_z")]
+        final = name == "y"
+        # Consumers read the dequantized tensor under the original name.
+        raw = f"{name}_f"
+        if node is not None:
+            node.output[0] = raw
+        else:
+            x_info.name = raw
+        nodes += [helper.make_node("QuantizeLinear", [raw, f"{name}_s", f"{name}_z"], [f"{name}_q"]),
+                  helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], ["y" if final else name])]
+    # Weights as int8 per-output-channel DequantizeLinear, like every QDQ quantizer writes them.
+    quantized_inits = []
+    for init in inits:
+        if init.name in ("w1", "w2"):
+            w = numpy_helper.to_array(init).astype(np.float64)
+            ws = np.abs(w).reshape(len(w), -1).max(1) / 127
+            quantized_inits += [numpy_helper.from_array(np.round(w / ws[:, None, None, None]).astype(np.int8), f"{init.name}_q"),
+                                numpy_helper.from_array(ws.astype(np.float32), f"{init.name}_s")]
+            nodes.insert(0, helper.make_node("DequantizeLinear", [f"{init.name}_q", f"{init.name}_s"], [init.name], axis=0))
+        else:
+            quantized_inits.append(init)
+    graph = helper.make_graph(nodes, "activation_concat", [x_info], [y_info], quantized_inits + qparams)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_activations_and_concat_run_on_the_npu_and_match_openvino(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("activation_concat")
+    qdq = folder / "activation_concat_qdq_probed.onnx"
+    onnx.save(with_probes(onnx.load(make_activation_concat_model(folder / "model.onnx"))), qdq)
+    package = folder / "activation_concat.tar"
+    operators = tvm_npu.compile(qdq, output=package, target="npu/micro").metadata.extra["operators"]
+    on_npu = [row["kernel"] for row in operators if row["runs_on"] == "npu"]
+    assert sorted(on_npu) == ["npu.concat", "npu.conv2d", "npu.conv2d", "npu.lut", "npu.lut"], operators
+    assert all(row["ops"][0] in ("relax.quantize", "relax.dequantize") for row in operators if row["runs_on"] == "cpu")
+    assert_within_two_steps(step_errors(package, qdq, seeds=(1, 2, 3)), "activation_concat")
 
 
 def test_unsupported_operator_falls_back_to_cpu_and_says_so(tmp_path):

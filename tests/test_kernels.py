@@ -108,7 +108,63 @@ def pool_case(rng, *, mode=None, c=None, hw=None, k=None, stride=None, pad=None,
     return KernelParams(attrs), [_integers(rng, (1, c or int(rng.integers(1, 9))) + hw, x_dtype)]
 
 
+def concat_case(rng, *, axis=None, count=None, rank=None, dtypes=None, same=False):
+    """Inputs on their own grids (or, `same`, all on the output's: the pure-copy path)."""
+    rank = rank or int(rng.integers(1, 5))
+    axis = axis if axis is not None else int(rng.integers(0, rank))
+    count = count or int(rng.integers(2, 5))
+    base = [int(d) for d in rng.integers(1, 6, rank)]
+    y_dtype = str(rng.choice(["int8", "uint8"]))
+    sy, zy, _, _ = _output_quant(rng, y_dtype)
+    lo, hi = activation_bounds(y_dtype, zy, sy, False, None)
+    inputs, sources = [], []
+    for i in range(count):
+        dtype = y_dtype if same else (dtypes[i] if dtypes else str(rng.choice(["int8", "uint8"])))
+        zx = zy if same else int(rng.integers(0, 256)) if dtype == "uint8" else int(rng.integers(-128, 128))
+        sx = sy if same else float(rng.uniform(0.5, 2.0) * sy)
+        mult, shift = multiplier(sx / sy)
+        sources.append((same, zx, int(mult), int(shift)))
+        shape = list(base)
+        shape[axis] = int(rng.integers(1, 6))
+        inputs.append(_integers(rng, tuple(shape), dtype))
+    attrs = {"axis": axis, "zy": zy, "lo": lo, "hi": hi, "out_dtype": y_dtype, "sources": tuple(sources)}
+    return KernelParams(attrs), inputs
+
+
+def lut_case(rng, *, function=None, x_dtype=None, y_dtype=None):
+    """Every input integer, once or more: the whole table is exercised."""
+    from schedules.lut import table
+
+    function = function or str(rng.choice(["sigmoid", "hardsigmoid", "hardswish"]))
+    x_dtype, y_dtype = x_dtype or str(rng.choice(["int8", "uint8"])), y_dtype or str(rng.choice(["int8", "uint8"]))
+    sx = float(rng.uniform(0.01, 0.08))
+    zx = int(rng.integers(100, 156)) if x_dtype == "uint8" else int(rng.integers(-28, 28))
+    info = np.iinfo(y_dtype)
+    lo_real = -0.375 if function == "hardswish" else 0.0  # the function's minimum
+    hi_real = sx * (np.iinfo(x_dtype).max - zx) if function == "hardswish" else 1.0
+    sy = (hi_real - lo_real) / 255
+    zy = int(np.clip(np.round(info.min - lo_real / sy), info.min, info.max))
+    alpha, beta = (1 / 6, 0.5) if function == "hardswish" else (float(rng.uniform(0.1, 0.3)), 0.5)
+    attrs = {"function": function, "sx": sx, "zx": zx, "sy": sy, "zy": zy, "in_dtype": x_dtype, "out_dtype": y_dtype,
+             "alpha": alpha, "beta": beta}
+    every = np.arange(np.iinfo(x_dtype).min, np.iinfo(x_dtype).max + 1).astype(x_dtype)
+    x = np.concatenate([every, _integers(rng, 7 * 8 * 11 - 256, x_dtype)]).reshape(1, 7, 8, 11)  # odd channels
+    return KernelParams(attrs, [table(attrs)]), [rng.permutation(x.ravel()).reshape(x.shape)]
+
+
 CASES = {
+    "npu.concat": [
+        *(lambda rng: concat_case(rng) for _ in range(6)),
+        lambda rng: concat_case(rng, axis=1, count=3, rank=4, dtypes=["int8", "uint8", "int8"]),
+        lambda rng: concat_case(rng, axis=1, count=2, rank=4, same=True),
+        lambda rng: concat_case(rng, axis=3, count=5, rank=4),
+        lambda rng: concat_case(rng, axis=0, count=2, rank=2, dtypes=["uint8", "uint8"]),
+    ],
+    "npu.lut": [
+        *(lambda rng, f=f, x=x: lut_case(rng, function=f, x_dtype=x)
+          for f in ("sigmoid", "hardsigmoid", "hardswish") for x in ("int8", "uint8")),
+        lambda rng: lut_case(rng, function="hardswish", x_dtype="int8", y_dtype="uint8"),
+    ],
     "npu.conv2d": [
         *(lambda rng: conv2d_case(rng) for _ in range(10)),
         lambda rng: conv2d_case(rng, c=3, o=5, hw=(7, 9), k=3, stride=2, pad=(1, 1, 1, 1), x_dtype="uint8"),
@@ -146,7 +202,7 @@ def run_kernel(name: str, params: KernelParams, inputs: list[np.ndarray]) -> np.
     prim = npu_kernel.primfunc("k", params, [(x.shape, str(x.dtype)) for x in inputs])
     lib = tvm.compile(tvm.IRModule({"k": prim}), target=TARGET)
     out = tvm.runtime.empty(expected.shape, str(expected.dtype))
-    lib["k"](*[tvm.runtime.tensor(a) for a in list(inputs) + list(params.consts)], out)
+    lib["k"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in list(inputs) + list(params.consts)], out)
     return out.numpy(), expected
 
 

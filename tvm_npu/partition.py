@@ -1,20 +1,24 @@
 """Stage: partition. Quantized operator groups become NPU composites; the rest stays on the CPU.
 
-Entry point: `partition(mod) -> (mod, report)`. It runs on the module exactly as imported:
+Entry point: `partition(mod) -> (mod, report)`. It first normalizes what the importer leaves
+opaque (ONNX Clip becomes `R.clip`), then runs on the module otherwise as imported:
 FoldConstant would turn the int8 weight dequantizes into float constants, so it runs later.
 The report lists every operator of `main` with where it runs and, for the CPU ones, why.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 
 from .registry import Composite, kernels, op_name
 
 # Operators that only move or select values: their output holds exactly the dequantized input
 # values, so re-quantizing it with the input's own parameters is exact. That gives the operators
 # after them (a conv after a max pool or a flatten) the dequantize input their NPU pattern needs.
+# A concat so re-quantized runs on the NPU as a pure copy (npu.concat); differently quantized
+# inputs have no exact common grid, so only the model's own QuantizeLinear gives npu.concat one.
 _VALUE_PRESERVING = {
     "relax.nn.max_pool2d", "relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
     "relax.flatten", "relax.concat", "relax.split", "relax.strided_slice",
@@ -23,6 +27,7 @@ _QDQ = ("relax.quantize", "relax.dequantize")
 
 
 def partition(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[dict]]:
+    mod = _update_main(mod, _ClipAsRelaxOp)
     mod = _requantize_value_preserving(mod)
     mod = _update_main(mod, _DuplicateSharedDequantize)
     rejections: dict[str, str] = {}
@@ -55,6 +60,63 @@ def _update_main(mod: tvm.IRModule, mutator_class) -> tvm.IRModule:
     gv = mod.get_global_var("main")
     mutator.builder_.update_func(gv, mutator.visit_expr(mod["main"]))
     return relax.transform.DeadCodeElimination(["main"])(mutator.builder_.finalize())
+
+
+@relax.expr_functor.mutator
+class _ClipAsRelaxOp(relax.PyExprMutator):
+    """ONNX Clip with constant bounds -> `R.clip`, the form the fused-activation patterns match.
+
+    TVM 0.27's importer emits Clip as `call_tir(maximum, (x, lo))` then `call_tir(minimum, (.., hi))`
+    (TE, bounds sanitized by `where(isnan(b), +-inf, b)`): opaque to dpl patterns, so a conv+ReLU6
+    would stay in float on the CPU. With constant bounds both calls fold into one clip.
+    """
+
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.source = mod
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        side = self._clip_side(call)
+        if side is None:
+            return call
+        x, bound = call.args[1].fields
+        value = self._constant_bound(bound)
+        if value is None:
+            return call
+        lo, hi = -np.inf, np.inf
+        inner = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if op_name(inner) == "relax.clip":  # max then min (or min then max): one clip
+            x, lo, hi = inner.args[0], float(inner.args[1].value), float(inner.args[2].value)
+        lo, hi = (max(lo, value), hi) if side == "max" else (lo, min(hi, value))
+        return relax.op.clip(x, lo, hi)
+
+    def _clip_side(self, call) -> str | None:
+        """"max" / "min" for a call_tir of an elementwise maximum/minimum with a scalar second operand."""
+        if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], relax.GlobalVar):
+            return None
+        args = call.args[1]
+        if not (isinstance(args, relax.Tuple) and len(args.fields) == 2 and len(args.fields[1].ty.shape) == 0):
+            return None
+        prim = self.source[call.args[0]] if call.args[0] in self.source.get_global_vars() else None
+        if not isinstance(prim, tirx.PrimFunc) or str(args.fields[0].ty.dtype) not in ("float32", "float16"):
+            return None
+        node = prim.body  # TE's single elementwise block: descend to its store
+        while not isinstance(node, tirx.BufferStore) and (hasattr(node, "block") or hasattr(node, "body")):
+            node = node.block if hasattr(node, "block") else node.body
+        if not isinstance(node, tirx.BufferStore):
+            return None
+        return {tirx.Max: "max", tirx.Min: "min"}.get(type(node.value))
+
+    def _constant_bound(self, bound) -> float | None:
+        """The bound's value: a constant, possibly behind the importer's NaN sanitizing `where`."""
+        value = self.lookup_binding(bound) if isinstance(bound, relax.Var) else bound
+        if op_name(value) == "relax.where":
+            value = value.args[2]
+        if not isinstance(value, tvm.ir.expr.Constant):
+            return None
+        number = float(value.value.numpy())
+        return None if np.isnan(number) else number
 
 
 def _per_tensor_dequantize(expr):
@@ -121,6 +183,7 @@ class _DuplicateSharedDequantize(relax.PyExprMutator):
 
 def _report(mod: tvm.IRModule, rejections: dict[str, str]) -> list[dict]:
     anchors = {op: k.name for k in kernels() for op in k.anchors}
+    graph = _Graph(mod["main"])
     rows = []
     for block in mod["main"].body.blocks:
         for binding in block.bindings:
@@ -139,15 +202,65 @@ def _report(mod: tvm.IRModule, rejections: dict[str, str]) -> list[dict]:
                 op = value.op.name
             else:
                 op = str(value.op)
-            rows.append({"name": name, "ops": [op], "runs_on": "cpu", "kernel": "", "reason": _cpu_reason(op, name, anchors, rejections)})
+            reason = _cpu_reason(op, binding.var, value, anchors, rejections, graph)
+            rows.append({"name": name, "ops": [op], "runs_on": "cpu", "kernel": "", "reason": reason})
     return rows
 
 
-def _cpu_reason(op: str, name: str, anchors: dict[str, str], rejections: dict[str, str]) -> str:
-    if name in rejections:
-        return rejections[name]
+class _Graph:
+    """Producers and consumers of `main`'s bindings, to say which side of a float op lacks QDQ."""
+
+    _ACTIVATIONS = ("relax.nn.relu", "relax.clip")
+
+    def __init__(self, main: relax.Function):
+        self.values = {b.var: b.value for block in main.body.blocks for b in block.bindings}
+        self.users: dict = {}
+        self.constant = set()  # computed from constants only: a weight's dequantize and permute_dims
+        for var, value in self.values.items():  # bindings come in dataflow order
+            operands = self._operands(value)
+            for arg in operands:
+                self.users.setdefault(arg, []).append(var)
+            if all(arg in self.constant for arg in operands):
+                self.constant.add(var)
+
+    @staticmethod
+    def _operands(value) -> list:
+        if not isinstance(value, relax.Call):
+            return []
+        flat = []
+        for arg in value.args:
+            flat.extend(arg.fields if isinstance(arg, relax.Tuple) else [arg])
+        return [a for a in flat if isinstance(a, relax.Var)]
+
+    def float_inputs(self, value) -> list[str]:
+        """Ops producing float tensor operands that are not DequantizeLinear outputs."""
+        ops = [op_name(self.values[a]) for a in self._operands(value) if a in self.values and a not in self.constant]
+        return [op or "a call" for op in ops if op != "relax.dequantize"]
+
+    def float_outputs(self, var) -> list[str]:
+        """Ops consuming the result in float, after the activations a kernel fuses."""
+        found = []
+        for user in self.users.get(var, []):
+            op = op_name(self.values[user])
+            if op in self._ACTIVATIONS:
+                found.extend(self.float_outputs(user))
+            elif op != "relax.quantize":
+                found.append(op or "the output")
+        return found or (["the graph output"] if not self.users.get(var) else [])
+
+
+def _cpu_reason(op: str, var, value, anchors: dict[str, str], rejections: dict[str, str], graph: _Graph) -> str:
+    if var.name in rejections:
+        return rejections[var.name]
     if op in _QDQ:
         return "quantization boundary between NPU integers and CPU floats"
     if op in anchors:
+        inputs, outputs = graph.float_inputs(value), graph.float_outputs(var)
+        # NNCF quantizes neither side of an op it fuses with its neighbours (conv + HardSwish,
+        # Add + Sigmoid): naming the float neighbour says where the model lacks a QDQ pair.
+        if inputs:
+            return f"quantization: float input from {inputs[0]} (no DequantizeLinear; {anchors[op]} takes int8)"
+        if outputs:
+            return f"quantization: float output into {outputs[0]} (no QuantizeLinear; {anchors[op]} gives int8)"
         return f"dtype: runs in float ({anchors[op]} needs DequantizeLinear inputs and a QuantizeLinear output)"
     return f"unsupported op: no NPU kernel for {op}"

@@ -1,0 +1,108 @@
+"""npu.concat: concatenation of quantized tensors along any axis, integer-only inside.
+
+Each input lands in its slice of the output either as a plain copy (its quantization already
+is the output's: a DMA on an NPU) or requantized onto the output grid:
+
+    Y[slice i] = X_i                                               same scale, zero point, dtype
+    Y[slice i] = clamp((X_i - z_i) * M_i >> S_i (round half up) + zy)    otherwise
+
+Equal-scale concats reach this kernel through partition's value-preserving rewrite (which
+gives them the shared quantization as output quantize); differently quantized inputs need the
+model's own QuantizeLinear after the concat to say which grid the output is on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
+
+from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, per_tensor_problem
+
+# dpl tuples have a fixed arity, so there is one pattern per input count. Inception concatenates
+# 4 branches; DenseNet-style blocks concatenate more, up to this many.
+MAX_INPUTS = 32
+
+
+def patterns():
+    found = []
+    for count in range(2, MAX_INPUTS + 1):
+        dqs = [is_op("relax.dequantize")(wildcard(), is_const(), is_const()) for _ in range(count)]
+        anchor = is_op("relax.concat")(is_tuple(dqs))
+        root = is_op("relax.quantize")(anchor, is_const(), is_const())
+        found.append((root, {"anchor": anchor, "root": root, **{f"x{i}": dq for i, dq in enumerate(dqs)}}))
+    return found
+
+
+def check(ann) -> str | None:
+    dqs = [ann[f"x{i}"] for i in range(len(ann) - 2)]
+    problem = per_tensor_problem(*dqs, ann["root"])
+    if problem:
+        return problem
+    if any(isinstance(dq.args[0], tvm.ir.expr.Constant) for dq in dqs):
+        return "attribute: a constant operand (the NPU concatenates activations)"
+    sy = float(const_value(ann["root"].args[1]))
+    return scale_problem(np.array([float(const_value(dq.args[1])) / sy for dq in dqs]))
+
+
+def params(comp: Composite) -> KernelParams:
+    concat = comp.call("relax.concat")
+    sy, zy, dtype, lo, hi = comp.output()
+    sources = []
+    for field in concat.args[0].fields:
+        dq = comp.value(field)
+        sx, zx = comp.activation_input(dq)
+        copy = sx == sy and zx == zy and str(dq.args[0].ty.dtype) == dtype
+        mult, shift = multiplier(sx / sy)
+        sources.append((copy, zx, int(mult), int(shift)))
+    rank = len(concat.ty.shape)
+    return KernelParams(attrs={"axis": int(concat.attrs.axis) % rank, "zy": zy, "lo": lo, "hi": hi,
+                               "out_dtype": dtype, "sources": tuple(sources)})
+
+
+def _converted(value, source, attrs, requantize):
+    copy, zx, mult, shift = source
+    if copy:
+        return value
+    return requantize(value.astype("int64") - zx, mult, shift, attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"])
+
+
+def compute(p: KernelParams, inputs):
+    a = p.attrs
+    axis = a["axis"]
+    xs = [te.placeholder(shape, dtype, f"X{i}") for i, (shape, dtype) in enumerate(inputs)]
+    offsets = np.cumsum([0] + [shape[axis] for shape, _ in inputs])
+    shape = list(inputs[0][0])
+    shape[axis] = int(offsets[-1])
+
+    def element(*index):
+        # Walk the inputs from the last: each one owns output indices from its offset on.
+        value = None
+        for i in reversed(range(len(xs))):
+            local = list(index)
+            local[axis] = index[axis] - int(offsets[i])
+            this = _converted(xs[i][tuple(local)], a["sources"][i], a, requantize_te)
+            value = this if value is None else tirx.if_then_else(index[axis] < int(offsets[i + 1]), this, value)
+        return value
+
+    y = te.compute(tuple(shape), element, name="Y")
+    return te.create_prim_func([*xs, y])
+
+
+def reference(p: KernelParams, inputs) -> np.ndarray:
+    a = p.attrs
+    parts = [_converted(x, s, a, requantize_np) for x, s in zip(inputs, a["sources"])]
+    return np.concatenate([part.astype(a["out_dtype"]) for part in parts], axis=a["axis"])
+
+
+KERNEL = NpuKernel(
+    name="npu.concat",
+    anchors=("relax.concat",),
+    patterns=patterns,
+    check=check,
+    params=params,
+    compute=compute,
+    reference=reference,
+)

@@ -1,0 +1,155 @@
+"""npu.lut: Sigmoid, HardSigmoid and HardSwish on quantized tensors through a 256-entry table.
+
+An INT8 NPU has no transcendental unit, but an 8-bit input has only 256 values: the compiler
+evaluates the function once per value, from the input and output quantization,
+and the kernel indexes that table with the input integer.
+
+    T[q - qmin] = clamp(round_half_even(f(sx * (q - zx)) / sy) + zy)   at compile time, float32
+    Y = T[X - qmin]
+
+The Relax forms are those of TVM 0.27's ONNX importer: `R.sigmoid`; HardSigmoid as
+`clip(alpha * x + beta, 0, 1)`; HardSwish as `x * (clip(x + 3, 0, 6) / 6)` (and older exports'
+`x * HardSigmoid(x, 1/6, 0.5)`). NNCF quantizes none of these functions' inputs (it treats them
+like fused activations of the producing conv/add), so after NNCF they stay on the CPU and the
+offload report says so; QDQ models that quantize the input (ONNX Runtime, TFLite-style) offload.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import te
+from tvm.relax.dpl import is_const, is_op, wildcard
+
+from tvm_npu.fixed_point import scale_problem
+from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, op_name, per_tensor_problem
+
+def _dequantized():
+    return is_op("relax.dequantize")(wildcard(), is_const(), is_const())
+
+
+def _hard_sigmoid(x, annotations: dict):
+    """alpha*x + beta clipped to [0, 1], as HardSigmoid or as HardSwish's inner clip(x + 3, 0, 6) / 6."""
+    alpha, beta, divisor = is_const(), is_const(), is_const()
+    scaled = is_op("relax.multiply")(alpha, x) | is_op("relax.multiply")(x, alpha)
+    unit_clip = is_op("relax.clip")(is_op("relax.add")(scaled, beta), wildcard(), wildcard())
+    wide_clip = is_op("relax.clip")(is_op("relax.add")(x, beta), wildcard(), wildcard())
+    annotations.update(unit_clip=unit_clip, wide_clip=wide_clip, divisor=divisor)
+    return unit_clip | is_op("relax.divide")(wide_clip, divisor)
+
+
+def patterns():
+    x = _dequantized()
+    sigmoid = is_op("relax.sigmoid")(x)
+    found = [(is_op("relax.quantize")(sigmoid, is_const(), is_const()), {"x": x, "anchor": sigmoid})]
+    x, annotations = _dequantized(), {}
+    hard = _hard_sigmoid(x, annotations)
+    found.append((is_op("relax.quantize")(hard, is_const(), is_const()), {"x": x, "anchor": hard, **annotations}))
+    # HardSwish: the importer uses x twice; partition gives each use its own dequantize, so the
+    # pattern takes two and `check` requires them to read the same tensor the same way.
+    x, gate_x, annotations = _dequantized(), _dequantized(), {}
+    swish = is_op("relax.multiply")(x, _hard_sigmoid(gate_x, annotations))
+    found.append((is_op("relax.quantize")(swish, is_const(), is_const()),
+                  {"x": x, "gate_x": gate_x, "anchor": swish, **annotations}))
+    for root, annotations in found:
+        annotations["root"] = root
+    return found
+
+
+def check(ann) -> str | None:
+    x = ann["x"]
+    problem = per_tensor_problem(x, ann["root"])
+    if problem:
+        return problem
+    if isinstance(x.args[0], tvm.ir.expr.Constant):
+        return "attribute: a constant operand"
+    if "gate_x" in ann:
+        gate = ann["gate_x"]
+        same = gate.args[0].same_as(x.args[0]) and all(
+            np.array_equal(const_value(a), const_value(b)) for a, b in zip(gate.args[1:3], x.args[1:3]))
+        if not same:
+            return "attribute: x * hardsigmoid(y) with y != x is not HardSwish"
+    for name in ("unit_clip", "wide_clip"):
+        if name not in ann:
+            continue
+        clip = ann[name]
+        top = 1.0 if name == "unit_clip" else float(const_value(ann["divisor"]))
+        if (float(clip.args[1].value), float(clip.args[2].value)) != (0.0, top):
+            return "attribute: clip bounds that make no hard sigmoid"
+    sx, sy = (float(const_value(e.args[1])) for e in (x, ann["root"]))
+    return scale_problem(sx) or scale_problem(sy)
+
+
+def _affine(comp: Composite) -> tuple[float, float]:
+    """(alpha, beta) of the matched hard sigmoid, whichever importer form it has (bounds: see check)."""
+    add = comp.calls("relax.add")[0]
+    beta = float(comp.const(add.args[1]))
+    divides = comp.calls("relax.divide")
+    if divides:  # clip(x + beta, 0, d) / d == clip(x/d + beta/d, 0, 1)
+        divisor = float(comp.const(divides[0].args[1]))
+        return 1 / divisor, beta / divisor
+    scaled = comp.value(add.args[0])
+    constant = next(a for a in scaled.args if not isinstance(comp.value(a), tvm.relax.Call))
+    return float(comp.const(constant)), beta
+
+
+def function(attrs: dict, x: np.ndarray) -> np.ndarray:
+    """The real-valued function, in x's float precision."""
+    one = x.dtype.type(1)
+    if attrs["function"] == "sigmoid":
+        with np.errstate(over="ignore"):  # exp overflows to inf for very negative x: sigmoid is 0 there
+            return one / (one + np.exp(-x))
+    gate = np.clip(x.dtype.type(attrs["alpha"]) * x + x.dtype.type(attrs["beta"]), 0, one)
+    return x * gate if attrs["function"] == "hardswish" else gate
+
+
+def table(attrs: dict) -> np.ndarray:
+    """The 256 output integers, indexed by input integer - qmin."""
+    info, out = np.iinfo(attrs["in_dtype"]), np.iinfo(attrs["out_dtype"])
+    q = np.arange(info.min, info.max + 1, dtype=np.int64)
+    # float32, in DequantizeLinear -> f -> QuantizeLinear order: the QDQ graph's own arithmetic.
+    # Quantized inputs hit exact rounding ties often (hardswish(0.9) / 0.03 is 19.5 in float32 but
+    # 19.4999... in float64), and a tie decided differently is a whole output step.
+    x = (q - attrs["zx"]).astype(np.float32) * np.float32(attrs["sx"])
+    y = np.round(function(attrs, x) / np.float32(attrs["sy"]))  # half to even, as QuantizeLinear
+    return np.clip(y.astype(np.int64) + attrs["zy"], out.min, out.max).astype(attrs["out_dtype"])
+
+
+def params(comp: Composite) -> KernelParams:
+    dq = next(v for v in comp.bindings.values() if op_name(v) == "relax.dequantize")
+    sx, zx = comp.activation_input(dq)
+    sy, zy, dtype, _, _ = comp.output()
+    attrs = {"sx": sx, "zx": zx, "sy": sy, "zy": zy, "in_dtype": str(dq.args[0].ty.dtype), "out_dtype": dtype,
+             "alpha": 0.0, "beta": 0.0}
+    if comp.calls("relax.sigmoid"):
+        attrs["function"] = "sigmoid"
+    else:
+        attrs["alpha"], attrs["beta"] = _affine(comp)
+        swish = any(all(isinstance(comp.value(a), tvm.relax.Call) for a in m.args) for m in comp.calls("relax.multiply"))
+        attrs["function"] = "hardswish" if swish else "hardsigmoid"
+    return KernelParams(attrs, [table(attrs)])
+
+
+def compute(p: KernelParams, inputs):
+    (shape, dtype), *_ = inputs  # HardSwish's composite may pass x twice: both are the same tensor
+    qmin = int(np.iinfo(dtype).min)
+    xs = [te.placeholder(s, d, f"X{i}") for i, (s, d) in enumerate(inputs)]
+    lut = te.placeholder((256,), p.attrs["out_dtype"], "T")
+    y = te.compute(shape, lambda *i: lut[xs[0][i].astype("int32") - qmin], name="Y")
+    return te.create_prim_func([*xs, lut, y])
+
+
+def reference(p: KernelParams, inputs) -> np.ndarray:
+    x = inputs[0]
+    return p.consts[0][x.astype(np.int64) - int(np.iinfo(x.dtype).min)]
+
+
+KERNEL = NpuKernel(
+    name="npu.lut",
+    anchors=("relax.sigmoid",),
+    patterns=patterns,
+    check=check,
+    params=params,
+    compute=compute,
+    reference=reference,
+)
