@@ -163,6 +163,13 @@ def test_npu_is_used_with_its_properties_when_openvino_has_one(monkeypatch):
     assert properties["PERFORMANCE_HINT"] == "LATENCY" and properties["NPU_TURBO"] == "YES" and "CACHE_DIR" in properties
 
 
+def test_help_lists_the_validate_flags():
+    result = run_tvmc("validate", "--help")
+    assert result.returncode == EXIT_OK, result.stderr
+    for flag in ("--samples", "--atol-steps", "--max-bias-steps", "--min-cosine", "--per-layer", "--device"):
+        assert flag in result.stdout
+
+
 def test_npu_requested_without_one_could_not_validate(conv_package):
     result = run_tvmc("validate", conv_package, "--device", "NPU")
     assert result.returncode == EXIT_COULD_NOT_VALIDATE

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd.add_argument("--device", choices=DEVICES, default="AUTO",
                               help="OpenVINO device: AUTO uses the NPU when present, else the CPU")
     validate_cmd.add_argument("--atol-steps", type=float, default=DEFAULT_ATOL_STEPS,
-                              help=f"quantized outputs: at least {MIN_WITHIN_STEPS:.1%} of elements at most this many "
+                              help=f"quantized outputs: at least {MIN_WITHIN_STEPS * 100:g}%% of elements at most this many "
                                    f"quantization steps off (default: {DEFAULT_ATOL_STEPS:g})")
     validate_cmd.add_argument("--max-bias-steps", type=float, default=DEFAULT_MAX_BIAS_STEPS,
                               help=f"quantized outputs: largest mean signed error in steps (default: {DEFAULT_MAX_BIAS_STEPS:g})")

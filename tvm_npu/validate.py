@@ -22,8 +22,9 @@ bias) is at most `max_bias_steps`. Other float outputs of a quantized model have
 in and are judged by cosine similarity; float outputs of a float model by allclose and cosine.
 
 `per_layer=True` compiles a copy of the QDQ model whose activation DequantizeLinear outputs are
-extra graph outputs ("probes"), runs it on both sides and judges every probe in graph order; the
-first one beyond tolerance names the first diverging layer.
+extra graph outputs ("probes"), runs it on both sides and judges every probe in graph order (by
+bias and cosine: step counts drift with depth, see LAYER_MIN_COSINE); the first one beyond
+tolerance names the first diverging layer.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ DEFAULT_ATOL_STEPS = 2.0  # quantized outputs: an element passes when at most th
 MIN_WITHIN_STEPS = 0.999  # ... and an output passes when this fraction of its elements does
 DEFAULT_MAX_BIAS_STEPS = 0.1  # |mean signed error| in steps: a rounding bug shifts every element alike
 BIAS_MIN_ELEMENTS = 1000  # the bias is only judged on tensors this large (a mean of few elements is noise)
-# Intermediate layers (--per-layer): 1-step disagreements compound with depth (measured: 98.7 % of
-# elements within 2 steps at the last layer of a randomized squeezenet, bias below 0.01 step), so
-# a layer is judged at this fraction; the bias check is what singles out a broken kernel.
-LAYER_MIN_WITHIN_STEPS = 0.98
+# Intermediate layers (--per-layer) are not judged by steps: 1-step disagreements compound with depth
+# (measured on randomized QDQ models: squeezenet's last layer 98.7 % within 2 steps, shufflenet's
+# 67 % with outliers of 200+ steps, resnet50's 95.6 %, all with |bias| < 0.04 step and cosine
+# > 0.9995). A layer fails on a systematic bias (a broken rounding: +0.18 step and up) or on a
+# cosine below this (a broken kernel that scrambles values).
+LAYER_MIN_COSINE = 0.995
 # Against the FP32 model (the last fallback) INT8 quantization error is part of the difference:
 # only cosine similarity is judged, at this wider threshold.
 FP32_MIN_COSINE = 0.98
@@ -74,7 +77,7 @@ class Tolerances:
     atol_steps: float = DEFAULT_ATOL_STEPS
     min_within_steps: float = MIN_WITHIN_STEPS
     max_bias_steps: float = DEFAULT_MAX_BIAS_STEPS
-    layer_min_within_steps: float = LAYER_MIN_WITHIN_STEPS
+    layer_min_cosine: float = LAYER_MIN_COSINE
     fp32_min_cosine: float = FP32_MIN_COSINE
 
 
@@ -510,10 +513,11 @@ def compare(
         c.passed = cosine >= t.fp32_min_cosine
         c.reason = "" if c.passed else f"cosine {cosine:.4f} < {t.fp32_min_cosine} against FP32"
     elif step is not None:
-        need = t.layer_min_within_steps if layer else t.min_within_steps
         biased = steps.size >= BIAS_MIN_ELEMENTS and abs(c.bias_steps) > t.max_bias_steps
-        if c.within_steps < need:
-            c.reason = f"{c.within_steps:.2%} within {t.atol_steps:g} steps < {need:.1%}"
+        if layer and cosine < t.layer_min_cosine:
+            c.reason = f"cosine {cosine:.4f} < {t.layer_min_cosine}"
+        elif not layer and c.within_steps < t.min_within_steps:
+            c.reason = f"{c.within_steps:.2%} within {t.atol_steps:g} steps < {t.min_within_steps:.1%}"
         elif biased:
             c.reason = f"bias {c.bias_steps:+.3f} steps beyond {t.max_bias_steps:g}"
         c.passed = not c.reason
