@@ -36,6 +36,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
+        "validate": ["onnxruntime"],  # tvmc validate's fallback reference when OpenVINO cannot run a model
         "test": ["pytest>=8", "onnxruntime", "scikit-learn"],
     },
     entry_points={

@@ -15,15 +15,27 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from . import __version__
 from .atomic import atomic_output
 from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
 from .frontend import parse_input_shapes
 from .pipeline import compile as compile_model
+from .quantize import is_quantized
 from .runtime import load, make_inputs, read_npz, write_npz
 from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
-from .validate import DEFAULT_ATOL, DEFAULT_MIN_COSINE, DEFAULT_RTOL, DEVICES, validate
+from .validate import (
+    DEFAULT_ATOL,
+    DEFAULT_ATOL_STEPS,
+    DEFAULT_MAX_BIAS_STEPS,
+    DEFAULT_MIN_COSINE,
+    DEFAULT_RTOL,
+    DEVICES,
+    FP32_MIN_COSINE,
+    MIN_WITHIN_STEPS,
+    validate,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -77,12 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.set_defaults(handler=_run)
 
     validate_cmd = commands.add_parser(
-        "validate", help="compare a package (or an ONNX model, compiled first) against OpenVINO"
+        "validate", help="compare a package (or an ONNX model, compiled first) against OpenVINO",
+        description="Runs the package and a reference on the same inputs and the same ONNX model and compares "
+        "every output. Reference chain: OpenVINO (NPU if present, else CPU) -> ONNX Runtime on the same "
+        f"model (if installed) -> OpenVINO CPU on the FP32 model (cosine >= {FP32_MIN_COSINE}). "
+        "Exit 0 pass, 1 fail, 3 could not validate.",
     )
     validate_cmd.add_argument("FILE", help="a package (.tar) or an ONNX model (.onnx)")
     _add_input_options(validate_cmd)
+    validate_cmd.add_argument("--samples", type=int, default=1, metavar="N",
+                              help="with --fill-mode: validate on N input samples (seeds --seed .. --seed+N-1; default: 1)")
     validate_cmd.add_argument("--device", choices=DEVICES, default="AUTO",
                               help="OpenVINO device: AUTO uses the NPU when present, else the CPU")
+    validate_cmd.add_argument("--atol-steps", type=float, default=DEFAULT_ATOL_STEPS,
+                              help=f"quantized outputs: at least {MIN_WITHIN_STEPS * 100:g}%% of elements at most this many "
+                                   f"quantization steps off (default: {DEFAULT_ATOL_STEPS:g})")
+    validate_cmd.add_argument("--max-bias-steps", type=float, default=DEFAULT_MAX_BIAS_STEPS,
+                              help=f"quantized outputs: largest mean signed error in steps (default: {DEFAULT_MAX_BIAS_STEPS:g})")
+    validate_cmd.add_argument("--per-layer", action="store_true",
+                              help="also compare every quantized intermediate tensor and name the first layer "
+                                   "beyond tolerance (compiles a probed copy of the model)")
     validate_cmd.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
                               help=f"relative tolerance for float outputs (default: {DEFAULT_RTOL})")
     validate_cmd.add_argument("--atol", type=float, default=DEFAULT_ATOL,
@@ -187,14 +213,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    fp32_onnx = None
     with tempfile.TemporaryDirectory(prefix="tvm_npu_validate_") as folder:
         if Path(args.FILE).suffix == ".onnx":
             package = _compile_from_args(args, Path(folder) / "model.tar").package_path
+            source = Path(args.FILE).read_bytes()
+            fp32_onnx = None if is_quantized(onnx.load_from_string(source)) else source
         else:
             package = args.FILE
         model = load(package)
-    report = validate(model, _inputs_from_args(args, model), args.device, args.rtol, args.atol, args.min_cosine)
+    if args.samples < 1:
+        raise NpuError(f"--samples must be at least 1, got {args.samples}")
+    if args.inputs:
+        samples = [read_npz(args.inputs)]
+    else:
+        samples = [make_inputs(model.inputs, args.fill_mode, args.seed + i) for i in range(args.samples)]
+    report = validate(model, samples, args.device, args.rtol, args.atol, args.min_cosine, args.atol_steps,
+                      args.max_bias_steps, args.per_layer, fp32_onnx)
     print(report)
+    if not report.passed and not args.per_layer:
+        print("hint: rerun with --per-layer to find the first layer that diverges")
     if args.report_json:
         with atomic_output(args.report_json) as stream:
             stream.write(json.dumps(report.to_dict(), indent=2).encode())
