@@ -95,3 +95,30 @@ def test_onnxruntime_quantized_model_matches_openvino_in_steps(digits, tmp_path)
     steps = np.round(steps)
     print(f"onnxruntime-quantized digits: steps histogram {dict(zip(*np.unique(steps, return_counts=True)))}")
     assert np.mean(steps <= 2) >= 0.999
+
+
+def test_shape_one_quantization_parameters_are_per_tensor(tmp_path):
+    """onnxruntime may write per-tensor scales as shape-(1,) arrays; a max pool between such QDQ
+    pairs must still partition (regression: float() of a (1,) array raised)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    params = {"s": np.array([0.05], np.float32), "z": np.array([3], np.int8)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("MaxPool", ["xd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("QuantizeLinear", ["p", "s", "z"], ["pq"]),
+        helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [numpy_helper.from_array(v, k) for k, v in params.items()])
+    path = tmp_path / "pool.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    tvm_npu.compile(path, output=tmp_path / "pool.tar")
+    compiled = tvm_npu.load(tmp_path / "pool.tar")
+    assert any(row["kernel"] == "npu.pool" for row in compiled.metadata.extra["operators"])
+    x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    expected = np.clip(np.round(x / 0.05) + 3, -128, 127)
+    expected = ((expected - 3) * 0.05).reshape(1, 4, 4, 2, 4, 2).max(axis=(3, 5))
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], expected, atol=1e-6)

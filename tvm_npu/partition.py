@@ -27,6 +27,7 @@ _QDQ = ("relax.quantize", "relax.dequantize")
 
 
 def partition(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[dict]]:
+    mod = _update_main(mod, _ScalarQuantizationParameters)
     mod = _update_main(mod, _ClipAsRelaxOp)
     mod = _requantize_value_preserving(mod)
     mod = _update_main(mod, _DuplicateSharedDequantize)
@@ -117,6 +118,23 @@ class _ClipAsRelaxOp(relax.PyExprMutator):
             return None
         number = float(value.value.numpy())
         return None if np.isnan(number) else number
+
+
+@relax.expr_functor.mutator
+class _ScalarQuantizationParameters(relax.PyExprMutator):
+    """Shape-(1,) scales and zero points (onnxruntime writes them) become the scalars they mean,
+    so every kernel sees one form of per-tensor quantization."""
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if op_name(call) not in _QDQ or not all(_is_size_one_array(a) for a in call.args[1:3]):
+            return call
+        scalars = [relax.const(a.value.numpy().reshape(()), str(a.ty.dtype)) for a in call.args[1:3]]
+        return relax.Call(call.op, [call.args[0], *scalars], call.attrs, call.ty_args)
+
+
+def _is_size_one_array(expr) -> bool:
+    return isinstance(expr, tvm.ir.expr.Constant) and expr.value.numpy().shape == (1,)
 
 
 def _per_tensor_dequantize(expr):
