@@ -147,7 +147,8 @@ def footprint(g: Geometry, t: Tiles) -> dict[str, int]:
     """Planned SRAM bytes per buffer; streamed (inner-loop) buffers count twice (double buffering)."""
     x = g.tile_in_channels(t.order, t.channels) * g.rows_in(t.rows) * g.cols_in * g.in_bytes
     w, p = t.channels * g.taps, t.channels * PARAM_BYTES_PER_CHANNEL
-    inner = 2  # slots of a double-buffered buffer
+    trips = -(-g.out_h // t.rows) if t.order == "weights" else -(-g.out_channels // t.channels)
+    inner = 2 if trips > 1 else 1  # slots of a double-buffered buffer (one inner tile: nothing to overlap)
     xs, ws = (inner, 1) if t.order == "weights" else (1, inner)
     return {
         "input": xs * x,
