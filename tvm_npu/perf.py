@@ -84,7 +84,8 @@ class Geometry:
 
     @property
     def input_bytes(self) -> int:
-        return self.batch * self.in_channels * self.in_h * self.in_w * self.in_bytes
+        """The input the layer reads at least once (a strided 1x1 conv skips the last row/column)."""
+        return self.batch * self.in_channels * self.real_rows(0, self.out_h) * self.real_cols * self.in_bytes
 
     @property
     def output_bytes(self) -> int:
@@ -315,7 +316,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             g, cost = p.geometry, layer_cost(p.geometry, p.tiles, config)
             t = p.tiles
             result.layers.append(LayerEstimate(
-                p.name, p.kernel, p.placement, g.describe(),
+                f"{p.row}:{p.name}", p.kernel, p.placement, g.describe(),
                 f"{t.rows} rows x {t.channels} ch, {t.order} outer",
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 g.compulsory_bytes, roofline(g.compulsory_bytes, g.macs, config), p.sram_planned, p.sram_proven,
@@ -330,7 +331,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             compute = s["ops"] / config.mac_cols
             cycles = max(bound, compute) if on_npu else 0.0
             result.layers.append(LayerEstimate(
-                p.name, p.kernel, p.placement, s["shape"], "not tiled" if on_npu else f"cpu: {p.reason}",
+                f"{p.row}:{p.name}", p.kernel, p.placement, s["shape"], "not tiled" if on_npu else f"cpu: {p.reason}",
                 0, cycles, compute if on_npu else 0.0, 0, s["read"] if on_npu else 0, s["write"] if on_npu else 0,
                 compulsory if on_npu else 0, bound if on_npu else 0.0, None, None,
             ))
