@@ -209,7 +209,9 @@ def _host_loops(sch, acc, y, y_out, extents: dict[str, int]) -> None:
             sch.reorder(*reductions, by_name["x"])
         sch.vectorize(by_name["x"])
     for block in (y, y_out):
-        sch.vectorize(sch.get_loops(block)[-1])
+        loops = sch.get_loops(block)
+        if len(loops) > 3:  # never the tile loops themselves (a 1x1 output tile has no loops of its own)
+            sch.vectorize(loops[-1])
 
 
 KERNEL = NpuKernel(

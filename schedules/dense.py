@@ -137,7 +137,9 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
         sch.compute_at(block, outer if tiles.order == "weights" else inner)
     loads = {sch.get(x_s).name_hint} if tiles.order == "weights" else {sch.get(b).name_hint for b in stationary}
     for block in (y, y_out):
-        sch.vectorize(sch.get_loops(block)[-1])
+        loops = sch.get_loops(block)
+        if len(loops) > 2:  # never the tile loops themselves (a 1x1 output tile has no loops of its own)
+            sch.vectorize(loops[-1])
     if int(sch.get(inner).extent) > 1:  # one inner tile has nothing to overlap: single buffers
         double_buffer(sch, inner, loads, {sch.get(y_out).name_hint})
     sch.parallel(outer)

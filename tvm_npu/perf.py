@@ -84,8 +84,13 @@ class Geometry:
 
     @property
     def input_bytes(self) -> int:
-        """The input the layer reads at least once (a strided 1x1 conv skips the last row/column)."""
-        return self.batch * self.in_channels * self.real_rows(0, self.out_h) * self.real_cols * self.in_bytes
+        """The input the layer touches at least once (a strided 1x1 conv skips rows and columns)."""
+        return self.batch * self.in_channels * self._touched(0) * self._touched(1) * self.in_bytes
+
+    def _touched(self, axis: int) -> int:
+        out, k, s, d = ((self.out_h, self.out_w)[axis], self.kernel[axis], self.stride[axis], self.dilation[axis])
+        start, extent = self.padding[axis], (self.in_h, self.in_w)[axis]
+        return len({y * s + r * d for y in range(out) for r in range(k)} & set(range(start, start + extent)))
 
     @property
     def output_bytes(self) -> int:
