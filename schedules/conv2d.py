@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import te, tirx
+from tvm import s_tir, te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.perf import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -22,6 +23,7 @@ from tvm_npu.registry import (
     pattern_activation,
     per_tensor_problem,
 )
+from tvm_npu.sram import SRAM_SCOPE, double_buffer
 
 _ACC_LIMIT = 2**31 - 1
 
@@ -189,6 +191,64 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
                          a["zy"], a["lo"], a["hi"], a["out_dtype"])
 
 
+def geometry(p: KernelParams, inputs) -> Geometry:
+    ((x_shape, x_dtype),) = inputs
+    a, w = p.attrs, p.consts[0]
+    n, o, oh, ow = out_shape(a, x_shape, w.shape)
+    return Geometry("conv2d", n, x_shape[1], x_shape[2], x_shape[3], o, oh, ow, tuple(w.shape[2:]),
+                    tuple(a["strides"]), tuple(a["dilation"]), tuple(a["padding"]), a["groups"])
+
+
+def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
+    """SRAM tiles: padded input rows (with halo, 8-bit, padded with zx), weight and parameter tile,
+    int32 accumulator and output tile, all in SRAM; the inner tile loop is double-buffered, the
+    outer one runs in parallel on the host, and the innermost output-column loops vectorize."""
+    sch = s_tir.Schedule(func)
+    y, acc, xp = sch.get_sblock("Y"), sch.get_sblock("acc"), sch.get_sblock("Xp")
+    _, o, h, _ = sch.get_loops(y)
+    oo, oi = sch.split(o, [None, tiles.channels])
+    ho, hi = sch.split(h, [None, tiles.rows])
+    n = sch.get_loops(y)[0]
+    outer, inner = (oo, ho) if tiles.order == "weights" else (ho, oo)
+    sch.reorder(n, outer, inner, oi, hi)
+    y_out = sch.cache_write(y, 0, SRAM_SCOPE)
+    sch.reverse_compute_at(y_out, inner)
+    sch.compute_at(acc, inner)
+    sch.set_scope(acc, 0, SRAM_SCOPE)
+    sch.set_scope(xp, 0, SRAM_SCOPE)
+    sch.compute_at(xp, inner if tiles.order == "weights" else outer)
+    stationary = [sch.cache_read(acc, 1, SRAM_SCOPE)] + [sch.cache_read(y, i, SRAM_SCOPE) for i in (1, 2, 3)]
+    for block in stationary:
+        sch.compute_at(block, outer if tiles.order == "weights" else inner)
+    loads = {"Xp"} if tiles.order == "weights" else {sch.get(b).name_hint for b in stationary}
+    (_, gc, kh, kw), (*_, ow) = (func.params[i].shape for i in (1, -1))
+    extents = {"o": tiles.channels, "y": tiles.rows, "x": ow, "rc": gc, "rh": kh, "rw": kw}
+    _host_loops(sch, acc, y, y_out, {k: int(v) for k, v in extents.items()})
+    if int(sch.get(inner).extent) > 1:  # one inner tile has nothing to overlap: single buffers
+        double_buffer(sch, inner, loads, {sch.get(y_out).name_hint})
+    sch.parallel(outer)
+    return sch.mod["main"]
+
+
+def _host_loops(sch, acc, y, y_out, extents: dict[str, int]) -> None:
+    """Output columns innermost and vectorized: the accumulation runs as int32 SIMD lanes on the host.
+
+    compute_at generated the accumulator's tile loops in block-iterator order, leaving out unit
+    extents; `extents` (o, y, x, rc, rh, rw) tells which of them exist."""
+    present = [name for name, extent in extents.items() if extent > 1]
+    loops = sch.get_loops(acc)[3:]  # after n, the outer and the inner tile loop
+    if "x" in present and len(loops) == len(present):
+        by_name = dict(zip(present, loops))
+        reductions = [by_name[r] for r in ("rc", "rh", "rw") if r in by_name]
+        if reductions:
+            sch.reorder(*reductions, by_name["x"])
+        sch.vectorize(by_name["x"])
+    for block in (y, y_out):
+        loops = sch.get_loops(block)
+        if len(loops) > 3:  # never the tile loops themselves (a 1x1 output tile has no loops of its own)
+            sch.vectorize(loops[-1])
+
+
 KERNEL = NpuKernel(
     name="npu.conv2d",
     anchors=("relax.nn.conv2d",),
@@ -197,4 +257,6 @@ KERNEL = NpuKernel(
     params=params,
     compute=compute,
     reference=reference,
+    geometry=geometry,
+    schedule=schedule,
 )

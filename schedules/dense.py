@@ -8,10 +8,11 @@ ReLU / ReLU6 / Clip, integer-only inside; weights are held as [O, K] (Gemm trans
 from __future__ import annotations
 
 import numpy as np
-from tvm import te
+from tvm import s_tir, te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.perf import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -20,6 +21,7 @@ from tvm_npu.registry import (
     pattern_activation,
     per_tensor_problem,
 )
+from tvm_npu.sram import SRAM_SCOPE, double_buffer
 
 _ACC_LIMIT = 2**31 - 1
 
@@ -107,6 +109,43 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     return requantize_np((acc << BIAS_FRACTION_BITS) + bias, mult, shift, a["zy"], a["lo"], a["hi"], a["out_dtype"])
 
 
+def geometry(p: KernelParams, inputs) -> Geometry:
+    """Dense as the planner sees it: a 1x1 convolution over the N rows of X (K in, O out channels)."""
+    ((x_shape, _),) = inputs
+    out_channels, depth = p.consts[0].shape
+    return Geometry("dense", 1, depth, x_shape[0], 1, out_channels, x_shape[0], 1)
+
+
+def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
+    """SRAM tiles of X rows, weight rows (+ parameters), int32 accumulator and output; the inner
+    tile loop double-buffered, the outer one parallel, the reduction vectorized for the host."""
+    sch = s_tir.Schedule(func)
+    y, acc = sch.get_sblock("Y"), sch.get_sblock("acc")
+    n, o = sch.get_loops(y)
+    no, ni = sch.split(n, [None, tiles.rows])
+    oo, oi = sch.split(o, [None, tiles.channels])
+    outer, inner = (oo, no) if tiles.order == "weights" else (no, oo)
+    sch.reorder(outer, inner, ni, oi)
+    y_out = sch.cache_write(y, 0, SRAM_SCOPE)
+    sch.reverse_compute_at(y_out, inner)
+    sch.compute_at(acc, inner)
+    sch.set_scope(acc, 0, SRAM_SCOPE)
+    x_s = sch.cache_read(acc, 0, SRAM_SCOPE)
+    sch.compute_at(x_s, inner if tiles.order == "weights" else outer)
+    stationary = [sch.cache_read(acc, 1, SRAM_SCOPE)] + [sch.cache_read(y, i, SRAM_SCOPE) for i in (1, 2, 3)]
+    for block in stationary:
+        sch.compute_at(block, outer if tiles.order == "weights" else inner)
+    loads = {sch.get(x_s).name_hint} if tiles.order == "weights" else {sch.get(b).name_hint for b in stationary}
+    for block in (y, y_out):
+        loops = sch.get_loops(block)
+        if len(loops) > 2:  # never the tile loops themselves (a 1x1 output tile has no loops of its own)
+            sch.vectorize(loops[-1])
+    if int(sch.get(inner).extent) > 1:  # one inner tile has nothing to overlap: single buffers
+        double_buffer(sch, inner, loads, {sch.get(y_out).name_hint})
+    sch.parallel(outer)
+    return sch.mod["main"]
+
+
 KERNEL = NpuKernel(
     name="npu.dense",
     anchors=("relax.matmul",),
@@ -115,4 +154,6 @@ KERNEL = NpuKernel(
     params=params,
     compute=compute,
     reference=reference,
+    geometry=geometry,
+    schedule=schedule,
 )

@@ -17,7 +17,10 @@ from .target import NpuConfig
 def build(mod: tvm.IRModule, config: NpuConfig) -> relax.Executable:
     target = config.tvm_target()
     try:
-        return tvm.compile(mod, target=target)
+        # StorageRewrite would merge the SRAM tile buffers of mixed dtypes into one allocation and
+        # misalign them (an InternalError in 0.27); each tile buffer stays its own allocation.
+        with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+            return tvm.compile(mod, target=target)
     except Exception as err:  # noqa: BLE001 - a TVM failure here is ours to report, not the user's
         raise NpuError(
             f"TVM failed to build the model for {target.attrs['model']}: {first_line(err)} "

@@ -21,8 +21,10 @@ from . import __version__
 from .atomic import atomic_output
 from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
 from .frontend import parse_input_shapes
+from .package import read_package
 from .pipeline import compile as compile_model
 from .quantize import is_quantized
+from .report import FORMATS, plot, report, summary_text
 from .runtime import load, make_inputs, read_npz, write_npz
 from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
 from .validate import (
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tvm_npu {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,validate}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,validate,report}")
 
     compile_cmd = commands.add_parser("compile", help="compile an ONNX model into a package (.tar)")
     compile_cmd.add_argument("FILE", help="the ONNX model to compile")
@@ -118,7 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd.add_argument("--report-json", help="also write the report as JSON to this file")
     _add_compile_options(validate_cmd)
     validate_cmd.set_defaults(handler=_validate)
+    report_cmd = commands.add_parser("report", help="print the NPU performance model's summary and per-layer table")
+    report_cmd.add_argument("FILE", help="the package written by `tvmc compile`")
+    report_cmd.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    report_cmd.add_argument("--plot", metavar="PNG", help="also draw per-layer cycles against the roofline bound")
+    report_cmd.set_defaults(handler=_report)
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    metadata = read_package(args.FILE).metadata
+    print(report(metadata, args.format))
+    if args.plot:
+        plot(metadata, args.plot)
+    return EXIT_OK
 
 
 def _add_compile_options(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +152,8 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="calibration samples: an .npz with one array per input, first axis = samples "
                              "(default: seeded random inputs, accuracy unknown)")
     parser.add_argument("--save-quantized", metavar="PATH", help="also write the quantized QDQ ONNX model here")
+    parser.add_argument("--allow-cpu-fallback", action="store_true",
+                        help="run a layer no SRAM tiling fits on the CPU (and say so) instead of stopping")
     parser.add_argument("--dump-offloads", action="store_true",
                         help="list every operator with where it runs (NPU kernel or CPU) and why")
 
@@ -156,6 +173,7 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
     result = compile_model(
         args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
         calibration_data=args.calibration_data, save_quantized=args.save_quantized,
+        allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False),
     )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)
@@ -184,6 +202,7 @@ def _compile(args: argparse.Namespace) -> int:
     for kind, specs in (("input", meta.inputs), ("output", meta.outputs)):
         for spec in specs:
             print(f"  {kind:<7}{spec.name}: {spec.dtype}{list(spec.shape)}")
+    print(summary_text(meta))
     return EXIT_OK
 
 

@@ -26,6 +26,8 @@ from .frontend import OnnxModel, import_onnx, load_onnx
 from .lower import lower
 from .package import PackageMetadata, write_package
 from .partition import partition
+from .perf import estimate
+from .plan import plan
 from .quantize import is_quantized, load_calibration, quantize
 from .target import NpuConfig, resolve_target
 
@@ -48,6 +50,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     calibration_data: str | Path | None = None,
     save_quantized: str | Path | None = None,
     seed: int = 0,
+    allow_cpu_fallback: bool = False,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
 
@@ -55,7 +58,8 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     for overrides). `quantize_model` (default: when the model is not QDQ already) runs
     post-training quantization, calibrated on `calibration_data` (.npz, one array per input,
     first axis = samples) or on `seed`ed random inputs. `save_quantized` writes the QDQ ONNX.
-    Raises `NpuError` with a one-line message for anything a user can fix.
+    Raises `NpuError` with a one-line message for anything a user can fix; a layer no SRAM
+    tiling fits is one, unless `allow_cpu_fallback` places it on the CPU (said in the report).
     """
     config = resolve_target(target)
     output = check_output_path(output)
@@ -77,8 +81,13 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
         imported = import_onnx(loaded)
     with _timed(seconds, "partition"):
         mod, operators = partition(imported.mod)
+    with _timed(seconds, "plan"):
+        layers = plan(mod, config, allow_cpu_fallback)
     with _timed(seconds, "lower"):
-        mod = relax.transform.FoldConstant()(lower(mod))
+        mod = relax.transform.FoldConstant()(lower(mod, layers, config.sram_bytes))
+    for layer in layers:
+        if layer.placement == "cpu":
+            operators[layer.row].update(runs_on="cpu", reason=layer.reason)
     with _timed(seconds, "build"):
         executable = build(mod, config)
     metadata = PackageMetadata(
@@ -88,7 +97,9 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
         npu_config=config,
         target=json.loads(str(config.tvm_target())),
         versions={"tvm_npu": __version__, "tvm": tvm.__version__},
-        extra={"quantized": is_quantized(loaded.model), "operators": operators},
+        extra={"quantized": is_quantized(loaded.model), "operators": operators,
+               "layers": [layer.to_dict() for layer in layers],
+               "performance": estimate(layers, config).to_dict()},
     )
     with _timed(seconds, "package"):
         write_package(output, executable, metadata, imported.onnx_bytes)

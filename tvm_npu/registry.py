@@ -42,6 +42,11 @@ class NpuKernel:
     # compute is the default schedule; SRAM tiling schedules this PrimFunc next.
     compute: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], tvm.tirx.PrimFunc]
     reference: Callable[[KernelParams, list[np.ndarray]], np.ndarray]  # integer-exact twin of compute
+    # SRAM tiling (optional; a kernel without them runs untiled and the report says "not tiled"):
+    # geometry(params, inputs) -> tvm_npu.perf.Geometry, what the planner tiles and the model costs;
+    # schedule(primfunc, tiles: tvm_npu.perf.Tiles) -> the PrimFunc with its SRAM-tiled schedule.
+    geometry: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], object] | None = None
+    schedule: Callable[[tvm.tirx.PrimFunc, object], tvm.tirx.PrimFunc] | None = None
 
     def primfunc(self, symbol: str, params: KernelParams, inputs) -> tvm.tirx.PrimFunc:
         """The kernel's PrimFunc under a unique symbol (TE names every PrimFunc `main`)."""

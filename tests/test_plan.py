@@ -1,0 +1,106 @@
+"""The SRAM plan and schedules: scheduled kernels stay bit-exact, the footprint read back from the
+lowered TIR equals the plan, a layer that cannot fit stops compilation with one line (or, with
+--allow-cpu-fallback, runs on the CPU and the offload report says so)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+
+import tvm_npu
+from tvm_npu.errors import NpuError
+from tvm_npu.perf import Geometry, Tiles, footprint
+from tvm_npu.plan import LayerPlan, _choose, choose_tiles
+from tvm_npu.registry import kernel
+from tvm_npu.sram import prove_footprint
+from tvm_npu.target import resolve_target
+from test_kernels import CASES
+
+TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+
+
+def _run_scheduled(name, params, inputs, tiles):
+    npu_kernel = kernel(name)
+    specs = [(x.shape, str(x.dtype)) for x in inputs]
+    scheduled = npu_kernel.schedule(npu_kernel.primfunc("k", params, specs), tiles)
+    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+        lib = tvm.compile(tvm.IRModule({"k": scheduled}), target=TARGET)
+    expected = npu_kernel.reference(params, inputs)
+    out = tvm.runtime.empty(expected.shape, str(expected.dtype))
+    lib["k"](*[tvm.runtime.tensor(a) for a in list(inputs) + list(params.consts)], out)
+    return scheduled, out.numpy(), expected
+
+
+@pytest.mark.parametrize("name, index", [(n, i) for n in ("npu.conv2d", "npu.dense") for i in range(len(CASES[n]))])
+@pytest.mark.parametrize("order", ["weights", "rows"])
+def test_scheduled_kernel_is_bit_exact_and_its_sram_proof_equals_the_plan(name, index, order):
+    rng = np.random.default_rng(1000 * index + len(name))  # the same cases as test_kernels
+    params, inputs = CASES[name][index](rng)
+    g = kernel(name).geometry(params, [(x.shape, str(x.dtype)) for x in inputs])
+    tiles = Tiles(max(1, g.out_h // 2), g.per_group * max(1, g.groups // 2) if g.groups > 1 else max(1, g.out_channels // 3), order)
+    scheduled, ours, expected = _run_scheduled(name, params, inputs, tiles)
+    np.testing.assert_array_equal(ours, expected)
+    proof = prove_footprint(scheduled)
+    assert proof.total == sum(footprint(g, tiles).values()), proof.buffers
+    assert all(size > 0 for _, size in proof.buffers) and len(proof.buffers) >= 5
+
+
+def test_chosen_tiles_fit_and_prefer_no_halo_rereads():
+    g = Geometry("conv2d", 1, 64, 56, 56, 64, 56, 56, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    mid = resolve_target("npu/mid")
+    tiles, smallest = choose_tiles(g, mid)
+    assert sum(footprint(g, tiles).values()) <= mid.sram_bytes and smallest < mid.sram_bytes
+    assert tiles.rows == 56  # the whole input stays: compulsory traffic only
+
+
+def test_no_tiling_fits_is_one_line_naming_layer_footprint_and_sram():
+    g = Geometry("conv2d", 1, 512, 14, 14, 512, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    tiny = resolve_target("npu/mid", sram_kib=1)
+    layer = LayerPlan("lv7", "f", "npu.conv2d", geometry=g)
+    with pytest.raises(NpuError) as err:
+        _choose(layer, tiny, allow_cpu_fallback=False)
+    message = str(err.value)
+    _, smallest = choose_tiles(g, tiny)
+    assert "\n" not in message and "lv7" in message and f"{smallest} B" in message and "1024 B" in message
+    assert "--allow-cpu-fallback" in message
+    _choose(layer, tiny, allow_cpu_fallback=True)
+    assert layer.placement == "cpu" and "sram" in layer.reason
+
+
+@pytest.fixture(scope="session")
+def wide_conv_model(tmp_path_factory):
+    """conv 3x3 16->64 -> ReLU -> conv 3x3 64->64 -> ReLU -> GAP: the second conv needs > 1 KiB of SRAM."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, s).astype(np.float32), n)
+             for n, s in (("w1", (64, 16, 3, 3)), ("w2", (64, 64, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["y"])]
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 1, 1])], inits)
+    path = tmp_path_factory.mktemp("models") / "wide.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_compile_stops_when_no_tiling_fits_and_falls_back_when_allowed(wide_conv_model, tmp_path):
+    with pytest.raises(NpuError, match=r"needs at least \d+ B of SRAM .* has 1024 B"):
+        tvm_npu.compile(wide_conv_model, output=tmp_path / "a.tar", target=resolve_target("npu/micro", sram_kib=1))
+    result = tvm_npu.compile(wide_conv_model, output=tmp_path / "b.tar",
+                             target=resolve_target("npu/micro", sram_kib=1), allow_cpu_fallback=True)
+    extra = result.metadata.extra
+    fallback = [row for row in extra["operators"] if row["reason"].startswith("sram:")]
+    assert fallback and all(row["runs_on"] == "cpu" for row in fallback)
+    assert any(layer["placement"] == "cpu" for layer in extra["layers"])
+    assert extra["performance"]["summary"]["cpu_layers"] >= 1
+    x = np.random.default_rng(1).uniform(0, 1, (1, 16, 8, 8)).astype(np.float32)
+    small = tvm_npu.load(result.package_path).run({"x": x})["y"]
+    full = tvm_npu.compile(wide_conv_model, output=tmp_path / "c.tar", target="npu/micro")
+    for layer in full.metadata.extra["layers"]:
+        if layer["tiles"] is not None:
+            assert layer["sram_proven"] == layer["sram_planned"] <= full.metadata.npu_config.sram_bytes
+    reference = tvm_npu.load(full.package_path).run({"x": x})["y"]
+    assert np.abs(small - reference).max() < 0.2 * (np.abs(reference).max() + 1e-6)

@@ -1,0 +1,124 @@
+"""Stage: plan. Every NPU layer gets SRAM tiles (or, when none fit, an error or a CPU placement).
+
+Entry point: `plan(mod, config, allow_cpu_fallback=False) -> list[LayerPlan]`, on the
+partitioned module (before `lower`). For a kernel with a `geometry`, it enumerates tilings
+(output rows x output channels per tile, weights-outer or rows-outer loop order), keeps those
+whose double-buffered footprint (`perf.footprint`) fits `config.sram_bytes`, and picks the one
+with the least modelled DRAM traffic, then the fewest modelled cycles (traffic first makes
+"a larger SRAM never increases DRAM traffic" hold by construction: a larger SRAM only adds
+candidates). `lower` then schedules the kernel with those tiles and proves the footprint on
+the lowered TIR (`tvm_npu.sram.prove_footprint`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax
+
+from .errors import NpuError
+from .perf import Geometry, Tiles, footprint, layer_cost
+from .registry import Composite, kernel
+from .target import NpuConfig
+
+
+@dataclass
+class LayerPlan:
+    name: str  # the operator's name in the offload report (its binding in main)
+    function: str  # the composite function `lower` replaces
+    kernel: str
+    placement: str = "npu"  # "npu" | "cpu" (no tiling fits and --allow-cpu-fallback)
+    reason: str = ""
+    geometry: Geometry | None = None
+    tiles: Tiles | None = None  # None: the kernel has no SRAM schedule ("not tiled")
+    sram_planned: int | None = None
+    sram_proven: int | None = None  # set by lower from the lowered TIR
+    stream: dict = field(default_factory=dict)  # bytes read/written, ops, shape: for untiled layers
+    row: int = -1  # index of this operator in the offload report (binding names repeat across blocks)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "row": self.row, "kernel": self.kernel, "placement": self.placement, "reason": self.reason,
+            "geometry": None if self.geometry is None else self.geometry.__dict__,
+            "tiles": None if self.tiles is None else self.tiles.__dict__,
+            "sram_planned": self.sram_planned, "sram_proven": self.sram_proven,
+        }
+
+
+def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False) -> list[LayerPlan]:
+    plans = []
+    row = -1  # the offload report's row: it lists every call binding of main, in order
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            row += isinstance(call, relax.Call)
+            if not (isinstance(call, relax.Call) and isinstance(call.op, relax.GlobalVar)):
+                continue
+            func = mod[call.op]
+            if not (isinstance(func, relax.Function) and func.attrs and "Composite" in func.attrs):
+                continue
+            npu_kernel = kernel(str(func.attrs["Composite"]))
+            params = npu_kernel.params(Composite(func))
+            inputs = [(tuple(int(d) for d in a.ty.shape), str(a.ty.dtype)) for a in call.args]
+            layer = LayerPlan(binding.var.name, call.op.name_hint, npu_kernel.name, row=row,
+                              stream=_stream(params, inputs, call))
+            if npu_kernel.geometry is not None:
+                layer.geometry = npu_kernel.geometry(params, inputs)
+                _choose(layer, config, allow_cpu_fallback)
+            plans.append(layer)
+    return plans
+
+
+def _stream(params, inputs, call) -> dict:
+    out_shape = tuple(int(d) for d in call.ty.shape)
+    read = sum(math.prod(shape) * tvm.DataType(dtype).bits // 8 for shape, dtype in inputs)
+    read += sum(int(c.nbytes) for c in params.consts)
+    taps = math.prod(params.attrs.get("pool", (1,)))
+    shapes = " + ".join("x".join(map(str, s)) for s, _ in inputs)
+    return {"read": read, "write": math.prod(out_shape) * tvm.DataType(str(call.ty.dtype)).bits // 8,
+            "ops": math.prod(out_shape) * taps, "shape": f"{shapes} -> {'x'.join(map(str, out_shape))}"}
+
+
+def candidates(g: Geometry, config: NpuConfig) -> list[Tiles]:
+    """Row tiles: every distinct ceil(out_h / k); channel tiles: multiples of the array width that split
+    the channels evenly, small powers of two for tight SRAM, all of them; grouped convs keep whole groups."""
+    rows = sorted({-(-g.out_h // k) for k in range(1, g.out_h + 1)})
+    step = g.per_group if g.groups > 1 and not g.depthwise else 1
+    chans = {g.out_channels}
+    for k in range(1, g.out_channels + 1):
+        size = -(-g.out_channels // k)
+        chans.add(min(g.out_channels, -(-size // config.mac_cols) * config.mac_cols))
+    chans.update(c for c in (1, 2, 4, 8, 16) if c < g.out_channels)
+    chans = sorted({-(-c // step) * step for c in chans})
+    return [Tiles(r, c, order) for order in ("weights", "rows") for r in rows for c in chans]
+
+
+def choose_tiles(g: Geometry, config: NpuConfig) -> tuple[Tiles | None, int]:
+    """The tiling with the least DRAM traffic, then cycles, that fits; and the smallest footprint of any."""
+    best, best_key, smallest = None, None, math.inf
+    for tiles in candidates(g, config):
+        size = sum(footprint(g, tiles).values())
+        smallest = min(smallest, size)
+        if size > config.sram_bytes:
+            continue
+        cost = layer_cost(g, tiles, config)
+        key = (cost.dram_bytes, cost.cycles, size)
+        if best_key is None or key < best_key:
+            best, best_key = tiles, key
+    return best, int(smallest)
+
+
+def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool) -> None:
+    tiles, smallest = choose_tiles(layer.geometry, config)
+    if tiles is not None:
+        layer.tiles = tiles
+        layer.sram_planned = sum(footprint(layer.geometry, tiles).values())
+        return
+    problem = (f"layer {layer.name} ({layer.geometry.describe()}) needs at least {smallest} B of SRAM in its "
+               f"smallest tiling, but npu/{config.name} has {config.sram_bytes} B")
+    if not allow_cpu_fallback:
+        raise NpuError(f"{problem}; raise --target-npu-sram-kib or pass --allow-cpu-fallback to run it on the CPU")
+    layer.placement = "cpu"
+    layer.reason = f"sram: needs at least {smallest} B, the NPU has {config.sram_bytes} B (--allow-cpu-fallback)"
