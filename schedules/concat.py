@@ -16,10 +16,17 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import te, tirx
-from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
+from tvm.relax.dpl import is_const, is_op, is_tuple
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
-from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, per_tensor_problem
+from tvm_npu.registry import (
+    Composite,
+    KernelParams,
+    NpuKernel,
+    const_value,
+    dequantized_tensor,
+    per_tensor_problem,
+)
 
 # dpl tuples have a fixed arity, so there is one pattern per input count. Inception concatenates
 # 4 branches; DenseNet-style blocks concatenate more, up to this many.
@@ -29,7 +36,7 @@ MAX_INPUTS = 32
 def patterns():
     found = []
     for count in range(2, MAX_INPUTS + 1):
-        dqs = [is_op("relax.dequantize")(wildcard(), is_const(), is_const()) for _ in range(count)]
+        dqs = [dequantized_tensor() for _ in range(count)]
         anchor = is_op("relax.concat")(is_tuple(dqs))
         root = is_op("relax.quantize")(anchor, is_const(), is_const())
         found.append((root, {"anchor": anchor, "root": root, **{f"x{i}": dq for i, dq in enumerate(dqs)}}))

@@ -18,21 +18,21 @@ from tvm_npu.registry import (
     Composite,
     KernelParams,
     NpuKernel,
+    accumulator_overflows,
     const_value,
+    dequantized_constant,
+    dequantized_tensor,
     dtype_of,
     pattern_activation,
     per_tensor_problem,
 )
 from tvm_npu.sram import SRAM_SCOPE, double_buffer
 
-_ACC_LIMIT = 2**31 - 1
-
-
 def patterns():
-    dq_x = is_op("relax.dequantize")(wildcard(), is_const(), is_const())
-    dq_w = is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    dq_x = dequantized_tensor()
+    dq_w = dequantized_constant()
     conv = is_op("relax.nn.conv2d")(dq_x, dq_w)
-    bias_src = is_const() | is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    bias_src = is_const() | dequantized_constant()
     biased = is_op("relax.add")(conv, bias_src | is_op("relax.reshape")(bias_src, wildcard()))
     root = is_op("relax.quantize")(pattern_activation(conv | biased), is_const(), is_const())
     return [(root, {"x": dq_x, "w": dq_w, "anchor": conv, "root": root})]
@@ -78,7 +78,7 @@ def check(ann) -> str | None:
     if w_scale.size > 1 and int(dq_w.attrs.axis) % 4 != 0:
         return "attribute: weight scales not per output channel"
     taps = int(np.prod(w.shape[1:]))
-    if taps * 255 * 128 > _ACC_LIMIT:
+    if accumulator_overflows(taps):
         return f"shape: {taps} taps per output overflow the int32 accumulator"
     real = _input_scale(const_value(ann["x"].args[1]), conv) * w_scale.astype(np.float64) / float(const_value(ann["root"].args[1]))
     return scale_problem(real, BIAS_FRACTION_BITS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from tvm import s_tir, te, tirx
-from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.perf import Geometry, Tiles
@@ -17,21 +17,21 @@ from tvm_npu.registry import (
     Composite,
     KernelParams,
     NpuKernel,
+    accumulator_overflows,
     const_value,
+    dequantized_constant,
+    dequantized_tensor,
     pattern_activation,
     per_tensor_problem,
 )
 from tvm_npu.sram import SRAM_SCOPE, double_buffer
 
-_ACC_LIMIT = 2**31 - 1
-
-
 def patterns():
-    dq_x = is_op("relax.dequantize")(wildcard(), is_const(), is_const())
-    dq_w = is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    dq_x = dequantized_tensor()
+    dq_w = dequantized_constant()
     perm = is_op("relax.permute_dims")(dq_w)
     matmul = is_op("relax.matmul")(dq_x, dq_w | perm)
-    bias = is_const() | is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    bias = is_const() | dequantized_constant()
     root = is_op("relax.quantize")(pattern_activation(matmul | is_op("relax.add")(matmul, bias)), is_const(), is_const())
     return [(root, {"x": dq_x, "w": dq_w, "perm": perm, "anchor": matmul, "root": root})]
 
@@ -52,7 +52,7 @@ def check(ann) -> str | None:
     out_axis = 0 if "perm" in ann else 1  # Gemm transB=1 holds [O, K]; MatMul holds [K, O]
     if w_scale.size > 1 and int(dq_w.attrs.axis) % 2 != out_axis:
         return "attribute: weight scales not per output channel"
-    if w.shape[1 - out_axis] * 255 * 128 > _ACC_LIMIT:
+    if accumulator_overflows(w.shape[1 - out_axis]):
         return "shape: reduction too long for the int32 accumulator"
     real = float(const_value(dq_x.args[1])) * w_scale.astype(np.float64) / float(const_value(ann["root"].args[1]))
     return scale_problem(real, BIAS_FRACTION_BITS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import te
-from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.registry import (
@@ -19,6 +19,7 @@ from tvm_npu.registry import (
     KernelParams,
     NpuKernel,
     const_value,
+    dequantized_tensor,
     op_name,
     pattern_activation,
     per_tensor_problem,
@@ -30,8 +31,8 @@ _OPS = {"relax.add": "add", "relax.multiply": "mul"}
 def patterns():
     found = []
     for op in _OPS:
-        dq_a = is_op("relax.dequantize")(wildcard(), is_const(), is_const())
-        dq_b = is_op("relax.dequantize")(wildcard(), is_const(), is_const())
+        dq_a = dequantized_tensor()
+        dq_b = dequantized_tensor()
         anchor = is_op(op)(dq_a, dq_b)
         root = is_op("relax.quantize")(pattern_activation(anchor), is_const(), is_const())
         found.append((root, {"a": dq_a, "b": dq_b, "anchor": anchor, "root": root}))

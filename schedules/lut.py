@@ -22,10 +22,15 @@ from tvm import te
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import scale_problem
-from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, op_name, per_tensor_problem
-
-def _dequantized():
-    return is_op("relax.dequantize")(wildcard(), is_const(), is_const())
+from tvm_npu.registry import (
+    Composite,
+    KernelParams,
+    NpuKernel,
+    const_value,
+    dequantized_tensor,
+    op_name,
+    per_tensor_problem,
+)
 
 
 def _hard_sigmoid(x, annotations: dict):
@@ -39,15 +44,15 @@ def _hard_sigmoid(x, annotations: dict):
 
 
 def patterns():
-    x = _dequantized()
+    x = dequantized_tensor()
     sigmoid = is_op("relax.sigmoid")(x)
     found = [(is_op("relax.quantize")(sigmoid, is_const(), is_const()), {"x": x, "anchor": sigmoid})]
-    x, annotations = _dequantized(), {}
+    x, annotations = dequantized_tensor(), {}
     hard = _hard_sigmoid(x, annotations)
     found.append((is_op("relax.quantize")(hard, is_const(), is_const()), {"x": x, "anchor": hard, **annotations}))
     # HardSwish: the importer uses x twice; partition gives each use its own dequantize, so the
     # pattern takes two and `check` requires them to read the same tensor the same way.
-    x, gate_x, annotations = _dequantized(), _dequantized(), {}
+    x, gate_x, annotations = dequantized_tensor(), dequantized_tensor(), {}
     swish = is_op("relax.multiply")(x, _hard_sigmoid(gate_x, annotations))
     found.append((is_op("relax.quantize")(swish, is_const(), is_const()),
                   {"x": x, "gate_x": gate_x, "anchor": swish, **annotations}))

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import numpy as np
 from tvm import te, tirx
-from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
-from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, op_name, per_tensor_problem
+from tvm_npu.registry import (
+    Composite,
+    KernelParams,
+    NpuKernel,
+    const_value,
+    dequantized_tensor,
+    op_name,
+    per_tensor_problem,
+)
 
 _POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.mean")
 
 
 def patterns():
-    dq_x = is_op("relax.dequantize")(wildcard(), is_const(), is_const())
+    dq_x = dequantized_tensor()
     anchor = is_op("relax.nn.max_pool2d")(dq_x) | is_op("relax.nn.avg_pool2d")(dq_x) | is_op("relax.mean")(dq_x)
     root = is_op("relax.quantize")(anchor, is_const(), is_const())
     return [(root, {"x": dq_x, "anchor": anchor, "root": root})]

@@ -18,7 +18,7 @@ from functools import cache
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.dpl import DFPattern, is_op, wildcard
+from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 
 from .fixed_point import activation_bounds
 
@@ -84,6 +84,21 @@ def const_value(expr) -> np.ndarray:
 
 def dtype_of(expr) -> str:
     return str(expr.ty.dtype)
+
+
+def dequantized_tensor() -> DFPattern:
+    """An activation read through its DequantizeLinear (constant scale and zero point)."""
+    return is_op("relax.dequantize")(wildcard(), is_const(), is_const())
+
+
+def dequantized_constant() -> DFPattern:
+    """Integer weights or bias stored as a constant behind a DequantizeLinear."""
+    return is_op("relax.dequantize")(is_const(), is_const(), is_const())
+
+
+def accumulator_overflows(taps: int) -> bool:
+    """Whether `taps` int8 x int8 products (|x - zx| <= 255, |w| <= 128) can overflow int32."""
+    return taps * 255 * 128 > 2**31 - 1
 
 
 def pattern_activation(x: DFPattern) -> DFPattern:
