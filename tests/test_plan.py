@@ -95,7 +95,7 @@ def test_compile_stops_when_no_tiling_fits_and_falls_back_when_allowed(wide_conv
     fallback = [row for row in extra["operators"] if row["reason"].startswith("sram:")]
     assert fallback and all(row["runs_on"] == "cpu" for row in fallback)
     assert any(layer["placement"] == "cpu" for layer in extra["layers"])
-    assert extra["performance"]["summary"]["cpu_layers"] >= 1
+    assert extra["performance"]["summary"]["sram_fallback_layers"] >= 1
     x = np.random.default_rng(1).uniform(0, 1, (1, 16, 8, 8)).astype(np.float32)
     small = tvm_npu.load(result.package_path).run({"x": x})["y"]
     full = tvm_npu.compile(wide_conv_model, output=tmp_path / "c.tar", target="npu/micro")

@@ -286,7 +286,7 @@ class ModelEstimate:
         proven = [layer.sram_proven for layer in npu if layer.sram_proven is not None]
         return {
             "npu_layers": len(npu),
-            "cpu_layers": len(self.layers) - len(npu),
+            "sram_fallback_layers": len(self.layers) - len(npu),  # planned, then moved to the CPU
             "tiled_layers": sum(layer.sram_planned is not None for layer in npu),
             "sram_bytes": self.config.sram_bytes,
             "sram_peak_proven": max(proven, default=0),

@@ -28,8 +28,16 @@ def performance(metadata: PackageMetadata) -> dict:
     return perf
 
 
+def _cpu_operator_counts(metadata: PackageMetadata) -> tuple[int, int]:
+    """(CPU operators, quantize/dequantize boundaries) from the compile's offload report."""
+    cpu = [row for row in metadata.extra.get("operators", []) if row["runs_on"] == "cpu"]
+    boundaries = sum(row["ops"] in (["relax.quantize"], ["relax.dequantize"]) for row in cpu)
+    return len(cpu) - boundaries, boundaries
+
+
 def summary_text(metadata: PackageMetadata) -> str:
     s = performance(metadata)["summary"]
+    cpu_operators, boundaries = _cpu_operator_counts(metadata)
     config = metadata.npu_config
     kib = 1024
     return "\n".join([
@@ -37,7 +45,8 @@ def summary_text(metadata: PackageMetadata) -> str:
         f"({config.macs_per_cycle} MACs/cycle, {config.sram_kib} KiB SRAM, {config.clock_mhz:g} MHz)",
         f"  NPU operators                {s['npu_layers']} ({s['tiled_layers']} SRAM-tiled, "
         f"{s['npu_layers'] - s['tiled_layers']} not tiled)",
-        f"  CPU operators (fallback)     {s['cpu_layers']}",
+        f"  CPU operators (fallback)     {cpu_operators} ({s['sram_fallback_layers']} for lack of SRAM), "
+        f"plus {boundaries} quantize/dequantize boundaries",
         f"  SRAM used (proven peak)      {s['sram_peak_proven'] / kib:.1f} of {s['sram_bytes'] / kib:.0f} KiB",
         f"  DRAM read: weights           {s['dram_weight_read'] / kib:.1f} KiB",
         f"  DRAM read: activations       {s['dram_activation_read'] / kib:.1f} KiB",
