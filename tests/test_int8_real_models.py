@@ -56,6 +56,10 @@ def test_digits_int8_accuracy_within_one_point_of_fp32(digits):
     print(f"digits: FP32 {fp32_accuracy:.2%}, INT8 {int8_accuracy:.2%} on {len(test_y)} held-out images")
     assert fp32_accuracy > 0.95
     assert int8_accuracy >= fp32_accuracy - 0.01
+    np.savez(folder / "validation.npz", image=test_x[:1])
+    validation = run_tvmc("validate", package, "--inputs", folder / "validation.npz", "--per-layer")
+    assert validation.returncode == 0, validation.stdout + validation.stderr
+    print(validation.stdout)
 
 
 def test_onnxruntime_quantized_model_matches_openvino_in_steps(digits, tmp_path):
