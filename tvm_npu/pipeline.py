@@ -1,6 +1,6 @@
 """The compiler, stage by stage: the one place that shows the whole pipeline in order.
 
-    ONNX ─► load ─► quantize ─► import ─► partition ─► lower ─► build ─► package (model.tar)
+    ONNX ─► load ─► quantize ─► import ─► partition ─► plan ─► lower ─► build ─► package (model.tar)
 
 Each stage takes the previous stage's product and hands its own forward. Quantization works
 on ONNX, so the package embeds (and `tvmc validate` runs OpenVINO on) the very QDQ model the
