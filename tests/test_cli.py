@@ -18,16 +18,19 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
-@pytest.mark.parametrize("command", [[], ["compile"], ["run"], ["validate"]])
+@pytest.mark.parametrize("command", [[], ["compile"], ["run"], ["validate"], ["report"]])
 def test_help_is_complete(command):
     result = run_tvmc(*command, "--help")
     assert result.returncode == 0
-    for flag in {"compile": ["--target", "--input-shapes", "--target-npu-sram-kib", "--target-npu-config", "-o"],
+    for flag in {"compile": ["--target", "--input-shapes", "--target-npu-sram-kib", "--target-npu-config", "-o",
+                             "--quantize", "--calibration-data", "--save-quantized", "--dump-offloads",
+                             "--allow-cpu-fallback"],
                  "run": ["--inputs", "--outputs", "--fill-mode", "--print-time", "--repeat"],
-                 "validate": ["--device", "--report-json", "--min-cosine"]}.get(command[0] if command else "", []):
+                 "validate": ["--device", "--report-json", "--min-cosine", "--atol-steps", "--per-layer", "--samples"],
+                 "report": ["--format", "--plot"]}.get(command[0] if command else "", []):
         assert flag in result.stdout
     if not command:
-        assert "exit codes" in result.stdout
+        assert "exit codes" in result.stdout and "report" in result.stdout
 
 
 def test_compile_run_validate_end_to_end(conv_model, tmp_path):
