@@ -17,6 +17,7 @@ from onnx.reference import ReferenceEvaluator
 
 import tvm_npu
 from tvm_npu.quantize import quantize
+from tvm_npu.validate import probes, with_probes
 from tvm_npu.frontend import load_onnx
 from tvm_npu.zoo import default_model_path
 
@@ -57,24 +58,12 @@ def make_small_cnn(path: Path) -> Path:
     return path
 
 
-def with_probes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with every activation DequantizeLinear output exposed as a graph output."""
-    consts = {init.name for init in model.graph.initializer}
-    outputs = {o.name for o in model.graph.output}
-    probes = [n.output[0] for n in model.graph.node
-              if n.op_type == "DequantizeLinear" and n.input[0] not in consts and n.output[0] not in outputs]
-    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    probed = onnx.ModelProto()
-    probed.CopyFrom(model)
-    probed.graph.output.extend(inferred[name] for name in probes)
-    return probed
-
-
 def quantized_probe_model(source: Path, folder: Path) -> Path:
     """NNCF-quantized (seeded random calibration) copy of `source` with DQ probes."""
     loaded = load_onnx(source)
     path = folder / f"{source.stem}_qdq_probed.onnx"
-    onnx.save(with_probes(quantize(loaded.model, loaded.inputs, None, seed=0)), path)
+    quantized = quantize(loaded.model, loaded.inputs, None, seed=0)
+    onnx.save(with_probes(quantized, probes(quantized)), path)
     return path
 
 
@@ -210,7 +199,8 @@ def make_activation_concat_model(path: Path) -> Path:
 def test_activations_and_concat_run_on_the_npu_and_match_openvino(tmp_path_factory):
     folder = tmp_path_factory.mktemp("activation_concat")
     qdq = folder / "activation_concat_qdq_probed.onnx"
-    onnx.save(with_probes(onnx.load(make_activation_concat_model(folder / "model.onnx"))), qdq)
+    model = onnx.load(make_activation_concat_model(folder / "model.onnx"))
+    onnx.save(with_probes(model, probes(model)), qdq)
     package = folder / "activation_concat.tar"
     operators = tvm_npu.compile(qdq, output=package, target="npu/micro").metadata.extra["operators"]
     on_npu = [row["kernel"] for row in operators if row["runs_on"] == "npu"]

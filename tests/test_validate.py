@@ -20,7 +20,7 @@ from tvm import tirx
 
 import tvm_npu
 from tvm_npu import registry, validate as validate_module
-from tvm_npu.errors import EXIT_COULD_NOT_VALIDATE, EXIT_OK, EXIT_VALIDATION_FAILED
+from tvm_npu.errors import EXIT_COULD_NOT_VALIDATE, EXIT_OK
 from tvm_npu.runtime import make_inputs
 from tvm_npu.schedules import conv2d
 from tvm_npu.validate import compare, probes, strip_qdq, validate

@@ -41,6 +41,7 @@ import openvino as ov
 from onnx import numpy_helper
 
 from .errors import EXIT_COULD_NOT_VALIDATE, NpuError, first_line
+from .quantize import is_quantized
 from .runtime import CompiledModel
 
 DEVICES = ("AUTO", "NPU", "CPU")
@@ -325,7 +326,7 @@ def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes:
             notes.append(str(err))
     else:
         notes.append("ONNX Runtime is not installed (pip install 'tvm_npu[validate]'); skipping it")
-    if fp32_bytes is None and is_quantized_bytes(onnx_bytes):
+    if fp32_bytes is None and is_quantized(onnx.load_from_string(onnx_bytes)):
         fp32_bytes = strip_qdq(onnx_bytes)
     if fp32_bytes is not None:
         try:
@@ -340,16 +341,10 @@ def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes:
 
 # --- quantization facts of an ONNX model ----------------------------------------------------------
 
-def is_quantized_bytes(onnx_bytes: bytes) -> bool:
-    graph = onnx.load_from_string(onnx_bytes).graph
-    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node)
-
-
 def quantization_steps(onnx_bytes: bytes) -> tuple[bool, dict[str, float]]:
     """Whether the model is quantized, and the step size of each output that has one."""
     model = onnx.load_from_string(onnx_bytes)
-    quantized = any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
-    return quantized, _tensor_steps(model, [o.name for o in model.graph.output])
+    return is_quantized(model), _tensor_steps(model, [o.name for o in model.graph.output])
 
 
 def _tensor_steps(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, float]:
