@@ -26,7 +26,7 @@ from tvm_npu.registry import (
     pattern_activation,
     per_tensor_problem,
 )
-from tvm_npu.sram import SRAM_SCOPE, double_buffer
+from tvm_npu.sram import SRAM_SCOPE, finish_tile_loops, stage_matrix_tiles
 
 def patterns():
     dq_x = dequantized_tensor()
@@ -211,26 +211,17 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     n = sch.get_loops(y)[0]
     outer, inner = (oo, ho) if tiles.order == "weights" else (ho, oo)
     sch.reorder(n, outer, inner, oi, hi)
-    y_out = sch.cache_write(y, 0, SRAM_SCOPE)
-    sch.reverse_compute_at(y_out, inner)
-    sch.compute_at(acc, inner)
-    sch.set_scope(acc, 0, SRAM_SCOPE)
+    y_out, stationary = stage_matrix_tiles(sch, y, acc, outer, inner, tiles.order == "weights")
     sch.set_scope(xp, 0, SRAM_SCOPE)
     sch.compute_at(xp, inner if tiles.order == "weights" else outer)
-    stationary = [sch.cache_read(acc, 1, SRAM_SCOPE)] + [sch.cache_read(y, i, SRAM_SCOPE) for i in (1, 2, 3)]
-    for block in stationary:
-        sch.compute_at(block, outer if tiles.order == "weights" else inner)
     loads = {"Xp"} if tiles.order == "weights" else {sch.get(b).name_hint for b in stationary}
     (_, gc, kh, kw), (*_, ow) = (func.params[i].shape for i in (1, -1))
     extents = {"o": tiles.channels, "y": tiles.rows, "x": ow, "rc": gc, "rh": kh, "rw": kw}
-    _host_loops(sch, acc, y, y_out, {k: int(v) for k, v in extents.items()})
-    if int(sch.get(inner).extent) > 1:  # one inner tile has nothing to overlap: single buffers
-        double_buffer(sch, inner, loads, {sch.get(y_out).name_hint})
-    sch.parallel(outer)
-    return sch.mod["main"]
+    _vectorize_accumulation(sch, acc, {k: int(v) for k, v in extents.items()})
+    return finish_tile_loops(sch, y, y_out, outer, inner, loads, tile_loops=3)
 
 
-def _host_loops(sch, acc, y, y_out, extents: dict[str, int]) -> None:
+def _vectorize_accumulation(sch, acc, extents: dict[str, int]) -> None:
     """Output columns innermost and vectorized: the accumulation runs as int32 SIMD lanes on the host.
 
     compute_at generated the accumulator's tile loops in block-iterator order, leaving out unit
@@ -243,10 +234,6 @@ def _host_loops(sch, acc, y, y_out, extents: dict[str, int]) -> None:
         if reductions:
             sch.reorder(*reductions, by_name["x"])
         sch.vectorize(by_name["x"])
-    for block in (y, y_out):
-        loops = sch.get_loops(block)
-        if len(loops) > 3:  # never the tile loops themselves (a 1x1 output tile has no loops of its own)
-            sch.vectorize(loops[-1])
 
 
 KERNEL = NpuKernel(

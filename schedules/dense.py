@@ -24,7 +24,7 @@ from tvm_npu.registry import (
     pattern_activation,
     per_tensor_problem,
 )
-from tvm_npu.sram import SRAM_SCOPE, double_buffer
+from tvm_npu.sram import SRAM_SCOPE, finish_tile_loops, stage_matrix_tiles
 
 def patterns():
     dq_x = dequantized_tensor()
@@ -126,24 +126,11 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     oo, oi = sch.split(o, [None, tiles.channels])
     outer, inner = (oo, no) if tiles.order == "weights" else (no, oo)
     sch.reorder(outer, inner, ni, oi)
-    y_out = sch.cache_write(y, 0, SRAM_SCOPE)
-    sch.reverse_compute_at(y_out, inner)
-    sch.compute_at(acc, inner)
-    sch.set_scope(acc, 0, SRAM_SCOPE)
+    y_out, stationary = stage_matrix_tiles(sch, y, acc, outer, inner, tiles.order == "weights")
     x_s = sch.cache_read(acc, 0, SRAM_SCOPE)
     sch.compute_at(x_s, inner if tiles.order == "weights" else outer)
-    stationary = [sch.cache_read(acc, 1, SRAM_SCOPE)] + [sch.cache_read(y, i, SRAM_SCOPE) for i in (1, 2, 3)]
-    for block in stationary:
-        sch.compute_at(block, outer if tiles.order == "weights" else inner)
     loads = {sch.get(x_s).name_hint} if tiles.order == "weights" else {sch.get(b).name_hint for b in stationary}
-    for block in (y, y_out):
-        loops = sch.get_loops(block)
-        if len(loops) > 2:  # never the tile loops themselves (a 1x1 output tile has no loops of its own)
-            sch.vectorize(loops[-1])
-    if int(sch.get(inner).extent) > 1:  # one inner tile has nothing to overlap: single buffers
-        double_buffer(sch, inner, loads, {sch.get(y_out).name_hint})
-    sch.parallel(outer)
-    return sch.mod["main"]
+    return finish_tile_loops(sch, y, y_out, outer, inner, loads, tile_loops=2)
 
 
 KERNEL = NpuKernel(

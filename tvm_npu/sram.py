@@ -44,6 +44,33 @@ def double_buffer(sch: s_tir.Schedule, loop, loads: set[str], stores: set[str]) 
     sch.annotate(loop, "software_pipeline_order", list(range(len(names))))
 
 
+def stage_matrix_tiles(sch: s_tir.Schedule, y, acc, outer, inner, weights_outer: bool):
+    """The SRAM tiles conv2d and dense share: output tile and int32 accumulator per inner tile;
+    weight tile (acc's input 1) and per-channel parameters (Y's bias, multiplier, shift) at the
+    tile loop over output channels. Returns the output copy-out block and the parameter loads."""
+    y_out = sch.cache_write(y, 0, SRAM_SCOPE)
+    sch.reverse_compute_at(y_out, inner)
+    sch.compute_at(acc, inner)
+    sch.set_scope(acc, 0, SRAM_SCOPE)
+    stationary = [sch.cache_read(acc, 1, SRAM_SCOPE)] + [sch.cache_read(y, i, SRAM_SCOPE) for i in (1, 2, 3)]
+    for block in stationary:
+        sch.compute_at(block, outer if weights_outer else inner)
+    return y_out, stationary
+
+
+def finish_tile_loops(sch: s_tir.Schedule, y, y_out, outer, inner, loads: set[str], tile_loops: int) -> tirx.PrimFunc:
+    """Vectorizes the output's innermost loops, double-buffers the inner tile loop and runs the
+    outer one in parallel on the host. `tile_loops` counts the loops enclosing one tile."""
+    for block in (y, y_out):
+        loops = sch.get_loops(block)
+        if len(loops) > tile_loops:  # never the tile loops themselves (a 1x1 output tile has none of its own)
+            sch.vectorize(loops[-1])
+    if int(sch.get(inner).extent) > 1:  # one inner tile has nothing to overlap: single buffers
+        double_buffer(sch, inner, loads, {sch.get(y_out).name_hint})
+    sch.parallel(outer)
+    return sch.mod["main"]
+
+
 _LOWER_TO_ALLOCATIONS = (
     s_tir.transform.CanonicalizeLoop,
     s_tir.transform.LowerInitBlock,
