@@ -36,6 +36,7 @@ from .target import NpuConfig
 # Per output channel, the kernels stage bias, multiplier and shift (three int64) with the weights.
 PARAM_BYTES_PER_CHANNEL = 24
 ACC_BYTES = 4  # int32 accumulator
+ROWPTR_BYTES = 4  # CSR row pointers are int32
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Geometry:
     groups: int = 1
     in_bytes: int = 1
     out_bytes: int = 1
+    # CSR weights (tvm_npu.sparse): non-zeros per output channel and the column index width; empty = dense
+    row_nonzeros: tuple[int, ...] = ()
+    index_bytes: int = 0
 
     @property
     def group_channels(self) -> int:
@@ -72,15 +76,37 @@ class Geometry:
 
     @property
     def macs(self) -> int:
-        return self.batch * self.out_channels * self.out_h * self.out_w * self.taps
+        """Multiply-accumulates the layer does: with CSR weights, only those of non-zero weights."""
+        taps_sum = sum(self.row_nonzeros) if self.sparse else self.out_channels * self.taps
+        return self.batch * self.out_h * self.out_w * taps_sum
 
     @property
     def depthwise(self) -> bool:
         return self.groups > 1 and self.group_channels == 1 and self.per_group == 1
 
-    def weight_bytes(self, channels: int | None = None) -> int:
+    @property
+    def sparse(self) -> bool:
+        return bool(self.row_nonzeros)
+
+    def weight_bytes(self, channels: int | None = None, first: int = 0) -> int:
+        """Weight + parameter bytes of output channels [first, first + channels): dense, or CSR's
+        values and indices of the non-zeros plus channels + 1 row pointers."""
         channels = self.out_channels if channels is None else channels
-        return channels * (self.taps + PARAM_BYTES_PER_CHANNEL)
+        if not self.sparse:
+            return channels * (self.taps + PARAM_BYTES_PER_CHANNEL)
+        nonzeros = sum(self.row_nonzeros[first:first + channels])
+        return nonzeros * (1 + self.index_bytes) + ROWPTR_BYTES * (channels + 1) + channels * PARAM_BYTES_PER_CHANNEL
+
+    def csr_tile_capacity(self, channels: int) -> int:
+        """Most non-zeros of any tile of `channels` output channels (at least 1: buffers are never empty)."""
+        counts = [sum(self.row_nonzeros[f:f + channels]) for f in range(0, self.out_channels, channels)]
+        return max(1, *counts)
+
+    def csr_steps(self, first: int, channels: int, mac_cols: int) -> int:
+        """Zero-skipping steps of a channel tile: array columns advance in lockstep, so each group of
+        mac_cols channels takes as many steps as its longest row has non-zeros."""
+        rows = self.row_nonzeros[first:first + channels]
+        return sum(max(rows[g:g + mac_cols]) for g in range(0, len(rows), mac_cols))
 
     @property
     def input_bytes(self) -> int:
@@ -153,6 +179,8 @@ def footprint(g: Geometry, t: Tiles) -> dict[str, int]:
     """Planned SRAM bytes per buffer; streamed (inner-loop) buffers count twice (double buffering)."""
     x = g.tile_in_channels(t.order, t.channels) * g.rows_in(t.rows) * g.cols_in * g.in_bytes
     w, p = t.channels * g.taps, t.channels * PARAM_BYTES_PER_CHANNEL
+    if g.sparse:  # the tile's values and indices (sized for the fullest tile) and its row pointers
+        w = g.csr_tile_capacity(t.channels) * (1 + g.index_bytes) + ROWPTR_BYTES * (t.channels + 1)
     trips = -(-g.out_h // t.rows) if t.order == "weights" else -(-g.out_channels // t.channels)
     inner = 2 if trips > 1 else 1  # slots of a double-buffered buffer (one inner tile: nothing to overlap)
     xs, ws = (inner, 1) if t.order == "weights" else (1, inner)
@@ -196,24 +224,41 @@ def tile_compute_cycles(g: Geometry, channels, rows, config: NpuConfig):
     return np.ceil(np.asarray(channels) / config.mac_cols) * np.ceil(np.asarray(rows) * g.out_w / config.mac_rows) * g.taps
 
 
+def csr_tile_compute_cycles(g: Geometry, first: int, channels: int, rows, config: NpuConfig):
+    """Zero-skipping cycles of a CSR tile: `csr_steps` lockstep steps per block of output pixels, and
+    the irregular access: where a dense step broadcasts one input vector to every column, each column
+    of a CSR step gathers its own (its non-zero's column differs), so a step moves
+    columns * pixels * in_bytes input bytes from SRAM at sram_bytes_per_cycle."""
+    pixels = np.asarray(rows) * g.out_w
+    gathered = min(channels, config.mac_cols) * np.minimum(pixels, config.mac_rows) * g.in_bytes
+    step = np.maximum(1.0, np.ceil(gathered / config.sram_bytes_per_cycle))
+    return g.csr_steps(first, channels, config.mac_cols) * np.ceil(pixels / config.mac_rows) * step
+
+
 def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
     bw = config.dram_bytes_per_cycle
     row_tiles = _splits(g.out_h, t.rows)
     chan_tiles = Counter(size for _, size in _splits(g.out_channels, t.channels))
     cycles = compute = 0.0
     weight_read = input_read = output_write = 0
+    if g.sparse:  # CSR tiles differ by their non-zeros: one entry per channel tile
+        chan_tiles = Counter(_splits(g.out_channels, t.channels))
     if t.order == "weights":
         rows = np.array([r for _, r in row_tiles], float)
         real = np.array([g.real_rows(f, r) for f, r in row_tiles], float)
-        for ch, count in chan_tiles.items():
+        for tile, count in chan_tiles.items():
+            first, ch = tile if g.sparse else (0, tile)
             x_in = real * g.real_cols * g.tile_in_channels("weights", ch) * g.in_bytes
-            c = tile_compute_cycles(g, ch, rows, config)
+            c = csr_tile_compute_cycles(g, first, ch, rows, config) if g.sparse else tile_compute_cycles(g, ch, rows, config)
             out = ch * rows * g.out_w * g.out_bytes
-            cycles += count * (g.weight_bytes(ch) / bw + pipeline(x_in / bw, c, out / bw))
+            weights = g.weight_bytes(ch, first)
+            cycles += count * (weights / bw + pipeline(x_in / bw, c, out / bw))
             compute += count * float(c.sum())
-            weight_read += count * g.weight_bytes(ch)
+            weight_read += count * weights
             input_read += count * int(x_in.sum())
             output_write += count * int(out.sum())
+    elif g.sparse:
+        raise ValueError("CSR layers keep their weight tile stationary (order 'weights')")
     else:
         chans = np.array([c for _, c in _splits(g.out_channels, t.channels)], float)
         w_in = chans * (g.taps + PARAM_BYTES_PER_CHANNEL)

@@ -47,6 +47,11 @@ class NpuKernel:
     # schedule(primfunc, tiles: tvm_npu.perf.Tiles) -> the PrimFunc with its SRAM-tiled schedule.
     geometry: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], object] | None = None
     schedule: Callable[[tvm.tirx.PrimFunc, object], tvm.tirx.PrimFunc] | None = None
+    # A variant is another implementation of the layers of kernel `variant_of` (e.g. CSR weights for
+    # npu.dense): no patterns or anchors of its own; the planner picks it per layer. Its `check`
+    # takes the base kernel's KernelParams (why it cannot implement that instance, or None) and its
+    # `params` maps them to its own.
+    variant_of: str | None = None
 
     def primfunc(self, symbol: str, params: KernelParams, inputs) -> tvm.tirx.PrimFunc:
         """The kernel's PrimFunc under a unique symbol (TE names every PrimFunc `main`)."""
@@ -72,6 +77,11 @@ def kernels() -> tuple[NpuKernel, ...]:
 
 def kernel(name: str) -> NpuKernel:
     return {k.name: k for k in kernels()}[name]
+
+
+def variants(name: str) -> tuple[NpuKernel, ...]:
+    """The alternative implementations of kernel `name`."""
+    return tuple(k for k in kernels() if k.variant_of == name)
 
 
 def op_name(expr) -> str | None:

@@ -1,0 +1,133 @@
+"""npu.conv2d_csr: npu.conv2d with CSR weights (tvm_npu.sparse), zero-skipping; a variant the planner picks.
+
+Rows are output channels, columns the reduction K = cin*kh*kw in OIHW order; each non-zero
+(c, r, s) adds its weight times the input shifted by (r, s) to a whole output row tile:
+
+    acc[o,y,x] = sum over the non-zeros j of row o: (Xp[c_j, y*sh + r_j*dh, x*sw + s_j*dw] - zx) * values[j]
+    Y = clamp(((acc << k) + B[o]) * M[o] >> S[o] (round half up) + zy)     (npu.conv2d's epilogue)
+
+Xp is the input padded with zx (real 0), exactly as npu.conv2d stages it: per output-channel tile
+(parallel on the host) the row pointers, non-zeros and parameters go to SRAM, sized for the fullest
+tile; padded input row tiles (with halo) stream through SRAM double-buffered, and the output
+columns are the host's vector lanes. Grouped and depthwise convolutions stay dense (`check`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
+from tvm_npu.perf import Tiles
+from tvm_npu.registry import KernelParams, NpuKernel
+from tvm_npu.sparse import csr_layer, csr_params, dense_params, sparse_geometry, sram_buffer, stage_weight_tile, \
+    stream_tiles, tile_nonzeros
+
+from . import conv2d
+
+
+def check(base: KernelParams) -> str | None:
+    if base.attrs["groups"] > 1:
+        return "grouped/depthwise conv: its rows have only kh*kw*cin/groups taps, it stays dense"
+    return None
+
+
+def compute(p: KernelParams, inputs):
+    ((x_shape, _),) = inputs
+    shape = conv2d.out_shape(p.attrs, x_shape, p.attrs["weight_shape"])
+    return _primfunc(csr_layer(p, inputs), Tiles(shape[2], shape[1], "weights"))
+
+
+def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
+    """The kernel rebuilt with SRAM tiles (its TIR is written tile by tile: `compute` is one tile)."""
+    return _primfunc(json.loads(str(func.attrs["npu_csr_layer"])), tiles)
+
+
+def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
+    a, rowptr, (x_shape, x_dtype) = layer["attrs"], np.array(layer["rowptr"]), layer["input"]
+    batch, c_in, height, width = x_shape
+    out_channels, _, kh, kw = a["weight_shape"]
+    _, _, out_h, out_w = y_shape = conv2d.out_shape(a, x_shape, a["weight_shape"])
+    (sh, sw), (pt, pl, pb, _), (dh, dw) = a["strides"], a["padding"], a["dilation"]
+    r, c = tiles.rows, tiles.channels
+    rows_in = min((r - 1) * sh + (kh - 1) * dh + 1, height + pt + pb)  # as perf.Geometry.rows_in
+    cols_in = (out_w - 1) * sw + (kw - 1) * dw + 1
+    row_tiles, chan_tiles = -(-out_h // r), -(-out_channels // c)
+    slots = 1 if row_tiles == 1 else 2
+    with IRBuilder() as builder:
+        with T.prim_func():
+            T.func_name("main")
+            x = T.buffer_proxy(T.arg("X", T.buffer(x_shape, x_dtype)))
+            csr = [T.arg(name, T.buffer(shape, dtype)) for name, (shape, dtype) in zip("VIP", layer["csr"])]
+            params = [T.arg(name, T.buffer((out_channels,), "int64")) for name in ("B", "M", "S")]
+            y = T.buffer_proxy(T.arg("Y", T.buffer(y_shape, a["out_dtype"])))
+            with T.grid(chan_tiles, batch) as (ct, n):
+                first = ct * c
+                rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
+                    csr, params, out_channels, first, c, max(1, tile_nonzeros(rowptr, c)))
+                x_s = sram_buffer((slots, c_in, rows_in, cols_in), x_dtype)
+                acc = sram_buffer((c, r, out_w), "int32")
+                out = sram_buffer((slots, c, r, out_w), a["out_dtype"])
+
+                def load(t, slot):
+                    top = t * r * sh - pt  # first (unpadded) input row of the tile
+                    with T.grid(c_in, rows_in, cols_in) as (ch, h, w):
+                        inside = tirx.all(top + h >= 0, top + h < height, w >= pl, w < pl + width)
+                        x_s[slot, ch, h, w] = tirx.if_then_else(
+                            inside, x[n, ch, tirx.max(tirx.min(top + h, height - 1), 0),
+                                      tirx.max(tirx.min(w - pl, width - 1), 0)],
+                            tirx.const(a["zx"], x_dtype))
+
+                def compute_tile(t, slot):
+                    valid = tirx.min(r, out_h - t * r)  # the last row tile may be short
+                    with T.parallel(0, c) as i:
+                        with T.grid(r, out_w) as (h, w):
+                            acc[i, h, w] = 0
+                        with T.serial(rowptr_s[i], rowptr_s[i + 1]) as j:
+                            k = indices_s[j].astype("int32")
+                            ch, tap_h, tap_w = k // (kh * kw), k // kw % kh, k % kw
+                            weight = values_s[j].astype("int32")
+                            with T.serial(0, valid) as h:
+                                with T.vectorized(0, out_w) as w:
+                                    acc[i, h, w] = acc[i, h, w] + weight * (
+                                        x_s[slot, ch, h * sh + tap_h * dh, w * sw + tap_w * dw].astype("int32") - a["zx"])
+                        with T.grid(r, out_w) as (h, w):
+                            out[slot, i, h, w] = requantize_te(
+                                (acc[i, h, w].astype("int64") << BIAS_FRACTION_BITS) + bias[i], mult[i], shift[i],
+                                a["zy"], a["lo"], a["hi"], a["out_dtype"])
+
+                def store(t, slot):
+                    row = t * r
+                    with T.grid(c, r, out_w) as (i, h, w):
+                        with T.If(tirx.all(first + i < out_channels, row + h < out_h)):
+                            with T.Then():
+                                y[n, first + i, row + h, w] = out[slot, i, h, w]
+
+                stream_tiles(row_tiles, load, compute_tile, store)
+    return builder.get().with_attr("npu_csr_layer", json.dumps(layer))
+
+
+def reference(p: KernelParams, inputs) -> np.ndarray:
+    return conv2d.reference(dense_params(p), inputs)
+
+
+def geometry(p: KernelParams, inputs):
+    return sparse_geometry(conv2d.geometry(dense_params(p), inputs), p)
+
+
+KERNEL = NpuKernel(
+    name="npu.conv2d_csr",
+    anchors=(),
+    patterns=lambda: [],
+    check=check,
+    params=csr_params,
+    compute=compute,
+    reference=reference,
+    geometry=geometry,
+    schedule=schedule,
+    variant_of="npu.conv2d",
+)

@@ -1,0 +1,110 @@
+"""npu.dense_csr: npu.dense with CSR weights (tvm_npu.sparse), zero-skipping; a variant the planner picks.
+
+    acc[n,o] = sum over the non-zeros j of row o: (X[n, indices[j]] - zx) * values[j]
+    Y = clamp(((acc << k) + B[o]) * M[o] >> S[o] (round half up) + zy)     (npu.dense's epilogue)
+
+Per output-channel tile (parallel on the host) the tile's row pointers, non-zeros and parameters
+are staged into SRAM, sized for the fullest tile; X row tiles stream through SRAM transposed
+([K, rows]) so that each non-zero multiplies a vector of rows, double-buffered.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
+from tvm_npu.perf import Tiles
+from tvm_npu.registry import KernelParams, NpuKernel
+from tvm_npu.sparse import csr_layer, csr_params, dense_params, sparse_geometry, sram_buffer, stage_weight_tile, \
+    stream_tiles, tile_nonzeros
+
+from . import dense
+
+
+def check(base: KernelParams) -> str | None:
+    return None  # any dense layer has a CSR form
+
+
+def compute(p: KernelParams, inputs):
+    ((x_shape, _),) = inputs
+    return _primfunc(csr_layer(p, inputs), Tiles(x_shape[0], p.attrs["weight_shape"][0], "weights"))
+
+
+def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
+    """The kernel rebuilt with SRAM tiles (its TIR is written tile by tile: `compute` is one tile)."""
+    return _primfunc(json.loads(str(func.attrs["npu_csr_layer"])), tiles)
+
+
+def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
+    a, rowptr, (x_shape, x_dtype) = layer["attrs"], np.array(layer["rowptr"]), layer["input"]
+    (rows_total, depth), (out_channels, _) = x_shape, a["weight_shape"]
+    r, c = tiles.rows, tiles.channels
+    row_tiles, chan_tiles = -(-rows_total // r), -(-out_channels // c)
+    slots = 1 if row_tiles == 1 else 2
+    with IRBuilder() as builder:
+        with T.prim_func():
+            T.func_name("main")
+            x = T.buffer_proxy(T.arg("X", T.buffer(x_shape, x_dtype)))
+            csr = [T.arg(name, T.buffer(shape, dtype)) for name, (shape, dtype) in zip("VIP", layer["csr"])]
+            params = [T.arg(name, T.buffer((out_channels,), "int64")) for name in ("B", "M", "S")]
+            y = T.buffer_proxy(T.arg("Y", T.buffer((rows_total, out_channels), a["out_dtype"])))
+            with T.serial(0, chan_tiles) as ct:
+                first = ct * c
+                rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
+                    csr, params, out_channels, first, c, max(1, tile_nonzeros(rowptr, c)))
+                x_s = sram_buffer((slots, depth, r), x_dtype)
+                acc = sram_buffer((c, r), "int32")
+                out = sram_buffer((slots, c, r), a["out_dtype"])
+
+                def load(t, slot):
+                    with T.grid(depth, r) as (k, n):  # rows past the end repeat the last: computed, never stored
+                        x_s[slot, k, n] = x[tirx.min(t * r + n, rows_total - 1), k]
+
+                def compute_tile(t, slot):
+                    with T.parallel(0, c) as i:
+                        with T.vectorized(0, r) as n:
+                            acc[i, n] = 0
+                        with T.serial(rowptr_s[i], rowptr_s[i + 1]) as j:
+                            with T.vectorized(0, r) as n:
+                                acc[i, n] = acc[i, n] + (x_s[slot, indices_s[j], n].astype("int32") - a["zx"]) * \
+                                    values_s[j].astype("int32")
+                        with T.vectorized(0, r) as n:
+                            out[slot, i, n] = requantize_te(
+                                (acc[i, n].astype("int64") << BIAS_FRACTION_BITS) + bias[i], mult[i], shift[i],
+                                a["zy"], a["lo"], a["hi"], a["out_dtype"])
+
+                def store(t, slot):
+                    with T.grid(r, c) as (n, i):
+                        with T.If(tirx.all(t * r + n < rows_total, first + i < out_channels)):
+                            with T.Then():
+                                y[t * r + n, first + i] = out[slot, i, n]
+
+                stream_tiles(row_tiles, load, compute_tile, store)
+    return builder.get().with_attr("npu_csr_layer", json.dumps(layer))
+
+
+def reference(p: KernelParams, inputs) -> np.ndarray:
+    return dense.reference(dense_params(p), inputs)
+
+
+def geometry(p: KernelParams, inputs):
+    return sparse_geometry(dense.geometry(dense_params(p), inputs), p)
+
+
+KERNEL = NpuKernel(
+    name="npu.dense_csr",
+    anchors=(),
+    patterns=lambda: [],
+    check=check,
+    params=csr_params,
+    compute=compute,
+    reference=reference,
+    geometry=geometry,
+    schedule=schedule,
+    variant_of="npu.dense",
+)

@@ -1,0 +1,176 @@
+"""Sparse INT8 weights: zero analysis, CSR encoding, and the TIR pieces the CSR kernels share.
+
+After quantization a zero weight is an exact zero (weights are symmetric, zero point 0), so a
+layer's sparsity is known at compile time. CSR stores a weight matrix [rows, columns] (rows =
+output channels, columns = the reduction: K for dense, cin*kh*kw for a convolution, in OIHW
+order) as
+
+    values  int8   [nnz]       the non-zero weights, row by row
+    indices uintN  [nnz]       their columns, in the smallest unsigned type that holds columns - 1
+    rowptr  int32  [rows + 1]  row o's non-zeros are values[rowptr[o]:rowptr[o + 1]]
+
+`values` and `indices` keep at least one (never read) entry so that an all-zero layer still has
+buffers. The CSR kernels (`schedules/dense_csr.py`, `schedules/conv2d_csr.py`) are variants of
+the dense kernels: `--sparse {auto,off,force}` and the performance model choose per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import tirx as T
+
+from .perf import Geometry
+from .registry import KernelParams
+from .sram import SRAM_SCOPE
+
+SPARSE_MODES = ("auto", "off", "force")
+ROWPTR_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Csr:
+    values: np.ndarray
+    indices: np.ndarray
+    rowptr: np.ndarray
+    columns: int
+
+    @property
+    def rows(self) -> int:
+        return self.rowptr.size - 1
+
+    @property
+    def nonzeros(self) -> int:
+        return int(self.rowptr[-1])
+
+    @property
+    def row_nonzeros(self) -> np.ndarray:
+        return np.diff(self.rowptr)
+
+    @property
+    def nbytes(self) -> int:
+        """Encoded bytes as stored (values, indices, row pointers)."""
+        return self.values.nbytes + self.indices.nbytes + self.rowptr.nbytes
+
+    def dense(self) -> np.ndarray:
+        w = np.zeros((self.rows, self.columns), np.int8)
+        rows = np.repeat(np.arange(self.rows), self.row_nonzeros)
+        w[rows, self.indices[: self.nonzeros].astype(np.int64)] = self.values[: self.nonzeros]
+        return w
+
+
+def index_dtype(columns: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every column index of a `columns`-wide matrix."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if columns - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"{columns} columns do not fit 32-bit CSR indices")
+
+
+def zero_fraction(weights: np.ndarray) -> float:
+    return float(np.mean(weights == 0)) if weights.size else 0.0
+
+
+def encode(weights: np.ndarray) -> Csr:
+    """CSR of an int8 matrix; a higher-rank weight (OIHW) is flattened to [O, I*H*W] first."""
+    w = np.asarray(weights, np.int8).reshape(weights.shape[0], -1)
+    rows, cols = np.nonzero(w)  # row-major: row by row, columns ascending
+    rowptr = np.zeros(w.shape[0] + 1, np.int32)
+    np.cumsum(np.bincount(rows, minlength=w.shape[0]), out=rowptr[1:])
+    padded = max(rows.size, 1)
+    values = np.zeros(padded, np.int8)
+    values[: rows.size] = w[rows, cols]
+    indices = np.zeros(padded, index_dtype(w.shape[1]))
+    indices[: rows.size] = cols
+    return Csr(values, indices, rowptr, w.shape[1])
+
+
+def tile_nonzeros(rowptr: np.ndarray, channels: int) -> int:
+    """The most non-zeros any tile of `channels` consecutive rows holds (its SRAM value/index buffers)."""
+    starts = np.arange(0, rowptr.size - 1, channels)
+    ends = np.minimum(starts + channels, rowptr.size - 1)
+    return int(np.max(rowptr[ends] - rowptr[starts]))
+
+
+# ---- TIR shared by the CSR kernels (IRBuilder; called inside `with IRBuilder()` and a T.prim_func) ----
+
+
+def stage_weight_tile(csr_buffers, params, rows: int, first, channels: int, capacity: int):
+    """Copies one output-channel tile's CSR slice (`csr_buffers` = values, indices, rowptr) and its
+    per-channel parameters into SRAM. Returns (rowptr, values, indices, [bias, mult, shift]) SRAM
+    buffers: row i of the tile has its non-zeros at [rowptr_s[i], rowptr_s[i + 1]) of values/indices."""
+    values, indices, rowptr = (T.buffer_proxy(b) for b in csr_buffers)
+    params = [T.buffer_proxy(b) for b in params]
+    rowptr_s = sram_buffer((channels + 1,), "int32")
+    values_s = sram_buffer((capacity,), "int8")
+    indices_s = sram_buffer((capacity,), csr_buffers[1].dtype)
+    params_s = [sram_buffer((channels,), "int64") for _ in params]
+    base = rowptr[first]
+    with T.serial(0, channels + 1) as i:
+        rowptr_s[i] = rowptr[tirx.min(first + i, rows)] - base
+    with T.serial(0, rowptr_s[channels]) as j:
+        values_s[j] = values[base + j]
+        indices_s[j] = indices[base + j]
+    with T.serial(0, channels) as i:
+        for src, dst in zip(params, params_s):
+            dst[i] = src[tirx.min(first + i, rows - 1)]
+    return rowptr_s, values_s, indices_s, params_s
+
+
+def sram_buffer(shape, dtype: str):
+    """An SRAM tile buffer, indexable for stores (the IRBuilder's proxy)."""
+    return T.buffer_proxy(T.alloc_buffer(tuple(shape), dtype, scope=SRAM_SCOPE))
+
+
+def stream_tiles(count: int, load, compute, store) -> None:
+    """The inner tile loop, double-buffered as the dense kernels' software pipeline is: the load of
+    tile t+1 and the store of tile t-1 go with the compute of tile t; callbacks take (tile, slot)."""
+    if count == 1:
+        load(0, 0)
+        compute(0, 0)
+        store(0, 0)
+        return
+    load(0, 0)
+    with T.serial(0, count) as t:
+        slot = t % 2
+        with T.If(t + 1 < count):
+            with T.Then():
+                load(t + 1, 1 - slot)
+        with T.If(t > 0):
+            with T.Then():
+                store(t - 1, 1 - slot)
+        compute(t, slot)
+    store(count - 1, (count - 1) % 2)
+
+
+def csr_params(base: KernelParams) -> KernelParams:
+    """A CSR variant's parameters from its dense kernel's: W becomes (values, indices, rowptr)."""
+    w, *rest = base.consts
+    csr = encode(w)
+    return KernelParams(base.attrs | {"weight_shape": tuple(w.shape)}, [csr.values, csr.indices, csr.rowptr, *rest])
+
+
+def dense_params(p: KernelParams) -> KernelParams:
+    """The dense kernel's parameters back from a CSR variant's (for its reference and geometry)."""
+    values, indices, rowptr, *rest = p.consts
+    shape = p.attrs["weight_shape"]
+    w = Csr(values, indices, rowptr, int(np.prod(shape[1:]))).dense().reshape(shape)
+    attrs = {k: v for k, v in p.attrs.items() if k != "weight_shape"}
+    return KernelParams(attrs, [w, *rest])
+
+
+def sparse_geometry(base_geometry: Geometry, p: KernelParams) -> Geometry:
+    """The dense geometry with the CSR weights' non-zeros per output channel and index width."""
+    _, indices, rowptr, *_ = p.consts
+    return replace(base_geometry, row_nonzeros=tuple(int(n) for n in np.diff(rowptr)),
+                   index_bytes=indices.dtype.itemsize)
+
+
+def csr_layer(p: KernelParams, inputs) -> dict:
+    """What a CSR kernel's TIR is generated from, JSON-serializable: the PrimFunc carries it (attribute
+    `npu_csr_layer`) so that `schedule` can regenerate the kernel tile by tile."""
+    values, indices, rowptr, *_ = p.consts
+    return {"attrs": p.attrs, "rowptr": rowptr.tolist(), "input": [list(inputs[0][0]), inputs[0][1]],
+            "csr": [[list(a.shape), str(a.dtype)] for a in (values, indices, rowptr)]}
