@@ -20,8 +20,8 @@ from tvm.script.ir_builder import tirx as T
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
 from tvm_npu.perf import Tiles
 from tvm_npu.registry import KernelParams, NpuKernel
-from tvm_npu.sparse import csr_layer, csr_params, dense_params, sparse_geometry, sram_buffer, stage_weight_tile, \
-    stream_tiles, tile_nonzeros
+from tvm_npu.sparse import csr_layer, csr_params, dense_params, retile, sparse_geometry, sram_buffer, \
+    stage_weight_tile, stream_tiles, tile_nonzeros
 
 from . import dense
 
@@ -37,7 +37,7 @@ def compute(p: KernelParams, inputs):
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     """The kernel rebuilt with SRAM tiles (its TIR is written tile by tile: `compute` is one tile)."""
-    return _primfunc(json.loads(str(func.attrs["npu_csr_layer"])), tiles)
+    return retile(func, tiles, _primfunc)
 
 
 def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:

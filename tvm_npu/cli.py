@@ -26,6 +26,7 @@ from .pipeline import compile as compile_model
 from .quantize import is_quantized
 from .report import FORMATS, plot, report, summary_text
 from .runtime import load, make_inputs, read_npz, write_npz
+from .sparse import SPARSE_MODES
 from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
 from .validate import (
     DEFAULT_ATOL,
@@ -154,6 +155,9 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-quantized", metavar="PATH", help="also write the quantized QDQ ONNX model here")
     parser.add_argument("--allow-cpu-fallback", action="store_true",
                         help="run a layer no SRAM tiling fits on the CPU (and say so) instead of stopping")
+    parser.add_argument("--sparse", choices=SPARSE_MODES, default="auto",
+                        help="CSR (zero-skipping) weights for conv/dense layers: auto where the NPU model predicts "
+                             "a win, force wherever possible, off never (default: auto)")
     parser.add_argument("--dump-offloads", action="store_true",
                         help="list every operator with where it runs (NPU kernel or CPU) and why")
 
@@ -173,7 +177,7 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
     result = compile_model(
         args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
         calibration_data=args.calibration_data, save_quantized=args.save_quantized,
-        allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False),
+        allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
     )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)

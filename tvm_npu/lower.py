@@ -48,6 +48,9 @@ class _LowerComposites(relax.PyExprMutator):
             return relax.Call(self.builder_.add_func(plain, f"cpu_{call.op.name_hint}"), call.args)
         npu_kernel = kernel(str(func.attrs["Composite"]))
         params = npu_kernel.params(Composite(func))
+        if layer is not None and layer.kernel != npu_kernel.name:  # a variant the planner chose (CSR weights)
+            npu_kernel = kernel(layer.kernel)
+            params = npu_kernel.params(params)
         inputs = [(tuple(int(d) for d in a.ty.shape), str(a.ty.dtype)) for a in call.args]
         symbol = f"{npu_kernel.name.replace('.', '_')}_{self.count}"
         self.count += 1

@@ -295,6 +295,8 @@ class LayerEstimate:
     roofline_cycles: float
     sram_planned: int | None
     sram_proven: int | None
+    weight_bytes_original: int = 0  # the layer's int8 weights, dense (0: a layer without weights)
+    weight_bytes_encoded: int = 0  # as the package stores them (CSR: values + indices + row pointers)
 
     @property
     def dram_bytes(self) -> int:
@@ -338,6 +340,9 @@ class ModelEstimate:
             "dram_weight_read": sum(x.weight_read for x in npu),
             "dram_activation_read": sum(x.activation_read for x in npu),
             "dram_activation_write": sum(x.activation_write for x in npu),
+            "weight_bytes_original": sum(x.weight_bytes_original for x in npu),
+            "weight_bytes_encoded": sum(x.weight_bytes_encoded for x in npu),
+            "csr_layers": sum(x.kernel.endswith("_csr") for x in npu),
             "dram_bytes": dram,
             "compulsory_bytes": compulsory,
             "dram_over_compulsory": dram / compulsory if compulsory else 1.0,
@@ -370,6 +375,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
                 f"{t.rows} rows x {t.channels} ch, {t.order} outer",
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 g.compulsory_bytes, roofline(g.compulsory_bytes, g.macs, config), p.sram_planned, p.sram_proven,
+                p.weights.get("original", 0), p.weights.get("encoded", 0),
             ))
         else:
             # Untiled (elementwise, pools) or on the CPU: the NPU streams its operands once; its vector unit

@@ -51,6 +51,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     save_quantized: str | Path | None = None,
     seed: int = 0,
     allow_cpu_fallback: bool = False,
+    sparse: str = "auto",
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
 
@@ -60,6 +61,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     first axis = samples) or on `seed`ed random inputs. `save_quantized` writes the QDQ ONNX.
     Raises `NpuError` with a one-line message for anything a user can fix; a layer no SRAM
     tiling fits is one, unless `allow_cpu_fallback` places it on the CPU (said in the report).
+    `sparse` ("auto", "off", "force") decides where conv/dense layers use CSR weights (`tvm_npu.plan`).
     """
     config = resolve_target(target)
     output = check_output_path(output)
@@ -82,7 +84,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     with _timed(seconds, "partition"):
         mod, operators = partition(imported.mod)
     with _timed(seconds, "plan"):
-        layers = plan(mod, config, allow_cpu_fallback)
+        layers = plan(mod, config, allow_cpu_fallback, sparse)
     with _timed(seconds, "lower"):
         mod = relax.transform.FoldConstant()(lower(mod, layers, config.sram_bytes))
     for layer in layers:

@@ -8,6 +8,11 @@ with the least modelled DRAM traffic, then the fewest modelled cycles (traffic f
 "a larger SRAM never increases DRAM traffic" hold by construction: a larger SRAM only adds
 candidates). `lower` then schedules the kernel with those tiles and proves the footprint on
 the lowered TIR (`tvm_npu.sram.prove_footprint`).
+
+A kernel's variants (`NpuKernel.variant_of`: CSR weights for conv2d and dense) are weighed here
+too: `sparse="auto"` plans the layer both ways and keeps the variant only where the model gives
+it fewer cycles (then less DRAM traffic); "force" takes it wherever it applies and fits; "off"
+never does. `LayerPlan.weights` records the choice and the original vs encoded weight bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from tvm import relax
 
 from .errors import NpuError
 from .perf import Geometry, Tiles, footprint, layer_cost
-from .registry import Composite, kernel
+from .registry import Composite, kernel, variants
+from .sparse import SPARSE_MODES, zero_fraction
 from .target import NpuConfig
 
 
@@ -37,17 +43,21 @@ class LayerPlan:
     sram_proven: int | None = None  # set by lower from the lowered TIR
     stream: dict = field(default_factory=dict)  # bytes read/written, ops, shape: for untiled layers
     row: int = -1  # index of this operator in the offload report (binding names repeat across blocks)
+    weights: dict = field(default_factory=dict)  # weight bytes original/encoded, zeros, dense-vs-variant choice
 
     def to_dict(self) -> dict:
         return {
             "name": self.name, "row": self.row, "kernel": self.kernel, "placement": self.placement, "reason": self.reason,
-            "geometry": None if self.geometry is None else self.geometry.__dict__,
+            "geometry": None if self.geometry is None else
+            {k: v for k, v in self.geometry.__dict__.items() if k != "row_nonzeros"},  # per channel: too long
             "tiles": None if self.tiles is None else self.tiles.__dict__,
-            "sram_planned": self.sram_planned, "sram_proven": self.sram_proven,
+            "sram_planned": self.sram_planned, "sram_proven": self.sram_proven, "weights": self.weights,
         }
 
 
-def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False) -> list[LayerPlan]:
+def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False, sparse: str = "auto") -> list[LayerPlan]:
+    if sparse not in SPARSE_MODES:
+        raise NpuError(f"unknown sparse mode {sparse!r}; choose one of {', '.join(SPARSE_MODES)}")
     plans = []
     row = -1  # the offload report's row: it lists every call binding of main, in order
     for block in mod["main"].body.blocks:
@@ -66,6 +76,7 @@ def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False)
                               stream=_stream(params, inputs, call))
             if npu_kernel.geometry is not None:
                 layer.geometry = npu_kernel.geometry(params, inputs)
+                _choose_variant(layer, npu_kernel, params, inputs, config, sparse)
                 _choose(layer, config, allow_cpu_fallback)
             plans.append(layer)
     return plans
@@ -86,13 +97,14 @@ def candidates(g: Geometry, config: NpuConfig) -> list[Tiles]:
     the channels evenly, small powers of two for tight SRAM, all of them; grouped convs keep whole groups."""
     rows = sorted({-(-g.out_h // k) for k in range(1, g.out_h + 1)})
     step = g.per_group if g.groups > 1 and not g.depthwise else 1
+    orders = ("weights",) if g.sparse else ("weights", "rows")  # a CSR weight tile stays in SRAM
     chans = {g.out_channels}
     for k in range(1, g.out_channels + 1):
         size = -(-g.out_channels // k)
         chans.add(min(g.out_channels, -(-size // config.mac_cols) * config.mac_cols))
     chans.update(c for c in (1, 2, 4, 8, 16) if c < g.out_channels)
     chans = sorted({-(-c // step) * step for c in chans})
-    return [Tiles(r, c, order) for order in ("weights", "rows") for r in rows for c in chans]
+    return [Tiles(r, c, order) for order in orders for r in rows for c in chans]
 
 
 def choose_tiles(g: Geometry, config: NpuConfig) -> tuple[Tiles | None, int]:
@@ -108,6 +120,51 @@ def choose_tiles(g: Geometry, config: NpuConfig) -> tuple[Tiles | None, int]:
         if best_key is None or key < best_key:
             best, best_key = tiles, key
     return best, int(smallest)
+
+
+def _choose_variant(layer: LayerPlan, base, params, inputs, config: NpuConfig, sparse: str) -> None:
+    """Switches the layer to a variant kernel (CSR) when `sparse` and the model say so; records why."""
+    if not variants(base.name):
+        return
+    weights = params.consts[0]
+    layer.weights = {"original": int(weights.nbytes), "encoded": int(weights.nbytes), "zeros": zero_fraction(weights),
+                     "kernel": base.name, "reason": "--sparse off" if sparse == "off" else ""}
+    if sparse == "off":
+        return
+    dense_tiles, _ = choose_tiles(layer.geometry, config)
+    dense_key = _key(layer.geometry, dense_tiles, config)
+    for variant in variants(base.name):
+        refusal = variant.check(params)
+        if refusal:
+            layer.weights["reason"] = refusal
+            continue
+        own = variant.params(params)
+        geometry = variant.geometry(own, inputs)
+        tiles, _ = choose_tiles(geometry, config)
+        key = _key(geometry, tiles, config)
+        layer.weights.update({f"{base.name}_cycles": _finite(dense_key[0]), f"{variant.name}_cycles": _finite(key[0]),
+                              f"{variant.name}_bytes": int(sum(c.nbytes for c in own.consts[:3]))})
+        if tiles is None:
+            layer.weights["reason"] = f"{variant.name}: no tiling fits the SRAM"
+        elif sparse == "force" or key < dense_key:
+            layer.kernel, layer.geometry = variant.name, geometry
+            layer.weights.update(kernel=variant.name, encoded=layer.weights[f"{variant.name}_bytes"],
+                                 reason=f"--sparse {sparse}" if sparse == "force" else "modelled win")
+            return
+        else:
+            layer.weights["reason"] = f"the model predicts no win for {variant.name}"
+
+
+def _finite(cycles: float) -> float | None:
+    return None if math.isinf(cycles) else cycles
+
+
+def _key(g: Geometry, tiles: Tiles | None, config: NpuConfig) -> tuple[float, float]:
+    """How the planner compares implementations of a layer: modelled cycles, then DRAM bytes (none fits: worst)."""
+    if tiles is None:
+        return math.inf, math.inf
+    cost = layer_cost(g, tiles, config)
+    return cost.cycles, cost.dram_bytes
 
 
 def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool) -> None:

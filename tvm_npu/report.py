@@ -18,7 +18,7 @@ from .package import PackageMetadata
 FORMATS = ("table", "json", "csv")
 COLUMNS = ("name", "kernel", "placement", "shape", "tiles", "macs", "cycles", "roofline_cycles", "roofline_ratio",
            "utilization", "array_utilization", "weight_read", "activation_read", "activation_write", "dram_bytes",
-           "compulsory_bytes", "sram_planned", "sram_proven")
+           "compulsory_bytes", "sram_planned", "sram_proven", "weight_bytes_original", "weight_bytes_encoded")
 
 
 def performance(metadata: PackageMetadata) -> dict:
@@ -48,6 +48,8 @@ def summary_text(metadata: PackageMetadata) -> str:
         f"  CPU operators (fallback)     {cpu_operators} ({s['sram_fallback_layers']} for lack of SRAM), "
         f"plus {boundaries} quantize/dequantize boundaries",
         f"  SRAM used (proven peak)      {s['sram_peak_proven'] / kib:.1f} of {s['sram_bytes'] / kib:.0f} KiB",
+        f"  Weights original / encoded   {s.get('weight_bytes_original', 0) / kib:.1f} KiB / "
+        f"{s.get('weight_bytes_encoded', 0) / kib:.1f} KiB ({s.get('csr_layers', 0)} layers with CSR weights)",
         f"  DRAM read: weights           {s['dram_weight_read'] / kib:.1f} KiB",
         f"  DRAM read: activations       {s['dram_activation_read'] / kib:.1f} KiB",
         f"  DRAM written: activations    {s['dram_activation_write'] / kib:.1f} KiB",
@@ -73,14 +75,20 @@ def report(metadata: PackageMetadata, fmt: str = "table") -> str:
         return out.getvalue().rstrip("\n")
     if fmt != "table":
         raise NpuError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    head = f"{'layer':<12}{'kernel':<17}{'tiles':<32}{'cycles':>11}{'bound':>8}{'util':>7}{'DRAM KiB':>10}{'SRAM KiB':>10}  shape"
+    head = (f"{'layer':<12}{'kernel':<17}{'tiles':<32}{'cycles':>11}{'bound':>8}{'util':>7}{'DRAM KiB':>10}{'SRAM KiB':>10}"
+            f"{'W KiB orig':>11}{'W KiB enc':>10}  shape")
     lines = [summary_text(metadata), "", head]
     for r in rows:
         sram = "-" if r["sram_proven"] is None else f"{r['sram_proven'] / 1024:.1f}"
         lines.append(f"{r['name']:<12}{r['kernel']:<17}{r['tiles'][:31]:<32}{r['cycles']:>11.0f}"
                      f"{r['roofline_ratio']:>7.2f}x{100 * r['utilization']:>6.1f}%{r['dram_bytes'] / 1024:>10.1f}"
-                     f"{sram:>10}  {r['shape']}")
+                     f"{sram:>10}{_kib(r.get('weight_bytes_original', 0)):>11}{_kib(r.get('weight_bytes_encoded', 0)):>10}"
+                     f"  {r['shape']}")
     return "\n".join(lines)
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.1f}" if size else "-"
 
 
 def plot(metadata: PackageMetadata, path) -> None:

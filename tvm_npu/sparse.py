@@ -16,6 +16,7 @@ the dense kernels: `--sparse {auto,off,force}` and the performance model choose 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -174,3 +175,11 @@ def csr_layer(p: KernelParams, inputs) -> dict:
     values, indices, rowptr, *_ = p.consts
     return {"attrs": p.attrs, "rowptr": rowptr.tolist(), "input": [list(inputs[0][0]), inputs[0][1]],
             "csr": [[list(a.shape), str(a.dtype)] for a in (values, indices, rowptr)]}
+
+
+def retile(func: tirx.PrimFunc, tiles, generate) -> tirx.PrimFunc:
+    """`generate(layer, tiles)` again from the layer `func` carries, keeping `func`'s attributes (symbol...)."""
+    tiled = generate(json.loads(str(func.attrs["npu_csr_layer"])), tiles)
+    for key, value in func.attrs.items():
+        tiled = tiled.with_attr(key, value)
+    return tiled
