@@ -24,7 +24,7 @@ from tvm.script.ir_builder import tirx as T
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
 from tvm_npu.perf import Tiles
 from tvm_npu.registry import KernelParams, NpuKernel
-from tvm_npu.sparse import csr_layer, csr_params, dense_params, retile, sparse_geometry, sram_buffer, \
+from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_layer, csr_params, dense_params, retile, sparse_geometry, sram_buffer, \
     stage_weight_tile, stream_tiles, tile_nonzeros
 
 from . import conv2d
@@ -65,7 +65,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
             csr = [T.arg(name, T.buffer(shape, dtype)) for name, (shape, dtype) in zip("VIP", layer["csr"])]
             params = [T.arg(name, T.buffer((out_channels,), "int64")) for name in ("B", "M", "S")]
             y = T.buffer_proxy(T.arg("Y", T.buffer(y_shape, a["out_dtype"])))
-            with T.grid(chan_tiles, batch) as (ct, n):
+            with channel_tile_loop(chan_tiles) as ct, T.serial(0, batch) as n:
                 first = ct * c
                 rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
                     csr, params, out_channels, first, c, max(1, tile_nonzeros(rowptr, c)))
@@ -84,7 +84,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
 
                 def compute_tile(t, slot):
                     valid = tirx.min(r, out_h - t * r)  # the last row tile may be short
-                    with T.parallel(0, c) as i:
+                    with channel_loop(chan_tiles, c) as i:
                         with T.grid(r, out_w) as (h, w):
                             acc[i, h, w] = 0
                         with T.serial(rowptr_s[i], rowptr_s[i + 1]) as j:

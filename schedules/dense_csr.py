@@ -20,7 +20,7 @@ from tvm.script.ir_builder import tirx as T
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
 from tvm_npu.perf import Tiles
 from tvm_npu.registry import KernelParams, NpuKernel
-from tvm_npu.sparse import csr_layer, csr_params, dense_params, retile, sparse_geometry, sram_buffer, \
+from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_layer, csr_params, dense_params, retile, sparse_geometry, sram_buffer, \
     stage_weight_tile, stream_tiles, tile_nonzeros
 
 from . import dense
@@ -53,7 +53,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
             csr = [T.arg(name, T.buffer(shape, dtype)) for name, (shape, dtype) in zip("VIP", layer["csr"])]
             params = [T.arg(name, T.buffer((out_channels,), "int64")) for name in ("B", "M", "S")]
             y = T.buffer_proxy(T.arg("Y", T.buffer((rows_total, out_channels), a["out_dtype"])))
-            with T.serial(0, chan_tiles) as ct:
+            with channel_tile_loop(chan_tiles) as ct:
                 first = ct * c
                 rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
                     csr, params, out_channels, first, c, max(1, tile_nonzeros(rowptr, c)))
@@ -66,7 +66,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                         x_s[slot, k, n] = x[tirx.min(t * r + n, rows_total - 1), k]
 
                 def compute_tile(t, slot):
-                    with T.parallel(0, c) as i:
+                    with channel_loop(chan_tiles, c) as i:
                         with T.vectorized(0, r) as n:
                             acc[i, n] = 0
                         with T.serial(rowptr_s[i], rowptr_s[i + 1]) as j:

@@ -183,3 +183,13 @@ def retile(func: tirx.PrimFunc, tiles, generate) -> tirx.PrimFunc:
     for key, value in func.attrs.items():
         tiled = tiled.with_attr(key, value)
     return tiled
+
+
+def channel_tile_loop(chan_tiles: int):
+    """The loop over output-channel tiles: the host's threads split it, unless there is one tile."""
+    return T.parallel(0, chan_tiles) if chan_tiles > 1 else T.serial(0, 1)
+
+
+def channel_loop(chan_tiles: int, channels: int):
+    """The loop over a tile's channels: parallel on the host when the tile loop is not."""
+    return T.serial(0, channels) if chan_tiles > 1 else T.parallel(0, channels)
