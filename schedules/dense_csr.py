@@ -19,9 +19,9 @@ from tvm.script.ir_builder import tirx as T
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
 from tvm_npu.perf import Tiles
-from tvm_npu.registry import KernelParams, NpuKernel
-from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_layer, csr_params, dense_params, retile, sparse_geometry, sram_buffer, \
-    stage_weight_tile, stream_tiles, tile_nonzeros
+from tvm_npu.registry import KernelParams
+from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_layer, csr_variant, sram_buffer, stage_weight_tile, \
+    stream_tiles, tile_nonzeros
 
 from . import dense
 
@@ -33,11 +33,6 @@ def check(base: KernelParams) -> str | None:
 def compute(p: KernelParams, inputs):
     ((x_shape, _),) = inputs
     return _primfunc(csr_layer(p, inputs), Tiles(x_shape[0], p.attrs["weight_shape"][0], "weights"))
-
-
-def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
-    """The kernel rebuilt with SRAM tiles (its TIR is written tile by tile: `compute` is one tile)."""
-    return retile(func, tiles, _primfunc)
 
 
 def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
@@ -88,23 +83,4 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
     return builder.get().with_attr("npu_csr_layer", json.dumps(layer))
 
 
-def reference(p: KernelParams, inputs) -> np.ndarray:
-    return dense.reference(dense_params(p), inputs)
-
-
-def geometry(p: KernelParams, inputs):
-    return sparse_geometry(dense.geometry(dense_params(p), inputs), p)
-
-
-KERNEL = NpuKernel(
-    name="npu.dense_csr",
-    anchors=(),
-    patterns=lambda: [],
-    check=check,
-    params=csr_params,
-    compute=compute,
-    reference=reference,
-    geometry=geometry,
-    schedule=schedule,
-    variant_of="npu.dense",
-)
+KERNEL = csr_variant(dense.KERNEL, check, compute, _primfunc)

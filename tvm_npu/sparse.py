@@ -24,7 +24,7 @@ from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from .perf import Geometry
-from .registry import KernelParams
+from .registry import KernelParams, NpuKernel
 from .sram import SRAM_SCOPE
 
 SPARSE_MODES = ("auto", "off", "force")
@@ -193,3 +193,20 @@ def channel_tile_loop(chan_tiles: int):
 def channel_loop(chan_tiles: int, channels: int):
     """The loop over a tile's channels: parallel on the host when the tile loop is not."""
     return T.serial(0, channels) if chan_tiles > 1 else T.parallel(0, channels)
+
+
+def csr_variant(base: NpuKernel, check, compute, generate) -> NpuKernel:
+    """The NpuKernel of the CSR variant of `base`: `base`'s parameters re-encoded, its reference and
+    geometry on the decoded weights; `generate(layer, tiles)` writes the TIR for an SRAM tiling."""
+    return NpuKernel(
+        name=f"{base.name}_csr",
+        anchors=(),
+        patterns=list,  # no patterns of its own: the planner picks it
+        check=check,
+        params=csr_params,
+        compute=compute,
+        reference=lambda p, inputs: base.reference(dense_params(p), inputs),
+        geometry=lambda p, inputs: sparse_geometry(base.geometry(dense_params(p), inputs), p),
+        schedule=lambda func, tiles: retile(func, tiles, generate),
+        variant_of=base.name,
+    )
