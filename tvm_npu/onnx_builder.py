@@ -70,7 +70,13 @@ class Example:
 
     @property
     def op_types(self) -> list[str]:
+        """The operator, then the activation fused after it (if any)."""
         return [n.op_type for n in self.model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+
+    @property
+    def output_dtype(self) -> str:
+        (output,) = self.model.graph.output
+        return np.dtype(helper.tensor_dtype_to_np_dtype(output.type.tensor_type.elem_type)).name
 
 
 def random_activation(rng: np.random.Generator, shape, dtype: str | None = None, **fields) -> Activation:
