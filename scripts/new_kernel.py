@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import tvm_npu.schedules
+
 from tvm_npu.errors import NpuError
 from tvm_npu.registry import kernels
 

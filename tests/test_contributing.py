@@ -32,7 +32,7 @@ def _pytest(folder: Path, *args: str, cwd: Path = REPO) -> subprocess.CompletedP
 
 def _worked_example() -> tuple[str, str]:
     text = (REPO / "CONTRIBUTING.md").read_text()
-    match = re.search(r"<!-- worked-example: (\S+) -->\n```python\n(.*?)```\n<!-- /worked-example -->", text, re.S)
+    match = re.search(r"<!-- worked-example: (\S+) -->\n```python\n(.*?)```\n<!-- /worked-example -->", text, re.DOTALL)
     return match[1], match[2]
 
 
