@@ -23,6 +23,7 @@ from __future__ import annotations
 import tempfile
 import zlib
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,9 @@ class ConformanceError(AssertionError):
     """A kernel failed the harness; the message names kernel, example and what differs."""
 
 
+@cache
 def examples(kernel: NpuKernel, seed: int) -> list[Example]:
-    """The kernel's examples for `seed` (the same seed gives the same models and inputs)."""
+    """The kernel's examples for `seed` (the same seed gives the same models and inputs; built once)."""
     if kernel.examples is None:
         raise ConformanceError(f"{kernel.name} declares no examples: add examples=... to its NpuKernel (CONTRIBUTING.md)")
     found = list(kernel.examples(np.random.default_rng([seed, zlib.crc32(kernel.name.encode())])))
