@@ -19,6 +19,7 @@ from tvm import te, tirx
 from tvm.relax.dpl import is_const, is_op, is_tuple
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.onnx_builder import Activation, quantized_operator, random_activation
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -104,6 +105,26 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     return np.concatenate([part.astype(a["out_dtype"]) for part in parts], axis=a["axis"])
 
 
+def examples(rng):
+    def concat(name, shapes, axis, shared=False):
+        """Inputs each on their own grid, or (`shared`) all on one: the pure-copy path."""
+        first = random_activation(rng, shapes[0])
+        inputs = [Activation(tuple(s), first.dtype, first.scale, first.zero_point) if shared else random_activation(rng, s)
+                  for s in shapes]
+        return quantized_operator(name, "Concat", [inputs], rng, out_dtype=str(rng.choice(["int8", "uint8"])), axis=axis)
+
+    rank = int(rng.integers(1, 5))
+    axis = int(rng.integers(0, rank))
+    base = [int(d) for d in rng.integers(1, 6, rank)]
+    return [
+        concat("channels_three_grids", [(1, 3, 4, 5), (1, 1, 4, 5), (1, 6, 4, 5)], axis=1),
+        concat("channels_shared_grid", [(1, 2, 3, 3), (1, 5, 3, 3)], axis=1, shared=True),
+        concat("last_axis_five_inputs", [(1, 2, 3, w) for w in (1, 2, 3, 4, 5)], axis=3),
+        concat(f"random_rank{rank}_axis{axis}", [[*base[:axis], int(rng.integers(1, 6)), *base[axis + 1:]]
+                                                 for _ in range(int(rng.integers(2, 5)))], axis=axis),
+    ]
+
+
 KERNEL = NpuKernel(
     name="npu.concat",
     anchors=("relax.concat",),
@@ -112,4 +133,10 @@ KERNEL = NpuKernel(
     params=params,
     compute=compute,
     reference=reference,
+    examples=examples,
+    limits=(
+        '2 to 32 activation inputs (no constant operand), any axis',
+        'activations and output per tensor; inputs on other grids than the output are requantized (else copied)',
+        'rescale factors (input scale / output scale) within the fixed-point range',
+    ),
 )

@@ -13,6 +13,7 @@ from tvm import s_tir, te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation, random_weight
 from tvm_npu.perf import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
@@ -236,6 +237,26 @@ def _vectorize_accumulation(sch, acc, extents: dict[str, int]) -> None:
         sch.vectorize(by_name["x"])
 
 
+def examples(rng):
+    def conv(name, c, o, hw, k, stride=1, pads=(0, 0, 0, 0), dilation=1, group=1, activation=None):
+        return quantized_operator(
+            name, "Conv", [random_activation(rng, (1, c, *hw)), random_weight(rng, (o, c // group, k, k)),
+                           Constant(rng.normal(0, 0.3, o))], rng,
+            out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation, kernel_shape=[k, k],
+            strides=[stride, stride], pads=list(pads), dilations=[dilation, dilation], group=group)
+
+    k, stride = int(rng.choice([1, 3, 5])), int(rng.integers(1, 3))
+    return [
+        conv("3x3_stride2_pad1_relu6", 3, 5, (7, 9), 3, stride=2, pads=(1, 1, 1, 1), activation="relu6"),
+        conv("depthwise_3x3_uneven_pads_relu", 7, 7, (6, 5), 3, pads=(2, 1, 0, 2), group=7, activation="relu"),
+        conv("grouped_3x3_dilated", 6, 9, (9, 7), 3, pads=(2, 2, 2, 2), dilation=2, group=3),
+        conv("1x1_on_1x1", 5, 4, (1, 1), 1),
+        conv(f"random_{k}x{k}_stride{stride}", int(rng.integers(1, 12)), int(rng.integers(1, 20)),
+             tuple(int(d) for d in rng.integers(k, k + 9, 2)), k, stride, tuple(int(p) for p in rng.integers(0, k, 4)),
+             activation=rng.choice([None, "relu", "relu6"])),
+    ]
+
+
 KERNEL = NpuKernel(
     name="npu.conv2d",
     anchors=("relax.nn.conv2d",),
@@ -246,4 +267,12 @@ KERNEL = NpuKernel(
     reference=reference,
     geometry=geometry,
     schedule=schedule,
+    examples=examples,
+    limits=(
+        "NCHW data, OIHW int8 weights, symmetric (weight zero point 0), per-tensor or per-output-channel scales",
+        "activations per tensor; a depthwise conv also takes per-channel input scales with one zero point",
+        "output quantized per tensor",
+        "at most 65 793 taps (input channels per group x kernel height x width) per output: the int32 accumulator",
+        "rescale factors (input x weight scale / output scale) within the fixed-point range",
+    ),
 )

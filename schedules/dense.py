@@ -12,6 +12,7 @@ from tvm import s_tir, te, tirx
 from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation, random_weight
 from tvm_npu.perf import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
@@ -133,6 +134,24 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     return finish_tile_loops(sch, y, y_out, outer, inner, loads, tile_loops=2)
 
 
+def examples(rng):
+    def dense(name, n, k, o, gemm=True, activation=None):
+        x = random_activation(rng, (n, k))
+        out_dtype = str(rng.choice(["int8", "uint8"]))
+        if gemm:  # Gemm holds weights as [O, K] (transB) with a bias
+            return quantized_operator(name, "Gemm", [x, random_weight(rng, (o, k)), Constant(rng.normal(0, 0.3, o))],
+                                      rng, out_dtype=out_dtype, activation=activation, transB=1)
+        return quantized_operator(name, "MatMul", [x, random_weight(rng, (k, o), axis=1)], rng, out_dtype=out_dtype,
+                                  activation=activation)
+
+    return [
+        dense("gemm_relu", 3, 37, 13, activation="relu"),
+        dense("matmul_1x1", 1, 1, 1, gemm=False),
+        dense("long_reduction_relu6", 2, 513, 7, activation="relu6"),
+        dense("random_matmul", int(rng.integers(1, 5)), int(rng.integers(1, 300)), int(rng.integers(1, 40)), gemm=False),
+    ]
+
+
 KERNEL = NpuKernel(
     name="npu.dense",
     anchors=("relax.matmul",),
@@ -143,4 +162,11 @@ KERNEL = NpuKernel(
     reference=reference,
     geometry=geometry,
     schedule=schedule,
+    examples=examples,
+    limits=(
+        "input [N, K]; weights a 2-D int8 constant, symmetric, per-tensor or per-output-channel scales",
+        "activations and output per tensor",
+        "at most 65 793 products per output (K): the int32 accumulator",
+        "rescale factors (input x weight scale / output scale) within the fixed-point range",
+    ),
 )

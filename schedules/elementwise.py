@@ -14,6 +14,7 @@ from tvm import te
 from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.onnx_builder import quantized_operator, random_activation
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -97,6 +98,20 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     return requantize_np(value, 1, attrs["shift"], attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"])
 
 
+def examples(rng):
+    def binary(name, op_type, shape, activation=None):
+        return quantized_operator(name, op_type, [random_activation(rng, shape), random_activation(rng, shape)], rng,
+                                  out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation)
+
+    rank = int(rng.integers(1, 5))
+    return [
+        binary("add_odd_channels_relu", "Add", (1, 7, 5, 3), "relu"),
+        binary("mul_relu6", "Mul", (1, 3, 4, 5), "relu6"),
+        binary("add_one_element", "Add", (1,)),
+        binary(f"random_rank{rank}", str(rng.choice(["Add", "Mul"])), tuple(int(d) for d in rng.integers(1, 9, rank))),
+    ]
+
+
 KERNEL = NpuKernel(
     name="npu.elementwise",
     anchors=tuple(_OPS),
@@ -105,4 +120,10 @@ KERNEL = NpuKernel(
     params=params,
     compute=compute,
     reference=reference,
+    examples=examples,
+    limits=(
+        'Add and Mul of two activations of the same shape (no broadcasting, no constant operand)',
+        'activations and output per tensor',
+        'rescale factors (input scale / output scale; for Mul, product of input scales / output scale) within the fixed-point range',
+    ),
 )

@@ -22,6 +22,7 @@ from tvm import te
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import scale_problem
+from tvm_npu.onnx_builder import quantized_operator, random_activation
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -149,6 +150,23 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     return p.consts[0][x.astype(np.int64) - int(np.iinfo(x.dtype).min)]
 
 
+def examples(rng):
+    def lut(name, op_type, **attributes):
+        """Every input integer at least once, in an odd-channel tensor: the whole table is exercised."""
+        dtype = str(rng.choice(["int8", "uint8"]))
+        info = np.iinfo(dtype)
+        every = np.concatenate([np.arange(info.min, info.max + 1),
+                                rng.integers(info.min, info.max, 7 * 8 * 11 - 256, endpoint=True)])
+        x = random_activation(rng, (1, 7, 8, 11), dtype, values=rng.permutation(every))
+        return quantized_operator(name, op_type, [x], rng, out_dtype=str(rng.choice(["int8", "uint8"])), **attributes)
+
+    return [
+        lut("sigmoid", "Sigmoid"),
+        lut("hardsigmoid", "HardSigmoid", alpha=float(rng.uniform(0.1, 0.3)), beta=0.5),
+        lut("hardswish", "HardSwish"),
+    ]
+
+
 KERNEL = NpuKernel(
     name="npu.lut",
     anchors=("relax.sigmoid",),
@@ -157,4 +175,10 @@ KERNEL = NpuKernel(
     params=params,
     compute=compute,
     reference=reference,
+    examples=examples,
+    limits=(
+        "Sigmoid, HardSigmoid (clip(alpha x + beta, 0, 1)), HardSwish, as TVM's ONNX importer writes them",
+        'input and output per tensor, the input quantized (NNCF leaves these inputs in float: then they run on the CPU)',
+        'HardSwish reads one tensor twice with the same quantization',
+    ),
 )

@@ -13,6 +13,7 @@ from tvm import te, tirx
 from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.onnx_builder import quantized_operator, random_activation
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -150,6 +151,30 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     return np.clip(q + a["zy"], a["lo"], a["hi"]).astype(a["out_dtype"])
 
 
+def examples(rng):
+    def pool(name, op_type, shape, openvino_deviation=None, **attributes):
+        example = quantized_operator(name, op_type, [random_activation(rng, shape)], rng,
+                                     out_dtype=str(rng.choice(["int8", "uint8"])), **attributes)
+        example.openvino_deviation = openvino_deviation
+        return example
+
+    k = int(rng.integers(1, 4))
+    return [
+        pool("max_3x3_stride2_pad1", "MaxPool", (1, 5, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        pool("avg_3x3_pad1_exclude_pad", "AveragePool", (1, 5, 5, 6), kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+             count_include_pad=0),
+        pool("avg_2x2_stride2_pad1_include_pad", "AveragePool", (1, 3, 7, 6), kernel_shape=[2, 2], strides=[2, 2],
+             pads=[1, 1, 1, 1], count_include_pad=1,
+             openvino_deviation="OpenVINO 2026.4 averages quantized border windows with count_include_pad=1 as if "
+                                "the padding held integer 0, not the zero point (real 0)"),
+        pool("avg_2x2_stride2_uneven_pads", "AveragePool", (1, 3, 7, 6), kernel_shape=[2, 2], strides=[2, 2],
+             pads=[1, 0, 0, 1]),
+        pool("global_average", "GlobalAveragePool", (1, 7, 5, 3)),
+        pool(f"random_{k}x{k}", str(rng.choice(["MaxPool", "AveragePool"])), (1, int(rng.integers(1, 9)), k + 4, k + 3),
+             kernel_shape=[k, k], strides=[int(rng.integers(1, 3))] * 2, pads=[int(p) for p in rng.integers(0, k, 4)]),
+    ]
+
+
 KERNEL = NpuKernel(
     name="npu.pool",
     anchors=_POOLS,
@@ -158,4 +183,10 @@ KERNEL = NpuKernel(
     params=params,
     compute=compute,
     reference=reference,
+    examples=examples,
+    limits=(
+        'MaxPool, AveragePool (NCHW, floor mode, no dilation for AveragePool), GlobalAveragePool / mean over H, W',
+        'activations and output per tensor',
+        'rescale factor (input scale / output scale) within the fixed-point range',
+    ),
 )

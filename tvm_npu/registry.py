@@ -3,17 +3,23 @@
 Each module of `tvm_npu.schedules` declares one `KERNEL = NpuKernel(...)`; `kernels()`
 imports them all (pkgutil), so adding a kernel is adding a file. A kernel bundles, in one
 place, the Relax pattern it offloads, why it may refuse a match, how it reads its integer
-parameters out of a matched composite, its TE compute and a NumPy integer reference.
+parameters out of a matched composite, its TE compute, a NumPy integer reference and the
+one-operator QDQ ONNX examples the conformance harness (tests/conformance) checks it on.
+Kernels under development can live outside the package: see KERNEL_PATH_VARIABLE.
 The two helpers below (`Composite`, `pattern_activation`) are what the kernel files share.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import pkgutil
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import tvm
@@ -52,6 +58,11 @@ class NpuKernel:
     # takes the base kernel's KernelParams (why it cannot implement that instance, or None) and its
     # `params` maps them to its own.
     variant_of: str | None = None
+    # examples(rng) -> [tvm_npu.onnx_builder.Example]: one-operator QDQ ONNX models with edge cases (odd
+    # channels, borders, non-zero zero points, sizes tiles do not divide), drawn from `rng`. The
+    # conformance harness derives every check from them; a kernel without examples fails it.
+    examples: Callable[[np.random.Generator], list] | None = None
+    limits: tuple[str, ...] = ()  # what `check` refuses, as SUPPORTED_OPS.md lists it
 
     def primfunc(self, symbol: str, params: KernelParams, inputs) -> tvm.tirx.PrimFunc:
         """The kernel's PrimFunc under a unique symbol (TE names every PrimFunc `main`)."""
@@ -60,19 +71,39 @@ class NpuKernel:
         return self.compute(params, inputs).with_attr("global_symbol", symbol).with_attr("op_pattern", 8)
 
 
+# Folders (os.pathsep-separated) of kernels under development, one `KERNEL = NpuKernel(...)` per
+# `*.py` file (files named `test_*` or `_*` are skipped): the conformance harness checks them without
+# touching the repository. They come before the built-in kernels, so one can take over an operator.
+KERNEL_PATH_VARIABLE = "TVM_NPU_KERNEL_PATH"
+
+
 @cache
 def kernels() -> tuple[NpuKernel, ...]:
-    """Every kernel in `tvm_npu.schedules`, in module-name order."""
+    """Every kernel on $TVM_NPU_KERNEL_PATH, then every kernel in `tvm_npu.schedules` (module-name order)."""
     from . import schedules
 
-    found = []
+    modules = [_load_file(path) for folder in os.environ.get(KERNEL_PATH_VARIABLE, "").split(os.pathsep) if folder
+               for path in sorted(Path(folder).glob("*.py")) if not path.name.startswith(("test_", "_"))]
     for info in sorted(pkgutil.iter_modules(schedules.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{schedules.__name__}.{info.name}")
+        modules.append(importlib.import_module(f"{schedules.__name__}.{info.name}"))
+    found: dict[str, NpuKernel] = {}
+    for module in modules:
         kernel = getattr(module, "KERNEL", None)
         if not isinstance(kernel, NpuKernel):
-            raise TypeError(f"{module.__name__} must define KERNEL = NpuKernel(...)")
-        found.append(kernel)
-    return tuple(found)
+            raise TypeError(f"{module.__file__} must define KERNEL = NpuKernel(...)")
+        if kernel.name in found:
+            raise TypeError(f"{module.__file__}: kernel name {kernel.name} is taken; choose another name")
+        found[kernel.name] = kernel
+    return tuple(found.values())
+
+
+def _load_file(path: Path):
+    name = f"tvm_npu_kernel_path.{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def kernel(name: str) -> NpuKernel:

@@ -1,0 +1,80 @@
+"""CONTRIBUTING.md followed literally, outside the repository: a kernel scaffolded into a temporary
+directory (TVM_NPU_KERNEL_PATH) runs as scaffolded, the worked example (LeakyRelu through a table)
+passes the conformance harness, and a kernel with a rounding bug fails it with a message naming the
+kernel, the input shape and the first differing element."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tvm_npu.registry import KERNEL_PATH_VARIABLE
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _scaffold(name: str, like: str, folder: Path) -> Path:
+    run = subprocess.run([sys.executable, REPO / "scripts" / "new_kernel.py", name, "--like", like, "--dir", folder],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (folder / f"test_{name}.py").is_file()
+    return folder / f"{name}.py"
+
+
+def _pytest(folder: Path, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-m", "not slow", *args],
+                          env={**os.environ, KERNEL_PATH_VARIABLE: str(folder)}, cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+def _worked_example() -> tuple[str, str]:
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    match = re.search(r"<!-- worked-example: (\S+) -->\n```python\n(.*?)```\n<!-- /worked-example -->", text, re.DOTALL)
+    return match[1], match[2]
+
+
+def test_worked_example_kernel_is_scaffolded_implemented_and_passes_the_harness(tmp_path):
+    kernel_file = _scaffold("leaky_relu", "lut", tmp_path)
+    assert 'name="npu.leaky_relu"' in kernel_file.read_text()
+    scaffolded = _pytest(tmp_path, str(tmp_path / "test_leaky_relu.py"), "--rootdir", str(tmp_path), cwd=tmp_path)
+    assert scaffolded.returncode == 0 and " 3 passed" in scaffolded.stdout, scaffolded.stdout[-3000:]  # lut's 3 examples
+
+    file_name, source = _worked_example()
+    assert file_name == kernel_file.name
+    kernel_file.write_text(source)
+    run = _pytest(tmp_path, "tests/conformance", "-k", "leaky_relu")
+    assert run.returncode == 0, run.stdout[-3000:]
+    passed = re.findall(r"::(test_\w+)\[npu\.leaky_relu-seed0-([^\]]+)\] PASSED", run.stdout)
+    assert len(passed) == 3 * 2, run.stdout[-3000:]  # three checks on each of its two examples
+
+
+BUGGY_ROUNDING = '''
+def _truncating_requantize(value, mult, shift, zero_point, lo, hi, dtype):
+    """The deliberate bug: rounds down where requantize_te rounds half up."""
+    from tvm import tirx
+
+    r = ((value.astype("int64") * mult) >> shift) + tirx.const(zero_point, "int64")
+    return tirx.max(tirx.min(r, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(dtype)
+
+
+def compute('''
+
+
+def test_kernel_with_wrong_rounding_fails_naming_kernel_shape_and_first_difference(tmp_path):
+    kernel_file = _scaffold("mul_floor", "elementwise", tmp_path)
+    source = kernel_file.read_text()
+    buggy = source.replace("\ndef compute(", BUGGY_ROUNDING, 1).replace("lambda *i: requantize_te(",
+                                                                       "lambda *i: _truncating_requantize(", 1)
+    assert buggy.count("_truncating_requantize(") == 2
+    kernel_file.write_text(buggy)
+    run = _pytest(tmp_path, "tests/conformance", "-k", "mul_floor and default_schedule")
+    assert run.returncode == 1, run.stdout[-3000:]
+    failures = re.findall(
+        r"npu\.mul_floor: example '(\w+)' \(input ((?:\d+x)*\d+ u?int8(?: \+ (?:\d+x)*\d+ u?int8)*)\), default schedule: "
+        r"first differing element at index \(([\d, ]+)\): ours (-?\d+), reference (-?\d+)", run.stdout)
+    assert failures, run.stdout[-3000:]
+    for _, _, _, ours, reference in failures:
+        assert int(ours) == int(reference) - 1  # truncation lands one step below the rounded reference

@@ -1,0 +1,244 @@
+"""The kernel conformance harness: what every registered NPU kernel must pass, derived from its examples.
+
+Each kernel declares `examples(rng)`: one-operator QDQ ONNX models (tvm_npu.onnx_builder). From
+each example the harness derives, with no per-kernel code:
+
+1. `prepare`: import and partition the model; the operator must land on this kernel (the only NPU
+   composite, its inputs the graph inputs), which gives the kernel's `params` and inputs.
+2. `check_default`: the kernel's PrimFunc, as computed (default schedule), built for the host and
+   run, is bit-exact against the kernel's NumPy reference.
+3. `check_presets`: per preset, the planner's choice (`plan`), the performance model's invariants
+   (cycles >= roofline bound, DRAM traffic >= compulsory bytes) and, for SRAM-tiled kernels, the
+   chosen tiling plus one that splits rows and channels unevenly: scheduled, footprint proven from
+   the lowered TIR (<= planned <= the preset's SRAM), built, run, bit-exact.
+4. `check_openvino`: the whole example compiled by `tvm_npu.compile` against OpenVINO on the same
+   ONNX file, judged in quantization steps like `tvmc validate`.
+
+A failure raises `ConformanceError` naming the kernel, the example, its input shape and, for
+exactness, the first differing element (index, ours, reference).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tvm
+from tvm import relax
+
+from .frontend import import_onnx, load_onnx
+from .onnx_builder import Example, reference_outputs
+from .partition import partition
+from .perf import Tiles, estimate, footprint, layer_cost, roofline
+from .plan import candidates, plan
+from .registry import Composite, KernelParams, NpuKernel, kernels
+from .sram import prove_footprint
+from .target import PRESETS, NpuConfig
+from .validate import compare, openvino_outputs, quantization_steps
+
+# Seeds of the default run (tests/conformance) and of the sweep (`-m slow`).
+DEFAULT_SEEDS = (0,)
+SWEEP_SEEDS = (1, 2, 3, 4, 5)
+
+
+class ConformanceError(AssertionError):
+    """A kernel failed the harness; the message names kernel, example and what differs."""
+
+
+@cache
+def examples(kernel: NpuKernel, seed: int) -> list[Example]:
+    """The kernel's examples for `seed` (the same seed gives the same models and inputs; built once)."""
+    if kernel.examples is None:
+        raise ConformanceError(f"{kernel.name} declares no examples: add examples=... to its NpuKernel (CONTRIBUTING.md)")
+    found = list(kernel.examples(np.random.default_rng([seed, zlib.crc32(kernel.name.encode())])))
+    if not found:
+        raise ConformanceError(f"{kernel.name}: examples() returned none")
+    return found
+
+
+def cases(seeds=DEFAULT_SEEDS) -> list[tuple[NpuKernel, int, int]]:
+    """(kernel, seed, example index) for every registered kernel: what the tests parametrize over."""
+    return [(k, seed, i) for k in kernels() for seed in seeds for i in range(len(examples(k, seed)))]
+
+
+@dataclass
+class Case:
+    """An example as its kernel sees it: partitioned module, parameters, integer inputs, reference output."""
+
+    kernel: NpuKernel
+    example: Example
+    mod: tvm.IRModule  # partitioned
+    params: KernelParams
+    inputs: list[np.ndarray]  # the composite's operands, in call order
+    expected: np.ndarray
+
+    def where(self) -> str:
+        return f"{self.kernel.name}: example {self.example.name!r} (input {self.example.shape})"
+
+
+def prepare(kernel: NpuKernel, example: Example) -> Case:
+    with tempfile.TemporaryDirectory(prefix="tvm_npu_conformance_") as folder:
+        path = Path(folder) / f"{example.name}.onnx"
+        onnx.save(example.model, path)
+        imported = import_onnx(load_onnx(path))
+    mod, operators = partition(imported.mod)
+    where = f"{kernel.name}: example {example.name!r} (input {example.shape})"
+    on_npu = [row for row in operators if row["runs_on"] == "npu"]
+    landed = [row["kernel"] for row in on_npu]
+    if landed != [kernel.name]:
+        reasons = "; ".join(f"{row['ops'][0]}: {row['reason']}" for row in operators
+                            if row["runs_on"] == "cpu" and row["ops"][0] not in ("relax.quantize", "relax.dequantize"))
+        raise ConformanceError(f"{where}: the operator must land on {kernel.name} alone, it landed on "
+                               f"{landed or 'the CPU'}{f' ({reasons})' if reasons else ''}")
+    call = next(b.value for block in mod["main"].body.blocks for b in block.bindings
+                if isinstance(b.value, relax.Call) and isinstance(b.value.op, relax.GlobalVar)
+                and "Composite" in (mod[b.value.op].attrs or {}))
+    graph_inputs = list(mod["main"].params)
+    inputs = []
+    for arg in call.args:
+        if not any(arg.same_as(param) for param in graph_inputs):
+            raise ConformanceError(f"{where}: the {kernel.name} composite reads {arg}, not a graph input: "
+                                   "an example must be one operator between DequantizeLinear inputs and a QuantizeLinear")
+        inputs.append(example.inputs[arg.name])
+    params = kernel.params(Composite(mod[call.op]))
+    return Case(kernel, example, mod, params, inputs, kernel.reference(params, inputs))
+
+
+def first_difference(ours: np.ndarray, expected: np.ndarray) -> str | None:
+    """None when equal; else the first differing element and how many differ."""
+    if ours.shape != expected.shape or ours.dtype != expected.dtype:
+        return f"output {ours.dtype}{list(ours.shape)}, reference {expected.dtype}{list(expected.shape)}"
+    differ = np.argwhere(ours != expected)
+    if not len(differ):
+        return None
+    index = tuple(int(i) for i in differ[0])
+    return (f"first differing element at index {index}: ours {ours[index]}, reference {expected[index]} "
+            f"({len(differ)} of {ours.size} elements differ)")
+
+
+def run_primfunc(prim: tvm.tirx.PrimFunc, case: Case, config: NpuConfig) -> np.ndarray:
+    """Builds one kernel PrimFunc for the host as `tvm_npu.build` does and runs it on the case's inputs."""
+    # As in tvm_npu.build: StorageRewrite would merge SRAM tile buffers of mixed dtypes.
+    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+        lib = tvm.compile(tvm.IRModule({"kernel": prim}), target=config.tvm_target())
+    out = tvm.runtime.empty(case.expected.shape, str(case.expected.dtype))
+    operands = [np.ascontiguousarray(a) for a in list(case.inputs) + list(case.params.consts)]
+    lib["kernel"](*[tvm.runtime.tensor(a) for a in operands], out)
+    return out.numpy()
+
+
+def _specs(case: Case) -> list[tuple[tuple[int, ...], str]]:
+    return [(tuple(x.shape), str(x.dtype)) for x in case.inputs]
+
+
+def check_exact(case: Case, prim: tvm.tirx.PrimFunc, config: NpuConfig, schedule: str) -> None:
+    difference = first_difference(run_primfunc(prim, case, config), case.expected)
+    if difference:
+        raise ConformanceError(f"{case.where()}, {schedule}: {difference}")
+
+
+def check_default(case: Case) -> None:
+    config = PRESETS["mid"]
+    check_exact(case, case.kernel.primfunc("kernel", case.params, _specs(case)), config, "default schedule")
+
+
+def uneven_tiles(geometry, config: NpuConfig) -> Tiles | None:
+    """The smallest-footprint tiling that fits and splits rows and channels unevenly (short last tiles)."""
+    uneven = [t for t in candidates(geometry, config) if geometry.out_h % t.rows and geometry.out_channels % t.channels
+              and sum(footprint(geometry, t).values()) <= config.sram_bytes]
+    return min(uneven, key=lambda t: sum(footprint(geometry, t).values()), default=None)
+
+
+def check_presets(case: Case) -> list[str]:
+    """Every preset: plan, model invariants and (tiled kernels) scheduled exactness and SRAM proof.
+    Each distinct tiling is built once. Returns one line per check made, for the test log."""
+    done, tilings = [], {}
+    for config in PRESETS.values():
+        (layer,) = plan(case.mod, config)
+        (cost,) = estimate([layer], config).layers
+        if cost.cycles < cost.roofline_cycles - 1e-9 or cost.roofline_cycles <= 0:
+            raise ConformanceError(f"{case.where()}, npu/{config.name}: modelled {cost.cycles:.1f} cycles below the "
+                                   f"roofline bound {cost.roofline_cycles:.1f}")
+        if case.kernel.schedule is None:
+            done.append(f"npu/{config.name}: not tiled, {cost.cycles:.0f} cycles >= roofline {cost.roofline_cycles:.0f}")
+            continue
+        for tiles in (layer.tiles, uneven_tiles(layer.geometry, config)):
+            if tiles is not None:
+                _check_model(case, config, layer.geometry, tiles)
+                tilings.setdefault(tiles, (layer.geometry, []))[1].append(config)
+    for tiles, (geometry, configs) in tilings.items():
+        done.append(_check_tiling(case, configs, geometry, tiles))
+    return done
+
+
+def _describe(tiles: Tiles) -> str:
+    return f"tiles {tiles.rows} rows x {tiles.channels} ch, {tiles.order} outer"
+
+
+def _check_model(case: Case, config: NpuConfig, geometry, tiles: Tiles) -> None:
+    cost = layer_cost(geometry, tiles, config)
+    bound = roofline(geometry.compulsory_bytes, geometry.macs, config)
+    if cost.cycles < bound - 1e-9 or cost.dram_bytes < geometry.compulsory_bytes:
+        raise ConformanceError(f"{case.where()}, npu/{config.name} {_describe(tiles)}: modelled {cost.cycles:.1f} cycles, "
+                               f"{cost.dram_bytes} DRAM B, below the roofline bound {bound:.1f} cycles or the "
+                               f"compulsory {geometry.compulsory_bytes} B")
+
+
+def _check_tiling(case: Case, configs: list[NpuConfig], geometry, tiles: Tiles) -> str:
+    presets = ", ".join(f"npu/{c.name}" for c in configs)
+    what = f"{_describe(tiles)} ({presets})"
+    planned = sum(footprint(geometry, tiles).values())
+    prim = case.kernel.schedule(case.kernel.primfunc("kernel", case.params, _specs(case)), tiles)
+    proof = prove_footprint(prim)
+    smallest = min(c.sram_bytes for c in configs)
+    if not proof.total <= planned <= smallest:
+        raise ConformanceError(f"{case.where()}, {what}: the lowered TIR allocates {proof.total} B of SRAM "
+                               f"{dict(proof.buffers)}, planned {planned} B, the smallest SRAM is {smallest} B")
+    check_exact(case, prim, configs[0], what)
+    return f"{what}: exact, SRAM proven {proof.total} B <= planned {planned} B <= {smallest} B"
+
+
+def check_openvino(case: Case) -> str:
+    """The example compiled whole (tvm_npu.compile, npu/mid) against OpenVINO CPU on the same ONNX,
+    in quantization steps as `tvmc validate` judges; against onnx's reference evaluator where the
+    example declares an OpenVINO deviation (which must still show, or the declaration goes)."""
+    from .pipeline import compile as compile_model  # the harness sits after the pipeline
+    from .runtime import load
+
+    example = case.example
+    with tempfile.TemporaryDirectory(prefix="tvm_npu_conformance_") as folder:
+        path = Path(folder) / f"{example.name}.onnx"
+        onnx.save(example.model, path)
+        compile_model(path, output=Path(folder) / "model.tar", target="npu")
+        ours = load(Path(folder) / "model.tar").run(example.inputs)
+    onnx_bytes = example.model.SerializeToString()
+    (openvino,) = openvino_outputs(onnx_bytes, [example.inputs], "CPU")
+    _, steps = quantization_steps(onnx_bytes)
+    if example.openvino_deviation:
+        if all(_compare(name, value, openvino, steps).passed for name, value in ours.items()):
+            raise ConformanceError(f"{case.where()}: OpenVINO now agrees; drop the example's openvino_deviation "
+                                   f"({example.openvino_deviation})")
+        reference, runtime = reference_outputs(example.model, example.inputs), "onnx.reference"
+    else:
+        reference, runtime = openvino, "OpenVINO"
+    lines = []
+    for name, value in ours.items():
+        result = _compare(name, value, reference, steps)
+        if not result.passed:
+            far = np.argwhere(np.abs(value.astype(np.int64) - reference[name].astype(np.int64)) / (result.step or 1) > 2)
+            first = tuple(int(i) for i in far[0]) if len(far) else None
+            detail = f"; first element beyond 2 steps at {first}: ours {value[first]}, {runtime} {reference[name][first]}" \
+                if first is not None else ""
+            raise ConformanceError(f"{case.where()}: output {name} against {runtime}: {result.reason} "
+                                   f"(max {result.max_steps:g} steps, bias {result.bias_steps:+.3f}){detail}")
+        lines.append(f"{name} against {runtime}: max {result.max_steps:g} steps, {result.within_1_step:.1%} within 1 step")
+    return "; ".join(lines)
+
+
+def _compare(name: str, ours: np.ndarray, reference: dict, steps: dict):
+    return compare(name, ours, reference[name], quantized=True, step=steps.get(name))
