@@ -106,4 +106,5 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
     return builder.get().with_attr("npu_csr_layer", json.dumps(layer))
 
 
-KERNEL = csr_variant(conv2d.KERNEL, check, compute, _primfunc)
+KERNEL = csr_variant(conv2d.KERNEL, check, compute, _primfunc,
+                     ("a variant of npu.conv2d, chosen per layer by the model (--sparse auto|off|force)", "not grouped or depthwise (those stay dense)"))

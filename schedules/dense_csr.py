@@ -83,4 +83,5 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
     return builder.get().with_attr("npu_csr_layer", json.dumps(layer))
 
 
-KERNEL = csr_variant(dense.KERNEL, check, compute, _primfunc)
+KERNEL = csr_variant(dense.KERNEL, check, compute, _primfunc,
+                     ("a variant of npu.dense, chosen per layer by the model (--sparse auto|off|force)",))

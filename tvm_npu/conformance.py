@@ -36,7 +36,7 @@ from .onnx_builder import Example, reference_outputs
 from .partition import partition
 from .perf import Tiles, estimate, footprint, layer_cost, roofline
 from .plan import candidates, plan
-from .registry import Composite, KernelParams, NpuKernel, kernels
+from .registry import Composite, KernelParams, NpuKernel, kernel, kernels
 from .sram import prove_footprint
 from .target import PRESETS, NpuConfig
 from .validate import compare, openvino_outputs, quantization_steps
@@ -62,8 +62,29 @@ def examples(kernel: NpuKernel, seed: int) -> list[Example]:
 
 
 def cases(seeds=DEFAULT_SEEDS) -> list[tuple[NpuKernel, int, int]]:
-    """(kernel, seed, example index) for every registered kernel: what the tests parametrize over."""
-    return [(k, seed, i) for k in kernels() for seed in seeds for i in range(len(examples(k, seed)))]
+    """(kernel, seed, example index) for every registered kernel: what the tests parametrize over.
+    A variant (CSR weights) takes the examples whose layer its `check` accepts, and must accept one."""
+    found = []
+    for k in kernels():
+        mine = [(k, seed, i) for seed in seeds for i, example in enumerate(examples(k, seed))
+                if k.variant_of is None or _variant_accepts(k, example)]
+        if not mine:
+            raise ConformanceError(f"{k.name} refuses every one of its examples: give it examples it implements")
+        found += mine
+    return found
+
+
+def _variant_accepts(variant: NpuKernel, example: Example) -> bool:
+    return variant.check(prepare(base_kernel(variant), example).params) is None
+
+
+def base_kernel(variant: NpuKernel) -> NpuKernel:
+    return kernel(variant.variant_of)
+
+
+def _sparse_mode(case: Case) -> str:
+    """A variant is planned and compiled with --sparse force, its base kernel with --sparse off."""
+    return "off" if case.kernel.variant_of is None else "force"
 
 
 @dataclass
@@ -90,10 +111,10 @@ def prepare(kernel: NpuKernel, example: Example) -> Case:
     where = f"{kernel.name}: example {example.name!r} (input {example.shape})"
     on_npu = [row for row in operators if row["runs_on"] == "npu"]
     landed = [row["kernel"] for row in on_npu]
-    if landed != [kernel.name]:
+    if landed != [kernel.variant_of or kernel.name]:  # a variant's layers are its base kernel's
         reasons = "; ".join(f"{row['ops'][0]}: {row['reason']}" for row in operators
                             if row["runs_on"] == "cpu" and row["ops"][0] not in ("relax.quantize", "relax.dequantize"))
-        raise ConformanceError(f"{where}: the operator must land on {kernel.name} alone, it landed on "
+        raise ConformanceError(f"{where}: the operator must land on {kernel.variant_of or kernel.name} alone, it landed on "
                                f"{landed or 'the CPU'}{f' ({reasons})' if reasons else ''}")
     call = next(b.value for block in mod["main"].body.blocks for b in block.bindings
                 if isinstance(b.value, relax.Call) and isinstance(b.value.op, relax.GlobalVar)
@@ -105,7 +126,10 @@ def prepare(kernel: NpuKernel, example: Example) -> Case:
             raise ConformanceError(f"{where}: the {kernel.name} composite reads {arg}, not a graph input: "
                                    "an example must be one operator between DequantizeLinear inputs and a QuantizeLinear")
         inputs.append(example.inputs[arg.name])
-    params = kernel.params(Composite(mod[call.op]))
+    if kernel.variant_of is None:
+        params = kernel.params(Composite(mod[call.op]))
+    else:
+        params = kernel.params(base_kernel(kernel).params(Composite(mod[call.op])))
     return Case(kernel, example, mod, params, inputs, kernel.reference(params, inputs))
 
 
@@ -159,7 +183,9 @@ def check_presets(case: Case) -> list[str]:
     Each distinct tiling is built once. Returns one line per check made, for the test log."""
     done, tilings = [], {}
     for config in PRESETS.values():
-        (layer,) = plan(case.mod, config)
+        (layer,) = plan(case.mod, config, sparse=_sparse_mode(case))
+        if layer.kernel != case.kernel.name:
+            raise ConformanceError(f"{case.where()}, npu/{config.name}: planned on {layer.kernel}: {layer.weights.get('reason')}")
         (cost,) = estimate([layer], config).layers
         if cost.cycles < cost.roofline_cycles - 1e-9 or cost.roofline_cycles <= 0:
             raise ConformanceError(f"{case.where()}, npu/{config.name}: modelled {cost.cycles:.1f} cycles below the "
@@ -214,7 +240,7 @@ def check_openvino(case: Case) -> str:
     with tempfile.TemporaryDirectory(prefix="tvm_npu_conformance_") as folder:
         path = Path(folder) / f"{example.name}.onnx"
         onnx.save(example.model, path)
-        compile_model(path, output=Path(folder) / "model.tar", target="npu")
+        compile_model(path, output=Path(folder) / "model.tar", target="npu", sparse=_sparse_mode(case))
         ours = load(Path(folder) / "model.tar").run(example.inputs)
     onnx_bytes = example.model.SerializeToString()
     (openvino,) = openvino_outputs(onnx_bytes, [example.inputs], "CPU")

@@ -164,6 +164,21 @@ def quantized_operator(
     return Example(name, model, values)
 
 
+def pruned(example: Example, rng: np.random.Generator) -> Example:
+    """`example` with its int8 weights (the `*_int8` initializers) mostly zero, as a sparse-weight kernel
+    sees them: a random sparsity in [0.5, 1], and the first output channel (axis 0) all zero."""
+    model = onnx.ModelProto()
+    model.CopyFrom(example.model)
+    sparsity = float(rng.choice([0.5, 0.9, 1.0]))
+    for init in model.graph.initializer:
+        if init.name.endswith("_int8"):
+            values = numpy_helper.to_array(init).copy()
+            values[rng.random(values.shape) < sparsity] = 0
+            values[:1] = 0
+            init.CopyFrom(numpy_helper.from_array(values, init.name))
+    return Example(f"{example.name}_{round(sparsity * 100)}pct_zeros", model, example.inputs, example.openvino_deviation)
+
+
 def reference_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The ONNX specification's answer: onnx's reference evaluator on the model."""
     spec = onnx.ModelProto()

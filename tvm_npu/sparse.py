@@ -23,6 +23,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
+from .onnx_builder import pruned
 from .perf import Geometry
 from .registry import KernelParams, NpuKernel
 from .sram import SRAM_SCOPE
@@ -195,9 +196,10 @@ def channel_loop(chan_tiles: int, channels: int):
     return T.serial(0, channels) if chan_tiles > 1 else T.parallel(0, channels)
 
 
-def csr_variant(base: NpuKernel, check, compute, generate) -> NpuKernel:
+def csr_variant(base: NpuKernel, check, compute, generate, limits: tuple[str, ...]) -> NpuKernel:
     """The NpuKernel of the CSR variant of `base`: `base`'s parameters re-encoded, its reference and
-    geometry on the decoded weights; `generate(layer, tiles)` writes the TIR for an SRAM tiling."""
+    geometry on the decoded weights; `generate(layer, tiles)` writes the TIR for an SRAM tiling. Its
+    conformance examples are `base`'s with pruned weights; `limits` add to `base`'s."""
     return NpuKernel(
         name=f"{base.name}_csr",
         anchors=(),
@@ -209,4 +211,6 @@ def csr_variant(base: NpuKernel, check, compute, generate) -> NpuKernel:
         geometry=lambda p, inputs: sparse_geometry(base.geometry(dense_params(p), inputs), p),
         schedule=lambda func, tiles: retile(func, tiles, generate),
         variant_of=base.name,
+        examples=lambda rng: [pruned(example, rng) for example in base.examples(rng)],
+        limits=base.limits + limits,
     )
