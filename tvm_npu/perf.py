@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -229,6 +229,96 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
     n = g.batch
     tiles = len(row_tiles) * sum(chan_tiles.values())
     return LayerCost(n * cycles, n * compute, n * weight_read, n * input_read, n * output_write, n * tiles)
+
+
+def extended_producer(producer: Geometry, consumer: Geometry) -> Geometry:
+    """The producer as a cascade computes it: over the consumer's padded rows, its padding rows included
+    (the extra rows are a taller output of a more padded conv), so every row band reads the same
+    number of intermediate rows and the intermediate can roll; and only over the columns the consumer reads
+    (a strided 1x1 consumer skips the last ones)."""
+    top, bottom = consumer.padding[0], consumer.padding[2]
+    pt, pl, pb, pr = producer.padding
+    sh = producer.stride[0]
+    return replace(producer, out_h=producer.out_h + top + bottom, out_w=consumer.real_cols,
+                   padding=(pt + top * sh, pl, pb + bottom * sh, pr))
+
+
+@dataclass(frozen=True)
+class CascadeBand:
+    """One row band of a cascade: consumer output rows, and the half-open row ranges of the intermediate
+    (consumer's padded input) and of the producer's padded input it needs, with the rows new to this band."""
+
+    rows: int
+    intermediate: tuple[int, int]
+    producer_input: tuple[int, int]
+    new_intermediate: int
+    new_input_real: int  # producer input rows this band reads from DRAM
+
+
+def cascade_bands(producer: Geometry, consumer: Geometry, rows: int) -> list[CascadeBand]:
+    """The bands of a cascade of `rows` consumer output rows each. A buffer whose consecutive ranges
+    overlap rolls (s_tir rolling_buffer): only its rows new to the band are computed or loaded."""
+    px = extended_producer(producer, consumer)
+    (kh, _), (sh, _), (dh, _) = px.kernel, px.stride, px.dilation
+    real = (px.padding[0], px.padding[0] + px.in_h)
+    bands, prev_inter, prev_input = [], None, None
+    for first, size in _splits(consumer.out_h, rows):
+        start = first * consumer.stride[0]
+        inter = (start, min(start + consumer.rows_in(size), px.out_h))
+        inputs = (inter[0] * sh, (inter[1] - 1) * sh + (kh - 1) * dh + 1)
+        new_inter = inter[1] - max(inter[0], prev_inter[1]) if _rolls(prev_inter, inter) else inter[1] - inter[0]
+        load = (max(inputs[0], prev_input[1]), inputs[1]) if _rolls(prev_input, inputs) else inputs
+        bands.append(CascadeBand(size, inter, inputs, new_inter, max(0, min(load[1], real[1]) - max(load[0], real[0]))))
+        prev_inter, prev_input = inter, inputs
+    return bands
+
+
+def _rolls(previous: tuple[int, int] | None, current: tuple[int, int]) -> bool:
+    return previous is not None and current[0] < previous[1]
+
+
+def cascade_rolls(producer: Geometry, consumer: Geometry, rows: int) -> tuple[bool, bool]:
+    """Whether the intermediate and the producer's input roll (consecutive bands overlap)."""
+    bands = cascade_bands(producer, consumer, rows)
+    return (any(_rolls(a.intermediate, b.intermediate) for a, b in zip(bands, bands[1:])),
+            any(_rolls(a.producer_input, b.producer_input) for a, b in zip(bands, bands[1:])))
+
+
+def cascade_footprint(producer: Geometry, consumer: Geometry, rows: int) -> dict[str, int]:
+    """Planned SRAM bytes of a cascade: both layers' weights and parameters stay resident; the producer's
+    input rows, its int32 accumulator and the intermediate (consumer's padded input, all channels, 8-bit)
+    are row bands (rolling buffers where bands overlap); the consumer's accumulator and output tile."""
+    px = extended_producer(producer, consumer)
+    bands = cascade_bands(producer, consumer, rows)
+    rows = max(b.rows for b in bands)
+    inter_rows = max(b.intermediate[1] - b.intermediate[0] for b in bands)
+    input_rows = max(b.producer_input[1] - b.producer_input[0] for b in bands)
+    return {
+        "input": px.in_channels * input_rows * px.cols_in * px.in_bytes,
+        "weights": producer.out_channels * producer.taps + consumer.out_channels * consumer.taps,
+        "params": (producer.out_channels + consumer.out_channels) * PARAM_BYTES_PER_CHANNEL,
+        "acc": ACC_BYTES * (producer.out_channels * inter_rows * px.out_w + consumer.out_channels * rows * consumer.out_w),
+        "intermediate": producer.out_channels * inter_rows * consumer.cols_in * producer.out_bytes,
+        "output": consumer.out_channels * rows * consumer.out_w * consumer.out_bytes,
+    }
+
+
+def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuConfig) -> tuple[LayerCost, LayerCost]:
+    """(producer, consumer) costs of a cascade. The intermediate never touches DRAM; weights and parameters
+    are read once (resident); each producer input row is read once (rolling); the band loop is not
+    double-buffered (the schedule has no software pipeline: a rolling buffer is reused across bands), so
+    per band the new input rows load, both layers compute, and the output rows store, one after another."""
+    bw = config.dram_bytes_per_cycle
+    bands = cascade_bands(producer, consumer, rows)
+    px = extended_producer(producer, consumer)
+    n = producer.batch
+    input_read = n * sum(b.new_input_real for b in bands) * px.real_cols * px.in_channels * px.in_bytes
+    output_write = consumer.output_bytes
+    compute_p = n * float(sum(tile_compute_cycles(px, producer.out_channels, b.new_intermediate, config) for b in bands))
+    compute_c = n * float(sum(tile_compute_cycles(consumer, consumer.out_channels, b.rows, config) for b in bands))
+    w_p, w_c = producer.weight_bytes(), consumer.weight_bytes()
+    return (LayerCost(w_p / bw + input_read / bw + compute_p, compute_p, w_p, input_read, 0, n * len(bands)),
+            LayerCost(w_c / bw + compute_c + output_write / bw, compute_c, w_c, 0, output_write, n * len(bands)))
 
 
 @dataclass

@@ -37,6 +37,7 @@ class LayerPlan:
     sram_proven: int | None = None  # set by lower from the lowered TIR
     stream: dict = field(default_factory=dict)  # bytes read/written, ops, shape: for untiled layers
     row: int = -1  # index of this operator in the offload report (binding names repeat across blocks)
+    cascade: object = None  # tvm_npu.cascade.Cascade fusing this layer with its neighbour, if any
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +45,7 @@ class LayerPlan:
             "geometry": None if self.geometry is None else self.geometry.__dict__,
             "tiles": None if self.tiles is None else self.tiles.__dict__,
             "sram_planned": self.sram_planned, "sram_proven": self.sram_proven,
+            "cascade": None if self.cascade is None else self.cascade.describe(self),
         }
 
 

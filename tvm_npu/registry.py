@@ -47,6 +47,10 @@ class NpuKernel:
     # schedule(primfunc, tiles: tvm_npu.perf.Tiles) -> the PrimFunc with its SRAM-tiled schedule.
     geometry: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], object] | None = None
     schedule: Callable[[tvm.tirx.PrimFunc, object], tvm.tirx.PrimFunc] | None = None
+    # Cascading (optional; tvm_npu.cascade fuses a producer into its consumer with it):
+    # tensors(params, x: te.Tensor, tag) -> (constant placeholders, output tensor), the compute on a
+    # given input tensor instead of a placeholder; `tag` suffixes its stage names so two kernels compose.
+    tensors: Callable[..., tuple[list, object]] | None = None
 
     def primfunc(self, symbol: str, params: KernelParams, inputs) -> tvm.tirx.PrimFunc:
         """The kernel's PrimFunc under a unique symbol (TE names every PrimFunc `main`)."""
