@@ -67,6 +67,7 @@ def cascade(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig) -> li
         if producer.cascade is None and consumer.cascade is None:
             fused = Cascade(len(chosen), producer, consumer, rows, size, saved)
             producer.cascade = consumer.cascade = fused
+            producer.sram_planned = consumer.sram_planned = size
             chosen.append(fused)
     return chosen
 

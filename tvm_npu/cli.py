@@ -154,6 +154,9 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-quantized", metavar="PATH", help="also write the quantized QDQ ONNX model here")
     parser.add_argument("--allow-cpu-fallback", action="store_true",
                         help="run a layer no SRAM tiling fits on the CPU (and say so) instead of stopping")
+    parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=True,
+                        help="fuse consecutive convolutions in SRAM row bands where that lowers DRAM traffic "
+                             "(default: on; --no-cascade compiles every layer on its own)")
     parser.add_argument("--dump-offloads", action="store_true",
                         help="list every operator with where it runs (NPU kernel or CPU) and why")
 
@@ -173,7 +176,7 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
     result = compile_model(
         args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
         calibration_data=args.calibration_data, save_quantized=args.save_quantized,
-        allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False),
+        allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), cascade=args.cascade,
     )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)

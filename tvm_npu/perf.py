@@ -340,6 +340,7 @@ class LayerEstimate:
     roofline_cycles: float
     sram_planned: int | None
     sram_proven: int | None
+    cascade: dict | None = None  # tvm_npu.cascade.Cascade.describe: index, role, rows, dram_saved
 
     @property
     def dram_bytes(self) -> int:
@@ -374,10 +375,14 @@ class ModelEstimate:
         dram = sum(layer.dram_bytes for layer in npu)
         compulsory = sum(layer.compulsory_bytes for layer in npu)
         proven = [layer.sram_proven for layer in npu if layer.sram_proven is not None]
+        cascaded = [layer.cascade for layer in npu if layer.cascade is not None]
         return {
             "npu_layers": len(npu),
             "sram_fallback_layers": len(self.layers) - len(npu),  # planned, then moved to the CPU
             "tiled_layers": sum(layer.sram_planned is not None for layer in npu),
+            "cascaded_layers": len(cascaded),
+            "cascades": len({c["index"] for c in cascaded}),
+            "dram_saved_by_cascades": sum(c["dram_saved"] for c in cascaded if c["role"] == "consumer"),
             "sram_bytes": self.config.sram_bytes,
             "sram_peak_proven": max(proven, default=0),
             "dram_weight_read": sum(x.weight_read for x in npu),
@@ -407,7 +412,20 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
     """The model for planned layers (tvm_npu.plan.LayerPlan): tiled ones by their tiles, the others streamed."""
     result = ModelEstimate(config)
     for p in layers:
-        if p.geometry is not None and p.tiles is not None and p.placement == "npu":
+        if p.cascade is not None:
+            fused = p.cascade
+            producer_cost, consumer_cost = cascade_cost(fused.producer.geometry, fused.consumer.geometry, fused.rows, config)
+            cost, about = (producer_cost, "into") if p is fused.producer else (consumer_cost, "from")
+            g = p.geometry
+            neighbour = fused.consumer if p is fused.producer else fused.producer
+            result.layers.append(LayerEstimate(
+                f"{p.row}:{p.name}", p.kernel, p.placement, g.describe(),
+                f"cascade {fused.index} {about} {neighbour.row}, {fused.rows} rows",
+                g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
+                g.compulsory_bytes, roofline(g.compulsory_bytes, g.macs, config), p.sram_planned, p.sram_proven,
+                fused.describe(p),
+            ))
+        elif p.geometry is not None and p.tiles is not None and p.placement == "npu":
             g, cost = p.geometry, layer_cost(p.geometry, p.tiles, config)
             t = p.tiles
             result.layers.append(LayerEstimate(

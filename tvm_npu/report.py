@@ -47,6 +47,8 @@ def summary_text(metadata: PackageMetadata) -> str:
         f"{s['npu_layers'] - s['tiled_layers']} not tiled)",
         f"  CPU operators (fallback)     {cpu_operators} ({s['sram_fallback_layers']} for lack of SRAM), "
         f"plus {boundaries} quantize/dequantize boundaries",
+        f"  Cascaded layers              {s.get('cascaded_layers', 0)} in {s.get('cascades', 0)} cascades, "
+        f"{s.get('dram_saved_by_cascades', 0) / kib:.1f} KiB of DRAM traffic saved",
         f"  SRAM used (proven peak)      {s['sram_peak_proven'] / kib:.1f} of {s['sram_bytes'] / kib:.0f} KiB",
         f"  DRAM read: weights           {s['dram_weight_read'] / kib:.1f} KiB",
         f"  DRAM read: activations       {s['dram_activation_read'] / kib:.1f} KiB",
