@@ -32,7 +32,7 @@ from .perf import (
 )
 from .plan import LayerPlan
 from .registry import KernelParams, kernel
-from .sram import SRAM_SCOPE
+from .sram import SRAM_SCOPE, double_buffer
 from .target import NpuConfig
 
 KERNELS = ("npu.conv2d",)  # kernels with a `tensors` compute the cascade schedule below knows how to fuse
@@ -168,6 +168,10 @@ def _schedule(func: tvm.tirx.PrimFunc, rows: int, rolls: tuple[bool, bool]) -> t
             sch.rolling_buffer(block, 0)
             rolled.add(sch.get(block).name_hint)
     band_local = {sch.get(block).name_hint for block in (acc, y, out, xp, acc_p, xp_p)} - rolled
+    if int(sch.get(band).extent) > 1:
+        # Band b+1's input rows load (unless they roll: a rolling buffer cannot take two slots) and band b-1's
+        # output rows store while band b computes.
+        double_buffer(sch, band, {"Xp_p"} - rolled, {sch.get(out).name_hint})
     return _spatial_again(sch.mod["main"], band_local)
 
 

@@ -287,38 +287,67 @@ def cascade_rolls(producer: Geometry, consumer: Geometry, rows: int) -> tuple[bo
 def cascade_footprint(producer: Geometry, consumer: Geometry, rows: int) -> dict[str, int]:
     """Planned SRAM bytes of a cascade: both layers' weights and parameters stay resident; the producer's
     input rows, its int32 accumulator and the intermediate (consumer's padded input, all channels, 8-bit)
-    are row bands (rolling buffers where bands overlap); the consumer's accumulator and output tile."""
+    are row bands (rolling buffers where bands overlap); the consumer's accumulator and output tile. The
+    band loop is double-buffered: the output tile and an input band that does not roll take two slots."""
     px = extended_producer(producer, consumer)
     bands = cascade_bands(producer, consumer, rows)
+    _, input_rolls = cascade_rolls(producer, consumer, rows)
+    slots = 2 if len(bands) > 1 else 1
     rows = max(b.rows for b in bands)
     inter_rows = max(b.intermediate[1] - b.intermediate[0] for b in bands)
     input_rows = max(b.producer_input[1] - b.producer_input[0] for b in bands)
     return {
-        "input": px.in_channels * input_rows * px.cols_in * px.in_bytes,
+        "input": (1 if input_rolls else slots) * px.in_channels * input_rows * px.cols_in * px.in_bytes,
         "weights": producer.out_channels * producer.taps + consumer.out_channels * consumer.taps,
         "params": (producer.out_channels + consumer.out_channels) * PARAM_BYTES_PER_CHANNEL,
         "acc": ACC_BYTES * (producer.out_channels * inter_rows * px.out_w + consumer.out_channels * rows * consumer.out_w),
         "intermediate": producer.out_channels * inter_rows * consumer.cols_in * producer.out_bytes,
-        "output": consumer.out_channels * rows * consumer.out_w * consumer.out_bytes,
+        "output": slots * consumer.out_channels * rows * consumer.out_w * consumer.out_bytes,
     }
 
 
 def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuConfig) -> tuple[LayerCost, LayerCost]:
     """(producer, consumer) costs of a cascade. The intermediate never touches DRAM; weights and parameters
-    are read once (resident); each producer input row is read once (rolling); the band loop is not
-    double-buffered (the schedule has no software pipeline: a rolling buffer is reused across bands), so
-    per band the new input rows load, both layers compute, and the output rows store, one after another."""
+    are read once (resident, loaded before the band loop, exposed); each producer input row is read once.
+    The band loop is double-buffered like a layer's inner tile loop (`pipeline`): band b-1's output rows
+    store while band b computes both layers; band b+1's input rows load then too, unless the input rolls
+    (a rolling buffer has one slot: its new rows load exposed, before the band computes). The band loop's
+    cycles are shared between the two layers in proportion to their compute."""
     bw = config.dram_bytes_per_cycle
     bands = cascade_bands(producer, consumer, rows)
+    _, input_rolls = cascade_rolls(producer, consumer, rows)
     px = extended_producer(producer, consumer)
     n = producer.batch
-    input_read = n * sum(b.new_input_real for b in bands) * px.real_cols * px.in_channels * px.in_bytes
-    output_write = consumer.output_bytes
-    compute_p = n * float(sum(tile_compute_cycles(px, producer.out_channels, b.new_intermediate, config) for b in bands))
-    compute_c = n * float(sum(tile_compute_cycles(consumer, consumer.out_channels, b.rows, config) for b in bands))
+    dma_in = np.array([b.new_input_real for b in bands], float) * px.real_cols * px.in_channels * px.in_bytes
+    dma_out = np.array([b.rows for b in bands], float) * consumer.out_w * consumer.out_channels * consumer.out_bytes
+    compute_p = np.array([float(tile_compute_cycles(px, producer.out_channels, b.new_intermediate, config)) for b in bands])
+    compute_c = np.array([float(tile_compute_cycles(consumer, consumer.out_channels, b.rows, config)) for b in bands])
+    compute = compute_p + compute_c
+    if input_rolls:
+        body = dma_in.sum() / bw + pipeline(np.zeros(len(bands)), compute, dma_out / bw)
+    else:
+        body = pipeline(dma_in / bw, compute, dma_out / bw)
     w_p, w_c = producer.weight_bytes(), consumer.weight_bytes()
-    return (LayerCost(w_p / bw + input_read / bw + compute_p, compute_p, w_p, input_read, 0, n * len(bands)),
-            LayerCost(w_c / bw + compute_c + output_write / bw, compute_c, w_c, 0, output_write, n * len(bands)))
+    cycles = (w_p + w_c) / bw + n * body
+    share = compute_p.sum() / compute.sum() if compute.sum() else 0.5
+    return (LayerCost(share * cycles, n * float(compute_p.sum()), w_p, n * int(dma_in.sum()), 0, n * len(bands)),
+            LayerCost((1 - share) * cycles, n * float(compute_c.sum()), w_c, 0, n * int(dma_out.sum()), n * len(bands)))
+
+
+def cascade_compulsory(producer: Geometry, consumer: Geometry) -> tuple[int, int]:
+    """(producer, consumer) compulsory DRAM bytes of a cascade: the input the consumer's outputs depend on
+    through both layers and the producer's weights; the consumer's weights and output. The intermediate
+    is not compulsory any more: it never leaves SRAM."""
+    touched = []
+    for axis in (0, 1):
+        needed = {y * consumer.stride[axis] + r * consumer.dilation[axis] - consumer.padding[axis]
+                  for y in range((consumer.out_h, consumer.out_w)[axis]) for r in range(consumer.kernel[axis])}
+        needed &= set(range((producer.out_h, producer.out_w)[axis]))
+        rows = {y * producer.stride[axis] + r * producer.dilation[axis] - producer.padding[axis]
+                for y in needed for r in range(producer.kernel[axis])}
+        touched.append(len(rows & set(range((producer.in_h, producer.in_w)[axis]))))
+    x = producer.batch * producer.in_channels * touched[0] * touched[1] * producer.in_bytes
+    return x + producer.weight_bytes(), consumer.weight_bytes() + consumer.output_bytes
 
 
 @dataclass
@@ -413,16 +442,21 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
     result = ModelEstimate(config)
     for p in layers:
         if p.cascade is not None:
+            # A cascade's layers share its cycles and its roofline bound in proportion to their compute.
             fused = p.cascade
-            producer_cost, consumer_cost = cascade_cost(fused.producer.geometry, fused.consumer.geometry, fused.rows, config)
-            cost, about = (producer_cost, "into") if p is fused.producer else (consumer_cost, "from")
+            g1, g2 = fused.producer.geometry, fused.consumer.geometry
+            costs = cascade_cost(g1, g2, fused.rows, config)
+            compulsory = cascade_compulsory(g1, g2)
+            share = costs[0].compute_cycles / (costs[0].compute_cycles + costs[1].compute_cycles)
+            bound = roofline(sum(compulsory), g1.macs + g2.macs, config)
+            first = p is fused.producer
+            cost, neighbour = (costs[0], fused.consumer) if first else (costs[1], fused.producer)
             g = p.geometry
-            neighbour = fused.consumer if p is fused.producer else fused.producer
             result.layers.append(LayerEstimate(
                 f"{p.row}:{p.name}", p.kernel, p.placement, g.describe(),
-                f"cascade {fused.index} {about} {neighbour.row}, {fused.rows} rows",
+                f"cascade {fused.index} {'into' if first else 'from'} {neighbour.row}, {fused.rows} rows",
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
-                g.compulsory_bytes, roofline(g.compulsory_bytes, g.macs, config), p.sram_planned, p.sram_proven,
+                compulsory[0 if first else 1], bound * (share if first else 1 - share), p.sram_planned, p.sram_proven,
                 fused.describe(p),
             ))
         elif p.geometry is not None and p.tiles is not None and p.placement == "npu":
