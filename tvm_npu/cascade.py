@@ -171,7 +171,7 @@ def _schedule(func: tvm.tirx.PrimFunc, rows: int, rolls: tuple[bool, bool]) -> t
     if int(sch.get(band).extent) > 1:
         # Band b+1's input rows load (unless they roll: a rolling buffer cannot take two slots) and band b-1's
         # output rows store while band b computes.
-        double_buffer(sch, band, {"Xp_p"} - rolled, {sch.get(out).name_hint})
+        double_buffer(sch, band, {sch.get(xp_p).name_hint} - rolled, {sch.get(out).name_hint})
     return _spatial_again(sch.mod["main"], band_local)
 
 
