@@ -69,6 +69,29 @@ def test_cascade_is_bit_exact_and_its_sram_proof_equals_the_plan(index):
     np.testing.assert_array_equal(out.numpy(), expected)
 
 
+def test_cascade_sram_proof_equals_the_plan_on_random_same_padded_pairs():
+    """Kernel sizes 1..7 per axis, strides 1-2 per axis, grouped or not, any band height: the class of
+    convolutions `cascade` fuses (odd kernels, k // 2 padding)."""
+    rng = np.random.default_rng(11)
+    for _ in range(25):
+        specs = []
+        for _layer in range(2):
+            kernel_hw = tuple(int(v) for v in rng.choice([1, 3, 5, 7], 2))
+            specs.append((kernel_hw, tuple(int(v) for v in rng.choice([1, 2], 2)), 2 if rng.random() < 0.3 else 1))
+        x_shape = (1, 4, *(int(v) for v in rng.integers(3, 16, 2)))
+        params = []
+        for (kh, kw), stride, groups in specs:
+            p = _conv_params(rng, 4, 4, 1, 0, groups=groups)
+            w = rng.integers(-128, 128, (4, 4 // groups, kh, kw)).astype(np.int8)
+            params.append(KernelParams(p.attrs | {"strides": stride, "padding": (kh // 2, kw // 2) * 2}, [w, *p.consts[1:]]))
+        g1 = CONV.geometry(params[0], [(x_shape, "int8")])
+        g2 = CONV.geometry(params[1], [((1, 4, g1.out_h, g1.out_w), "int8")])
+        rows = int(rng.integers(1, g2.out_h + 1))
+        producer, consumer = (LayerPlan(n, f"f{n}", "npu.conv2d", geometry=g) for n, g in (("a", g1), ("b", g2)))
+        fused = primfunc(Cascade(0, producer, consumer, rows, 0, 0), tuple(params), (x_shape, "int8"))
+        assert prove_footprint(fused).total == sum(cascade_footprint(g1, g2, rows).values()), (g1, g2, rows)
+
+
 def _random_pair(rng) -> tuple[Geometry, Geometry]:
     size = int(rng.choice([7, 14, 28, 56]))
     c_in, c_mid, c_out = (int(rng.choice([16, 32, 64, 128, 256, 512])) for _ in range(3))

@@ -73,7 +73,14 @@ def cascade(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig) -> li
 
 
 def _tiled(layer: LayerPlan | None) -> bool:
-    return layer is not None and layer.placement == "npu" and layer.tiles is not None and layer.kernel in KERNELS
+    """A tiled NPU conv of the shapes the cascade schedule and model are verified on (tests/test_cascade.py):
+    odd kernels with "same" padding (k // 2 on every side), any stride, no dilation, as in ResNet or
+    MobileNet/ShuffleNet blocks."""
+    if layer is None or layer.placement != "npu" or layer.tiles is None or layer.kernel not in KERNELS:
+        return False
+    g = layer.geometry
+    (kh, kw) = g.kernel
+    return g.dilation == (1, 1) and kh % 2 == kw % 2 == 1 and g.padding == (kh // 2, kw // 2) * 2
 
 
 def _pairs(mod: tvm.IRModule, by_function: dict[str, LayerPlan]):
