@@ -167,6 +167,8 @@ def _schedule(func: tvm.tirx.PrimFunc, rows: int, rolls: tuple[bool, bool]) -> t
     for block in (acc, xp, acc_p, xp_p):
         sch.compute_at(block, band)
         sch.set_scope(block, 0, SRAM_SCOPE)
+    for block in (y, out):
+        sch.vectorize(sch.get_loops(block)[-1])  # output columns as SIMD lanes on the host
     intermediate_rolls, input_rolls = rolls
     # Rolling changes the band loop's iterators to opaque ones: every compute_at above comes first.
     rolled = set()
