@@ -129,25 +129,33 @@ def out_shape(attrs: dict, x_shape, w_shape) -> tuple[int, ...]:
 
 def compute(p: KernelParams, inputs):
     ((x_shape, x_dtype),) = inputs
+    x = te.placeholder(x_shape, x_dtype, "X")
+    consts, y = tensors(p, x)
+    return te.create_prim_func([x, *consts, y])
+
+
+def tensors(p: KernelParams, x: te.Tensor, tag: str = ""):
+    """The TE compute on a given input tensor (a cascade passes the producer's output):
+    (weight, bias, multiplier, shift placeholders), output. `tag` suffixes every stage name."""
     a = p.attrs
     w_np = p.consts[0]
-    _, c_in, height, width = x_shape
+    _, c_in, height, width = (int(d) for d in x.shape)
+    x_dtype = x.dtype
     out_channels, group_channels, kh, kw = w_np.shape
     per_group = out_channels // a["groups"]
     (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["strides"], a["padding"], a["dilation"]
-    shape = out_shape(a, x_shape, w_np.shape)
-    x = te.placeholder(x_shape, x_dtype, "X")
-    w = te.placeholder(w_np.shape, "int8", "W")
-    bias, mult, shift = (te.placeholder((out_channels,), "int64", n) for n in ("B", "M", "S"))
+    shape = out_shape(a, tuple(int(d) for d in x.shape), w_np.shape)
+    w = te.placeholder(w_np.shape, "int8", "W" + tag)
+    bias, mult, shift = (te.placeholder((out_channels,), "int64", n + tag) for n in ("B", "M", "S"))
     # The padded input stays 8-bit and pads with zx (real 0): it is the tile the SRAM schedule stages.
     xp = te.compute(
-        (x_shape[0], c_in, height + pt + pb, width + pl + pr),
+        (shape[0], c_in, height + pt + pb, width + pl + pr),
         lambda n, c, h, w_: tirx.if_then_else(
             tirx.all(h >= pt, h < pt + height, w_ >= pl, w_ < pl + width),
             x[n, c, h - pt, w_ - pl],
             tirx.const(a["zx"], x_dtype),
         ),
-        name="Xp",
+        name="Xp" + tag,
     )
     rc, rh, rw = te.reduce_axis((0, group_channels), "rc"), te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
     acc = te.compute(
@@ -157,7 +165,7 @@ def compute(p: KernelParams, inputs):
              - a["zx"]) * w[o, rc, rh, rw].astype("int32"),
             axis=[rc, rh, rw],
         ),
-        name="acc",
+        name="acc" + tag,
     )
     y = te.compute(
         shape,
@@ -165,9 +173,9 @@ def compute(p: KernelParams, inputs):
             (acc[n, o, i, j].astype("int64") << BIAS_FRACTION_BITS) + bias[o],
             mult[o], shift[o], a["zy"], a["lo"], a["hi"], a["out_dtype"],
         ),
-        name="Y",
+        name="Y" + tag,
     )
-    return te.create_prim_func([x, w, bias, mult, shift, y])
+    return [w, bias, mult, shift], y
 
 
 def reference(p: KernelParams, inputs) -> np.ndarray:
@@ -264,6 +272,7 @@ KERNEL = NpuKernel(
     check=check,
     params=params,
     compute=compute,
+    tensors=tensors,
     reference=reference,
     geometry=geometry,
     schedule=schedule,

@@ -158,6 +158,9 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparse", choices=SPARSE_MODES, default="auto",
                         help="CSR (zero-skipping) weights for conv/dense layers: auto where the NPU model predicts "
                              "a win, force wherever possible, off never (default: auto)")
+    parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=True,
+                        help="fuse consecutive convolutions in SRAM row bands where that lowers DRAM traffic "
+                             "(default: on; --no-cascade compiles every layer on its own)")
     parser.add_argument("--dump-offloads", action="store_true",
                         help="list every operator with where it runs (NPU kernel or CPU) and why")
 
@@ -178,6 +181,7 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
         args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
         calibration_data=args.calibration_data, save_quantized=args.save_quantized,
         allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
+        cascade=args.cascade,
     )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)

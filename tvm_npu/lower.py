@@ -1,4 +1,5 @@
-"""Stage: lower. Each NPU composite becomes a `call_tir` to its kernel's integer PrimFunc.
+"""Stage: lower. Each NPU composite becomes a `call_tir` to its kernel's integer PrimFunc
+(a cascaded producer -> consumer pair, `tvm_npu.cascade`, becomes one call to one PrimFunc).
 
 Entry point: `lower(mod) -> mod`. The kernel reads its integer parameters (int8 weights,
 fixed-point multipliers, zero points) out of the composite's bound constants; those
@@ -10,6 +11,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .cascade import primfunc as cascade_primfunc
 from .errors import EXIT_INTERNAL_ERROR, NpuError
 from .registry import Composite, kernel
 from .sram import prove_footprint
@@ -51,19 +53,41 @@ class _LowerComposites(relax.PyExprMutator):
         if layer is not None and layer.kernel != npu_kernel.name:  # a variant the planner chose (CSR weights)
             npu_kernel = kernel(layer.kernel)
             params = npu_kernel.params(params)
-        inputs = [(tuple(int(d) for d in a.ty.shape), str(a.ty.dtype)) for a in call.args]
+        fused = None if layer is None else layer.cascade
+        if fused is not None and fused.producer is layer:
+            return call  # computed inside its consumer's cascade; the unused call is dead code
+        args, consts = list(call.args), list(params.consts)
         symbol = f"{npu_kernel.name.replace('.', '_')}_{self.count}"
         self.count += 1
-        prim = npu_kernel.primfunc(symbol, params, inputs)
-        if layer is not None and layer.tiles is not None:
-            prim = npu_kernel.schedule(prim, layer.tiles)
-            layer.sram_proven = prove_footprint(prim).total
-            if layer.sram_proven > layer.sram_planned or (self.sram_bytes and layer.sram_proven > self.sram_bytes):
-                raise NpuError(
-                    f"layer {layer.name}: the lowered TIR allocates {layer.sram_proven} B of SRAM, the plan "
-                    f"promised {layer.sram_planned} B for an SRAM of {self.sram_bytes} B (a tvm_npu bug: report it)",
-                    EXIT_INTERNAL_ERROR,
-                )
+        if fused is not None:
+            # The producer's call is bound to the consumer's input: the cascade takes the producer's inputs.
+            producer_call = self.lookup_binding(call.args[0])
+            producer_func = self.source[producer_call.op]
+            producer_params = kernel(str(producer_func.attrs["Composite"])).params(Composite(producer_func))
+            args = list(producer_call.args)
+            consts = list(producer_params.consts) + consts
+            x = args[0].ty
+            prim = cascade_primfunc(fused, (producer_params, params), (tuple(int(d) for d in x.shape), str(x.dtype)))
+            prim = prim.with_attr("global_symbol", symbol).with_attr("op_pattern", 8)
+            self._prove(prim, [fused.producer, layer], fused.sram_planned)
+        else:
+            inputs = [(tuple(int(d) for d in a.ty.shape), str(a.ty.dtype)) for a in call.args]
+            prim = npu_kernel.primfunc(symbol, params, inputs)
+            if layer is not None and layer.tiles is not None:
+                prim = npu_kernel.schedule(prim, layer.tiles)
+                self._prove(prim, [layer], layer.sram_planned)
         gv = self.builder_.add_func(prim, symbol)
-        consts = [relax.const(c, str(c.dtype)) for c in params.consts]
-        return relax.call_tir(gv, list(call.args) + consts, out_ty=call.ty)
+        return relax.call_tir(gv, args + [relax.const(c, str(c.dtype)) for c in consts], out_ty=call.ty)
+
+    def _prove(self, prim, layers, planned: int) -> None:
+        """Reads the SRAM footprint back from the lowered TIR: it must be within the plan and the SRAM."""
+        proven = prove_footprint(prim).total
+        for layer in layers:
+            layer.sram_proven = proven
+        if proven > planned or (self.sram_bytes and proven > self.sram_bytes):
+            names = " + ".join(layer.name for layer in layers)
+            raise NpuError(
+                f"layer {names}: the lowered TIR allocates {proven} B of SRAM, the plan "
+                f"promised {planned} B for an SRAM of {self.sram_bytes} B (a tvm_npu bug: report it)",
+                EXIT_INTERNAL_ERROR,
+            )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -276,6 +276,125 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
     return LayerCost(n * cycles, n * compute, n * weight_read, n * input_read, n * output_write, n * tiles)
 
 
+def extended_producer(producer: Geometry, consumer: Geometry) -> Geometry:
+    """The producer as a cascade computes it: over the consumer's padded rows, its padding rows included
+    (the extra rows are a taller output of a more padded conv), so every row band reads the same
+    number of intermediate rows and the intermediate can roll; and only over the columns the consumer reads
+    (a strided 1x1 consumer skips the last ones)."""
+    top, bottom = consumer.padding[0], consumer.padding[2]
+    pt, pl, pb, pr = producer.padding
+    sh = producer.stride[0]
+    return replace(producer, out_h=producer.out_h + top + bottom, out_w=consumer.real_cols,
+                   padding=(pt + top * sh, pl, pb + bottom * sh, pr))
+
+
+@dataclass(frozen=True)
+class CascadeBand:
+    """One row band of a cascade: consumer output rows, and the half-open row ranges of the intermediate
+    (consumer's padded input) and of the producer's padded input it needs, with the rows new to this band."""
+
+    rows: int
+    intermediate: tuple[int, int]
+    producer_input: tuple[int, int]
+    new_intermediate: int
+    new_input_real: int  # producer input rows this band reads from DRAM
+
+
+def cascade_bands(producer: Geometry, consumer: Geometry, rows: int) -> list[CascadeBand]:
+    """The bands of a cascade of `rows` consumer output rows each. A buffer whose consecutive ranges
+    overlap rolls (s_tir rolling_buffer): only its rows new to the band are computed or loaded."""
+    px = extended_producer(producer, consumer)
+    (kh, _), (sh, _), (dh, _) = px.kernel, px.stride, px.dilation
+    real = (px.padding[0], px.padding[0] + px.in_h)
+    bands, prev_inter, prev_input = [], None, None
+    for first, size in _splits(consumer.out_h, rows):
+        start = first * consumer.stride[0]
+        inter = (start, min(start + consumer.rows_in(size), px.out_h))
+        inputs = (inter[0] * sh, (inter[1] - 1) * sh + (kh - 1) * dh + 1)
+        new_inter = inter[1] - max(inter[0], prev_inter[1]) if _rolls(prev_inter, inter) else inter[1] - inter[0]
+        load = (max(inputs[0], prev_input[1]), inputs[1]) if _rolls(prev_input, inputs) else inputs
+        bands.append(CascadeBand(size, inter, inputs, new_inter, max(0, min(load[1], real[1]) - max(load[0], real[0]))))
+        prev_inter, prev_input = inter, inputs
+    return bands
+
+
+def _rolls(previous: tuple[int, int] | None, current: tuple[int, int]) -> bool:
+    return previous is not None and current[0] < previous[1]
+
+
+def cascade_rolls(producer: Geometry, consumer: Geometry, rows: int) -> tuple[bool, bool]:
+    """Whether the intermediate and the producer's input roll (consecutive bands overlap)."""
+    bands = cascade_bands(producer, consumer, rows)
+    return (any(_rolls(a.intermediate, b.intermediate) for a, b in zip(bands, bands[1:])),
+            any(_rolls(a.producer_input, b.producer_input) for a, b in zip(bands, bands[1:])))
+
+
+def cascade_footprint(producer: Geometry, consumer: Geometry, rows: int) -> dict[str, int]:
+    """Planned SRAM bytes of a cascade: both layers' weights and parameters stay resident; the producer's
+    input rows, its int32 accumulator and the intermediate (consumer's padded input, all channels, 8-bit)
+    are row bands (rolling buffers where bands overlap); the consumer's accumulator and output tile. The
+    band loop is double-buffered: the output tile and an input band that does not roll take two slots."""
+    px = extended_producer(producer, consumer)
+    bands = cascade_bands(producer, consumer, rows)
+    _, input_rolls = cascade_rolls(producer, consumer, rows)
+    slots = 2 if len(bands) > 1 else 1
+    rows = max(b.rows for b in bands)
+    inter_rows = max(b.intermediate[1] - b.intermediate[0] for b in bands)
+    input_rows = max(b.producer_input[1] - b.producer_input[0] for b in bands)
+    return {
+        "input": (1 if input_rolls else slots) * px.in_channels * input_rows * px.cols_in * px.in_bytes,
+        "weights": producer.out_channels * producer.taps + consumer.out_channels * consumer.taps,
+        "params": (producer.out_channels + consumer.out_channels) * PARAM_BYTES_PER_CHANNEL,
+        "acc": ACC_BYTES * (producer.out_channels * inter_rows * px.out_w + consumer.out_channels * rows * consumer.out_w),
+        "intermediate": producer.out_channels * inter_rows * consumer.cols_in * producer.out_bytes,
+        "output": slots * consumer.out_channels * rows * consumer.out_w * consumer.out_bytes,
+    }
+
+
+def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuConfig) -> tuple[LayerCost, LayerCost]:
+    """(producer, consumer) costs of a cascade. The intermediate never touches DRAM; weights and parameters
+    are read once (resident, loaded before the band loop, exposed); each producer input row is read once.
+    The band loop is double-buffered like a layer's inner tile loop (`pipeline`): band b-1's output rows
+    store while band b computes both layers; band b+1's input rows load then too, unless the input rolls
+    (a rolling buffer has one slot: its new rows load exposed, before the band computes). The band loop's
+    cycles are shared between the two layers in proportion to their compute."""
+    bw = config.dram_bytes_per_cycle
+    bands = cascade_bands(producer, consumer, rows)
+    _, input_rolls = cascade_rolls(producer, consumer, rows)
+    px = extended_producer(producer, consumer)
+    n = producer.batch
+    dma_in = np.array([b.new_input_real for b in bands], float) * px.real_cols * px.in_channels * px.in_bytes
+    dma_out = np.array([b.rows for b in bands], float) * consumer.out_w * consumer.out_channels * consumer.out_bytes
+    compute_p = np.array([float(tile_compute_cycles(px, producer.out_channels, b.new_intermediate, config)) for b in bands])
+    compute_c = np.array([float(tile_compute_cycles(consumer, consumer.out_channels, b.rows, config)) for b in bands])
+    compute = compute_p + compute_c
+    if input_rolls:
+        body = dma_in.sum() / bw + pipeline(np.zeros(len(bands)), compute, dma_out / bw)
+    else:
+        body = pipeline(dma_in / bw, compute, dma_out / bw)
+    w_p, w_c = producer.weight_bytes(), consumer.weight_bytes()
+    cycles = (w_p + w_c) / bw + n * body
+    share = compute_p.sum() / compute.sum() if compute.sum() else 0.5
+    return (LayerCost(share * cycles, n * float(compute_p.sum()), w_p, n * int(dma_in.sum()), 0, n * len(bands)),
+            LayerCost((1 - share) * cycles, n * float(compute_c.sum()), w_c, 0, n * int(dma_out.sum()), n * len(bands)))
+
+
+def cascade_compulsory(producer: Geometry, consumer: Geometry) -> tuple[int, int]:
+    """(producer, consumer) compulsory DRAM bytes of a cascade: the input the consumer's outputs depend on
+    through both layers and the producer's weights; the consumer's weights and output. The intermediate
+    is not compulsory any more: it never leaves SRAM."""
+    touched = []
+    for axis in (0, 1):
+        needed = {y * consumer.stride[axis] + r * consumer.dilation[axis] - consumer.padding[axis]
+                  for y in range((consumer.out_h, consumer.out_w)[axis]) for r in range(consumer.kernel[axis])}
+        needed &= set(range((producer.out_h, producer.out_w)[axis]))
+        rows = {y * producer.stride[axis] + r * producer.dilation[axis] - producer.padding[axis]
+                for y in needed for r in range(producer.kernel[axis])}
+        touched.append(len(rows & set(range((producer.in_h, producer.in_w)[axis]))))
+    x = producer.batch * producer.in_channels * touched[0] * touched[1] * producer.in_bytes
+    return x + producer.weight_bytes(), consumer.weight_bytes() + consumer.output_bytes
+
+
 @dataclass
 class LayerEstimate:
     """One layer's row of the report (all byte counts are DRAM traffic unless named sram_*)."""
@@ -297,6 +416,7 @@ class LayerEstimate:
     sram_proven: int | None
     weight_bytes_original: int = 0  # the layer's int8 weights, dense (0: a layer without weights)
     weight_bytes_encoded: int = 0  # as the package stores them (CSR: values + indices + row pointers)
+    cascade: dict | None = None  # tvm_npu.cascade.Cascade.describe: index, role, rows, dram_saved
 
     @property
     def dram_bytes(self) -> int:
@@ -331,10 +451,14 @@ class ModelEstimate:
         dram = sum(layer.dram_bytes for layer in npu)
         compulsory = sum(layer.compulsory_bytes for layer in npu)
         proven = [layer.sram_proven for layer in npu if layer.sram_proven is not None]
+        cascaded = [layer.cascade for layer in npu if layer.cascade is not None]
         return {
             "npu_layers": len(npu),
             "sram_fallback_layers": len(self.layers) - len(npu),  # planned, then moved to the CPU
             "tiled_layers": sum(layer.sram_planned is not None for layer in npu),
+            "cascaded_layers": len(cascaded),
+            "cascades": len({c["index"] for c in cascaded}),
+            "dram_saved_by_cascades": sum(c["dram_saved"] for c in cascaded if c["role"] == "consumer"),
             "sram_bytes": self.config.sram_bytes,
             "sram_peak_proven": max(proven, default=0),
             "dram_weight_read": sum(x.weight_read for x in npu),
@@ -367,7 +491,25 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
     """The model for planned layers (tvm_npu.plan.LayerPlan): tiled ones by their tiles, the others streamed."""
     result = ModelEstimate(config)
     for p in layers:
-        if p.geometry is not None and p.tiles is not None and p.placement == "npu":
+        if p.cascade is not None:
+            # A cascade's layers share its cycles and its roofline bound in proportion to their compute.
+            fused = p.cascade
+            g1, g2 = fused.producer.geometry, fused.consumer.geometry
+            costs = cascade_cost(g1, g2, fused.rows, config)
+            compulsory = cascade_compulsory(g1, g2)
+            share = costs[0].compute_cycles / (costs[0].compute_cycles + costs[1].compute_cycles)
+            bound = roofline(sum(compulsory), g1.macs + g2.macs, config)
+            first = p is fused.producer
+            cost, neighbour = (costs[0], fused.consumer) if first else (costs[1], fused.producer)
+            g = p.geometry
+            result.layers.append(LayerEstimate(
+                f"{p.row}:{p.name}", p.kernel, p.placement, g.describe(),
+                f"cascade {fused.index} {'into' if first else 'from'} {neighbour.row}, {fused.rows} rows",
+                g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
+                compulsory[0 if first else 1], bound * (share if first else 1 - share), p.sram_planned, p.sram_proven,
+                fused.describe(p),
+            ))
+        elif p.geometry is not None and p.tiles is not None and p.placement == "npu":
             g, cost = p.geometry, layer_cost(p.geometry, p.tiles, config)
             t = p.tiles
             result.layers.append(LayerEstimate(

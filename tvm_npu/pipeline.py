@@ -1,6 +1,6 @@
 """The compiler, stage by stage: the one place that shows the whole pipeline in order.
 
-    ONNX ─► load ─► quantize ─► import ─► partition ─► plan ─► lower ─► build ─► package (model.tar)
+    ONNX ─► load ─► quantize ─► import ─► partition ─► plan ─► cascade ─► lower ─► build ─► package (model.tar)
 
 Each stage takes the previous stage's product and hands its own forward. Quantization works
 on ONNX, so the package embeds (and `tvmc validate` runs OpenVINO on) the very QDQ model the
@@ -22,6 +22,7 @@ from tvm import relax
 from . import __version__
 from .atomic import atomic_output, check_output_path
 from .build import build
+from .cascade import cascade as find_cascades
 from .frontend import OnnxModel, import_onnx, load_onnx
 from .lower import lower
 from .package import PackageMetadata, write_package
@@ -52,6 +53,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     seed: int = 0,
     allow_cpu_fallback: bool = False,
     sparse: str = "auto",
+    cascade: bool = True,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
 
@@ -62,6 +64,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     Raises `NpuError` with a one-line message for anything a user can fix; a layer no SRAM
     tiling fits is one, unless `allow_cpu_fallback` places it on the CPU (said in the report).
     `sparse` ("auto", "off", "force") decides where conv/dense layers use CSR weights (`tvm_npu.plan`).
+    `cascade` fuses consecutive convolutions where that lowers DRAM traffic (`tvm_npu.cascade`).
     """
     config = resolve_target(target)
     output = check_output_path(output)
@@ -85,6 +88,9 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
         mod, operators = partition(imported.mod)
     with _timed(seconds, "plan"):
         layers = plan(mod, config, allow_cpu_fallback, sparse)
+    if cascade:
+        with _timed(seconds, "cascade"):
+            find_cascades(mod, layers, config)
     with _timed(seconds, "lower"):
         mod = relax.transform.FoldConstant()(lower(mod, layers, config.sram_bytes))
     for layer in layers:

@@ -44,6 +44,7 @@ class LayerPlan:
     stream: dict = field(default_factory=dict)  # bytes read/written, ops, shape: for untiled layers
     row: int = -1  # index of this operator in the offload report (binding names repeat across blocks)
     weights: dict = field(default_factory=dict)  # weight bytes original/encoded, zeros, dense-vs-variant choice
+    cascade: object = None  # tvm_npu.cascade.Cascade fusing this layer with its neighbour, if any
 
     def to_dict(self) -> dict:
         return {
@@ -52,6 +53,7 @@ class LayerPlan:
             {k: v for k, v in self.geometry.__dict__.items() if k != "row_nonzeros"},  # per channel: too long
             "tiles": None if self.tiles is None else self.tiles.__dict__,
             "sram_planned": self.sram_planned, "sram_proven": self.sram_proven, "weights": self.weights,
+            "cascade": None if self.cascade is None else self.cascade.describe(self),
         }
 
 

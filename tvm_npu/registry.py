@@ -63,6 +63,10 @@ class NpuKernel:
     # conformance harness derives every check from them; a kernel without examples fails it.
     examples: Callable[[np.random.Generator], list] | None = None
     limits: tuple[str, ...] = ()  # what `check` refuses, as SUPPORTED_OPS.md lists it
+    # Cascading (optional; tvm_npu.cascade fuses a producer into its consumer with it):
+    # tensors(params, x: te.Tensor, tag) -> (constant placeholders, output tensor), the compute on a
+    # given input tensor instead of a placeholder; `tag` suffixes its stage names so two kernels compose.
+    tensors: Callable[..., tuple[list, object]] | None = None
 
     def primfunc(self, symbol: str, params: KernelParams, inputs) -> tvm.tirx.PrimFunc:
         """The kernel's PrimFunc under a unique symbol (TE names every PrimFunc `main`)."""

@@ -47,6 +47,8 @@ def summary_text(metadata: PackageMetadata) -> str:
         f"{s['npu_layers'] - s['tiled_layers']} not tiled)",
         f"  CPU operators (fallback)     {cpu_operators} ({s['sram_fallback_layers']} for lack of SRAM), "
         f"plus {boundaries} quantize/dequantize boundaries",
+        f"  Cascaded layers              {s.get('cascaded_layers', 0)} in {s.get('cascades', 0)} cascades, "
+        f"{s.get('dram_saved_by_cascades', 0) / kib:.1f} KiB of DRAM traffic saved",
         f"  SRAM used (proven peak)      {s['sram_peak_proven'] / kib:.1f} of {s['sram_bytes'] / kib:.0f} KiB",
         f"  Weights original / encoded   {s.get('weight_bytes_original', 0) / kib:.1f} KiB / "
         f"{s.get('weight_bytes_encoded', 0) / kib:.1f} KiB ({s.get('csr_layers', 0)} layers with CSR weights)",

@@ -1,0 +1,212 @@
+"""Stage: cascade (part of planning). Consecutive NPU convolutions fuse where that lowers DRAM traffic.
+
+Entry point: `cascade(mod, layers, config) -> list[Cascade]`, on the partitioned module and the
+`plan` stage's layers (it marks the layers it fuses). A producer conv whose only consumer is the
+next conv can run inside the consumer's loop over output row bands: per band it computes just the
+rows the consumer needs into an SRAM intermediate (the consumer's padded input, all channels,
+8-bit), a rolling buffer, so halo rows are computed once and the intermediate never goes to DRAM.
+Both layers' weights stay resident in SRAM. Each candidate band height whose footprint
+(`perf.cascade_footprint`) fits is costed with `perf.cascade_cost` against the two layers'
+own planned tilings; a pair fuses when its DRAM traffic drops (ties: fewer cycles), pairs with
+the largest saving first, each layer in at most one cascade.
+
+`primfunc` is the cascade's lowering (called by `lower`): the consumer's TE compute composed on
+the producer's output in ONE PrimFunc, the consumer scheduled in row bands, every producer stage
+`compute_at` the band loop in SRAM, and `s_tir.Schedule.rolling_buffer` on the buffers whose
+bands overlap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax, s_tir, te, tirx
+
+from .perf import (
+    cascade_cost,
+    cascade_footprint,
+    cascade_rolls,
+    extended_producer,
+    layer_cost,
+)
+from .plan import LayerPlan
+from .registry import KernelParams, kernel
+from .sram import SRAM_SCOPE, double_buffer
+from .target import NpuConfig
+
+KERNELS = ("npu.conv2d",)  # kernels with a `tensors` compute the cascade schedule below knows how to fuse
+
+
+@dataclass
+class Cascade:
+    """A fused producer -> consumer pair: `rows` consumer output rows per band."""
+
+    index: int
+    producer: LayerPlan
+    consumer: LayerPlan
+    rows: int
+    sram_planned: int
+    dram_saved: int  # DRAM bytes the two layers no longer move (their own tilings minus the cascade)
+
+    def describe(self, layer: LayerPlan) -> dict:
+        role = "producer" if layer is self.producer else "consumer"
+        return {"index": self.index, "role": role, "rows": self.rows, "dram_saved": self.dram_saved,
+                "producer": self.producer.row, "consumer": self.consumer.row}
+
+
+def cascade(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig) -> list[Cascade]:
+    by_function = {layer.function: layer for layer in layers}
+    options = []
+    for producer, consumer in _pairs(mod, by_function):
+        best = _best(producer, consumer, config)
+        if best is not None:
+            options.append((producer, consumer) + best)
+    chosen: list[Cascade] = []
+    for producer, consumer, rows, size, saved in sorted(options, key=lambda o: -o[4]):
+        if producer.cascade is None and consumer.cascade is None:
+            fused = Cascade(len(chosen), producer, consumer, rows, size, saved)
+            producer.cascade = consumer.cascade = fused
+            producer.sram_planned = consumer.sram_planned = size
+            chosen.append(fused)
+    return chosen
+
+
+def _tiled(layer: LayerPlan | None) -> bool:
+    """A tiled NPU conv of the shapes the cascade schedule and model are verified on (tests/test_cascade.py):
+    odd kernels with "same" padding (k // 2 on every side), any stride, no dilation, as in ResNet or
+    MobileNet/ShuffleNet blocks."""
+    if layer is None or layer.placement != "npu" or layer.tiles is None or layer.kernel not in KERNELS:
+        return False
+    g = layer.geometry
+    (kh, kw) = g.kernel
+    return g.dilation == (1, 1) and kh % 2 == kw % 2 == 1 and g.padding == (kh // 2, kw // 2) * 2
+
+
+def _pairs(mod: tvm.IRModule, by_function: dict[str, LayerPlan]):
+    """(producer, consumer) layers where the consumer's only input is the producer's output and nothing
+    else (no other binding, not the function's result) reads that output."""
+    main = mod["main"]
+    producer_of: dict[relax.Var, LayerPlan] = {}
+    users: dict[relax.Var, int] = {}
+    candidates = []
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            for var in relax.analysis.free_vars(value):
+                users[var] = users.get(var, 0) + 1
+            if isinstance(value, relax.Call) and isinstance(value.op, relax.GlobalVar):
+                layer = by_function.get(value.op.name_hint)
+                if _tiled(layer):
+                    producer_of[binding.var] = layer
+                    if len(value.args) == 1 and isinstance(value.args[0], relax.Var):
+                        candidates.append((value.args[0], layer))
+    for var in relax.analysis.free_vars(main.body.body):
+        users[var] = users.get(var, 0) + 1
+    for var, consumer in candidates:
+        if var in producer_of and users.get(var) == 1:
+            yield producer_of[var], consumer
+
+
+def _best(producer: LayerPlan, consumer: LayerPlan, config: NpuConfig) -> tuple[int, int, int] | None:
+    """(rows, footprint, DRAM saved) of the cheapest fitting cascade, if it beats the layers' own tilings."""
+    g1, g2 = producer.geometry, consumer.geometry
+    apart = [layer_cost(g1, producer.tiles, config), layer_cost(g2, consumer.tiles, config)]
+    apart_key = (sum(c.dram_bytes for c in apart), sum(c.cycles for c in apart))
+    best, best_key = None, None
+    for rows in sorted({-(-g2.out_h // k) for k in range(1, g2.out_h + 1)}):
+        size = sum(cascade_footprint(g1, g2, rows).values())
+        if size > config.sram_bytes:
+            continue
+        costs = cascade_cost(g1, g2, rows, config)
+        key = (sum(c.dram_bytes for c in costs), sum(c.cycles for c in costs), size)
+        if best_key is None or key < best_key:
+            best, best_key = (rows, size), key
+    if best is None or best_key[:2] >= apart_key:
+        return None
+    return best[0], best[1], apart_key[0] - best_key[0]
+
+
+def primfunc(fused: Cascade, params: tuple[KernelParams, KernelParams], x_spec: tuple[tuple[int, ...], str]) -> tvm.tirx.PrimFunc:
+    """The cascade as ONE scheduled PrimFunc(x, producer constants..., consumer constants..., out)."""
+    producer_kernel, consumer_kernel = kernel(fused.producer.kernel), kernel(fused.consumer.kernel)
+    p1, p2 = params
+    g1, g2 = fused.producer.geometry, fused.consumer.geometry
+    # The producer runs over the consumer's padded rows (see perf.extended_producer); the consumer reads the
+    # real rows through a row-shifted view, which inlines away, so its padded input indexes the producer rows 1:1.
+    px = extended_producer(g1, g2)
+    extended = KernelParams(p1.attrs | {"padding": px.padding}, p1.consts)
+    top = g2.padding[0]
+    x = te.placeholder(x_spec[0], x_spec[1], "X")
+    consts1, y1 = producer_kernel.tensors(extended, x, "_p")
+    real = te.compute((y1.shape[0], y1.shape[1], g1.out_h, y1.shape[3]),
+                      lambda n, c, h, w: y1[n, c, h + top, w], name="intermediate")
+    consts2, y2 = consumer_kernel.tensors(p2, real, "_c")
+    func = te.create_prim_func([x, *consts1, *consts2, y2])
+    return _schedule(func, fused.rows, cascade_rolls(g1, g2, fused.rows))
+
+
+def _schedule(func: tvm.tirx.PrimFunc, rows: int, rolls: tuple[bool, bool]) -> tvm.tirx.PrimFunc:
+    """Consumer in row bands (serial: rolling buffers carry rows from one band to the next); per band the
+    producer's input rows, accumulator and the intermediate are computed at the band loop in SRAM; weights
+    and per-channel parameters of both layers are staged in SRAM once, before the band loop."""
+    sch = s_tir.Schedule(func)
+    y, acc = sch.get_sblock("Y_c"), sch.get_sblock("acc_c")
+    xp, acc_p, xp_p = sch.get_sblock("Xp_c"), sch.get_sblock("acc_p"), sch.get_sblock("Xp_p")
+    sch.compute_inline(sch.get_sblock("intermediate"))
+    sch.compute_inline(sch.get_sblock("Y_p"))  # requantize while writing the intermediate
+    # Resident operands: weights of both accumulators, then the per-channel parameters of both requantizes
+    # (the producer's now read by the intermediate's block).
+    for block, index in ((acc_p, 1), (acc, 1), (xp, 1), (xp, 2), (xp, 3), (y, 1), (y, 2), (y, 3)):
+        sch.cache_read(block, index, SRAM_SCOPE)
+    n, o, h, _ = sch.get_loops(y)
+    band, inner = sch.split(h, [None, rows])
+    sch.reorder(n, band, o, inner)
+    out = sch.cache_write(y, 0, SRAM_SCOPE)
+    sch.reverse_compute_at(out, band)
+    for block in (acc, xp, acc_p, xp_p):
+        sch.compute_at(block, band)
+        sch.set_scope(block, 0, SRAM_SCOPE)
+    for block in (y, out):
+        sch.vectorize(sch.get_loops(block)[-1])  # output columns as SIMD lanes on the host
+    intermediate_rolls, input_rolls = rolls
+    # Rolling changes the band loop's iterators to opaque ones: every compute_at above comes first.
+    rolled = set()
+    for block, rolls_here in ((xp_p, input_rolls), (acc_p, intermediate_rolls), (xp, intermediate_rolls)):
+        if rolls_here:
+            sch.rolling_buffer(block, 0)
+            rolled.add(sch.get(block).name_hint)
+    band_local = {sch.get(block).name_hint for block in (acc, y, out, xp, acc_p, xp_p)} - rolled
+    if int(sch.get(band).extent) > 1:
+        # Band b+1's input rows load (unless they roll: a rolling buffer cannot take two slots) and band b-1's
+        # output rows store while band b computes.
+        double_buffer(sch, band, {sch.get(xp_p).name_hint} - rolled, {sch.get(out).name_hint})
+    return _spatial_again(sch.mod["main"], band_local)
+
+
+def _spatial_again(func: tvm.tirx.PrimFunc, names: set[str]) -> tvm.tirx.PrimFunc:
+    """Rolling marks the band loop's iterators opaque in every block under it, and TVM allocates a buffer
+    whose accesses use an opaque iterator outside that loop. The blocks writing buffers that do not roll
+    (`names`: the consumer's accumulator and output tile, and whatever has no overlap between bands)
+    carry nothing from one band to the next: they get their spatial iterators back, so those buffers
+    stay one band in SRAM. No Python TIR mutator exists in 0.27: the path is rebuilt by hand."""
+
+    def visit(stmt):
+        if isinstance(stmt, tirx.SeqStmt):
+            return tirx.SeqStmt([visit(child) for child in stmt.seq])
+        if isinstance(stmt, tirx.For):
+            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, visit(stmt.body),
+                            stmt.thread_binding, stmt.annotations)
+        if isinstance(stmt, s_tir.SBlockRealize):
+            block = stmt.block
+            iters = block.iter_vars
+            if block.name_hint in names:
+                iters = [tirx.IterVar(v.dom, v.var, tirx.IterVar.DataPar if v.iter_type == tirx.IterVar.Opaque
+                                      else v.iter_type) for v in iters]
+            body = block.body if block.name_hint in names else visit(block.body)
+            rebuilt = s_tir.SBlock(iters, block.reads, block.writes, block.name_hint, body, block.init,
+                                   block.alloc_buffers, block.match_buffers, block.annotations)
+            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, rebuilt)
+        return stmt
+
+    return func.with_body(visit(func.body))
