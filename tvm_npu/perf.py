@@ -507,7 +507,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
                 f"cascade {fused.index} {'into' if first else 'from'} {neighbour.row}, {fused.rows} rows",
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 compulsory[0 if first else 1], bound * (share if first else 1 - share), p.sram_planned, p.sram_proven,
-                fused.describe(p),
+                p.weights.get("original", 0), p.weights.get("encoded", 0), cascade=fused.describe(p),
             ))
         elif p.geometry is not None and p.tiles is not None and p.placement == "npu":
             g, cost = p.geometry, layer_cost(p.geometry, p.tiles, config)
