@@ -65,7 +65,8 @@ def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False)
             layer = LayerPlan(binding.var.name, call.op.name_hint, npu_kernel.name, row=row,
                               stream=_stream(params, inputs, call))
             if npu_kernel.geometry is not None:
-                layer.geometry = npu_kernel.geometry(params, inputs)
+                layer.geometry = npu_kernel.geometry(params, inputs)  # None: this instance cannot be tiled
+            if layer.geometry is not None:
                 _choose(layer, config, allow_cpu_fallback)
             plans.append(layer)
     return plans

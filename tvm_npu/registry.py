@@ -43,7 +43,8 @@ class NpuKernel:
     compute: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], tvm.tirx.PrimFunc]
     reference: Callable[[KernelParams, list[np.ndarray]], np.ndarray]  # integer-exact twin of compute
     # SRAM tiling (optional; a kernel without them runs untiled and the report says "not tiled"):
-    # geometry(params, inputs) -> tvm_npu.perf.Geometry, what the planner tiles and the model costs;
+    # geometry(params, inputs) -> tvm_npu.perf.Geometry, what the planner tiles and the model costs
+    # (None for an instance that cannot be tiled, e.g. a rank-0 tensor);
     # schedule(primfunc, tiles: tvm_npu.perf.Tiles) -> the PrimFunc with its SRAM-tiled schedule.
     geometry: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], object] | None = None
     schedule: Callable[[tvm.tirx.PrimFunc, object], tvm.tirx.PrimFunc] | None = None
