@@ -53,7 +53,7 @@ def check(ann) -> str | None:
     if op_name(anchor) == "relax.mean":
         if sorted(int(a) % 4 for a in attrs.axis) != [2, 3] or not attrs.keepdims:
             return "attribute: mean over other axes than H, W with keepdims (not a global average pool)"
-        if math.prod(int(d) for d in dq_x.ty.shape[2:]) * 255 > 2**31 - 1:
+        if math.prod([int(d) for d in dq_x.ty.shape][2:]) * 255 > 2**31 - 1:
             return "shape: a plane too large for the int32 accumulator"
     else:
         if attrs.layout != "NCHW" or attrs.ceil_mode:

@@ -81,10 +81,14 @@ def test_chosen_tiles_fit_and_prefer_no_halo_rereads():
     assert tiles.rows == 56  # the whole input stays: compulsory traffic only
 
 
-def test_no_tiling_fits_is_one_line_naming_layer_footprint_and_sram():
-    g = Geometry("conv2d", 1, 512, 14, 14, 512, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+@pytest.mark.parametrize("g", [
+    Geometry("conv2d", 1, 512, 14, 14, 512, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+    Geometry("pool", 1, 64, 224, 224, 64, 112, 112, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), groups=64, label="max pool"),
+    Geometry("elementwise", 1, 1, 256, 56 * 56, 1, 256, 56 * 56, operands=2, label="add 2x 1x256x56x56"),
+], ids=lambda g: g.kind)
+def test_no_tiling_fits_is_one_line_naming_layer_footprint_and_sram(g):
     tiny = resolve_target("npu/mid", sram_kib=1)
-    layer = LayerPlan("lv7", "f", "npu.conv2d", geometry=g)
+    layer = LayerPlan("lv7", "f", f"npu.{g.kind}", geometry=g)
     with pytest.raises(NpuError) as err:
         _choose(layer, tiny, allow_cpu_fallback=False)
     message = str(err.value)

@@ -154,7 +154,7 @@ class Geometry:
     def tile_in_channels(self, order: str, channels: int) -> int:
         """Input channels an output-channel tile needs (all of them unless grouped and weights-outer;
         a pool's channel tile reads its own channels in either order)."""
-        if self.groups == 1 or (order == "rows" and self.weighted):
+        if self.groups == 1 or self.input_stationary(order):
             return self.in_channels
         return channels // self.per_group * self.group_channels
 
@@ -399,7 +399,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             t = p.tiles
             outer = t.order if g.weighted else {"weights": "channels", "rows": "rows"}[t.order]
             result.layers.append(LayerEstimate(
-                f"{p.row}:{p.name}", p.kernel, p.placement, g.describe(),
+                p.label, p.kernel, p.placement, g.describe(),
                 f"{t.rows} rows x {t.channels} ch, {outer} outer",
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 g.compulsory_bytes, layer_roofline(g, config), p.sram_planned, p.sram_proven,
@@ -414,7 +414,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             compute = s["ops"] / config.mac_cols
             cycles = max(bound, compute) if on_npu else 0.0
             result.layers.append(LayerEstimate(
-                f"{p.row}:{p.name}", p.kernel, p.placement, s["shape"], "not tiled" if on_npu else f"cpu: {p.reason}",
+                p.label, p.kernel, p.placement, s["shape"], "not tiled" if on_npu else f"cpu: {p.reason}",
                 0, cycles, compute if on_npu else 0.0, 0, s["read"] if on_npu else 0, s["write"] if on_npu else 0,
                 compulsory if on_npu else 0, bound if on_npu else 0.0, None, None,
             ))

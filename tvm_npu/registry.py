@@ -153,6 +153,11 @@ class Composite:
         scale, zp = self.quant(dq)
         return float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
 
+    def onnx_name(self) -> str | None:
+        """The ONNX node whose result the composite's output quantize holds (recorded by import_onnx)."""
+        span = self.value(self.func.body.body).span
+        return span.source_name.name if span is not None else None
+
     def output(self) -> tuple[float, int, str, int, int]:
         """The output quantize's (scale, zero point, dtype) and the clamp a fused activation implies."""
         q = self.value(self.func.body.body)
