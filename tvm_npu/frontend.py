@@ -150,9 +150,10 @@ class _SpanNamer(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.quantize"):
+        name = next(self.names, None) if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.quantize" else None
+        if name is None:
             return call
-        span = tvm.ir.Span(tvm.ir.SourceName(next(self.names)), 0, 0, 0, 0)
+        span = tvm.ir.Span(tvm.ir.SourceName(name), 0, 0, 0, 0)
         return relax.Call(call.op, call.args, call.attrs, call.ty_args, span)
 
 
