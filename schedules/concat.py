@@ -9,9 +9,16 @@ is the output's: a DMA on an NPU) or requantized onto the output grid:
 Equal-scale concats reach this kernel through partition's value-preserving rewrite (which
 gives them the shared quantization as output quantize); differently quantized inputs need the
 model's own QuantizeLinear after the concat to say which grid the output is on.
+
+Tiled along the dimension after the axis (before it when the axis is the last): each output
+tile holds the whole concatenated axis, so every input streams its own part of the tile into
+SRAM (input indices are clamped into range, which keeps each input's SRAM tile exactly its
+slice; `if_then_else` picks the right one).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import tvm
@@ -20,6 +27,7 @@ from tvm.relax.dpl import is_const, is_op, is_tuple
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import Activation, quantized_operator, random_activation
+from tvm_npu.perf import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -28,6 +36,7 @@ from tvm_npu.registry import (
     dequantized_tensor,
     per_tensor_problem,
 )
+from tvm_npu.sram import stream_tiles
 
 # dpl tuples have a fixed arity, so there is one pattern per input count. Inception concatenates
 # 4 branches; DenseNet-style blocks concatenate more, up to this many.
@@ -90,13 +99,13 @@ def compute(p: KernelParams, inputs):
         value = None
         for i in reversed(range(len(xs))):
             local = list(index)
-            local[axis] = index[axis] - int(offsets[i])
+            local[axis] = tirx.min(tirx.max(index[axis] - int(offsets[i]), 0), inputs[i][0][axis] - 1)
             this = _converted(xs[i][tuple(local)], a["sources"][i], a, requantize_te)
             value = this if value is None else tirx.if_then_else(index[axis] < int(offsets[i + 1]), this, value)
         return value
 
     y = te.compute(tuple(shape), element, name="Y")
-    return te.create_prim_func([*xs, y])
+    return te.create_prim_func([*xs, y]).with_attr("npu_concat_axis", axis)
 
 
 def reference(p: KernelParams, inputs) -> np.ndarray:
@@ -125,6 +134,31 @@ def examples(rng):
     ]
 
 
+def _row_axis(axis: int, rank: int) -> int | None:
+    """The dimension concat tiles split: the one after the axis, or before it when it is the last."""
+    return axis + 1 if axis + 1 < rank else axis - 1 if rank > 1 else None
+
+
+def geometry(p: KernelParams, inputs) -> Geometry | None:
+    axis = p.attrs["axis"]
+    shape = list(inputs[0][0])
+    shape[axis] = sum(s[axis] for s, _ in inputs)
+    rows_at = _row_axis(axis, len(shape))
+    if rows_at is None:
+        return None
+    lead = min(axis, rows_at)
+    rows, width = shape[rows_at], math.prod(shape[lead:]) // shape[rows_at]
+    label = f"concat {len(inputs)} on axis {axis} -> {'x'.join(map(str, shape))}"
+    return Geometry("concat", math.prod(shape[:lead]), 1, rows, width, 1, rows, width, label=label)
+
+
+def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
+    axis = func.attrs["npu_concat_axis"]
+    rank = len(func.params[-1].shape)
+    rows_at = _row_axis(int(axis), rank)
+    return stream_tiles(func, tiles, rows_at, inside=int(axis) if rows_at > int(axis) else None)
+
+
 KERNEL = NpuKernel(
     name="npu.concat",
     anchors=("relax.concat",),
@@ -139,4 +173,6 @@ KERNEL = NpuKernel(
         'activations and output per tensor; inputs on other grids than the output are requantized (else copied)',
         'rescale factors (input scale / output scale) within the fixed-point range',
     ),
+    geometry=geometry,
+    schedule=schedule,
 )

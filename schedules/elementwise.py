@@ -4,17 +4,23 @@ scales, with a fused ReLU / ReLU6 / Clip, integer-only inside.
     add: Y = clamp(((A - za) * Ma + (B - zb) * Mb) >> S (round half up) + zy)   both inputs
          rescaled onto one shift, so neither loses precision to the other's scale
     mul: Y = clamp(((A - za) * (B - zb) * M) >> S (round half up) + zy)
+
+Tiled along the first dimension longer than 1: per tile, both input tiles and the output tile
+in SRAM, double-buffered (`tvm_npu.sram.stream_tiles`).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tvm
-from tvm import te
+from tvm import te, tirx
 from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import quantized_operator, random_activation
+from tvm_npu.perf import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -25,6 +31,7 @@ from tvm_npu.registry import (
     pattern_activation,
     per_tensor_problem,
 )
+from tvm_npu.sram import stream_tiles
 
 _OPS = {"relax.add": "add", "relax.multiply": "mul"}
 
@@ -112,6 +119,30 @@ def examples(rng):
     ]
 
 
+def row_axis(shape) -> int:
+    """The dimension tiles split: the first one longer than 1 (all later ones are inside the tile)."""
+    return next((i for i, d in enumerate(shape) if d > 1), 0)
+
+
+def stream_geometry(kind: str, shape, label: str, operands: int = 1, table_bytes: int = 0) -> Geometry | None:
+    """An elementwise layer as the planner sees it: rows of `row_axis(shape)` by the rest."""
+    if not shape:
+        return None
+    axis = row_axis(shape)
+    rows, width = shape[axis], math.prod(shape[axis + 1:])
+    return Geometry(kind, math.prod(shape[:axis]), 1, rows, width, 1, rows, width,
+                    operands=operands, table_bytes=table_bytes, label=label)
+
+
+def geometry(p: KernelParams, inputs) -> Geometry | None:
+    (shape, _), _ = inputs
+    return stream_geometry("elementwise", shape, f"{p.attrs['op']} 2x {'x'.join(map(str, shape))}", operands=2)
+
+
+def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
+    return stream_tiles(func, tiles, row_axis([int(d) for d in func.params[-1].shape]))
+
+
 KERNEL = NpuKernel(
     name="npu.elementwise",
     anchors=tuple(_OPS),
@@ -126,4 +157,6 @@ KERNEL = NpuKernel(
         'activations and output per tensor',
         'rescale factors (input scale / output scale; for Mul, product of input scales / output scale) within the fixed-point range',
     ),
+    geometry=geometry,
+    schedule=schedule,
 )

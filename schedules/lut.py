@@ -12,17 +12,20 @@ The Relax forms are those of TVM 0.27's ONNX importer: `R.sigmoid`; HardSigmoid 
 `x * HardSigmoid(x, 1/6, 0.5)`). NNCF quantizes none of these functions' inputs (it treats them
 like fused activations of the producing conv/add), so after NNCF they stay on the CPU and the
 offload report says so; QDQ models that quantize the input (ONNX Runtime, TFLite-style) offload.
+
+Tiled like elementwise (`schedules/elementwise.py`), with the 256-byte table resident in SRAM.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import te
+from tvm import te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import scale_problem
 from tvm_npu.onnx_builder import quantized_operator, random_activation
+from tvm_npu.perf import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -32,6 +35,8 @@ from tvm_npu.registry import (
     op_name,
     per_tensor_problem,
 )
+from tvm_npu.schedules.elementwise import row_axis, stream_geometry
+from tvm_npu.sram import stream_tiles
 
 
 def _hard_sigmoid(x, annotations: dict):
@@ -167,6 +172,16 @@ def examples(rng):
     ]
 
 
+def geometry(p: KernelParams, inputs) -> Geometry | None:
+    (shape, _), *_ = inputs
+    return stream_geometry("lut", shape, f"{p.attrs['function']} {'x'.join(map(str, shape))}", table_bytes=256)
+
+
+def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
+    return stream_tiles(func, tiles, row_axis([int(d) for d in func.params[-1].shape]),
+                        stationary=frozenset({"T"}))
+
+
 KERNEL = NpuKernel(
     name="npu.lut",
     anchors=("relax.sigmoid",),
@@ -181,4 +196,6 @@ KERNEL = NpuKernel(
         'input and output per tensor, the input quantized (NNCF leaves these inputs in float: then they run on the CPU)',
         'HardSwish reads one tensor twice with the same quantization',
     ),
+    geometry=geometry,
+    schedule=schedule,
 )

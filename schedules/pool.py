@@ -4,16 +4,24 @@
          (M >> S is exactly 1 when input and output share their quantization)
     avg: Y = clamp(round(sum (X - zx) * M / (count * 2^S)) + zy)   integer division, half up;
          count = window taps, or only the taps inside the image without count_include_pad
+
+Tiled like a depthwise conv without weights: padded 8-bit input rows with halo (padding
+generated on chip: the dtype's minimum for max, zx for avg), an int32 accumulator and the
+output tile per (channel tile, row tile) in SRAM; a global pool is one row over whole planes,
+tiled by channels.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from tvm import te, tirx
+from tvm import s_tir, te, tirx
 from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import quantized_operator, random_activation
+from tvm_npu.perf import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -23,6 +31,7 @@ from tvm_npu.registry import (
     op_name,
     per_tensor_problem,
 )
+from tvm_npu.sram import SRAM_SCOPE, finish_tile_loops
 
 _POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.mean")
 
@@ -45,6 +54,8 @@ def check(ann) -> str | None:
     if op_name(anchor) == "relax.mean":
         if sorted(int(a) % 4 for a in attrs.axis) != [2, 3] or not attrs.keepdims:
             return "attribute: mean over other axes than H, W with keepdims (not a global average pool)"
+        if math.prod([int(d) for d in dq_x.ty.shape][2:]) * 255 > 2**31 - 1:
+            return "shape: a plane too large for the int32 accumulator"
     else:
         if attrs.layout != "NCHW" or attrs.ceil_mode:
             return f"attribute: layout {attrs.layout} / ceil_mode {bool(attrs.ceil_mode)} (the NPU pools NCHW, floor mode)"
@@ -97,35 +108,36 @@ def _rounded_divide(num, den, floordiv):
 def compute(p: KernelParams, inputs):
     ((x_shape, x_dtype),) = inputs
     a = p.attrs
-    (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = a["pool"], a["strides"], a["dilation"], a["padding"]
-    _, _, height, width = x_shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = a["pool"], a["strides"], a["dilation"], a["padding"]
+    n_, c_, height, width = x_shape
     shape = out_shape(a, x_shape)
     x = te.placeholder(x_shape, x_dtype, "X")
+    # Padding that never wins a max (the dtype's minimum) or adds nothing to a sum (zx): the padded
+    # input stays 8-bit, as the tile the SRAM schedule stages.
+    fill = tirx.const(int(np.iinfo(x_dtype).min) if a["mode"] == "max" else a["zx"], x_dtype)
+    xp = te.compute(
+        (n_, c_, height + pt + pb, width + pl + pr),
+        lambda n, c, h, w: tirx.if_then_else(
+            tirx.all(h >= pt, h < pt + height, w >= pl, w < pl + width), x[n, c, h - pt, w - pl], fill),
+        name="Xp",
+    )
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
 
-    def tap(n, c, i, j):
-        h, w = i * sh + rh * dh - pt, j * sw + rw * dw - pl
-        return tirx.all(h >= 0, h < height, w >= 0, w < width), x[n, c, h, w].astype("int64") - a["zx"]
+    def tap(n, c, i, j, r=rh, s=rw):
+        return xp[n, c, i * sh + r * dh, j * sw + s * dw].astype("int32") - a["zx"]
 
-    if a["mode"] == "max":
-        floor = tirx.const(np.iinfo(x_dtype).min - a["zx"], "int64")
-
-        def reduce(n, c, i, j):
-            inside, value = tap(n, c, i, j)
-            return te.max(tirx.if_then_else(inside, value, floor), axis=[rh, rw])
+    if kh * kw == 1:  # no reduction: a reduction block over unit loops would leave a one-pixel tile loop-free
+        acc = te.compute(shape, lambda n, c, i, j: tap(n, c, i, j, 0, 0), name="acc")
     else:
-
-        def reduce(n, c, i, j):
-            inside, value = tap(n, c, i, j)
-            return te.sum(tirx.if_then_else(inside, value, tirx.const(0, "int64")), axis=[rh, rw])
-
-    acc = te.compute(shape, reduce, name="acc")
+        reduce_op = te.max if a["mode"] == "max" else te.sum
+        acc = te.compute(shape, lambda n, c, i, j: reduce_op(tap(n, c, i, j), axis=[rh, rw]), name="acc")
     if a["mode"] == "max":
-        y = te.compute(shape, lambda *i: requantize_te(acc[i], a["mult"], a["shift"], a["zy"], a["lo"], a["hi"], a["out_dtype"]), name="Y")
+        y = te.compute(shape, lambda *i: requantize_te(acc[i].astype("int64"), a["mult"], a["shift"], a["zy"], a["lo"],
+                                                       a["hi"], a["out_dtype"]), name="Y")
     else:
         def average(n, c, i, j):
             count = tirx.Cast("int64", _count(a, x_shape, i, j, tirx.min, tirx.max))
-            q = _rounded_divide(acc[n, c, i, j] * a["mult"], count << a["shift"], tirx.floordiv)
+            q = _rounded_divide(acc[n, c, i, j].astype("int64") * a["mult"], count << a["shift"], tirx.floordiv)
             return tirx.max(tirx.min(q + a["zy"], tirx.const(a["hi"], "int64")), tirx.const(a["lo"], "int64")).astype(a["out_dtype"])
 
         y = te.compute(shape, average, name="Y")
@@ -175,6 +187,35 @@ def examples(rng):
     ]
 
 
+def geometry(p: KernelParams, inputs) -> Geometry:
+    """A depthwise window without weights (groups = channels)."""
+    ((x_shape, _),) = inputs
+    a = p.attrs
+    n, c, oh, ow = out_shape(a, x_shape)
+    return Geometry("pool", n, c, x_shape[2], x_shape[3], c, oh, ow, tuple(a["pool"]), tuple(a["strides"]),
+                    tuple(a["dilation"]), tuple(a["padding"]), groups=c,
+                    label=f"{a['mode']} pool {a['pool'][0]}x{a['pool'][1]}/{a['strides'][0]} "
+                          f"{'x'.join(map(str, x_shape[1:]))} -> {c}x{oh}x{ow}")
+
+
+def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
+    """SRAM tiles of padded input rows with halo (per channel tile: no weights to keep, so the input
+    streams in either loop order), int32 accumulator and output; inner tile loop double-buffered."""
+    sch = s_tir.Schedule(func)
+    y, acc, xp = sch.get_sblock("Y"), sch.get_sblock("acc"), sch.get_sblock("Xp")
+    n, c, h, _ = sch.get_loops(y)
+    co, ci = sch.split(c, [None, tiles.channels])
+    ho, hi = sch.split(h, [None, tiles.rows])
+    outer, inner = (co, ho) if tiles.order == "weights" else (ho, co)
+    sch.reorder(n, outer, inner, ci, hi)
+    y_out = sch.cache_write(y, 0, SRAM_SCOPE)
+    sch.reverse_compute_at(y_out, inner)
+    for block in (acc, xp):
+        sch.compute_at(block, inner)
+        sch.set_scope(block, 0, SRAM_SCOPE)
+    return finish_tile_loops(sch, y, y_out, outer, inner, {"Xp"}, tile_loops=3)
+
+
 KERNEL = NpuKernel(
     name="npu.pool",
     anchors=_POOLS,
@@ -189,4 +230,6 @@ KERNEL = NpuKernel(
         'activations and output per tensor',
         'rescale factor (input scale / output scale) within the fixed-point range',
     ),
+    geometry=geometry,
+    schedule=schedule,
 )

@@ -14,7 +14,7 @@ import tvm_npu
 from tvm_npu.errors import NpuError
 from tvm_npu.perf import Geometry, Tiles, footprint
 from tvm_npu.plan import LayerPlan, _choose, choose_tiles
-from tvm_npu.registry import kernel
+from tvm_npu.registry import kernel, kernels
 from tvm_npu.sram import prove_footprint
 from tvm_npu.target import resolve_target
 from test_kernels import CASES
@@ -34,7 +34,14 @@ def _run_scheduled(name, params, inputs, tiles):
     return scheduled, out.numpy(), expected
 
 
-@pytest.mark.parametrize("name, index", [(n, i) for n in ("npu.conv2d", "npu.dense") for i in range(len(CASES[n]))])
+TILED = [k.name for k in kernels() if k.schedule is not None]
+
+
+def test_every_kernel_is_tiled():
+    assert sorted(TILED) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name, index", [(n, i) for n in TILED for i in range(len(CASES[n]))])
 @pytest.mark.parametrize("order", ["weights", "rows"])
 def test_scheduled_kernel_is_bit_exact_and_its_sram_proof_equals_the_plan(name, index, order):
     rng = np.random.default_rng(1000 * index + len(name))  # the same cases as test_kernels
@@ -45,7 +52,25 @@ def test_scheduled_kernel_is_bit_exact_and_its_sram_proof_equals_the_plan(name, 
     np.testing.assert_array_equal(ours, expected)
     proof = prove_footprint(scheduled)
     assert proof.total == sum(footprint(g, tiles).values()), proof.buffers
-    assert all(size > 0 for _, size in proof.buffers) and len(proof.buffers) >= 5
+    assert all(size > 0 for _, size in proof.buffers) and len(proof.buffers) >= len(footprint(g, tiles))
+
+
+WEIGHTLESS = [n for n in TILED if n not in ("npu.conv2d", "npu.dense")]
+
+
+@pytest.mark.parametrize("name, index", [(n, i) for n in WEIGHTLESS for i in range(len(CASES[n]))])
+def test_planned_weightless_kernels_are_bit_exact_on_two_presets(name, index):
+    """The planner's own tiles, on npu/mid and on npu/micro with 1 KiB of SRAM (several tiles each)."""
+    rng = np.random.default_rng(1000 * index + len(name))
+    params, inputs = CASES[name][index](rng)
+    g = kernel(name).geometry(params, [(x.shape, str(x.dtype)) for x in inputs])
+    for config in (resolve_target("npu/mid"), resolve_target("npu/micro", sram_kib=1)):
+        tiles, smallest = choose_tiles(g, config)
+        assert tiles is not None, (g.describe(), smallest)
+        scheduled, ours, expected = _run_scheduled(name, params, inputs, tiles)
+        np.testing.assert_array_equal(ours, expected)
+        proof = prove_footprint(scheduled)
+        assert proof.total == sum(footprint(g, tiles).values()) <= config.sram_bytes, proof.buffers
 
 
 def test_chosen_tiles_fit_and_prefer_no_halo_rereads():
@@ -56,10 +81,14 @@ def test_chosen_tiles_fit_and_prefer_no_halo_rereads():
     assert tiles.rows == 56  # the whole input stays: compulsory traffic only
 
 
-def test_no_tiling_fits_is_one_line_naming_layer_footprint_and_sram():
-    g = Geometry("conv2d", 1, 512, 14, 14, 512, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+@pytest.mark.parametrize("g", [
+    Geometry("conv2d", 1, 512, 14, 14, 512, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+    Geometry("pool", 1, 64, 224, 224, 64, 112, 112, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), groups=64, label="max pool"),
+    Geometry("elementwise", 1, 1, 256, 56 * 56, 1, 256, 56 * 56, operands=2, label="add 2x 1x256x56x56"),
+], ids=lambda g: g.kind)
+def test_no_tiling_fits_is_one_line_naming_layer_footprint_and_sram(g):
     tiny = resolve_target("npu/mid", sram_kib=1)
-    layer = LayerPlan("lv7", "f", "npu.conv2d", geometry=g)
+    layer = LayerPlan("lv7", "f", f"npu.{g.kind}", geometry=g)
     with pytest.raises(NpuError) as err:
         _choose(layer, tiny, allow_cpu_fallback=False)
     message = str(err.value)

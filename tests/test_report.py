@@ -5,11 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+
+import onnx
 
 import pytest
 
 import tvm_npu
 from tvm_npu.cli import main
+from tvm_npu.package import read_package
 from test_int8_end_to_end import make_small_cnn
 
 
@@ -21,11 +25,12 @@ def cnn_package(tmp_path_factory):
 
 def test_metadata_holds_plan_and_estimates(cnn_package):
     extra = cnn_package.metadata.extra
-    tiled = [layer for layer in extra["layers"] if layer["tiles"]]
-    assert tiled and all(layer["sram_proven"] == layer["sram_planned"] for layer in tiled)
+    npu = [layer for layer in extra["layers"] if layer["placement"] == "npu"]
+    assert {layer["kernel"] for layer in npu} >= {"npu.conv2d", "npu.pool", "npu.elementwise"}
+    assert all(layer["tiles"] and layer["sram_proven"] == layer["sram_planned"] for layer in npu)  # every kind tiled
     perf = extra["performance"]
     assert len(perf["layers"]) == len(extra["layers"])
-    assert {row["tiles"] for row in perf["layers"] if not row["sram_planned"]} <= {"not tiled"}
+    assert not any(row["tiles"] == "not tiled" for row in perf["layers"])
     for row in perf["layers"]:
         assert row["cycles"] >= row["roofline_cycles"] - 1e-9
     summary = perf["summary"]
@@ -33,11 +38,25 @@ def test_metadata_holds_plan_and_estimates(cnn_package):
     assert summary["dram_bytes"] >= summary["compulsory_bytes"]
 
 
+def test_layers_are_named_as_in_the_onnx_model(cnn_package):
+    """A layer is named by the ONNX node (or, unnamed, the tensor) its output quantize holds, seen through
+    a fused activation: NNCF names the folded convs; a layer without its own QuantizeLinear is kind_N."""
+    model = onnx.load_from_string(read_package(cnn_package.package_path).onnx_bytes)
+    tensors = {node.name for node in model.graph.node} | {out for node in model.graph.node for out in node.output}
+    names = [row["name"] for row in cnn_package.metadata.extra["performance"]["layers"]]
+    assert len(set(names)) == len(names)
+    convs = [row["name"] for row in cnn_package.metadata.extra["performance"]["layers"] if row["kernel"] == "npu.conv2d"]
+    assert len(convs) == 3 and all(name in tensors for name in convs), convs
+    assert all(name in tensors or re.fullmatch(r"[a-z0-9]+_\d+", name) for name in names), names
+
+
 def test_report_formats_and_plot(cnn_package, capsys, tmp_path):
     path = str(cnn_package.package_path)
     assert main(["report", path, "--plot", str(tmp_path / "layers.png")]) == 0
     table = capsys.readouterr().out
-    assert "Network summary" in table and "Inferences/s" in table and "npu.conv2d" in table and "not tiled" in table
+    assert "Network summary" in table and "Inferences/s" in table and "npu.conv2d" in table and "npu.pool" in table
+    names = [row["name"] for row in cnn_package.metadata.extra["performance"]["layers"]]
+    assert all(name in table for name in names)
     assert (tmp_path / "layers.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["report", path, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -45,6 +64,7 @@ def test_report_formats_and_plot(cnn_package, capsys, tmp_path):
     assert main(["report", path, "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == len(data["layers"]) and float(rows[0]["cycles"]) > 0
+    assert [row["name"] for row in rows] == [row["name"] for row in data["layers"]] == names
 
 
 def test_compile_prints_the_summary(tmp_path, capsys):

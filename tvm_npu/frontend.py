@@ -4,6 +4,10 @@ Entry points: `load_onnx(path, input_shapes)` (everything that can be wrong with
 model file is found here, before TVM sees it, and reported as one NpuError line) and
 `import_onnx(model)`, which runs after quantization. The Relax module is not constant-folded:
 folding would turn int8 weight dequantizes into float constants before partitioning.
+
+TVM's importer names every binding `lv<n>`; to let reports name layers as the ONNX model
+does, each `R.quantize` (one per QuantizeLinear, emitted in graph order) carries in its span
+the ONNX node whose result it quantizes (read back by `registry.Composite.onnx_name`).
 """
 
 from __future__ import annotations
@@ -116,7 +120,54 @@ def import_onnx(loaded: OnnxModel) -> ImportedModel:
     except Exception as err:  # noqa: BLE001 - TVM's importer raises many kinds; the message is what matters
         raise NpuError(f"{loaded.name}: TVM's ONNX importer rejected the model: {first_line(err)}") from None
     outputs = _output_specs(loaded.model, mod, loaded.name)
+    mod = _name_quantizations(mod, loaded.model)
     return ImportedModel(mod, loaded.model, loaded.model.SerializeToString(), loaded.inputs, outputs, loaded.name)
+
+
+_FUSED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def _quantized_sources(model: onnx.ModelProto) -> list[str]:
+    """Per QuantizeLinear node, in graph order: the node whose result it quantizes, seen through a
+    fused activation (a conv's ReLU is part of the conv layer), by name or else by output tensor."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear":
+            continue
+        source = producer.get(node.input[0])
+        while source is not None and source.op_type in _FUSED_ACTIVATIONS and source.input[0] in producer:
+            source = producer[source.input[0]]
+        names.append(node.input[0] if source is None else source.name or source.output[0])
+    return names
+
+
+@relax.expr_functor.mutator
+class _SpanNamer(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, names: list[str]):
+        super().__init__(mod)
+        self.names = iter(names)
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        name = next(self.names, None) if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.quantize" else None
+        if name is None:
+            return call
+        span = tvm.ir.Span(tvm.ir.SourceName(name), 0, 0, 0, 0)
+        return relax.Call(call.op, call.args, call.attrs, call.ty_args, span)
+
+
+def _name_quantizations(mod: tvm.IRModule, model: onnx.ModelProto) -> tvm.IRModule:
+    """Tags each R.quantize with its ONNX source (see the module doc); when the importer did not
+    emit exactly one per QuantizeLinear, the order proves nothing and no call is tagged."""
+    names = _quantized_sources(model)
+    bindings = [b for block in mod["main"].body.blocks for b in block.bindings]
+    calls = [b.value for b in bindings if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
+    if not names or len(names) != sum(call.op.name == "relax.quantize" for call in calls):
+        return mod
+    namer = _SpanNamer(mod, names)
+    namer.builder_.update_func(mod.get_global_var("main"), namer.visit_expr(mod["main"]))
+    return namer.builder_.finalize()
 
 
 def _load(path: Path) -> onnx.ModelProto:

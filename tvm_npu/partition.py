@@ -130,7 +130,7 @@ class _ScalarQuantizationParameters(relax.PyExprMutator):
         if op_name(call) not in _QDQ or not all(_is_size_one_array(a) for a in call.args[1:3]):
             return call
         scalars = [relax.const(a.value.numpy().reshape(()), str(a.ty.dtype)) for a in call.args[1:3]]
-        return relax.Call(call.op, [call.args[0], *scalars], call.attrs, call.ty_args)
+        return relax.Call(call.op, [call.args[0], *scalars], call.attrs, call.ty_args, call.span)  # span: ONNX name
 
 
 def _is_size_one_array(expr) -> bool:
@@ -213,7 +213,8 @@ def _report(mod: tvm.IRModule, rejections: dict[str, str]) -> list[dict]:
                 if func.attrs and "Composite" in func.attrs:
                     ops = [op_name(v) for v in Composite(func).bindings.values() if op_name(v)]
                     kernel = str(func.attrs["Composite"])
-                    rows.append({"name": name, "ops": ops, "runs_on": "npu", "kernel": kernel, "reason": ""})
+                    rows.append({"name": name, "ops": ops, "runs_on": "npu", "kernel": kernel, "reason": "",
+                                 "onnx_name": Composite(func).onnx_name() or ""})
                     continue
                 op = value.op.name
             elif isinstance(value.op, tvm.ir.Op):

@@ -4,9 +4,15 @@ Entry point: `estimate(layers, config) -> ModelEstimate`; the planner calls `lay
 on every candidate tiling. The formulas are documented in README ("NPU performance model");
 this module is their only implementation.
 
-A tiled layer (conv2d, dense) is a loop over tiles. Per tile i:
+Every NPU layer is a loop over tiles (conv2d, dense, pool, elementwise, lut, concat). Per tile i:
 
-    compute_i = ceil(channels_i / mac_cols) * ceil(rows_i * out_w / mac_rows) * taps   cycles
+    array_i   = ceil(c_i / mac_cols) * ceil(rows_i * out_w / (mac_rows * fold_i)) * taps   conv, dense, pool
+                (fold_i = max(1, mac_cols // c_i): a tile narrower than the array folds output
+                 pixels onto its spare column groups)
+              = ceil(elements_i / mac_cols)                             elementwise, lut, concat (vector unit)
+    sram_i    = (input tile + weight tile + parameters + table reads
+                 + accumulator (4 B) and output writes per output) / sram_bytes_per_cycle
+    compute_i = max(array_i, sram_i)      the array cannot outrun the SRAM traffic it needs
     in_i      = bytes DMA'd in for the tile (input rows with halo, or a weight tile) / dram_bytes_per_cycle
     out_i     = output tile bytes / dram_bytes_per_cycle
 
@@ -16,11 +22,13 @@ i-1's DMA-out (one shared DMA engine) overlap tile i's compute:
 
     inner = in_1 + sum_i max(compute_i, in_{i+1} + out_{i-1}) + out_m
     layer = batch * sum over outer steps (stationary / dram_bytes_per_cycle + inner)
+            + table / dram_bytes_per_cycle                  (a lookup table, loaded once)
 
 Roofline bound = max(compulsory bytes / dram_bytes_per_cycle, MACs / macs_per_cycle), where
-compulsory bytes = input + weights (+ per-channel parameters) + output, each moved once.
-Since every max() above is at least its DMA term and at least its compute term, cycles >=
-bound always holds.
+compulsory bytes = inputs + weights (+ per-channel parameters, tables) + output, each moved
+once; for pools the window operations stand in for MACs, for elementwise kinds the elements
+over the mac_cols vector lanes. Since every max() above is at least its DMA term and at
+least its compute term, cycles >= bound always holds.
 """
 
 from __future__ import annotations
@@ -37,13 +45,20 @@ from .target import NpuConfig
 PARAM_BYTES_PER_CHANNEL = 24
 ACC_BYTES = 4  # int32 accumulator
 ROWPTR_BYTES = 4  # CSR row pointers are int32
+WEIGHTED = ("conv2d", "dense")  # MAC-array kinds with a weight operand
+WINDOWED = WEIGHTED + ("pool",)  # kinds that reduce over taps on the MAC array into an accumulator
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """A layer as the planner and the model see it: an NCHW convolution (dense = 1x1 conv over N rows)."""
+    """A layer as the planner and the model see it: an NCHW convolution (dense = 1x1 conv over N rows).
 
-    kind: str  # "conv2d" | "dense"
+    The other kinds are convolutions without weights: a pool is a depthwise window (groups =
+    channels); elementwise (add/mul, `operands` = 2), lut (a resident `table_bytes` table) and
+    concat (copies) are 1x1 "convolutions" over `out_h` rows of `out_w` bytes with one channel.
+    """
+
+    kind: str  # "conv2d" | "dense" | "pool" | "elementwise" | "lut" | "concat"
     batch: int
     in_channels: int
     in_h: int
@@ -61,6 +76,13 @@ class Geometry:
     # CSR weights (tvm_npu.sparse): non-zeros per output channel and the column index width; empty = dense
     row_nonzeros: tuple[int, ...] = ()
     index_bytes: int = 0
+    operands: int = 1  # streamed input tensors of the same tile shape
+    table_bytes: int = 0  # a lookup table resident in SRAM for the whole layer
+    label: str = ""  # how describe() names a weightless layer
+
+    @property
+    def weighted(self) -> bool:
+        return self.kind in WEIGHTED
 
     @property
     def group_channels(self) -> int:
@@ -75,10 +97,15 @@ class Geometry:
         return self.group_channels * self.kernel[0] * self.kernel[1]
 
     @property
-    def macs(self) -> int:
-        """Multiply-accumulates the layer does: with CSR weights, only those of non-zero weights."""
+    def ops(self) -> int:
+        """Operations: MACs (with CSR weights, only those of non-zero weights), pooling window taps, or
+        elementwise results."""
         taps_sum = sum(self.row_nonzeros) if self.sparse else self.out_channels * self.taps
         return self.batch * self.out_h * self.out_w * taps_sum
+
+    @property
+    def macs(self) -> int:
+        return self.ops if self.weighted else 0
 
     @property
     def depthwise(self) -> bool:
@@ -90,7 +117,9 @@ class Geometry:
 
     def weight_bytes(self, channels: int | None = None, first: int = 0) -> int:
         """Weight + parameter bytes of output channels [first, first + channels): dense, or CSR's
-        values and indices of the non-zeros plus channels + 1 row pointers."""
+        values and indices of the non-zeros plus channels + 1 row pointers (a lookup table is not per tile)."""
+        if not self.weighted:
+            return 0
         channels = self.out_channels if channels is None else channels
         if not self.sparse:
             return channels * (self.taps + PARAM_BYTES_PER_CHANNEL)
@@ -111,7 +140,7 @@ class Geometry:
     @property
     def input_bytes(self) -> int:
         """The input the layer touches at least once (a strided 1x1 conv skips rows and columns)."""
-        return self.batch * self.in_channels * self._touched(0) * self._touched(1) * self.in_bytes
+        return self.operands * self.batch * self.in_channels * self._touched(0) * self._touched(1) * self.in_bytes
 
     def _touched(self, axis: int) -> int:
         out, k, s, d = ((self.out_h, self.out_w)[axis], self.kernel[axis], self.stride[axis], self.dilation[axis])
@@ -124,7 +153,7 @@ class Geometry:
 
     @property
     def compulsory_bytes(self) -> int:
-        return self.input_bytes + self.weight_bytes() + self.output_bytes
+        return self.input_bytes + self.weight_bytes() + self.table_bytes + self.output_bytes
 
     def rows_in(self, rows: int) -> int:
         """Padded input rows an output-row tile reads (with halo), as TVM compacts the tile buffer."""
@@ -148,12 +177,19 @@ class Geometry:
         return max(0, min(start + self.rows_in(rows), top + self.in_h) - max(start, top))
 
     def tile_in_channels(self, order: str, channels: int) -> int:
-        """Input channels an output-channel tile needs (all of them unless grouped and weights-outer)."""
-        if self.groups == 1 or order == "rows":
+        """Input channels an output-channel tile needs (all of them unless grouped and weights-outer;
+        a pool's channel tile reads its own channels in either order)."""
+        if self.groups == 1 or self.input_stationary(order):
             return self.in_channels
         return channels // self.per_group * self.group_channels
 
+    def input_stationary(self, order: str) -> bool:
+        """Whether the input rows stay in SRAM across the inner loop (rows outer, with weights to stream)."""
+        return order == "rows" and self.weighted
+
     def describe(self) -> str:
+        if self.label:
+            return self.label
         if self.kind == "dense":
             return f"dense {self.in_h}x{self.in_channels} -> {self.out_channels}"
         kh, kw = self.kernel
@@ -177,20 +213,22 @@ class Tiles:
 
 def footprint(g: Geometry, t: Tiles) -> dict[str, int]:
     """Planned SRAM bytes per buffer; streamed (inner-loop) buffers count twice (double buffering)."""
-    x = g.tile_in_channels(t.order, t.channels) * g.rows_in(t.rows) * g.cols_in * g.in_bytes
-    w, p = t.channels * g.taps, t.channels * PARAM_BYTES_PER_CHANNEL
+    x = g.operands * g.tile_in_channels(t.order, t.channels) * g.rows_in(t.rows) * g.cols_in * g.in_bytes
+    w, p = (t.channels * g.taps, t.channels * PARAM_BYTES_PER_CHANNEL) if g.weighted else (0, 0)
     if g.sparse:  # the tile's values and indices (sized for the fullest tile) and its row pointers
         w = g.csr_tile_capacity(t.channels) * (1 + g.index_bytes) + ROWPTR_BYTES * (t.channels + 1)
     trips = -(-g.out_h // t.rows) if t.order == "weights" else -(-g.out_channels // t.channels)
     inner = 2 if trips > 1 else 1  # slots of a double-buffered buffer (one inner tile: nothing to overlap)
-    xs, ws = (inner, 1) if t.order == "weights" else (1, inner)
-    return {
+    xs, ws = (1, inner) if g.input_stationary(t.order) else (inner, 1)
+    sizes = {
         "input": xs * x,
         "weights": ws * w,
         "params": ws * p,
-        "acc": ACC_BYTES * t.channels * t.rows * g.out_w,
+        "acc": ACC_BYTES * t.channels * t.rows * g.out_w if g.kind in WINDOWED else 0,
         "output": inner * t.channels * t.rows * g.out_w * g.out_bytes,
+        "table": g.table_bytes,
     }
+    return {name: size for name, size in sizes.items() if size or name in ("input", "output")}
 
 
 @dataclass
@@ -219,9 +257,37 @@ def _splits(extent: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(size, extent - s)) for s in range(0, extent, size)]
 
 
-def tile_compute_cycles(g: Geometry, channels, rows, config: NpuConfig):
-    """MAC-array cycles of a tile: output channels on the array's columns, output pixels on its rows."""
-    return np.ceil(np.asarray(channels) / config.mac_cols) * np.ceil(np.asarray(rows) * g.out_w / config.mac_rows) * g.taps
+def tile_sram_bytes(g: Geometry, order: str, channels, rows) -> np.ndarray:
+    """SRAM bytes a tile's compute moves: its input (with halo), weights and parameters and table
+    lookups read once each, and its accumulator and output written once each."""
+    channels, rows = np.asarray(channels, float), np.asarray(rows, float)
+    rows_in = np.array([g.rows_in(int(r)) for r in np.atleast_1d(rows)], float).reshape(rows.shape)
+    outputs = channels * rows * g.out_w
+    x = g.operands * g.tile_in_channels(order, channels) * rows_in * g.cols_in * g.in_bytes
+    w = channels * (g.taps + PARAM_BYTES_PER_CHANNEL) if g.weighted else 0.0
+    acc = ACC_BYTES * outputs if g.kind in WINDOWED else 0.0
+    lookups = outputs if g.table_bytes else 0.0
+    return x + w + lookups + acc + outputs * g.out_bytes
+
+
+def tile_compute_cycles(g: Geometry, order: str, channels, rows, config: NpuConfig) -> np.ndarray:
+    """Cycles of a tile's compute: the MAC array's (output channels on its columns, output pixels on its
+    rows, one tap per cycle; a tile narrower than the array folds more pixels onto the spare column
+    groups) or the vector unit's (one element per column per cycle), and never less than the tile's SRAM
+    traffic at sram_bytes_per_cycle."""
+    channels, rows = np.asarray(channels, float), np.asarray(rows, float)
+    if g.kind in WINDOWED:
+        fold = np.maximum(1.0, np.floor(config.mac_cols / channels))
+        array = np.ceil(channels / config.mac_cols) * np.ceil(rows * g.out_w / (config.mac_rows * fold)) * g.taps
+    else:
+        array = np.ceil(channels * rows * g.out_w / config.mac_cols)
+    return np.maximum(array, tile_sram_bytes(g, order, channels, rows) / config.sram_bytes_per_cycle)
+
+
+def compute_bound(g: Geometry, config: NpuConfig) -> float:
+    """The fewest compute cycles the layer can take: MACs (pool window taps) over the array, or
+    elementwise results over the vector unit."""
+    return g.ops / (config.macs_per_cycle if g.kind in WINDOWED else config.mac_cols)
 
 
 def csr_tile_compute_cycles(g: Geometry, first: int, channels: int, rows, config: NpuConfig):
@@ -248,8 +314,9 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
         real = np.array([g.real_rows(f, r) for f, r in row_tiles], float)
         for tile, count in chan_tiles.items():
             first, ch = tile if g.sparse else (0, tile)
-            x_in = real * g.real_cols * g.tile_in_channels("weights", ch) * g.in_bytes
-            c = csr_tile_compute_cycles(g, first, ch, rows, config) if g.sparse else tile_compute_cycles(g, ch, rows, config)
+            x_in = g.operands * real * g.real_cols * g.tile_in_channels("weights", ch) * g.in_bytes
+            c = csr_tile_compute_cycles(g, first, ch, rows, config) if g.sparse \
+                else tile_compute_cycles(g, "weights", ch, rows, config)
             out = ch * rows * g.out_w * g.out_bytes
             weights = g.weight_bytes(ch, first)
             cycles += count * (weights / bw + pipeline(x_in / bw, c, out / bw))
@@ -261,19 +328,25 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
         raise ValueError("CSR layers keep their weight tile stationary (order 'weights')")
     else:
         chans = np.array([c for _, c in _splits(g.out_channels, t.channels)], float)
-        w_in = chans * (g.taps + PARAM_BYTES_PER_CHANNEL)
         for (r, real), count in Counter((r, g.real_rows(f, r)) for f, r in row_tiles).items():
-            x_bytes = real * g.real_cols * g.in_channels * g.in_bytes
-            c = tile_compute_cycles(g, chans, r, config)
+            x_in = g.operands * real * g.real_cols * g.tile_in_channels("rows", chans) * g.in_bytes
+            if g.input_stationary("rows"):  # input rows stay, weight tiles stream
+                stationary, streamed = float(x_in), chans * (g.taps + PARAM_BYTES_PER_CHANNEL)
+            else:  # nothing to keep: input tiles stream
+                stationary, streamed = 0.0, x_in * np.ones_like(chans)
+            c = tile_compute_cycles(g, "rows", chans, r, config)
             out = chans * r * g.out_w * g.out_bytes
-            cycles += count * (x_bytes / bw + pipeline(w_in / bw, c, out / bw))
+            cycles += count * (stationary / bw + pipeline(streamed / bw, c, out / bw))
             compute += count * float(c.sum())
-            input_read += count * x_bytes
-            weight_read += count * int(w_in.sum())
+            if g.input_stationary("rows"):
+                input_read, weight_read = input_read + count * int(x_in), weight_read + count * int(streamed.sum())
+            else:
+                input_read, weight_read = input_read + count * int(streamed.sum()), weight_read + count * int(stationary)
             output_write += count * int(out.sum())
-    n = g.batch
+    n, table = g.batch, g.table_bytes  # a lookup table is loaded once, before the tile loops
     tiles = len(row_tiles) * sum(chan_tiles.values())
-    return LayerCost(n * cycles, n * compute, n * weight_read, n * input_read, n * output_write, n * tiles)
+    return LayerCost(n * cycles + table / bw, n * compute, n * weight_read + table, n * input_read,
+                     n * output_write, n * tiles)
 
 
 def extended_producer(producer: Geometry, consumer: Geometry) -> Geometry:
@@ -365,8 +438,8 @@ def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuC
     n = producer.batch
     dma_in = np.array([b.new_input_real for b in bands], float) * px.real_cols * px.in_channels * px.in_bytes
     dma_out = np.array([b.rows for b in bands], float) * consumer.out_w * consumer.out_channels * consumer.out_bytes
-    compute_p = np.array([float(tile_compute_cycles(px, producer.out_channels, b.new_intermediate, config)) for b in bands])
-    compute_c = np.array([float(tile_compute_cycles(consumer, consumer.out_channels, b.rows, config)) for b in bands])
+    compute_p = np.array([float(tile_compute_cycles(px, "weights", producer.out_channels, b.new_intermediate, config)) for b in bands])
+    compute_c = np.array([float(tile_compute_cycles(consumer, "weights", consumer.out_channels, b.rows, config)) for b in bands])
     compute = compute_p + compute_c
     if input_rolls:
         body = dma_in.sum() / bw + pipeline(np.zeros(len(bands)), compute, dma_out / bw)
@@ -487,6 +560,10 @@ def roofline(compulsory_bytes: int, macs: int, config: NpuConfig) -> float:
     return max(compulsory_bytes / config.dram_bytes_per_cycle, macs / config.macs_per_cycle)
 
 
+def layer_roofline(g: Geometry, config: NpuConfig) -> float:
+    return max(g.compulsory_bytes / config.dram_bytes_per_cycle, compute_bound(g, config))
+
+
 def estimate(layers, config: NpuConfig) -> ModelEstimate:
     """The model for planned layers (tvm_npu.plan.LayerPlan): tiled ones by their tiles, the others streamed."""
     result = ModelEstimate(config)
@@ -503,7 +580,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             cost, neighbour = (costs[0], fused.consumer) if first else (costs[1], fused.producer)
             g = p.geometry
             result.layers.append(LayerEstimate(
-                f"{p.row}:{p.name}", p.kernel, p.placement, g.describe(),
+                p.label, p.kernel, p.placement, g.describe(),
                 f"cascade {fused.index} {'into' if first else 'from'} {neighbour.row}, {fused.rows} rows",
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 compulsory[0 if first else 1], bound * (share if first else 1 - share), p.sram_planned, p.sram_proven,
@@ -512,11 +589,12 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
         elif p.geometry is not None and p.tiles is not None and p.placement == "npu":
             g, cost = p.geometry, layer_cost(p.geometry, p.tiles, config)
             t = p.tiles
+            outer = t.order if g.weighted else {"weights": "channels", "rows": "rows"}[t.order]
             result.layers.append(LayerEstimate(
-                f"{p.row}:{p.name}", p.kernel, p.placement, g.describe(),
-                f"{t.rows} rows x {t.channels} ch, {t.order} outer",
+                p.label, p.kernel, p.placement, g.describe(),
+                f"{t.rows} rows x {t.channels} ch, {outer} outer",
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
-                g.compulsory_bytes, roofline(g.compulsory_bytes, g.macs, config), p.sram_planned, p.sram_proven,
+                g.compulsory_bytes, layer_roofline(g, config), p.sram_planned, p.sram_proven,
                 p.weights.get("original", 0), p.weights.get("encoded", 0),
             ))
         else:
@@ -529,7 +607,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             compute = s["ops"] / config.mac_cols
             cycles = max(bound, compute) if on_npu else 0.0
             result.layers.append(LayerEstimate(
-                f"{p.row}:{p.name}", p.kernel, p.placement, s["shape"], "not tiled" if on_npu else f"cpu: {p.reason}",
+                p.label, p.kernel, p.placement, s["shape"], "not tiled" if on_npu else f"cpu: {p.reason}",
                 0, cycles, compute if on_npu else 0.0, 0, s["read"] if on_npu else 0, s["write"] if on_npu else 0,
                 compulsory if on_npu else 0, bound if on_npu else 0.0, None, None,
             ))

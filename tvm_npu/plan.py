@@ -45,11 +45,12 @@ class LayerPlan:
     row: int = -1  # index of this operator in the offload report (binding names repeat across blocks)
     weights: dict = field(default_factory=dict)  # weight bytes original/encoded, zeros, dense-vs-variant choice
     cascade: object = None  # tvm_npu.cascade.Cascade fusing this layer with its neighbour, if any
+    label: str = ""  # what reports call the layer: its ONNX node, else kind and index ("pool_2")
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "row": self.row, "kernel": self.kernel, "placement": self.placement, "reason": self.reason,
-            "geometry": None if self.geometry is None else
+            "name": self.name, "label": self.label, "row": self.row, "kernel": self.kernel, "placement": self.placement,
+            "reason": self.reason, "geometry": None if self.geometry is None else
             {k: v for k, v in self.geometry.__dict__.items() if k != "row_nonzeros"},  # per channel: too long
             "tiles": None if self.tiles is None else self.tiles.__dict__,
             "sram_planned": self.sram_planned, "sram_proven": self.sram_proven, "weights": self.weights,
@@ -61,6 +62,7 @@ def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False,
     if sparse not in SPARSE_MODES:
         raise NpuError(f"unknown sparse mode {sparse!r}; choose one of {', '.join(SPARSE_MODES)}")
     plans = []
+    per_kind: dict[str, int] = {}
     row = -1  # the offload report's row: it lists every call binding of main, in order
     for block in mod["main"].body.blocks:
         for binding in block.bindings:
@@ -71,13 +73,17 @@ def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False,
             func = mod[call.op]
             if not (isinstance(func, relax.Function) and func.attrs and "Composite" in func.attrs):
                 continue
-            npu_kernel = kernel(str(func.attrs["Composite"]))
-            params = npu_kernel.params(Composite(func))
+            npu_kernel, composite = kernel(str(func.attrs["Composite"])), Composite(func)
+            params = npu_kernel.params(composite)
             inputs = [(tuple(int(d) for d in a.ty.shape), str(a.ty.dtype)) for a in call.args]
+            kind = npu_kernel.name.removeprefix("npu.")
+            per_kind[kind] = per_kind.get(kind, -1) + 1
             layer = LayerPlan(binding.var.name, call.op.name_hint, npu_kernel.name, row=row,
-                              stream=_stream(params, inputs, call))
+                              stream=_stream(params, inputs, call),
+                              label=composite.onnx_name() or f"{kind}_{per_kind[kind]}")
             if npu_kernel.geometry is not None:
-                layer.geometry = npu_kernel.geometry(params, inputs)
+                layer.geometry = npu_kernel.geometry(params, inputs)  # None: this instance cannot be tiled
+            if layer.geometry is not None:
                 _choose_variant(layer, npu_kernel, params, inputs, config, sparse)
                 _choose(layer, config, allow_cpu_fallback)
             plans.append(layer)
@@ -175,7 +181,7 @@ def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool) -> No
         layer.tiles = tiles
         layer.sram_planned = sum(footprint(layer.geometry, tiles).values())
         return
-    problem = (f"layer {layer.name} ({layer.geometry.describe()}) needs at least {smallest} B of SRAM in its "
+    problem = (f"layer {layer.label or layer.name} ({layer.geometry.describe()}) needs at least {smallest} B of SRAM in its "
                f"smallest tiling, but npu/{config.name} has {config.sram_bytes} B")
     if not allow_cpu_fallback:
         raise NpuError(f"{problem}; raise --target-npu-sram-kib or pass --allow-cpu-fallback to run it on the CPU")

@@ -49,7 +49,8 @@ class NpuKernel:
     compute: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], tvm.tirx.PrimFunc]
     reference: Callable[[KernelParams, list[np.ndarray]], np.ndarray]  # integer-exact twin of compute
     # SRAM tiling (optional; a kernel without them runs untiled and the report says "not tiled"):
-    # geometry(params, inputs) -> tvm_npu.perf.Geometry, what the planner tiles and the model costs;
+    # geometry(params, inputs) -> tvm_npu.perf.Geometry, what the planner tiles and the model costs
+    # (None for an instance that cannot be tiled, e.g. a rank-0 tensor);
     # schedule(primfunc, tiles: tvm_npu.perf.Tiles) -> the PrimFunc with its SRAM-tiled schedule.
     geometry: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], object] | None = None
     schedule: Callable[[tvm.tirx.PrimFunc, object], tvm.tirx.PrimFunc] | None = None
@@ -196,6 +197,11 @@ class Composite:
     def activation_input(self, dq: relax.Call) -> tuple[float, int]:
         scale, zp = self.quant(dq)
         return float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
+
+    def onnx_name(self) -> str | None:
+        """The ONNX node whose result the composite's output quantize holds (recorded by import_onnx)."""
+        span = self.value(self.func.body.body).span
+        return span.source_name.name if span is not None else None
 
     def output(self) -> tuple[float, int, str, int, int]:
         """The output quantize's (scale, zero point, dtype) and the clamp a fused activation implies."""

@@ -71,6 +71,35 @@ def finish_tile_loops(sch: s_tir.Schedule, y, y_out, outer, inner, loads: set[st
     return sch.mod["main"]
 
 
+def stream_tiles(func: tirx.PrimFunc, tiles, row_axis: int, stationary: frozenset[str] = frozenset(),
+                 inside: int | None = None) -> tirx.PrimFunc:
+    """The SRAM schedule of a one-block kernel `Y` without weights (elementwise, lookup table, concat):
+    tiles of `tiles.rows` along dimension `row_axis` (`inside`: an earlier dimension moved into the
+    tile, concat's axis). Every buffer Y reads streams into SRAM per tile, except those named in
+    `stationary` (a lookup table: its index is data, so it is staged whole, once per layer,
+    before the tile loops); the output tile is written back from
+    SRAM. With one channel, the channel-tile loop is a unit loop: outer in order "weights" (the row
+    tiles are double-buffered), inner in order "rows" (the row tiles run in parallel on the host)."""
+    sch = s_tir.Schedule(func)
+    y = sch.get_sblock("Y")
+    loops = sch.get_loops(y)
+    rows_outer, rows_inner = sch.split(loops[row_axis], [None, tiles.rows])
+    if inside is not None:
+        sch.reorder(rows_outer, loops[inside])
+    unit = sch.add_unit_loop(rows_outer if tiles.order == "weights" else rows_inner if inside is None else loops[inside])
+    outer, inner = (unit, rows_outer) if tiles.order == "weights" else (rows_outer, unit)
+    y_out = sch.cache_write(y, 0, SRAM_SCOPE)
+    sch.reverse_compute_at(y_out, inner)
+    loads = set()
+    for name in [region.source.name for region in sch.get(y).reads]:
+        index = [region.source.name for region in sch.get(y).reads].index(name)
+        block = sch.cache_read(y, index, SRAM_SCOPE)
+        if name not in stationary:
+            sch.compute_at(block, inner)
+            loads.add(sch.get(block).name_hint)
+    return finish_tile_loops(sch, y, y_out, outer, inner, loads, tile_loops=row_axis - (inside is not None) + 2)
+
+
 _LOWER_TO_ALLOCATIONS = (
     s_tir.transform.CanonicalizeLoop,
     s_tir.transform.LowerInitBlock,
