@@ -184,8 +184,8 @@ def test_report_marks_cascaded_layers(chain_packages):
     table = report(metadata)
     assert "Cascaded layers              2 in 1 cascades" in table
     producer, consumer = (r for r in json.loads(report(metadata, "json"))["layers"] if r["cascade"])
-    assert f"cascade 0 into {consumer['name'].split(':')[0]}" in table
-    assert f"cascade 0 from {producer['name'].split(':')[0]}" in table
+    assert f"cascade 0 into {consumer['name']}" in table
+    assert f"cascade 0 from {producer['name']}" in table
     assert "Cascaded layers              0 in 0 cascades" in report(chain_packages[False].metadata)
 
 
