@@ -190,7 +190,7 @@ def check_presets(case: Case) -> list[str]:
         if cost.cycles < cost.roofline_cycles - 1e-9 or cost.roofline_cycles <= 0:
             raise ConformanceError(f"{case.where()}, npu/{config.name}: modelled {cost.cycles:.1f} cycles below the "
                                    f"roofline bound {cost.roofline_cycles:.1f}")
-        if case.kernel.schedule is None:
+        if layer.tiles is None:  # a kernel without a schedule, or an instance it cannot tile
             done.append(f"npu/{config.name}: not tiled, {cost.cycles:.0f} cycles >= roofline {cost.roofline_cycles:.0f}")
             continue
         for tiles in (layer.tiles, uneven_tiles(layer.geometry, config)):
