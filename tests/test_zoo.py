@@ -122,3 +122,17 @@ def test_default_model_runs_in_onnxruntime_and_openvino():
     compiled = core.compile_model(core.read_model(model=model.SerializeToString()), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled(x)[0], probs, rtol=1e-4, atol=1e-6)
+
+
+def test_mobilenet_model_is_a_seeded_depthwise_separable_network():
+    model = zoo.make_mobilenet_model()
+    onnx.checker.check_model(model, full_check=True)
+    assert model.SerializeToString() == zoo.make_mobilenet_model().SerializeToString()  # deterministic
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs]
+    assert len(convs) == 27 and sum(g > 1 for g in groups) == 13  # stem + 13 x (depthwise 3x3, pointwise 1x1)
+    assert sum(n.op_type == "Clip" for n in model.graph.node) == 27  # ReLU6 after every conv
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    x = np.random.default_rng(0).random((1, 3, 128, 128), np.float32)
+    logits = _run_ort(model, {"input": x})
+    assert logits.shape == (1, 100) and logits.std() > 0.01  # random weights reach the output

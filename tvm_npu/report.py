@@ -28,7 +28,7 @@ def performance(metadata: PackageMetadata) -> dict:
     return perf
 
 
-def _cpu_operator_counts(metadata: PackageMetadata) -> tuple[int, int]:
+def cpu_operator_counts(metadata: PackageMetadata) -> tuple[int, int]:
     """(CPU operators, quantize/dequantize boundaries) from the compile's offload report."""
     cpu = [row for row in metadata.extra.get("operators", []) if row["runs_on"] == "cpu"]
     boundaries = sum(row["ops"] in (["relax.quantize"], ["relax.dequantize"]) for row in cpu)
@@ -37,7 +37,7 @@ def _cpu_operator_counts(metadata: PackageMetadata) -> tuple[int, int]:
 
 def summary_text(metadata: PackageMetadata) -> str:
     s = performance(metadata)["summary"]
-    cpu_operators, boundaries = _cpu_operator_counts(metadata)
+    cpu_operators, boundaries = cpu_operator_counts(metadata)
     config = metadata.npu_config
     kib = 1024
     return "\n".join([

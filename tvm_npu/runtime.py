@@ -7,7 +7,8 @@ package's interface (names, shapes, dtypes) before anything reaches TVM.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,16 @@ class Timings:
         return f"Execution time summary:\n{header}\n{values}"
 
 
+@dataclass(frozen=True)
+class LayerTime:
+    """One VM call of a profiled inference: the called function's symbol (an NPU kernel such as
+    `npu_conv2d_3`, a TVM-generated CPU function, or a `vm.builtin.*`), its host time and output shape."""
+
+    symbol: str
+    ms: float
+    shape: tuple[int, ...]
+
+
 class CompiledModel:
     """A loaded package, ready to run on the host CPU."""
 
@@ -74,6 +85,35 @@ class CompiledModel:
             raise NpuError(f"--repeat and --number must be at least 1, got {repeat} and {number}")
         evaluator = self._vm.time_evaluator("main", self.device, number=number, repeat=repeat)
         return Timings(np.array(evaluator(*self._to_device(inputs)).results) * 1e3)
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
+        """A no-argument call running one inference on `inputs`, copied to the device once
+        (timing loops that interleave runtimes time each call themselves)."""
+        main, args = self._vm["main"], self._to_device(inputs)
+        return lambda: main(*args)
+
+    def profile(self, inputs: Mapping[str, np.ndarray]) -> list[LayerTime]:
+        """Host time of every VM call (kernels, TVM-generated CPU functions, VM builtins) in one
+        inference, in call order. A Python hook times each call, adding a few microseconds to each."""
+        calls: list[LayerTime] = []
+        started: list[float] = []
+
+        def instrument(func, symbol, before_run, ret_value, *args):
+            if before_run:
+                started.append(time.perf_counter())
+            else:
+                tensors = [a for a in args if isinstance(a, tvm.runtime.Tensor)]
+                shape = tuple(tensors[-1].shape) if tensors else ()  # call_tir passes its output last
+                calls.append(LayerTime(str(symbol), (time.perf_counter() - started.pop()) * 1e3, shape))
+            return 0  # VMInstrumentReturnKind.NO_OP
+
+        run = self.bind(inputs)
+        self._vm.set_instrument(instrument)
+        try:
+            run()
+        finally:
+            self._vm.set_instrument(None)
+        return calls
 
     def _to_device(self, inputs: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
         check_inputs(self.inputs, inputs)

@@ -213,6 +213,44 @@ def default_model_path() -> pathlib.Path:
     return pathlib.Path(__file__).parent / "data" / "default_model.onnx"
 
 
+class _GraphMaker:
+    """Builds an FP32 ONNX graph node by node; weights start as zeros for `randomize_weights`."""
+
+    def __init__(self):
+        self.nodes, self.initializers = [], []
+
+    def const(self, name, array):
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        return name
+
+    def op(self, op_type, name, *inputs, **attrs):
+        self.nodes.append(helper.make_node(op_type, list(inputs), [name], name=name, **attrs))
+        return name
+
+    def conv(self, name, x, cin, cout, k, stride=1, group=1, bias=False):
+        inputs = [x, self.const(f"{name}.weight", np.zeros((cout, cin // group, k, k)))]
+        if bias:
+            inputs.append(self.const(f"{name}.bias", np.zeros(cout)))
+        return self.op("Conv", name, *inputs, kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4,
+                       group=group)
+
+    def conv_bn(self, name, bn, x, cin, cout, k, stride=1, group=1):
+        y = self.conv(name, x, cin, cout, k, stride, group)
+        params = [self.const(f"{bn}.{p}", np.zeros(cout)) for p in ("scale", "bias", "mean", "var")]
+        return self.op("BatchNormalization", bn, y, *params)
+
+    def relu6(self, name, x):
+        return self.op("Clip", name, x, self.const(f"{name}.min", 0.0), self.const(f"{name}.max", 6.0))
+
+    def model(self, name, input_shape, output_name, output_shape, seed):
+        graph = helper.make_graph(
+            self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+            [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)], self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7,
+                                  producer_name="tvm_npu.zoo")
+        return randomize_weights(model, seed)
+
+
 def make_default_model(seed: int = 0) -> onnx.ModelProto:
     """A small FP32 MobileNet/ResNet-style classifier: input [1,3,64,64] -> 10 softmax probs.
 
@@ -220,43 +258,42 @@ def make_default_model(seed: int = 0) -> onnx.ModelProto:
     biased convs, BatchNormalization, Relu, ReLU6 (Clip), a residual Add, MaxPool,
     GlobalAveragePool, Flatten, Gemm and Softmax. Weights come from `randomize_weights`.
     """
-    nodes, initializers = [], []
+    g = _GraphMaker()
+    x = g.op("Relu", "stem.relu", g.conv_bn("stem.conv", "stem.bn", "input", 3, 16, 3, stride=2))  # 16x32x32
+    x = g.conv_bn("dw.conv", "dw.bn", x, 16, 16, 3, group=16)
+    x = g.relu6("dw.relu6", x)
+    x = g.op("Relu", "pw.relu", g.conv_bn("pw.conv", "pw.bn", x, 16, 32, 1))  # 32x32x32
+    y = g.op("Relu", "block1.relu1", g.conv_bn("block1.conv1", "block1.bn1", x, 32, 32, 3))
+    y = g.op("Add", "block1.add", g.conv_bn("block1.conv2", "block1.bn2", y, 32, 32, 3), x)
+    x = g.op("Relu", "block1.relu", y)
+    x = g.op("MaxPool", "pool", x, kernel_shape=[2, 2], strides=[2, 2])  # 32x16x16
+    x = g.op("Relu", "expand.relu", g.conv("expand.conv", x, 32, 64, 1, bias=True))  # 64x16x16
+    x = g.op("Flatten", "flatten", g.op("GlobalAveragePool", "gap", x))
+    x = g.op("Gemm", "fc", x, g.const("fc.weight", np.zeros((10, 64))), g.const("fc.bias", np.zeros(10)), transB=1)
+    g.op("Softmax", "probs", x, axis=1)
+    return g.model("tvm_npu_default", [1, 3, 64, 64], "probs", [1, 10], seed)
 
-    def const(name, array):
-        initializers.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
-        return name
 
-    def op(op_type, name, *inputs, **attrs):
-        nodes.append(helper.make_node(op_type, list(inputs), [name], name=name, **attrs))
-        return name
+# MobileNetV1's body at width 0.5: (output channels, stride) of each depthwise-separable block.
+_MOBILENET_BLOCKS = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2),
+                     (256, 1), (256, 1), (256, 1), (256, 1), (256, 1), (512, 2), (512, 1))
 
-    def conv(name, x, cin, cout, k, stride=1, group=1, bias=False):
-        inputs = [x, const(f"{name}.weight", np.zeros((cout, cin // group, k, k)))]
-        if bias:
-            inputs.append(const(f"{name}.bias", np.zeros(cout)))
-        return op("Conv", name, *inputs, kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group)
 
-    def conv_bn(name, bn, x, cin, cout, k, stride=1, group=1):
-        y = conv(name, x, cin, cout, k, stride, group)
-        params = [const(f"{bn}.{p}", np.zeros(cout)) for p in ("scale", "bias", "mean", "var")]
-        return op("BatchNormalization", bn, y, *params)
+def make_mobilenet_model(seed: int = 0, size: int = 128, classes: int = 100) -> onnx.ModelProto:
+    """A MobileNetV1-style FP32 classifier (width 0.5): input [1,3,size,size] -> `classes` logits.
 
-    x = op("Relu", "stem.relu", conv_bn("stem.conv", "stem.bn", "input", 3, 16, 3, stride=2))  # 16x32x32
-    x = conv_bn("dw.conv", "dw.bn", x, 16, 16, 3, group=16)
-    x = op("Clip", "dw.relu6", x, const("dw.relu6.min", 0.0), const("dw.relu6.max", 6.0))
-    x = op("Relu", "pw.relu", conv_bn("pw.conv", "pw.bn", x, 16, 32, 1))  # 32x32x32
-    y = op("Relu", "block1.relu1", conv_bn("block1.conv1", "block1.bn1", x, 32, 32, 3))
-    y = op("Add", "block1.add", conv_bn("block1.conv2", "block1.bn2", y, 32, 32, 3), x)
-    x = op("Relu", "block1.relu", y)
-    x = op("MaxPool", "pool", x, kernel_shape=[2, 2], strides=[2, 2])  # 32x16x16
-    x = op("Relu", "expand.relu", conv("expand.conv", x, 32, 64, 1, bias=True))  # 64x16x16
-    x = op("Flatten", "flatten", op("GlobalAveragePool", "gap", x))
-    x = op("Gemm", "fc", x, const("fc.weight", np.zeros((10, 64))), const("fc.bias", np.zeros(10)), transB=1)
-    op("Softmax", "probs", x, axis=1)
-
-    graph = helper.make_graph(
-        nodes, "tvm_npu_default", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 10])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7,
-                              producer_name="tvm_npu.zoo")
-    return randomize_weights(model, seed)
+    A strided 3x3 conv stem, 13 depthwise 3x3 + pointwise 1x1 blocks with ReLU6, global
+    average pool and Gemm; biased convs and no BatchNormalization (as if BN were folded).
+    Seeded weights from `randomize_weights`; nothing is downloaded.
+    """
+    g = _GraphMaker()
+    x = g.relu6("stem.relu6", g.conv("stem.conv", "input", 3, 16, 3, stride=2, bias=True))
+    channels = 16
+    for i, (out, stride) in enumerate(_MOBILENET_BLOCKS, 1):
+        x = g.relu6(f"block{i}.dw.relu6", g.conv(f"block{i}.dw", x, channels, channels, 3, stride, channels, bias=True))
+        x = g.relu6(f"block{i}.pw.relu6", g.conv(f"block{i}.pw", x, channels, out, 1, bias=True))
+        channels = out
+    x = g.op("Flatten", "flatten", g.op("GlobalAveragePool", "gap", x))
+    g.op("Gemm", "logits", x, g.const("fc.weight", np.zeros((classes, channels))), g.const("fc.bias", np.zeros(classes)),
+         transB=1)
+    return g.model("tvm_npu_mobilenet", [1, 3, size, size], "logits", [1, classes], seed)
