@@ -14,7 +14,7 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation, random_weight
-from tvm_npu.perf import Geometry, Tiles
+from tvm_npu.perf import Geometry, Tiles, window_span
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -143,13 +143,16 @@ def tensors(p: KernelParams, x: te.Tensor, tag: str = ""):
     x_dtype = x.dtype
     out_channels, group_channels, kh, kw = w_np.shape
     per_group = out_channels // a["groups"]
-    (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["strides"], a["padding"], a["dilation"]
+    (sh, sw), (pt, pl, _, _), (dh, dw) = a["strides"], a["padding"], a["dilation"]
     shape = out_shape(a, tuple(int(d) for d in x.shape), w_np.shape)
     w = te.placeholder(w_np.shape, "int8", "W" + tag)
     bias, mult, shift = (te.placeholder((out_channels,), "int64", n + tag) for n in ("B", "M", "S"))
     # The padded input stays 8-bit and pads with zx (real 0): it is the tile the SRAM schedule stages.
+    # It ends at the last row and column a window reads (window_span), not at the padded edge: rows past
+    # the last window (a stride that does not divide the padded height) widen the short last row tile's
+    # predicate beyond what the tile reads, and TVM then compacts Xp's SRAM buffer past perf.footprint.
     xp = te.compute(
-        (shape[0], c_in, height + pt + pb, width + pl + pr),
+        (shape[0], c_in, window_span(shape[2], kh, sh, dh), window_span(shape[3], kw, sw, dw)),
         lambda n, c, h, w_: tirx.if_then_else(
             tirx.all(h >= pt, h < pt + height, w_ >= pl, w_ < pl + width),
             x[n, c, h - pt, w_ - pl],

@@ -21,7 +21,7 @@ from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import quantized_operator, random_activation
-from tvm_npu.perf import Geometry, Tiles
+from tvm_npu.perf import Geometry, Tiles, window_span
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -108,15 +108,16 @@ def _rounded_divide(num, den, floordiv):
 def compute(p: KernelParams, inputs):
     ((x_shape, x_dtype),) = inputs
     a = p.attrs
-    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = a["pool"], a["strides"], a["dilation"], a["padding"]
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = a["pool"], a["strides"], a["dilation"], a["padding"]
     n_, c_, height, width = x_shape
     shape = out_shape(a, x_shape)
     x = te.placeholder(x_shape, x_dtype, "X")
     # Padding that never wins a max (the dtype's minimum) or adds nothing to a sum (zx): the padded
-    # input stays 8-bit, as the tile the SRAM schedule stages.
+    # input stays 8-bit, as the tile the SRAM schedule stages. It ends at the last row and column a window
+    # reads, as npu.conv2d's (window_span: rows past it would let TVM compact a short last row tile larger).
     fill = tirx.const(int(np.iinfo(x_dtype).min) if a["mode"] == "max" else a["zx"], x_dtype)
     xp = te.compute(
-        (n_, c_, height + pt + pb, width + pl + pr),
+        (n_, c_, window_span(shape[2], kh, sh, dh), window_span(shape[3], kw, sw, dw)),
         lambda n, c, h, w: tirx.if_then_else(
             tirx.all(h >= pt, h < pt + height, w >= pl, w < pl + width), x[n, c, h - pt, w - pl], fill),
         name="Xp",

@@ -17,7 +17,7 @@ from tvm_npu.plan import LayerPlan, _choose, choose_tiles
 from tvm_npu.registry import kernel, kernels
 from tvm_npu.sram import prove_footprint
 from tvm_npu.target import resolve_target
-from test_kernels import CASES
+from test_kernels import CASES, conv2d_case, pool_case
 
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 
@@ -53,6 +53,27 @@ def test_scheduled_kernel_is_bit_exact_and_its_sram_proof_equals_the_plan(name, 
     proof = prove_footprint(scheduled)
     assert proof.total == sum(footprint(g, tiles).values()), proof.buffers
     assert all(size > 0 for _, size in proof.buffers) and len(proof.buffers) >= len(footprint(g, tiles))
+
+
+# Stride 2 over a padded height of 8 reads rows 0-6 only (3 output rows), and 2-row tiles leave a short last one:
+# a padded input reaching the unread row 7 made TVM compact Xp to 9 rows where the plan has 5.
+STRIDED_SHORT_LAST_TILE = {
+    "npu.conv2d": lambda rng: conv2d_case(rng, c=9, o=6, hw=(7, 6), k=3, stride=2, pad=(0, 2, 1, 2), dilation=1),
+    "npu.pool": lambda rng: pool_case(rng, mode="max", c=3, hw=(7, 7), k=3, stride=2, pad=(0, 0, 1, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRIDED_SHORT_LAST_TILE))
+@pytest.mark.parametrize("order", ["weights", "rows"])
+def test_strided_window_with_unread_padded_rows_and_a_short_last_tile_allocates_the_plan(name, order):
+    params, inputs = STRIDED_SHORT_LAST_TILE[name](np.random.default_rng(7))
+    g = kernel(name).geometry(params, [(x.shape, str(x.dtype)) for x in inputs])
+    assert (g.out_h, g.in_h + g.padding[0] + g.padding[2], g.rows_in(g.out_h)) == (3, 8, 7)  # the shape described
+    tiles = Tiles(2, 4 if name == "npu.conv2d" else 2, order)
+    scheduled, ours, expected = _run_scheduled(name, params, inputs, tiles)
+    np.testing.assert_array_equal(ours, expected)
+    proof = prove_footprint(scheduled)
+    assert proof.total == sum(footprint(g, tiles).values()), proof.buffers
 
 
 WEIGHTLESS = [n for n in TILED if n not in ("npu.conv2d", "npu.dense")]

@@ -49,6 +49,12 @@ WEIGHTED = ("conv2d", "dense")  # MAC-array kinds with a weight operand
 WINDOWED = WEIGHTED + ("pool",)  # kinds that reduce over taps on the MAC array into an accumulator
 
 
+def window_span(outputs: int, kernel: int, stride: int, dilation: int) -> int:
+    """Input positions (padding included) from the first a sliding window over `outputs` outputs reads
+    to the last: the extent of a padded input tile, and of the whole padded input the kernels stage."""
+    return (outputs - 1) * stride + (kernel - 1) * dilation + 1
+
+
 @dataclass(frozen=True)
 class Geometry:
     """A layer as the planner and the model see it: an NCHW convolution (dense = 1x1 conv over N rows).
@@ -158,12 +164,12 @@ class Geometry:
     def rows_in(self, rows: int) -> int:
         """Padded input rows an output-row tile reads (with halo), as TVM compacts the tile buffer."""
         (kh, _), (sh, _), (dh, _) = self.kernel, self.stride, self.dilation
-        return min((rows - 1) * sh + (kh - 1) * dh + 1, self.in_h + self.padding[0] + self.padding[2])
+        return min(window_span(rows, kh, sh, dh), self.in_h + self.padding[0] + self.padding[2])
 
     @property
     def cols_in(self) -> int:
         (_, kw), (_, sw), (_, dw) = self.kernel, self.stride, self.dilation
-        return (self.out_w - 1) * sw + (kw - 1) * dw + 1
+        return window_span(self.out_w, kw, sw, dw)
 
     @property
     def real_cols(self) -> int:

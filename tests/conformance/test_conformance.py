@@ -16,30 +16,17 @@ import pytest
 from tvm_npu import conformance
 from tvm_npu.registry import kernel, kernels
 
-# (kernel, seed, example) -> the check a known bug fails, found by this harness in code outside it. Strict
-# xfails: the fix turns them into XPASS failures, and the entry goes.
-KNOWN_BUGS = {
-    ("npu.conv2d", 0, "random_3x3_stride2"): "presets",
-}
-KNOWN_BUG_REASON = ("conv2d SRAM schedule: with stride 2 and a short last row tile the lowered TIR allocates a "
-                    "larger padded-input tile than perf.footprint plans (2070 B proven > 1422 B planned)")
-
-
 @cache
 def _case(name: str, seed: int, index: int) -> conformance.Case:
     npu_kernel = kernel(name)
     return conformance.prepare(npu_kernel, conformance.examples(npu_kernel, seed)[index])
 
 
-def _params(seeds, check: str):
+def _params(seeds):
     found = []
     for npu_kernel, seed, index in conformance.cases(seeds):
         example = conformance.examples(npu_kernel, seed)[index]
-        marks = []
-        if KNOWN_BUGS.get((npu_kernel.name, seed, example.name)) == check:
-            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_BUG_REASON, raises=conformance.ConformanceError))
-        found.append(pytest.param(npu_kernel.name, seed, index, id=f"{npu_kernel.name}-seed{seed}-{example.name}",
-                                  marks=marks))
+        found.append(pytest.param(npu_kernel.name, seed, index, id=f"{npu_kernel.name}-seed{seed}-{example.name}"))
     return found
 
 
@@ -49,23 +36,23 @@ def test_every_kernel_declares_examples_and_limits():
         assert npu_kernel.limits, f"{npu_kernel.name} declares no limits for SUPPORTED_OPS.md (CONTRIBUTING.md)"
 
 
-@pytest.mark.parametrize("name, seed, index", _params(conformance.DEFAULT_SEEDS, "default"))
+@pytest.mark.parametrize("name, seed, index", _params(conformance.DEFAULT_SEEDS))
 def test_lands_on_kernel_and_default_schedule_is_exact(name, seed, index):
     conformance.check_default(_case(name, seed, index))
 
 
-@pytest.mark.parametrize("name, seed, index", _params(conformance.DEFAULT_SEEDS, "presets"))
+@pytest.mark.parametrize("name, seed, index", _params(conformance.DEFAULT_SEEDS))
 def test_every_preset_plans_proves_and_stays_exact(name, seed, index):
     print("\n".join(conformance.check_presets(_case(name, seed, index))))
 
 
-@pytest.mark.parametrize("name, seed, index", _params(conformance.DEFAULT_SEEDS, "openvino"))
+@pytest.mark.parametrize("name, seed, index", _params(conformance.DEFAULT_SEEDS))
 def test_compiled_example_matches_openvino(name, seed, index):
     print(conformance.check_openvino(_case(name, seed, index)))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, seed, index", _params(conformance.SWEEP_SEEDS, "sweep"))
+@pytest.mark.parametrize("name, seed, index", _params(conformance.SWEEP_SEEDS))
 def test_sweep(name, seed, index):
     case = _case(name, seed, index)
     conformance.check_default(case)
