@@ -21,7 +21,7 @@ from onnx.external_data_helper import load_external_data_for_model, uses_externa
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from .errors import NpuError, first_line
+from .errors import NpuError, first_line, one_line
 
 _SHAPE_ENTRY = re.compile(r"\s*(?P<name>[^\s\[\]]+?):(?P<shape>\[[^\]]*\])\s*")
 
@@ -121,8 +121,10 @@ def import_onnx(loaded: OnnxModel) -> ImportedModel:
 
 def _load(path: Path) -> onnx.ModelProto:
     """The parsed, checked model with any external data inlined."""
-    if not path.is_file():
+    if not path.exists():
         raise NpuError(f"model file {path} does not exist; check the path")
+    if not path.is_file():
+        raise NpuError(f"model path {path} is not a regular file; give the .onnx file itself")
     data = path.read_bytes()
     if not data:
         raise NpuError(f"model file {path} is empty; re-export the model")
@@ -132,13 +134,26 @@ def _load(path: Path) -> onnx.ModelProto:
         raise NpuError(f"{path} is not a valid ONNX model ({first_line(err)}); re-export it from your framework") from None
     if not model.graph.node:
         raise NpuError(f"{path} holds no ONNX graph (truncated or not an ONNX file); re-export the model")
+    _check_opset(model, path)
     if any(uses_external_data(init) for init in model.graph.initializer):
         _load_external_data(model, path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
-        raise NpuError(f"{path} is not a valid ONNX model: {first_line(err)}; re-export it") from None
+        raise NpuError(f"{path} is not a valid ONNX model: {one_line(err)}; re-export it") from None
     return model
+
+
+def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+    """An opset newer than the installed onnx knows has no operator definitions to check against."""
+    newest = onnx.defs.onnx_opset_version()
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or not 1 <= opset <= newest:
+        raise NpuError(
+            f"{path} declares ONNX opset {opset}, but opsets 1 to {newest} are supported; "
+            f"re-export it with opset {newest} or older"
+        )
+
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -154,8 +169,8 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             )
     try:
         load_external_data_for_model(model, str(folder))
-    except (OSError, ValueError) as err:
-        raise NpuError(f"{path}: cannot read its external data ({first_line(err)}); keep the data files beside the model") from None
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise NpuError(f"{path}: cannot read its external data ({one_line(err)}); keep the data files beside the model") from None
 
 
 def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
@@ -184,6 +199,11 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
                     f"{_shape_str(declared)}; give a shape of rank {len(declared)} matching its fixed dimensions"
                 )
         else:
+            if any(isinstance(d, int) and d <= 0 for d in declared):
+                raise NpuError(
+                    f"input {value.name!r} declares shape {_shape_str(declared)} with a zero or negative dimension; "
+                    f"re-export the model with positive dimensions or give them with --input-shapes"
+                )
             if not all(isinstance(d, int) and d > 0 for d in declared):
                 example = [d if isinstance(d, int) and d > 0 else 1 for d in declared]
                 raise NpuError(
