@@ -137,16 +137,17 @@ CASES = [
 ]
 
 
-def _load_corpus_maker():
+def corpus_module():
+    """tests/bad_inputs/make_corpus.py, a script rather than a package module."""
     spec = importlib.util.spec_from_file_location("make_corpus", Path(__file__).parent / "bad_inputs/make_corpus.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.make_corpus
+    return module
 
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory, conv_package) -> Path:
-    return _load_corpus_maker()(tmp_path_factory.mktemp("bad_inputs"), conv_package)
+    return corpus_module().make_corpus(tmp_path_factory.mktemp("bad_inputs"), conv_package)
 
 
 def _files(folder: Path) -> set[Path]:

@@ -9,7 +9,10 @@ folding would turn int8 weight dequantizes into float constants before partition
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from tvm.relax.frontend.onnx import from_onnx
 
 from .errors import NpuError, first_line, one_line
 
+_NUMERIC_TYPES = {getattr(onnx.TensorProto, name) for name in (
+    "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
 _SHAPE_ENTRY = re.compile(r"\s*(?P<name>[^\s\[\]]+?):(?P<shape>\[[^\]]*\])\s*")
 
 
@@ -99,24 +104,47 @@ def load_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None 
     model = _load(path)
     inputs = _resolve_inputs(model, input_shapes or {})
     _check_operators(model)
+    _check_shapes(model, inputs, path)
     return OnnxModel(model, inputs, path.stem)
 
 
 def import_onnx(loaded: OnnxModel) -> ImportedModel:
     """The Relax module of a loaded (possibly quantized) ONNX model."""
-    try:
-        mod = from_onnx(
-            loaded.model,
-            shape_dict={spec.name: list(spec.shape) for spec in loaded.inputs},
-            dtype_dict={spec.name: spec.dtype for spec in loaded.inputs},
-            keep_params_in_input=False,
-        )
-    except tvm.error.OpNotImplemented as err:
-        raise NpuError(f"{loaded.name}: {err}; remove or replace those operators before compiling") from None
-    except Exception as err:  # noqa: BLE001 - TVM's importer raises many kinds; the message is what matters
-        raise NpuError(f"{loaded.name}: TVM's ONNX importer rejected the model: {first_line(err)}") from None
+    failure = None
+    # When the importer fails, TVM logs a warning on stderr as its half-built module is freed (at the end of
+    # the except block): keep the user's one error line alone.
+    with _native_stderr_discarded():
+        try:
+            mod = from_onnx(
+                loaded.model,
+                shape_dict={spec.name: list(spec.shape) for spec in loaded.inputs},
+                dtype_dict={spec.name: spec.dtype for spec in loaded.inputs},
+                keep_params_in_input=False,
+            )
+        except tvm.error.OpNotImplemented as err:
+            failure = f"{loaded.name}: {err}; remove or replace those operators before compiling"
+        except Exception as err:  # noqa: BLE001 - TVM's importer raises many kinds; the message is what matters
+            failure = (f"{loaded.name}: TVM's ONNX importer rejected the model: {first_line(err)[:300]}; "
+                       "fix or re-export the model")
+    if failure:
+        raise NpuError(failure)
     outputs = _output_specs(loaded.model, mod, loaded.name)
     return ImportedModel(mod, loaded.model, loaded.model.SerializeToString(), loaded.inputs, outputs, loaded.name)
+
+
+@contextlib.contextmanager
+def _native_stderr_discarded():
+    """Sends file descriptor 2 (where TVM's C++ logging writes) to /dev/null for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _load(path: Path) -> onnx.ModelProto:
@@ -187,6 +215,11 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
         tensor_type = value.type.tensor_type
         if not value.type.HasField("tensor_type"):
             raise NpuError(f"input {value.name!r} is not a tensor; only tensor inputs are supported")
+        if tensor_type.elem_type not in _NUMERIC_TYPES:
+            raise NpuError(
+                f"input {value.name!r} has element type {onnx.TensorProto.DataType.Name(tensor_type.elem_type)}; "
+                "re-export the model with a float, integer or bool input"
+            )
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
         declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
         if value.name in input_shapes:
@@ -215,6 +248,27 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
     return specs
 
 
+def _check_shapes(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> None:
+    """ONNX's strict shape inference at the fixed input shapes: inconsistent shapes, types and attributes
+    are named here, in ONNX's terms, before TVM's importer sees them."""
+    static = onnx.ModelProto()
+    static.CopyFrom(model)
+    shapes = {spec.name: spec.shape for spec in inputs}
+    for value in static.graph.input:
+        if value.name in shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = size
+    try:
+        onnx.shape_inference.infer_shapes(static, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
+        raise NpuError(
+            f"{path} is inconsistent at input shapes {format_input_shapes(shapes)}: {one_line(err)}; "
+            "fix or re-export the model"
+        ) from None
+
+
 def _check_operators(model: onnx.ModelProto) -> None:
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     if foreign:
@@ -238,6 +292,11 @@ def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, name: str) -> list[
             raise NpuError(
                 f"{name}: output {name!r} has a data-dependent shape {ty.shape}; only static shapes are supported"
             ) from None
+        if any(d < 0 for d in shape):
+            raise NpuError(
+                f"output {name!r} would have shape {list(shape)}: the model's attributes (pads, strides, kernel) "
+                "do not fit its input shape; fix the model"
+            )
         specs.append(TensorSpec(name, shape, str(ty.dtype)))
     return specs
 

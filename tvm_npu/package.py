@@ -162,8 +162,8 @@ def _read_metadata(metadata_path: Path, package_path: Path) -> PackageMetadata:
             )
         metadata = PackageMetadata.from_dict(data)
         for spec in metadata.inputs + metadata.outputs:
-            if not spec.shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in spec.shape):
-                raise ValueError(f"{spec.name!r} has shape {list(spec.shape)}, not positive integers")
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec.shape):
+                raise ValueError(f"{spec.name!r} has shape {list(spec.shape)}, not non-negative integers")
             np.dtype(spec.dtype)
         metadata.npu_config.check(f"the metadata of {package_path}")
         return metadata

@@ -88,7 +88,7 @@ def _write_models(models: Path, valid: Path, rng: np.random.Generator) -> None:
     for name, dim in (("zero_dim", 0), ("negative_dim", -3)):
         _save(_conv(x=helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, dim, 8])), models / f"{name}.onnx")
     # Weights that need more than 1 KiB of SRAM in any tiling, pre-quantized (QDQ) so no calibration runs.
-    _save(_qdq_conv(rng), models / "wide_qdq.onnx")
+    _save(qdq_conv(rng), models / "wide_qdq.onnx")
 
 
 def _with_external_weight(model: onnx.ModelProto, location: str) -> onnx.ModelProto:
@@ -101,7 +101,7 @@ def _with_external_weight(model: onnx.ModelProto, location: str) -> onnx.ModelPr
     return model
 
 
-def _qdq_conv(rng: np.random.Generator) -> onnx.ModelProto:
+def qdq_conv(rng: np.random.Generator) -> onnx.ModelProto:
     """x[1,64,8,8] -> Q/DQ -> Conv 3x3 64->64 (int8 weights) -> Q/DQ -> y."""
     weight = rng.integers(-127, 128, (64, 64, 3, 3), dtype=np.int8)
     inits = [numpy_helper.from_array(weight, "wq"), numpy_helper.from_array(np.float32(0.02), "sx"),
