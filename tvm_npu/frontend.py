@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import tvm
+from onnx import numpy_helper
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 from tvm import relax
@@ -128,6 +129,7 @@ def import_onnx(loaded: OnnxModel) -> ImportedModel:
                        "fix or re-export the model")
     if failure:
         raise NpuError(failure)
+    _check_no_empty_tensors(mod, loaded.name)
     outputs = _output_specs(loaded.model, mod, loaded.name)
     return ImportedModel(mod, loaded.model, loaded.model.SerializeToString(), loaded.inputs, outputs, loaded.name)
 
@@ -167,7 +169,7 @@ def _load(path: Path) -> onnx.ModelProto:
         _load_external_data(model, path)
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as err:
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as err:
         raise NpuError(f"{path} is not a valid ONNX model: {one_line(err)}; re-export it") from None
     return model
 
@@ -217,7 +219,7 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
             raise NpuError(f"input {value.name!r} is not a tensor; only tensor inputs are supported")
         if tensor_type.elem_type not in _NUMERIC_TYPES:
             raise NpuError(
-                f"input {value.name!r} has element type {onnx.TensorProto.DataType.Name(tensor_type.elem_type)}; "
+                f"input {value.name!r} has element type {_type_name(tensor_type.elem_type)}; "
                 "re-export the model with a float, integer or bool input"
             )
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
@@ -262,11 +264,27 @@ def _check_shapes(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) 
                 dim.dim_value = size
     try:
         onnx.shape_inference.infer_shapes(static, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, UnicodeDecodeError) as err:
         raise NpuError(
             f"{path} is inconsistent at input shapes {format_input_shapes(shapes)}: {one_line(err)}; "
             "fix or re-export the model"
         ) from None
+
+
+def _check_no_empty_tensors(mod: tvm.IRModule, name: str) -> None:
+    """TVM's own shapes, which can disagree with ONNX's inference (it truncates negative conv extents to one)."""
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            ty = binding.var.ty
+            if not (isinstance(ty, relax.TensorType) and isinstance(ty.shape, relax.ShapeExpr)):
+                continue
+            dims = [int(d) for d in ty.shape.values if isinstance(d, tvm.tirx.IntImm)]
+            if any(d <= 0 for d in dims):
+                op = getattr(binding.value, "op", None)
+                raise NpuError(
+                    f"{name}: {getattr(op, 'name', 'an operator').removeprefix('relax.')} would produce an empty "
+                    f"tensor of shape {_shape_str(dims)}; fix the model's attributes (pads, strides, kernel) or input shapes"
+                )
 
 
 def _check_operators(model: onnx.ModelProto) -> None:
@@ -276,6 +294,17 @@ def _check_operators(model: onnx.ModelProto) -> None:
             f"the model uses operators outside the standard ONNX domain ({', '.join(foreign)}); "
             f"export it with standard ONNX operators only"
         )
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        bounds = [constants.get(name) for name in node.input[1:3]] if node.op_type == "Clip" else []
+        if len(bounds) == 2 and all(bounds):
+            low, high = float(numpy_helper.to_array(bounds[0]).max()), float(numpy_helper.to_array(bounds[1]).min())
+            if low > high:
+                # ONNX then sets every value to max; TVM's clip applies min last and returns min.
+                raise NpuError(
+                    f"Clip node {node.name or node.output[0]!r} has min {low:g} above max {high:g}; "
+                    "fix its bounds (min <= max)"
+                )
 
 
 def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, name: str) -> list[TensorSpec]:
@@ -292,13 +321,12 @@ def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, name: str) -> list[
             raise NpuError(
                 f"{name}: output {name!r} has a data-dependent shape {ty.shape}; only static shapes are supported"
             ) from None
-        if any(d < 0 for d in shape):
-            raise NpuError(
-                f"output {name!r} would have shape {list(shape)}: the model's attributes (pads, strides, kernel) "
-                "do not fit its input shape; fix the model"
-            )
         specs.append(TensorSpec(name, shape, str(ty.dtype)))
     return specs
+
+
+def _type_name(elem_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else str(elem_type)
 
 
 def _shape_str(dims) -> str:
