@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import tvm
-from onnx import numpy_helper
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
@@ -183,7 +183,6 @@ def _check_opset(model: onnx.ModelProto, path: Path) -> None:
             f"{path} declares ONNX opset {opset}, but opsets 1 to {newest} are supported; "
             f"re-export it with opset {newest} or older"
         )
-
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
