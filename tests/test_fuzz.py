@@ -155,7 +155,10 @@ def _pick(rng, items):
 def mutate(base: bytes, rng: np.random.Generator) -> tuple[bytes, list[str]]:
     """1-3 structural mutations, then (one time in eight) a few flipped bytes."""
     model = onnx.load_from_string(base)
-    done = [str(rng.choice(MUTATIONS)(model, rng)) for _ in range(int(rng.integers(1, 4)))]
+    done = []
+    for _ in range(int(rng.integers(1, 4))):
+        if model.graph.node:  # deletions can empty the graph: nothing left to mutate
+            done.append(str(rng.choice(MUTATIONS)(model, rng)))
     data = bytearray(model.SerializeToString())
     if rng.random() < 0.125:
         for position in rng.integers(len(data), size=int(rng.integers(1, 5))):

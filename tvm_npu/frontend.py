@@ -171,7 +171,21 @@ def _load(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, UnicodeDecodeError) as err:
         raise NpuError(f"{path} is not a valid ONNX model: {one_line(err)}; re-export it") from None
+    _check_initializer_sizes(model, path)
     return model
+
+
+def _check_initializer_sizes(model: onnx.ModelProto, path: Path) -> None:
+    """onnx's checker catches raw data too short for its shape, not too long: either way the shape lies."""
+    for init in model.graph.initializer:
+        if not init.HasField("raw_data") or init.data_type not in _NUMERIC_TYPES:
+            continue
+        needed = int(np.prod(init.dims, dtype=np.int64)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+        if len(init.raw_data) != needed:
+            raise NpuError(
+                f"{path}: initializer {init.name!r} holds {len(init.raw_data)} bytes but its shape "
+                f"{_shape_str(init.dims)} and type need {needed}; re-export the model"
+            )
 
 
 def _check_opset(model: onnx.ModelProto, path: Path) -> None:
@@ -295,6 +309,14 @@ def _check_operators(model: onnx.ModelProto) -> None:
         )
     constants = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            params = [constants.get(name) for name in node.input[1:3] if name]
+            if any(p is not None and len(p.dims) > 1 for p in params) or (
+                    len(params) == 2 and all(p is not None for p in params) and params[0].dims != params[1].dims):
+                raise NpuError(
+                    f"{node.op_type} node {node.name or node.output[0]!r}: scale and zero point must be scalars or "
+                    "1-D tensors of one shape; fix or re-quantize the model"
+                )
         bounds = [constants.get(name) for name in node.input[1:3]] if node.op_type == "Clip" else []
         if len(bounds) == 2 and all(bounds):
             low, high = float(numpy_helper.to_array(bounds[0]).max()), float(numpy_helper.to_array(bounds[1]).min())
