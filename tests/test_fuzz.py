@@ -21,10 +21,12 @@ import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto
+from onnx.reference import ReferenceEvaluator
 
-from conftest import make_conv_model
 from tvm_npu.errors import NpuError
 from tvm_npu.package import read_package
+
+from conftest import make_conv_model
 from test_bad_inputs import corpus_module
 from test_int8_end_to_end import make_small_cnn
 
