@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.forkserver
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import tvm_npu
+import tvm_npu.cli
 
 
 def run_tvmc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -22,6 +26,55 @@ def run_tvmc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+def _tvmc_in_child(argv: list[str], stdout: Path, stderr: Path) -> None:
+    """A forked child's body: the `tvmc` entry point with file descriptors 1 and 2 (TVM's native logging
+    included) on files, exiting with the CLI's code."""
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    code = tvm_npu.cli.main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+@pytest.fixture(scope="session")
+def forked_tvmc(tmp_path_factory):
+    """`run(*args, timeout=60)`: `tvmc ARGS` in its own process, forked from a server that imported tvm_npu once.
+
+    Each call is still a separate process running the console script's function (`tvm_npu.cli:main`), so
+    exit codes, stderr, hangs and signals are the user's; it skips only the ~2 s of interpreter start and
+    imports that `run_tvmc` pays per call. A hang raises subprocess.TimeoutExpired; a signal gives a
+    negative returncode.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["conftest"])
+    # Python 3.11's fork server imports its preload before it applies our sys.path: give it this folder.
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), saved]))
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    logs = tmp_path_factory.mktemp("forked_tvmc")
+    stdout, stderr = logs / "stdout", logs / "stderr"
+
+    def run(*args, timeout: float = 60) -> subprocess.CompletedProcess:
+        argv = [str(arg) for arg in args]
+        process = context.Process(target=_tvmc_in_child, args=(argv, stdout, stderr))
+        process.start()
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            raise subprocess.TimeoutExpired(["tvmc", *argv], timeout)
+        return subprocess.CompletedProcess(["tvmc", *argv], process.exitcode, stdout.read_text(), stderr.read_text())
+
+    return run
 
 
 def make_conv_model(path: Path, batch: int | str = 1, channels: int = 4) -> Path:

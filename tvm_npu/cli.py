@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .atomic import atomic_output
-from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
+from .atomic import atomic_output, check_output_path
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
 from .frontend import parse_input_shapes
 from .package import read_package
 from .pipeline import compile as compile_model
@@ -63,8 +63,15 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     return code
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too, with the exit code of bad input and a pointer to --help."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"tvmc: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tvmc",
         description="tvm_npu: compile, run and validate ONNX models for an INT8 NPU target.",
         epilog="exit codes: 0 ok, 1 validation failed, 2 bad input or usage, 3 could not validate, "
@@ -130,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> int:
-    metadata = read_package(args.FILE).metadata
+    if args.plot:
+        check_output_path(args.plot)
+    metadata = read_package(args.FILE, load_library=False).metadata
     print(report(metadata, args.format))
     if args.plot:
         plot(metadata, args.plot)
@@ -221,11 +230,13 @@ def _inputs_from_args(args: argparse.Namespace, model) -> dict[str, np.ndarray]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.outputs:
+        check_output_path(args.outputs)
+    if args.print_top is not None and args.print_top < 1:
+        raise NpuError(f"--print-top must be at least 1, got {args.print_top}")
     model = load(args.FILE)
     inputs = _inputs_from_args(args, model)
     outputs = model.run(inputs)
-    if args.outputs:
-        write_npz(args.outputs, outputs)
     if args.print_top:
         for name, value in outputs.items():
             scores = value.reshape(-1)
@@ -233,6 +244,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name}: " + ", ".join(f"class {i}: {scores[i]:.5g}" for i in top))
     if args.print_time:
         print(model.benchmark(inputs, repeat=args.repeat, number=args.number))
+    if args.outputs:  # last: a failing option above leaves no output file
+        write_npz(args.outputs, outputs)
     if not (args.outputs or args.print_top or args.print_time):
         for name, value in outputs.items():
             print(f"{name}: {value.dtype}{list(value.shape)} min {value.min():.5g} max {value.max():.5g}")
@@ -240,6 +253,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    if args.report_json:
+        check_output_path(args.report_json)
     fp32_onnx = None
     with tempfile.TemporaryDirectory(prefix="tvm_npu_validate_") as folder:
         if Path(args.FILE).suffix == ".onnx":

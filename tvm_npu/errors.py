@@ -24,3 +24,9 @@ class NpuError(Exception):
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message: TVM errors carry multi-line context."""
     return (str(err).strip() or type(err).__name__).splitlines()[0]
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """All of a message that spans several lines (onnx's checker does) on one line, capped at `limit`."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."

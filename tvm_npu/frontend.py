@@ -13,7 +13,10 @@ the ONNX node whose result it quantizes (read back by `registry.Composite.onnx_n
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +24,15 @@ import numpy as np
 import onnx
 import tvm
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from .errors import NpuError, first_line
+from .errors import NpuError, first_line, one_line
 
+_NUMERIC_TYPES = {getattr(onnx.TensorProto, name) for name in (
+    "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
 _SHAPE_ENTRY = re.compile(r"\s*(?P<name>[^\s\[\]]+?):(?P<shape>\[[^\]]*\])\s*")
 
 
@@ -103,22 +109,31 @@ def load_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None 
     model = _load(path)
     inputs = _resolve_inputs(model, input_shapes or {})
     _check_operators(model)
+    _check_shapes(model, inputs, path)
     return OnnxModel(model, inputs, path.stem)
 
 
 def import_onnx(loaded: OnnxModel) -> ImportedModel:
     """The Relax module of a loaded (possibly quantized) ONNX model."""
-    try:
-        mod = from_onnx(
-            loaded.model,
-            shape_dict={spec.name: list(spec.shape) for spec in loaded.inputs},
-            dtype_dict={spec.name: spec.dtype for spec in loaded.inputs},
-            keep_params_in_input=False,
-        )
-    except tvm.error.OpNotImplemented as err:
-        raise NpuError(f"{loaded.name}: {err}; remove or replace those operators before compiling") from None
-    except Exception as err:  # noqa: BLE001 - TVM's importer raises many kinds; the message is what matters
-        raise NpuError(f"{loaded.name}: TVM's ONNX importer rejected the model: {first_line(err)}") from None
+    failure = None
+    # When the importer fails, TVM logs a warning on stderr as its half-built module is freed (at the end of
+    # the except block): keep the user's one error line alone.
+    with _native_stderr_discarded():
+        try:
+            mod = from_onnx(
+                loaded.model,
+                shape_dict={spec.name: list(spec.shape) for spec in loaded.inputs},
+                dtype_dict={spec.name: spec.dtype for spec in loaded.inputs},
+                keep_params_in_input=False,
+            )
+        except tvm.error.OpNotImplemented as err:
+            failure = f"{loaded.name}: {err}; remove or replace those operators before compiling"
+        except Exception as err:  # noqa: BLE001 - TVM's importer raises many kinds; the message is what matters
+            failure = (f"{loaded.name}: TVM's ONNX importer rejected the model: {first_line(err)[:300]}; "
+                       "fix or re-export the model")
+    if failure:
+        raise NpuError(failure)
+    _check_no_empty_tensors(mod, loaded.name)
     outputs = _output_specs(loaded.model, mod, loaded.name)
     mod = _name_quantizations(mod, loaded.model)
     return ImportedModel(mod, loaded.model, loaded.model.SerializeToString(), loaded.inputs, outputs, loaded.name)
@@ -170,10 +185,27 @@ def _name_quantizations(mod: tvm.IRModule, model: onnx.ModelProto) -> tvm.IRModu
     return namer.builder_.finalize()
 
 
+@contextlib.contextmanager
+def _native_stderr_discarded():
+    """Sends file descriptor 2 (where TVM's C++ logging writes) to /dev/null for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _load(path: Path) -> onnx.ModelProto:
     """The parsed, checked model with any external data inlined."""
-    if not path.is_file():
+    if not path.exists():
         raise NpuError(f"model file {path} does not exist; check the path")
+    if not path.is_file():
+        raise NpuError(f"model path {path} is not a regular file; give the .onnx file itself")
     data = path.read_bytes()
     if not data:
         raise NpuError(f"model file {path} is empty; re-export the model")
@@ -183,13 +215,39 @@ def _load(path: Path) -> onnx.ModelProto:
         raise NpuError(f"{path} is not a valid ONNX model ({first_line(err)}); re-export it from your framework") from None
     if not model.graph.node:
         raise NpuError(f"{path} holds no ONNX graph (truncated or not an ONNX file); re-export the model")
+    _check_opset(model, path)
     if any(uses_external_data(init) for init in model.graph.initializer):
         _load_external_data(model, path)
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as err:
-        raise NpuError(f"{path} is not a valid ONNX model: {first_line(err)}; re-export it") from None
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as err:
+        raise NpuError(f"{path} is not a valid ONNX model: {one_line(err)}; re-export it") from None
+    _check_initializer_sizes(model, path)
     return model
+
+
+def _check_initializer_sizes(model: onnx.ModelProto, path: Path) -> None:
+    """onnx's checker catches raw data too short for its shape, not too long: either way the shape lies."""
+    for init in model.graph.initializer:
+        if not init.HasField("raw_data") or init.data_type not in _NUMERIC_TYPES:
+            continue
+        needed = int(np.prod(init.dims, dtype=np.int64)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+        if len(init.raw_data) != needed:
+            raise NpuError(
+                f"{path}: initializer {init.name!r} holds {len(init.raw_data)} bytes but its shape "
+                f"{_shape_str(init.dims)} and type need {needed}; re-export the model"
+            )
+
+
+def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+    """An opset newer than the installed onnx knows has no operator definitions to check against."""
+    newest = onnx.defs.onnx_opset_version()
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or not 1 <= opset <= newest:
+        raise NpuError(
+            f"{path} declares ONNX opset {opset}, but opsets 1 to {newest} are supported; "
+            f"re-export it with opset {newest} or older"
+        )
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -205,8 +263,8 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             )
     try:
         load_external_data_for_model(model, str(folder))
-    except (OSError, ValueError) as err:
-        raise NpuError(f"{path}: cannot read its external data ({first_line(err)}); keep the data files beside the model") from None
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise NpuError(f"{path}: cannot read its external data ({one_line(err)}); keep the data files beside the model") from None
 
 
 def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
@@ -223,6 +281,11 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
         tensor_type = value.type.tensor_type
         if not value.type.HasField("tensor_type"):
             raise NpuError(f"input {value.name!r} is not a tensor; only tensor inputs are supported")
+        if tensor_type.elem_type not in _NUMERIC_TYPES:
+            raise NpuError(
+                f"input {value.name!r} has element type {_type_name(tensor_type.elem_type)}; "
+                "re-export the model with a float, integer or bool input"
+            )
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
         declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
         if value.name in input_shapes:
@@ -235,6 +298,11 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
                     f"{_shape_str(declared)}; give a shape of rank {len(declared)} matching its fixed dimensions"
                 )
         else:
+            if any(isinstance(d, int) and d <= 0 for d in declared):
+                raise NpuError(
+                    f"input {value.name!r} declares shape {_shape_str(declared)} with a zero or negative dimension; "
+                    f"re-export the model with positive dimensions or give them with --input-shapes"
+                )
             if not all(isinstance(d, int) and d > 0 for d in declared):
                 example = [d if isinstance(d, int) and d > 0 else 1 for d in declared]
                 raise NpuError(
@@ -246,6 +314,43 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
     return specs
 
 
+def _check_shapes(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> None:
+    """ONNX's strict shape inference at the fixed input shapes: inconsistent shapes, types and attributes
+    are named here, in ONNX's terms, before TVM's importer sees them."""
+    static = onnx.ModelProto()
+    static.CopyFrom(model)
+    shapes = {spec.name: spec.shape for spec in inputs}
+    for value in static.graph.input:
+        if value.name in shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = size
+    try:
+        onnx.shape_inference.infer_shapes(static, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, UnicodeDecodeError) as err:
+        raise NpuError(
+            f"{path} is inconsistent at input shapes {format_input_shapes(shapes)}: {one_line(err)}; "
+            "fix or re-export the model"
+        ) from None
+
+
+def _check_no_empty_tensors(mod: tvm.IRModule, name: str) -> None:
+    """TVM's own shapes, which can disagree with ONNX's inference (it truncates negative conv extents to one)."""
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            ty = binding.var.ty
+            if not (isinstance(ty, relax.TensorType) and isinstance(ty.shape, relax.ShapeExpr)):
+                continue
+            dims = [int(d) for d in ty.shape.values if isinstance(d, tvm.tirx.IntImm)]
+            if any(d <= 0 for d in dims):
+                op = getattr(binding.value, "op", None)
+                raise NpuError(
+                    f"{name}: {getattr(op, 'name', 'an operator').removeprefix('relax.')} would produce an empty "
+                    f"tensor of shape {_shape_str(dims)}; fix the model's attributes (pads, strides, kernel) or input shapes"
+                )
+
+
 def _check_operators(model: onnx.ModelProto) -> None:
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     if foreign:
@@ -253,6 +358,25 @@ def _check_operators(model: onnx.ModelProto) -> None:
             f"the model uses operators outside the standard ONNX domain ({', '.join(foreign)}); "
             f"export it with standard ONNX operators only"
         )
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            params = [constants.get(name) for name in node.input[1:3] if name]
+            if any(p is not None and len(p.dims) > 1 for p in params) or (
+                    len(params) == 2 and all(p is not None for p in params) and params[0].dims != params[1].dims):
+                raise NpuError(
+                    f"{node.op_type} node {node.name or node.output[0]!r}: scale and zero point must be scalars or "
+                    "1-D tensors of one shape; fix or re-quantize the model"
+                )
+        bounds = [constants.get(name) for name in node.input[1:3]] if node.op_type == "Clip" else []
+        if len(bounds) == 2 and all(bounds):
+            low, high = float(numpy_helper.to_array(bounds[0]).max()), float(numpy_helper.to_array(bounds[1]).min())
+            if low > high:
+                # ONNX then sets every value to max; TVM's clip applies min last and returns min.
+                raise NpuError(
+                    f"Clip node {node.name or node.output[0]!r} has min {low:g} above max {high:g}; "
+                    "fix its bounds (min <= max)"
+                )
 
 
 def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, name: str) -> list[TensorSpec]:
@@ -271,6 +395,10 @@ def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, name: str) -> list[
             ) from None
         specs.append(TensorSpec(name, shape, str(ty.dtype)))
     return specs
+
+
+def _type_name(elem_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else str(elem_type)
 
 
 def _shape_str(dims) -> str:

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import tvm
 
 from .atomic import atomic_output
@@ -97,21 +98,28 @@ class Package:
     """An opened package: its metadata, the loaded library and the embedded ONNX model."""
 
     metadata: PackageMetadata
-    library: tvm.runtime.Module
+    library: tvm.runtime.Module | None  # None when read with load_library=False
     onnx_bytes: bytes
 
 
-def read_package(path: str | Path) -> Package:
+def read_package(path: str | Path, load_library: bool = True) -> Package:
+    """Opens a package; `load_library=False` reads its data only and never loads its native code."""
     path = Path(path)
     if not path.is_file():
         raise NpuError(f"package {path} does not exist; create it with `tvmc compile ... -o {path}`")
     try:
         with tarfile.open(path, mode="r:*") as tar, tempfile.TemporaryDirectory(prefix="tvm_npu_run_") as folder:
             members = {m.name: m for m in tar.getmembers()}
-            if set(members) != set(MEMBERS) or not all(m.isfile() for m in members.values()):
+            if set(members) != set(MEMBERS):
                 raise NpuError(
                     f"{path} is not a tvm_npu package: it must hold exactly the regular files "
                     f"{', '.join(MEMBERS)}, found {sorted(members)}; recompile it"
+                )
+            special = sorted(name for name, member in members.items() if not member.isfile())
+            if special:
+                raise NpuError(
+                    f"{path} is not a tvm_npu package: {', '.join(special)} must be regular files, not links "
+                    "or devices; recompile it"
                 )
             # Copy the checked members by name: nothing in the archive decides where bytes land.
             for name, member in members.items():
@@ -122,19 +130,26 @@ def read_package(path: str | Path) -> Package:
             if (_sha256(library_path), _sha256(model_path)) != (metadata.library_sha256, metadata.model_sha256):
                 raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); recompile it")
             onnx_bytes = model_path.read_bytes()
-            # dlopen keeps the mapping alive after the temp folder is removed.
-            try:
-                library = tvm.runtime.load_module(str(library_path))
-            except Exception as err:  # noqa: BLE001 - dlopen/TVM report many kinds
-                raise NpuError(
-                    f"{path}: its library cannot be loaded on this host ({first_line(err)}); "
-                    "recompile the model on this machine"
-                ) from None
+            library = _load_library(library_path, path) if load_library else None
     except tarfile.ReadError:
-        raise NpuError(f"{path} is not a tvm_npu package (not a tar archive); create it with `tvmc compile`") from None
+        raise NpuError(
+            f"{path} is not a tvm_npu package (not a tar archive, or truncated); create it with `tvmc compile`"
+        ) from None
     except (tarfile.TarError, EOFError, OSError) as err:
         raise NpuError(f"{path} is not a readable package ({first_line(err)}); recompile it with `tvmc compile`") from None
     return Package(metadata, library, onnx_bytes)
+
+
+def _load_library(library_path: Path, package_path: Path) -> tvm.runtime.Module:
+    # dlopen keeps the mapping alive after the temp folder is removed.
+    try:
+        return tvm.runtime.load_module(str(library_path))
+    except Exception as err:  # noqa: BLE001 - dlopen/TVM report many kinds
+        raise NpuError(
+            f"{package_path}: its library cannot be loaded on this host "
+            f"({first_line(err).replace(str(library_path), LIBRARY_NAME)}); "
+            "recompile the model on this machine"
+        ) from None
 
 
 def _read_metadata(metadata_path: Path, package_path: Path) -> PackageMetadata:
@@ -145,7 +160,13 @@ def _read_metadata(metadata_path: Path, package_path: Path) -> PackageMetadata:
                 f"{package_path} has package format {data.get('format_version')!r}, this tvm_npu reads "
                 f"format {FORMAT_VERSION}; recompile it with this version"
             )
-        return PackageMetadata.from_dict(data)
+        metadata = PackageMetadata.from_dict(data)
+        for spec in metadata.inputs + metadata.outputs:
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec.shape):
+                raise ValueError(f"{spec.name!r} has shape {list(spec.shape)}, not non-negative integers")
+            np.dtype(spec.dtype)
+        metadata.npu_config.check(f"the metadata of {package_path}")
+        return metadata
     except NpuError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as err:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 
+from .atomic import atomic_output
 from .errors import NpuError
 from .package import PackageMetadata
 
@@ -111,5 +112,6 @@ def plot(metadata: PackageMetadata, path) -> None:
     ax.set_title(f"{metadata.model_name} on npu/{metadata.npu_config.name}: cycles per NPU layer")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path) as stream:
+        fig.savefig(stream, format="png", dpi=120)
     plt.close(fig)

@@ -8,6 +8,7 @@ package's interface (names, shapes, dtypes) before anything reaches TVM.
 from __future__ import annotations
 
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from .frontend import TensorSpec
 from .package import Package, read_package
 
 FILL_MODES = ("zeros", "ones", "random")
+MAX_FILL_BYTES = 4 << 30  # generated inputs beyond this are a mistake (or a tampered package), not a test input
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,15 @@ class LayerTime:
 class CompiledModel:
     """A loaded package, ready to run on the host CPU."""
 
-    def __init__(self, package: Package):
+    def __init__(self, package: Package, origin: str = "the package"):
         self.metadata = package.metadata
         self.onnx_bytes = package.onnx_bytes  # the model the library was compiled from
+        self.origin = origin
         self.device = tvm.cpu()
         self._vm = relax.VirtualMachine(package.library, self.device)
+        params = [self._vm._get_function_param_name("main", i) for i in range(self._vm._get_function_arity("main"))]
+        if params != [spec.name for spec in self.inputs]:
+            raise self._mismatch(f"its library takes inputs {params}, its metadata names {[s.name for s in self.inputs]}")
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -75,7 +81,14 @@ class CompiledModel:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs one inference; returns outputs by name."""
-        result = self._vm["main"](*self._to_device(inputs))
+        arguments = self._to_device(inputs)
+        try:
+            result = self._vm["main"](*arguments)
+        except (ValueError, RuntimeError) as err:
+            # Inputs already match the metadata here: a parameter check failing in the VM means they disagree.
+            if "ErrorContext(fn=main, loc=param" not in str(err):
+                raise
+            raise self._mismatch(first_line(err)) from None
         values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
         return {spec.name: value.numpy() for spec, value in zip(self.outputs, values, strict=True)}
 
@@ -115,6 +128,9 @@ class CompiledModel:
             self._vm.set_instrument(None)
         return calls
 
+    def _mismatch(self, detail: str) -> NpuError:
+        return NpuError(f"{self.origin}: its metadata does not match its library ({detail}); tampered or corrupt, recompile it")
+
     def _to_device(self, inputs: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
         check_inputs(self.inputs, inputs)
         return [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec.name]), self.device) for spec in self.inputs]
@@ -122,7 +138,7 @@ class CompiledModel:
 
 def load(path: str | Path) -> CompiledModel:
     """Opens a package written by `tvm_npu.compile` / `tvmc compile`."""
-    return CompiledModel(read_package(path))
+    return CompiledModel(read_package(path), str(path))
 
 
 def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> None:
@@ -153,6 +169,11 @@ def make_inputs(specs: list[TensorSpec], fill_mode: str = "random", seed: int = 
     inputs = {}
     for spec in specs:
         dtype = np.dtype(spec.dtype)
+        if np.prod(spec.shape, dtype=np.float64) * dtype.itemsize > MAX_FILL_BYTES:
+            raise NpuError(
+                f"input {spec.name!r} of shape {list(spec.shape)} is larger than {MAX_FILL_BYTES >> 30} GiB; "
+                "give it with --inputs instead of --fill-mode"
+            )
         if fill_mode == "zeros":
             inputs[spec.name] = np.zeros(spec.shape, dtype)
         elif fill_mode == "ones":
@@ -172,6 +193,8 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise NpuError(f"inputs file {path} does not exist; check the --inputs path")
+    if not zipfile.is_zipfile(path):
+        raise NpuError(f"{path} is not an .npz archive; save the arrays with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
