@@ -322,7 +322,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             t = p.tiles
             result.layers.append(LayerEstimate(
                 f"{p.row}:{p.name}", p.kernel, p.placement, g.describe(),
-                f"{t.rows} rows x {t.channels} ch, {t.order} outer",
+                f"{t.rows} rows x {t.channels} ch, {t.order} outer" + (" (tuned)" if p.tuned else ""),
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 g.compulsory_bytes, roofline(g.compulsory_bytes, g.macs, config), p.sram_planned, p.sram_proven,
             ))

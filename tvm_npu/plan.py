@@ -6,12 +6,15 @@ partitioned module (before `lower`). For a kernel with a `geometry`, it enumerat
 whose double-buffered footprint (`perf.footprint`) fits `config.sram_bytes`, and picks the one
 with the least modelled DRAM traffic, then the fewest modelled cycles (traffic first makes
 "a larger SRAM never increases DRAM traffic" hold by construction: a larger SRAM only adds
-candidates). `lower` then schedules the kernel with those tiles and proves the footprint on
+candidates). Tuning records (`tvmc tune`, `tvm_npu.tune`) replace that choice per task
+(`task_key`: the kernel and its geometry). `lower` then schedules the kernel with those tiles and proves the footprint on
 the lowered TIR (`tvm_npu.sram.prove_footprint`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -37,17 +40,20 @@ class LayerPlan:
     sram_proven: int | None = None  # set by lower from the lowered TIR
     stream: dict = field(default_factory=dict)  # bytes read/written, ops, shape: for untiled layers
     row: int = -1  # index of this operator in the offload report (binding names repeat across blocks)
+    tuned: bool = False  # tiles from tuning records instead of the planner's choice
 
     def to_dict(self) -> dict:
         return {
             "name": self.name, "row": self.row, "kernel": self.kernel, "placement": self.placement, "reason": self.reason,
             "geometry": None if self.geometry is None else self.geometry.__dict__,
             "tiles": None if self.tiles is None else self.tiles.__dict__,
-            "sram_planned": self.sram_planned, "sram_proven": self.sram_proven,
+            "sram_planned": self.sram_planned, "sram_proven": self.sram_proven, "tuned": self.tuned,
         }
 
 
-def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False) -> list[LayerPlan]:
+def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False,
+         tuned: dict[str, Tiles] | None = None) -> list[LayerPlan]:
+    """`tuned` maps `task_key`s to the tiles tuning found best for them."""
     plans = []
     row = -1  # the offload report's row: it lists every call binding of main, in order
     for block in mod["main"].body.blocks:
@@ -66,7 +72,7 @@ def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False)
                               stream=_stream(params, inputs, call))
             if npu_kernel.geometry is not None:
                 layer.geometry = npu_kernel.geometry(params, inputs)
-                _choose(layer, config, allow_cpu_fallback)
+                _choose(layer, config, allow_cpu_fallback, (tuned or {}).get(task_key(layer.kernel, layer.geometry)))
             plans.append(layer)
     return plans
 
@@ -95,6 +101,16 @@ def candidates(g: Geometry, config: NpuConfig) -> list[Tiles]:
     return [Tiles(r, c, order) for order in ("weights", "rows") for r in rows for c in chans]
 
 
+def feasible(g: Geometry, config: NpuConfig) -> list[Tiles]:
+    """The candidate tilings whose double-buffered footprint fits the SRAM: the search space of tuning."""
+    return [t for t in candidates(g, config) if sum(footprint(g, t).values()) <= config.sram_bytes]
+
+
+def task_key(kernel_name: str, g: Geometry) -> str:
+    """What identifies a tuning task: layers with the same kernel and geometry share their tiling."""
+    return f"{kernel_name} {json.dumps(dataclasses.asdict(g), sort_keys=True, separators=(',', ':'))}"
+
+
 def choose_tiles(g: Geometry, config: NpuConfig) -> tuple[Tiles | None, int]:
     """The tiling with the least DRAM traffic, then cycles, that fits; and the smallest footprint of any."""
     best, best_key, smallest = None, None, math.inf
@@ -110,7 +126,11 @@ def choose_tiles(g: Geometry, config: NpuConfig) -> tuple[Tiles | None, int]:
     return best, int(smallest)
 
 
-def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool) -> None:
+def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool, tuned: Tiles | None = None) -> None:
+    if tuned is not None and sum(footprint(layer.geometry, tuned).values()) <= config.sram_bytes:
+        layer.tiles, layer.tuned = tuned, True
+        layer.sram_planned = sum(footprint(layer.geometry, tuned).values())
+        return
     tiles, smallest = choose_tiles(layer.geometry, config)
     if tiles is not None:
         layer.tiles = tiles
