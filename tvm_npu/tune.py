@@ -257,9 +257,9 @@ class _Session:
                 self.record(index, None, built.error_msg, default=True)
                 return
             args = ms.arg_info.ArgInfo.from_prim_func(self.task.func)
-            (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, self.target.kind.name, args)])
+            (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])
             ran = future.result()
-            self.record(index, _mean(ran.run_secs), ran.error_msg, default=True)
+            self.record(index, _seconds(ran.run_secs), ran.error_msg, default=True)
         finally:
             shutil.rmtree(Path(built.artifact_path).parent, ignore_errors=True)
 
@@ -314,8 +314,9 @@ class _Session:
                  "cycles": layer_cost(self.task.geometry, tiles, self.config).cycles}
         if default:
             entry["default"] = True
-        if error:
-            entry["error"] = first_line(error)
+        if error:  # meta_schedule's messages start with who failed and end with why
+            lines = error.strip().splitlines()
+            entry["error"] = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
         self.log.append(entry)
         self.records.append(entry)
         self.measured[index] = cost
@@ -337,8 +338,9 @@ class _Session:
                           self.new_trials, self.seconds, history)
 
 
-def _mean(run_secs) -> float | None:
-    return None if not run_secs else float(np.mean([float(s) for s in run_secs]))
+def _seconds(run_secs) -> float | None:
+    """The median of the repeats: robust to other jobs sharing the host's cores."""
+    return None if not run_secs else float(np.median([float(s) for s in run_secs]))
 
 
 def _design_space(size: int):
@@ -506,7 +508,7 @@ class _Recorder(ms.measure_callback.PyMeasureCallback):
             if index in s.measured or s.finished():
                 continue
             error = built.error_msg or ran.error_msg
-            s.record(index, None if error else _mean(ran.run_secs), error)
+            s.record(index, None if error else _seconds(ran.run_secs), error)
         if s.finished():
             # TaskScheduler.terminate_task here trips the scheduler's own termination check once its
             # budget runs out too; leaving the loop by an exception ends the task cleanly.
