@@ -145,18 +145,19 @@ def tune(
     if early_stopping is not None and early_stopping < 1:
         raise NpuError(f"--early-stopping must be at least 1, got {early_stopping}")
     tracker = _tracker(rpc_tracker, rpc_key) if runner == "rpc" else None
+    if not Path(model).is_file():
+        raise NpuError(f"model file {model} does not exist")
     from .pipeline import partitioned  # the pipeline imports records, not tune: no cycle
 
-    front = partitioned(model, input_shapes)
-    tasks = _tasks(front.mod, config)
-    head = header(file_sha256(model), front.imported.name, config, runner, seed)
-    measure = _measuring_runner(runner, tracker)
-    try:
-        with TuningLog(output, head) as log:
+    # The log is locked (and checked against this run) before the long work starts.
+    with TuningLog(output, header(file_sha256(model), Path(model).stem, config, runner, seed)) as log:
+        tasks = _tasks(partitioned(model, input_shapes).mod, config)
+        measure = _measuring_runner(runner, tracker)
+        try:
             results = _tune_all(tasks, log, config, runner, measure, trials, seed, early_stopping, progress)
-    finally:
-        if measure is not None:
-            measure.pool.shutdown()
+        finally:
+            if measure is not None:
+                measure.pool.shutdown()
     result = TuneResult(output, runner, config, results)
     if plot is not None:
         _plot(result, plot)
