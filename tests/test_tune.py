@@ -277,3 +277,15 @@ def test_tune_plot_and_cli_table(model, tmp_path, capsys):
         costs = [r["cost"] for r in records]
         best_at = int(np.argmin(costs))
         assert len(records) == 5 or len(records) - 1 - best_at == 2  # the goal, or two trials without progress
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--runner", "rpc"], "--runner rpc needs --rpc-tracker HOST:PORT and --rpc-key KEY"),
+    (["--runner", "rpc", "--rpc-tracker", "localhost", "--rpc-key", "k"], "--rpc-tracker must be HOST:PORT"),
+    (["--trials", "0"], "--trials must be at least 1"),
+])
+def test_tune_bad_flags_are_one_line_errors(model, tmp_path, capsys, args, fragment):
+    code = cli.main(["tune", str(model), "-o", str(tmp_path / "log.json"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0]
+    assert not (tmp_path / "log.json").exists()
