@@ -206,6 +206,28 @@ def test_a_second_tuner_on_the_same_log_is_refused(model, model_log, tmp_path):
     assert log.read_bytes() == model_log[0].read_bytes()
 
 
+def test_ctrl_c_stops_cleanly_and_keeps_every_record(model, tmp_path):
+    log = tmp_path / "interrupted.json"
+    tuner = subprocess.Popen(_tune_command(model, log, "--trials", "60"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while _records(log) < 5 and tuner.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert tuner.poll() is None, "the tuner ended before it could be interrupted"
+        tuner.send_signal(signal.SIGINT)
+        _, err = tuner.communicate(timeout=120)
+    finally:
+        if tuner.poll() is None:
+            tuner.kill()
+            tuner.wait()
+    assert tuner.returncode == 130 and err.strip().splitlines()[-1] == "tvmc: interrupted"
+    kept = _records(log)
+    assert kept >= 5 and log.read_text().endswith("\n")
+    result = tune(model, log, TARGET, trials=60, progress=False)  # resumes where it stopped
+    assert sum(t.new_trials for t in result.tasks) == sum(t.trials for t in result.tasks) - kept
+
+
 @pytest.mark.slow  # about a minute: every local candidate is built and timed
 def test_local_runner_killed_mid_way_resumes_and_builds_exactly(model, untuned_outputs, tmp_path):
     """A SIGKILLed `tvmc tune --runner local` loses no finished record; rerunning the command

@@ -29,7 +29,9 @@ import logging
 import math
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,23 +211,41 @@ def _tune_all(tasks, log, config, runner, measure, trials, seed, early_stopping,
     done = [sum(r["task"] == t.key for r in log.records) for t in tasks]
     results = []
     with tqdm(total=sum(goals), initial=min(sum(done), sum(goals)), desc="all tasks", unit="trial",
-              disable=not progress, position=0) as overall:
+              disable=not progress, position=0) as overall, _deferred_interrupt() as interrupted:
         for number, (task, goal) in enumerate(zip(tasks, goals), 1):
             with tqdm(total=goal, desc=f"task {number}/{len(tasks)} {task.geometry.describe()}", unit="trial",
                       disable=not progress, position=1, leave=False) as bar:
-                session = _Session(task, log, config, runner, measure, goal, early_stopping, [bar, overall])
+                session = _Session(task, log, config, runner, measure, goal, early_stopping, [bar, overall],
+                                   interrupted)
                 session.run(seed)
+            if interrupted.is_set():
+                break
             results.append(session.result())
     return results
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Ctrl-C while meta_schedule's C++ loop runs would end in std::terminate; instead it sets this
+    event, the tuner's own callbacks stop the search at the next candidate, and the interrupt is raised
+    from Python (every finished record is already in the log)."""
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 class _Session:
     """Tuning one task: its log records, the trial budget, and the progress bars to advance."""
 
     def __init__(self, task: Task, log: TuningLog, config: NpuConfig, runner: str, measure, goal: int,
-                 early_stopping: int | None, bars):
+                 early_stopping: int | None, bars, interrupted: threading.Event):
         self.task, self.log, self.config, self.runner, self.measure = task, log, config, runner, measure
-        self.goal, self.early_stopping, self.bars = goal, early_stopping, bars
+        self.goal, self.early_stopping, self.bars, self.interrupted = goal, early_stopping, bars, interrupted
         self.index = {tiles: i for i, tiles in enumerate(task.space)}
         self.records = [r for r in log.records if r["task"] == task.key]
         self.measured = {self.index[Tiles(**r["tiles"])]: r["cost"] for r in self.records if Tiles(**r["tiles"]) in self.index}
@@ -233,7 +253,7 @@ class _Session:
         self.target = config.tvm_target()
 
     def finished(self) -> bool:
-        if len(self.records) >= self.goal:
+        if len(self.records) >= self.goal or self.interrupted.is_set():
             return True
         if self.early_stopping is None:
             return False
@@ -242,7 +262,7 @@ class _Session:
 
     def run(self, seed: int) -> None:
         start = time.perf_counter()
-        if not any(r.get("default") for r in self.records):
+        if not any(r.get("default") for r in self.records) and not self.interrupted.is_set():
             self._measure_default()
         if not self.finished():
             self._search(seed)
@@ -431,6 +451,8 @@ class _Builder(ms.builder.PyBuilder):
         self.session = session
 
     def build(self, build_inputs):
+        if self.session.interrupted.is_set():
+            raise RuntimeError("interrupted")  # ends the search (see _deferred_interrupt)
         results = []
         for build_input in build_inputs:
             index = _tiling_index(build_input.mod)
