@@ -6,7 +6,10 @@ Tasks are the distinct tiled NPU layers (`plan.task_key`: kernel + geometry); la
 share one are tuned once. A task's knobs are its kernel's tiling (`perf.Tiles`: output rows,
 output channels, loop order), and its search space is `plan.feasible`: only tilings whose
 double-buffered footprint fits the SRAM, so an infeasible candidate is never sampled, built
-or measured. In the meta_schedule trace the knob is one `sample_categorical` decision (an
+or measured. The builder schedules each candidate and proves its footprint on the lowered TIR
+as `lower` does; one that needs more than planned is recorded as failed, never scored or
+measured (the planned footprint undercounts some strided tilings with a short last row tile).
+In the meta_schedule trace the knob is one `sample_categorical` decision (an
 index into that list) bound to a block annotation, which trace replay and mutation
 reproduce; the builder applies the kernel's own `schedule(primfunc, tiles)` for that index.
 `_TilingMutator` moves one knob at a time; XGBoost learns on tile features
@@ -48,6 +51,7 @@ from .errors import NpuError, first_line
 from .perf import Geometry, Tiles, footprint, layer_cost
 from .plan import feasible, plan, task_key
 from .records import TuningLog, file_sha256, header
+from .sram import prove_footprint
 from .registry import Composite, NpuKernel, kernel
 from .target import NpuConfig, resolve_target
 
@@ -443,8 +447,9 @@ class _TilingFeatures(ms.feature_extractor.PyFeatureExtractor):
 
 @derived_object
 class _Builder(ms.builder.PyBuilder):
-    """npu-model: no build (the artifact names the tiling); local/rpc: the kernel's schedule for the
-    candidate's tiling, built for the host. Candidates the log already holds are not built again."""
+    """Schedules the candidate's tiling with its kernel and proves the footprint (a tiling whose lowered
+    TIR needs more SRAM than planned fails here, before it is scored or measured); npu-model: no build
+    (the artifact names the tiling); local/rpc: built for the host. Logged candidates are not redone."""
 
     def __init__(self, session: _Session):
         super().__init__()
@@ -466,16 +471,28 @@ class _Builder(ms.builder.PyBuilder):
 
     def _artifact(self, index: int, folder: Path) -> Path:
         s = self.session
-        if index in s.measured or s.runner == "npu-model":
-            path = folder / "candidate.json"
-            path.write_text(json.dumps({"index": index, "cost": s.measured.get(index), "cached": index in s.measured}))
-            return path
-        func = s.task.kernel.schedule(s.task.func, s.task.space[index])
+        if index in s.measured:
+            return _candidate_file(folder, index, cached=True, cost=s.measured[index])
+        tiles = s.task.space[index]
+        func = s.task.kernel.schedule(s.task.func, tiles)
+        # The planned footprint admitted the tiling; the lowered TIR has the last word (as in `lower`).
+        proven, planned = prove_footprint(func).total, sum(footprint(s.task.geometry, tiles).values())
+        if proven > planned:
+            raise NpuError(f"sram: the lowered TIR allocates {proven} B, the plan {planned} B")
+        if s.runner == "npu-model":
+            return _candidate_file(folder, index, cached=False)
         with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):  # as tvm_npu.build
             library = tvm.compile(tvm.IRModule({"main": func}), target=s.target)
         path = folder / "kernel.tar"
         library.export_library(str(path))
         return path
+
+
+def _candidate_file(folder: Path, index: int, cached: bool, cost: float | None = None) -> Path:
+    """The artifact of a candidate that is not built: the model scores it, or the log already holds its cost."""
+    path = folder / "candidate.json"
+    path.write_text(json.dumps({"index": index, "cached": cached, "cost": cost}))
+    return path
 
 
 @derived_object
