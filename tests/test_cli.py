@@ -8,16 +8,18 @@ import tvm_npu
 from conftest import run_tvmc
 
 
-@pytest.mark.parametrize("command", [[], ["compile"], ["run"], ["validate"], ["report"]])
+@pytest.mark.parametrize("command", [[], ["compile"], ["run"], ["validate"], ["report"], ["tune"]])
 def test_help_is_complete(command):
     result = run_tvmc(*command, "--help")
     assert result.returncode == 0
     for flag in {"compile": ["--target", "--input-shapes", "--target-npu-sram-kib", "--target-npu-config", "-o",
                              "--quantize", "--calibration-data", "--save-quantized", "--dump-offloads",
-                             "--allow-cpu-fallback"],
+                             "--allow-cpu-fallback", "--tuning-records"],
                  "run": ["--inputs", "--outputs", "--fill-mode", "--print-time", "--repeat"],
                  "validate": ["--device", "--report-json", "--min-cosine", "--atol-steps", "--per-layer", "--samples"],
-                 "report": ["--format", "--plot"]}.get(command[0] if command else "", []):
+                 "report": ["--format", "--plot"],
+                 "tune": ["-o", "--target", "--trials", "--runner", "--rpc-tracker", "--rpc-key", "--seed",
+                          "--early-stopping", "--plot"]}.get(command[0] if command else "", []):
         assert flag in result.stdout
     if not command:
         assert "exit codes" in result.stdout and "report" in result.stdout

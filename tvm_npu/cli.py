@@ -28,6 +28,7 @@ from .report import FORMATS, plot, report, summary_text
 from .runtime import load, make_inputs, read_npz, write_npz
 from .sparse import SPARSE_MODES
 from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
+from .tune import RUNNERS, tune
 from .validate import (
     DEFAULT_ATOL,
     DEFAULT_ATOL_STEPS,
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tvm_npu {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,validate,report}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,validate,report,tune}")
 
     compile_cmd = commands.add_parser("compile", help="compile an ONNX model into a package (.tar)")
     compile_cmd.add_argument("FILE", help="the ONNX model to compile")
@@ -133,7 +134,38 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     report_cmd.add_argument("--plot", metavar="PNG", help="also draw per-layer cycles against the roofline bound")
     report_cmd.set_defaults(handler=_report)
+
+    tune_cmd = commands.add_parser(
+        "tune", help="autotune the NPU layers' tilings (meta_schedule + XGBoost) into a records file",
+        description="Searches each distinct NPU layer's SRAM tiling with meta_schedule's evolutionary search and "
+        "XGBoost cost model. Records are appended to -o as they are measured; rerunning the same command "
+        "resumes. Apply them with `tvmc compile --tuning-records FILE`.",
+    )
+    tune_cmd.add_argument("FILE", help="the ONNX model to tune (give `tvmc compile` the same file)")
+    tune_cmd.add_argument("-o", "--output", required=True, metavar="JSON", help="tuning log to write or resume")
+    _add_target_options(tune_cmd)
+    tune_cmd.add_argument("--trials", type=int, default=64, metavar="N",
+                          help="candidates per task, the default tiling included (default: 64)")
+    tune_cmd.add_argument("--runner", choices=RUNNERS, default="npu-model",
+                          help="npu-model: score with the NPU performance model (deterministic); local: measure "
+                               "on this host; rpc: measure on machines registered with an RPC tracker")
+    tune_cmd.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker address (--runner rpc)")
+    tune_cmd.add_argument("--rpc-key", metavar="KEY", help="device key the RPC servers registered with")
+    tune_cmd.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
+    tune_cmd.add_argument("--early-stopping", type=int, metavar="N",
+                          help="end a task after N trials without a better candidate")
+    tune_cmd.add_argument("--plot", metavar="PNG", help="also draw best cost against trials per task")
+    tune_cmd.set_defaults(handler=_tune)
     return parser
+
+
+def _tune(args: argparse.Namespace) -> int:
+    config, shapes = _target_from_args(args)
+    result = tune(args.FILE, args.output, config, args.trials, args.runner, args.rpc_tracker, args.rpc_key,
+                  args.seed, args.early_stopping, shapes, args.plot)
+    print(result.table())
+    print(f"records: {result.log}")
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -146,7 +178,7 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_compile_options(parser: argparse.ArgumentParser) -> None:
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="npu",
                         help=f"npu or npu/<preset>; presets: {', '.join(PRESETS)} (default: npu = npu/mid)")
     parser.add_argument("--target-npu-config", metavar="JSON",
@@ -156,6 +188,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--target-npu-{name.replace('_', '-')}", dest=name, type=kind, metavar="N",
                             help=f"override the preset's {name}")
     parser.add_argument("--input-shapes", help='fix input shapes, e.g. "input:[1,3,224,224] other:[1,10]"')
+
+
+def _add_compile_options(parser: argparse.ArgumentParser) -> None:
+    _add_target_options(parser)
     parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
                         help="post-training INT8 quantization with NNCF (default: on unless the model is QDQ already)")
     parser.add_argument("--calibration-data", metavar="NPZ",
@@ -172,6 +208,8 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                              "(default: on; --no-cascade compiles every layer on its own)")
     parser.add_argument("--dump-offloads", action="store_true",
                         help="list every operator with where it runs (NPU kernel or CPU) and why")
+    parser.add_argument("--tuning-records", metavar="JSON",
+                        help="apply a `tvmc tune` log: each tuned layer uses its best measured tiling")
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -181,16 +219,20 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for --fill-mode random")
 
 
-def _compile_from_args(args: argparse.Namespace, output: Path):
+def _target_from_args(args: argparse.Namespace):
     config = resolve_target(
         args.target, args.target_npu_config, **{name: getattr(args, name) for name in OVERRIDABLE_FIELDS}
     )
-    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
+    return config, parse_input_shapes(args.input_shapes) if args.input_shapes else None
+
+
+def _compile_from_args(args: argparse.Namespace, output: Path):
+    config, shapes = _target_from_args(args)
     result = compile_model(
         args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
         calibration_data=args.calibration_data, save_quantized=args.save_quantized,
         allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
-        cascade=args.cascade,
+        cascade=args.cascade, tuning_records=args.tuning_records,
     )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)

@@ -598,7 +598,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             outer = t.order if g.weighted else {"weights": "channels", "rows": "rows"}[t.order]
             result.layers.append(LayerEstimate(
                 p.label, p.kernel, p.placement, g.describe(),
-                f"{t.rows} rows x {t.channels} ch, {outer} outer",
+                f"{t.rows} rows x {t.channels} ch, {outer} outer" + (" (tuned)" if p.tuned else ""),
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 g.compulsory_bytes, layer_roofline(g, config), p.sram_planned, p.sram_proven,
                 p.weights.get("original", 0), p.weights.get("encoded", 0),

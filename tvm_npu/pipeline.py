@@ -23,13 +23,14 @@ from . import __version__
 from .atomic import atomic_output, check_output_path
 from .build import build
 from .cascade import cascade as find_cascades
-from .frontend import OnnxModel, import_onnx, load_onnx
+from .frontend import ImportedModel, OnnxModel, import_onnx, load_onnx
 from .lower import lower
 from .package import PackageMetadata, write_package
 from .partition import partition
 from .perf import estimate
 from .plan import plan
 from .quantize import is_quantized, load_calibration, quantize
+from .records import tuned_tiles
 from .target import NpuConfig, resolve_target
 
 
@@ -54,6 +55,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     allow_cpu_fallback: bool = False,
     sparse: str = "auto",
     cascade: bool = True,
+    tuning_records: str | Path | None = None,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
 
@@ -65,29 +67,17 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     tiling fits is one, unless `allow_cpu_fallback` places it on the CPU (said in the report).
     `sparse` ("auto", "off", "force") decides where conv/dense layers use CSR weights (`tvm_npu.plan`).
     `cascade` fuses consecutive convolutions where that lowers DRAM traffic (`tvm_npu.cascade`).
+    `tuning_records` (a `tvmc tune` log) replaces the planner's tiling of every tuned layer
+    with the best one measured; records of another model or NPU config are ignored with a warning.
     """
     config = resolve_target(target)
     output = check_output_path(output)
-    if save_quantized is not None:
-        save_quantized = check_output_path(save_quantized)
+    tuned = tuned_tiles(tuning_records, model, config) if tuning_records is not None else None
     seconds: dict[str, float] = {}
-    with _timed(seconds, "load"):
-        loaded = load_onnx(model, input_shapes)
-    if quantize_model is None:
-        quantize_model = not is_quantized(loaded.model)
-    if quantize_model:
-        with _timed(seconds, "quantize"):
-            samples = load_calibration(calibration_data, loaded.inputs) if calibration_data else None
-            loaded = OnnxModel(quantize(loaded.model, loaded.inputs, samples, seed), loaded.inputs, loaded.name)
-    if save_quantized is not None:
-        with atomic_output(save_quantized) as stream:
-            stream.write(loaded.model.SerializeToString())
-    with _timed(seconds, "import"):
-        imported = import_onnx(loaded)
-    with _timed(seconds, "partition"):
-        mod, operators = partition(imported.mod)
+    front = partitioned(model, input_shapes, quantize_model, calibration_data, save_quantized, seed, seconds)
+    loaded, imported, mod, operators = front.loaded, front.imported, front.mod, front.operators
     with _timed(seconds, "plan"):
-        layers = plan(mod, config, allow_cpu_fallback, sparse)
+        layers = plan(mod, config, allow_cpu_fallback, sparse, tuned)
     if cascade:
         with _timed(seconds, "cascade"):
             find_cascades(mod, layers, config)
@@ -112,6 +102,40 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     with _timed(seconds, "package"):
         write_package(output, executable, metadata, imported.onnx_bytes)
     return CompileResult(output, metadata, seconds)
+
+
+@dataclass
+class Partitioned:
+    """The front half of the pipeline: the (QDQ) ONNX model, its Relax import and NPU partition."""
+
+    loaded: OnnxModel
+    imported: ImportedModel
+    mod: tvm.IRModule
+    operators: list[dict]
+
+
+def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=None, save_quantized=None,
+                seed: int = 0, seconds: dict[str, float] | None = None) -> Partitioned:
+    """load -> quantize -> import -> partition, as `compile` runs them (`tvmc tune` plans from here too)."""
+    seconds = {} if seconds is None else seconds
+    if save_quantized is not None:
+        save_quantized = check_output_path(save_quantized)
+    with _timed(seconds, "load"):
+        loaded = load_onnx(model, input_shapes)
+    if quantize_model is None:
+        quantize_model = not is_quantized(loaded.model)
+    if quantize_model:
+        with _timed(seconds, "quantize"):
+            samples = load_calibration(calibration_data, loaded.inputs) if calibration_data else None
+            loaded = OnnxModel(quantize(loaded.model, loaded.inputs, samples, seed), loaded.inputs, loaded.name)
+    if save_quantized is not None:
+        with atomic_output(save_quantized) as stream:
+            stream.write(loaded.model.SerializeToString())
+    with _timed(seconds, "import"):
+        imported = import_onnx(loaded)
+    with _timed(seconds, "partition"):
+        mod, operators = partition(imported.mod)
+    return Partitioned(loaded, imported, mod, operators)
 
 
 @contextlib.contextmanager

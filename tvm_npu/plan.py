@@ -6,7 +6,8 @@ partitioned module (before `lower`). For a kernel with a `geometry`, it enumerat
 whose double-buffered footprint (`perf.footprint`) fits `config.sram_bytes`, and picks the one
 with the least modelled DRAM traffic, then the fewest modelled cycles (traffic first makes
 "a larger SRAM never increases DRAM traffic" hold by construction: a larger SRAM only adds
-candidates). `lower` then schedules the kernel with those tiles and proves the footprint on
+candidates). Tuning records (`tvmc tune`, `tvm_npu.tune`) replace that choice per task
+(`task_key`: the kernel and its geometry). `lower` then schedules the kernel with those tiles and proves the footprint on
 the lowered TIR (`tvm_npu.sram.prove_footprint`).
 
 A kernel's variants (`NpuKernel.variant_of`: CSR weights for conv2d and dense) are weighed here
@@ -17,6 +18,8 @@ never does. `LayerPlan.weights` records the choice and the original vs encoded w
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -46,6 +49,7 @@ class LayerPlan:
     weights: dict = field(default_factory=dict)  # weight bytes original/encoded, zeros, dense-vs-variant choice
     cascade: object = None  # tvm_npu.cascade.Cascade fusing this layer with its neighbour, if any
     label: str = ""  # what reports call the layer: its ONNX node, else kind and index ("pool_2")
+    tuned: bool = False  # tiles from tuning records instead of the planner's choice
 
     def to_dict(self) -> dict:
         return {
@@ -54,11 +58,13 @@ class LayerPlan:
             {k: v for k, v in self.geometry.__dict__.items() if k != "row_nonzeros"},  # per channel: too long
             "tiles": None if self.tiles is None else self.tiles.__dict__,
             "sram_planned": self.sram_planned, "sram_proven": self.sram_proven, "weights": self.weights,
-            "cascade": None if self.cascade is None else self.cascade.describe(self),
+            "cascade": None if self.cascade is None else self.cascade.describe(self), "tuned": self.tuned,
         }
 
 
-def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False, sparse: str = "auto") -> list[LayerPlan]:
+def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False, sparse: str = "auto",
+         tuned: dict[str, Tiles] | None = None) -> list[LayerPlan]:
+    """`tuned` maps `task_key`s to the tiles tuning found best for them."""
     if sparse not in SPARSE_MODES:
         raise NpuError(f"unknown sparse mode {sparse!r}; choose one of {', '.join(SPARSE_MODES)}")
     plans = []
@@ -85,7 +91,7 @@ def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False,
                 layer.geometry = npu_kernel.geometry(params, inputs)  # None: this instance cannot be tiled
             if layer.geometry is not None:
                 _choose_variant(layer, npu_kernel, params, inputs, config, sparse)
-                _choose(layer, config, allow_cpu_fallback)
+                _choose(layer, config, allow_cpu_fallback, (tuned or {}).get(task_key(layer.kernel, layer.geometry)))
             plans.append(layer)
     return plans
 
@@ -113,6 +119,16 @@ def candidates(g: Geometry, config: NpuConfig) -> list[Tiles]:
     chans.update(c for c in (1, 2, 4, 8, 16) if c < g.out_channels)
     chans = sorted({-(-c // step) * step for c in chans})
     return [Tiles(r, c, order) for order in orders for r in rows for c in chans]
+
+
+def feasible(g: Geometry, config: NpuConfig) -> list[Tiles]:
+    """The candidate tilings whose double-buffered footprint fits the SRAM: the search space of tuning."""
+    return [t for t in candidates(g, config) if sum(footprint(g, t).values()) <= config.sram_bytes]
+
+
+def task_key(kernel_name: str, g: Geometry) -> str:
+    """What identifies a tuning task: layers with the same kernel and geometry share their tiling."""
+    return f"{kernel_name} {json.dumps(dataclasses.asdict(g), sort_keys=True, separators=(',', ':'))}"
 
 
 def choose_tiles(g: Geometry, config: NpuConfig) -> tuple[Tiles | None, int]:
@@ -175,7 +191,11 @@ def _key(g: Geometry, tiles: Tiles | None, config: NpuConfig) -> tuple[float, fl
     return cost.cycles, cost.dram_bytes
 
 
-def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool) -> None:
+def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool, tuned: Tiles | None = None) -> None:
+    if tuned is not None and sum(footprint(layer.geometry, tuned).values()) <= config.sram_bytes:
+        layer.tiles, layer.tuned = tuned, True
+        layer.sram_planned = sum(footprint(layer.geometry, tuned).values())
+        return
     tiles, smallest = choose_tiles(layer.geometry, config)
     if tiles is not None:
         layer.tiles = tiles

@@ -1,0 +1,144 @@
+"""Tuning records: the one file `tvmc tune` appends to and `tvmc compile --tuning-records` reads.
+
+A log is JSON lines. Line 1 is a header naming what the records are valid for (tvm_npu
+version, the model file's SHA-256, the NPU config, runner and seed); every other line is one
+measured candidate of one task (`tvm_npu.plan.task_key`): its tiles, its cost in seconds
+(NPU-model cycles / clock, or measured host seconds) and its NPU-model cycles.
+
+Records are appended one line per write, flushed and fsync'ed, so a killed tuner loses no
+finished record; a line cut short by the kill (no trailing newline) is dropped on resume.
+A tuner holds an exclusive `flock` on the log for its whole run, so a second tuner on the
+same log stops with an error instead of interleaving writes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from . import __version__
+from .errors import NpuError
+from .perf import Tiles
+from .target import NpuConfig
+
+FORMAT = "tvm_npu-tuning-log/1"
+
+
+def header(model_sha256: str, model_name: str, config: NpuConfig, runner: str, seed: int) -> dict:
+    return {"format": FORMAT, "tvm_npu": __version__, "model": model_name, "model_sha256": model_sha256,
+            "target": f"npu/{config.name}", "npu_config": config.to_dict(), "runner": runner, "seed": seed}
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_log(path: str | Path) -> tuple[dict, list[dict]]:
+    """(header, records) of a complete log; a corrupt one raises NpuError naming the line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise NpuError(f"cannot read tuning records {path}: {err.strerror}") from err
+    return _parse(path, text)[:2]
+
+
+def _parse(path: Path, text: str) -> tuple[dict, list[dict], int]:
+    """(header, records, length of the complete lines): a last line without its newline was cut by a kill."""
+    complete = text[: text.rfind("\n") + 1]
+    lines = complete.splitlines()
+    if not lines:
+        raise _corrupt(path, 1, "no header")
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise _corrupt(path, number, f"not JSON: {err.msg}") from err
+        if not isinstance(parsed[-1], dict):
+            raise _corrupt(path, number, "not a JSON object")
+    head, records = parsed[0], parsed[1:]
+    if head.get("format") != FORMAT:
+        raise _corrupt(path, 1, f"not a {FORMAT} header")
+    for number, record in enumerate(records, 2):
+        if not {"task", "tiles", "cost"} <= record.keys():
+            raise _corrupt(path, number, "a record needs task, tiles and cost")
+        if not (isinstance(record["tiles"], dict) and record["tiles"].keys() == {"rows", "channels", "order"}):
+            raise _corrupt(path, number, "tiles need rows, channels and order")
+    return head, records, len(complete.encode())
+
+
+def _corrupt(path: Path, line: int, why: str) -> NpuError:
+    return NpuError(f"tuning records {path} are corrupt (line {line}: {why}); rerun tvmc tune to write a new file")
+
+
+class TuningLog:
+    """An open log being tuned into: locked, resumed, appended to durably."""
+
+    def __init__(self, path: str | Path, head: dict):
+        self.path = Path(path)
+        self.file = open(self.path, "a+b")  # noqa: SIM115 - held open (and locked) until close()
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise NpuError(f"{self.path} is being tuned by another process; wait for it or pass another -o") from None
+        self.file.seek(0)
+        text = self.file.read().decode()
+        if not text.strip():
+            self.file.truncate(0)
+            self._write(head)
+            self.records: list[dict] = []
+            return
+        found, self.records, length = _parse(self.path, text)
+        self.file.truncate(length)  # a record cut short by a kill
+        mismatched = [k for k in ("model_sha256", "npu_config", "runner", "seed") if found.get(k) != head.get(k)]
+        if mismatched:
+            self.close()
+            raise NpuError(f"{self.path} holds records of another tuning run (different {', '.join(mismatched)}); "
+                           "pass another -o")
+
+    def append(self, record: dict) -> None:
+        self._write(record)
+        self.records.append(record)
+
+    def _write(self, entry: dict) -> None:
+        self.file.write((json.dumps(entry, sort_keys=True) + "\n").encode())
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()  # releases the lock
+
+    def __enter__(self) -> TuningLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def best_records(records: list[dict]) -> dict[str, dict]:
+    """Per task, the record with the lowest cost (failed measurements have cost null)."""
+    best: dict[str, dict] = {}
+    for record in records:
+        if record["cost"] is not None and (record["task"] not in best or record["cost"] < best[record["task"]]["cost"]):
+            best[record["task"]] = record
+    return best
+
+
+def tuned_tiles(path: str | Path, model: str | Path, config: NpuConfig) -> dict[str, Tiles]:
+    """The best tiles per task in `path`, if they were tuned for this model file and NPU config;
+    otherwise a warning and no tiles (the planner's choice stands)."""
+    head, records = read_log(path)
+    problems = []
+    if Path(model).is_file() and head.get("model_sha256") != file_sha256(model):
+        problems.append(f"model {head.get('model')} (another file than {Path(model).name})")
+    if head.get("npu_config") != config.to_dict():
+        problems.append(f"target {head.get('target')} with another hardware description than npu/{config.name}")
+    if problems:
+        print(f"warning: ignoring tuning records {path}: they were tuned for {' and '.join(problems)}")
+        return {}
+    return {key: Tiles(**record["tiles"]) for key, record in best_records(records).items()}
