@@ -22,7 +22,8 @@ from tvm_npu.package import read_package
 CASE_TIMEOUT = 60  # seconds: every case fails long before; more means a hang
 # An output flag per subcommand, added unless a case sets it: whatever a case writes must not survive.
 OUTPUTS = {"compile": ["-o", "{O}/model.tar"], "run": ["-o", "{O}/outputs.npz"],
-           "validate": ["--report-json", "{O}/report.json"], "report": ["--plot", "{O}/layers.png"]}
+           "validate": ["--report-json", "{O}/report.json"], "report": ["--plot", "{O}/layers.png"],
+           "tune": ["-o", "{O}/tuning.json"]}
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,16 @@ CASES = [
     Case("report-plot-folder-missing", "report {V} --plot {O}/absent/layers.png", "does not exist", "create it first"),
     Case("validate-report-folder-missing", "validate {V} --report-json {O}/absent/r.json", "does not exist",
          "create it first"),
+    # tuning logs (tvmc tune -o, compile --tuning-records); another model's or config's log is a warning (tests/test_tune.py)
+    Case("tuning-log-random-bytes", "compile {M}/valid.onnx --tuning-records {D}/tuning_random.json", "are corrupt",
+         "rerun tvmc tune"),
+    Case("tuning-log-not-ours", "compile {M}/valid.onnx --tuning-records {D}/tuning_not_ours.json",
+         "line 1: not a JSON object", "rerun tvmc tune"),
+    Case("tuning-log-bad-record", "compile {M}/valid.onnx --tuning-records {D}/tuning_bad_record.json",
+         "line 2: a record needs task, tiles and cost", "rerun tvmc tune"),
+    Case("tuning-log-missing", "compile {M}/valid.onnx --tuning-records {D}/absent.json", "cannot read tuning records"),
+    Case("tune-into-corrupt-log", "tune {M}/valid.onnx --trials 1 -o {D}/tuning_random.json", "are corrupt",
+         "rerun tvmc tune"),
     # inputs at run time
     Case("input-wrong-dtype", "run {V} --inputs {D}/wrong_dtype.npz", "'x' is float64[1, 4, 8, 8]", "astype('float32')"),
     Case("input-wrong-shape", "run {V} --inputs {D}/wrong_shape.npz", "float32[1, 4, 9, 8]", "reshape([1, 4, 8, 8])"),

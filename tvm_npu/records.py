@@ -40,10 +40,17 @@ def read_log(path: str | Path) -> tuple[dict, list[dict]]:
     """(header, records) of a complete log; a corrupt one raises NpuError naming the line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
         raise NpuError(f"cannot read tuning records {path}: {err.strerror}") from err
-    return _parse(path, text)[:2]
+    return _parse(path, _text(path, data))[:2]
+
+
+def _text(path: Path, data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError as err:
+        raise _corrupt(path, data[:err.start].count(b"\n") + 1, "not UTF-8 text") from None
 
 
 def _parse(path: Path, text: str) -> tuple[dict, list[dict], int]:
@@ -87,13 +94,17 @@ class TuningLog:
             self.file.close()
             raise NpuError(f"{self.path} is being tuned by another process; wait for it or pass another -o") from None
         self.file.seek(0)
-        text = self.file.read().decode()
-        if not text.strip():
-            self.file.truncate(0)
-            self._write(head)
-            self.records: list[dict] = []
-            return
-        found, self.records, length = _parse(self.path, text)
+        try:
+            text = _text(self.path, self.file.read())
+            if not text.strip():
+                self.file.truncate(0)
+                self._write(head)
+                self.records: list[dict] = []
+                return
+            found, self.records, length = _parse(self.path, text)
+        except NpuError:
+            self.close()
+            raise
         self.file.truncate(length)  # a record cut short by a kill
         mismatched = [k for k in ("model_sha256", "npu_config", "runner", "seed") if found.get(k) != head.get(k)]
         if mismatched:

@@ -44,6 +44,7 @@ def make_corpus(folder: Path, package: Path | None = None) -> Path:
     _write_models(models, valid, rng)
     _write_data(data, rng)
     _write_configs(data)
+    _write_tuning_logs(data, rng)
     _write_packages(packages, Path(package), rng)
     return folder
 
@@ -135,6 +136,14 @@ def _write_data(data: Path, rng: np.random.Generator) -> None:
     (data / "not_npz.npz").write_bytes(rng.bytes(512))
     np.savez(data / "calibration_missing.npz", z=np.stack([x, x]))
     np.savez(data / "calibration_no_samples.npz", x=np.zeros((0, 1, 4, 8, 8), np.float32))
+
+
+def _write_tuning_logs(data: Path, rng: np.random.Generator) -> None:
+    (data / "tuning_random.json").write_bytes(rng.bytes(512))
+    # meta_schedule's own database format: JSON, but not a tvmc tune log
+    (data / "tuning_not_ours.json").write_text(json.dumps([0, [["sample_categorical", [], [0]]]]) + "\n")
+    (data / "tuning_bad_record.json").write_text(
+        json.dumps({"format": "tvm_npu-tuning-log/1"}) + "\n" + json.dumps({"task": "npu.conv2d"}) + "\n")
 
 
 def _write_configs(data: Path) -> None:
