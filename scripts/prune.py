@@ -13,11 +13,11 @@ import sys
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from tvm_npu.atomic import atomic_output
 from tvm_npu.errors import EXIT_BAD_INPUT, EXIT_OK, NpuError, first_line
+from tvm_npu.frontend import read_onnx
 
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print the sparsity of every pruned weight")
     args = parser.parse_args(argv)
     try:
-        model = _load(pathlib.Path(args.input))
+        model = read_onnx(pathlib.Path(args.input))
         achieved = prune(model, args.sparsity, args.scope)
         with atomic_output(args.output) as stream:
             stream.write(model.SerializeToString())
@@ -89,17 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(sizes[n] * achieved[n] for n in achieved) / sum(sizes.values())
     print(f"wrote {args.output}: {len(achieved)} weights pruned, {100 * total:.2f} % zeros overall ({args.scope})")
     return EXIT_OK
-
-
-def _load(source: pathlib.Path) -> onnx.ModelProto:
-    try:
-        model = onnx.load(source)
-        onnx.checker.check_model(model)
-    except OSError as err:
-        raise NpuError(f"cannot read {source}: {err.strerror or first_line(err)}") from err
-    except (DecodeError, onnx.checker.ValidationError) as err:
-        raise NpuError(f"{source} is not a valid ONNX model: {first_line(err)}") from err
-    return model
 
 
 if __name__ == "__main__":

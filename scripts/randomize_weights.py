@@ -8,10 +8,10 @@ import pathlib
 import sys
 
 import onnx
-from google.protobuf.message import DecodeError
 
 from tvm_npu.atomic import atomic_output
 from tvm_npu.errors import EXIT_BAD_INPUT, EXIT_OK, NpuError, first_line
+from tvm_npu.frontend import read_onnx
 from tvm_npu.zoo import LIGHT_MODELS, light_model_path, randomize_weights
 
 
@@ -36,17 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(name: str) -> onnx.ModelProto:
-    source = light_model_path(name) if name in LIGHT_MODELS else pathlib.Path(name)
-    if not source.exists():
-        raise NpuError(f"{name} is neither a file nor a light model ({', '.join(LIGHT_MODELS)})")
-    try:
-        model = onnx.load(source)
-        onnx.checker.check_model(model)
-    except OSError as err:
-        raise NpuError(f"cannot read {source}: {err.strerror or first_line(err)}") from err
-    except (DecodeError, onnx.checker.ValidationError) as err:
-        raise NpuError(f"{source} is not a valid ONNX model: {first_line(err)}") from err
-    return model
+    """A light model by name, or an ONNX file."""
+    return read_onnx(light_model_path(name) if name in LIGHT_MODELS else pathlib.Path(name))
 
 
 if __name__ == "__main__":

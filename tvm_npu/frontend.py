@@ -106,7 +106,7 @@ def format_input_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
 def load_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> OnnxModel:
     """Loads and checks an ONNX model and fixes every input shape."""
     path = Path(path)
-    model = _load(path)
+    model = read_onnx(path)
     inputs = _resolve_inputs(model, input_shapes or {})
     _check_operators(model)
     _check_shapes(model, inputs, path)
@@ -200,7 +200,7 @@ def _native_stderr_discarded():
         os.close(devnull)
 
 
-def _load(path: Path) -> onnx.ModelProto:
+def read_onnx(path: Path) -> onnx.ModelProto:
     """The parsed, checked model with any external data inlined."""
     if not path.exists():
         raise NpuError(f"model file {path} does not exist; check the path")
