@@ -56,8 +56,8 @@ class _Graph:
         return path
 
 
-def _uint8(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.UINT8, list(shape))
+def _uint8(name, shape, dtype=TensorProto.UINT8):
+    return helper.make_tensor_value_info(name, dtype, list(shape))
 
 
 def make_residual_sum_model(path: Path) -> Path:
@@ -74,11 +74,12 @@ def make_residual_sum_model(path: Path) -> Path:
 
 def make_concat_affine_model(path: Path) -> Path:
     """DenseNet's dense block: Concat(Concat(a, b), c) in float (differently quantized parts), each concat
-    followed by BatchNorm -> Mul -> Add (per-channel constants) -> ReLU -> Q."""
+    followed by BatchNorm -> Mul -> Add (per-channel constants) -> ReLU -> Q. `c` is int8 among uint8 parts
+    (DenseNet's first block: a uint8 max pool beside int8 convolutions)."""
     g = _Graph(np.random.default_rng(2))
-    parts = {"a": (3, 0.03, 5), "b": (4, 0.05, 0), "c": (2, 0.02, 17)}
+    parts = {"a": (3, 0.03, 5), "b": (4, 0.05, 0), "c": (2, 0.02, -17)}
     inner = g.node("Concat", [g.dq("a", *parts["a"][1:]), g.dq("b", *parts["b"][1:])], "inner", axis=1)
-    outer = g.node("Concat", [inner, g.dq("c", *parts["c"][1:])], "outer", axis=1)
+    outer = g.node("Concat", [inner, g.dq("c", *parts["c"][1:], "int8")], "outer", axis=1)
     for x, channels, scale in ((inner, 7, 0.04), (outer, 9, 0.05)):
         rng = g.rng
         stats = [rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.2, channels), rng.normal(0, 0.2, channels),
@@ -88,7 +89,8 @@ def make_concat_affine_model(path: Path) -> Path:
         scaled = g.node("Mul", [norm, g.const(f"{x}_mul_k", rng.uniform(0.5, 1.5, (channels, 1, 1)).astype(np.float32))], f"{x}_mul")
         shifted = g.node("Add", [scaled, g.const(f"{x}_add_k", rng.normal(0, 0.2, (channels, 1, 1)).astype(np.float32))], f"{x}_add")
         g.q(g.node("Relu", [shifted], f"{x}_relu"), scale, 0)
-    inputs = [_uint8(name, (1, channels, 5, 6)) for name, (channels, _, _) in parts.items()]
+    inputs = [_uint8(name, (1, channels, 5, 6), TensorProto.INT8 if name == "c" else TensorProto.UINT8)
+              for name, (channels, _, _) in parts.items()]
     return g.save(path, inputs, [_uint8(f"{x}_relu_q", (1, c, 5, 6)) for x, c in ((inner, 7), (outer, 9))])
 
 
@@ -144,11 +146,12 @@ def test_concat_batchnorm_lands_on_channel_affine_bit_exact(compiled):
     assert len(concats) == 2 and all(row["reason"].startswith("unsupported op") for row in concats)  # int8 copies
     params = _composites(path, "npu.channel_affine")
     rng = np.random.default_rng(6)
-    x = {name: rng.integers(0, 256, (1, c, 5, 6), dtype=np.uint8) for name, c in (("a", 3), ("b", 4), ("c", 2))}
+    x = {name: rng.integers(0, 256, (1, c, 5, 6), dtype=np.uint8) for name, c in (("a", 3), ("b", 4))}
+    x["c"] = rng.integers(-128, 128, (1, 2, 5, 6), dtype=np.int8)
     out = tvm_npu.load(package).run(x)
     affine = kernel("npu.channel_affine")
     inner = np.concatenate([x["a"], x["b"]], axis=1)
     np.testing.assert_array_equal(out["inner_relu_q"], affine.reference(params["inner_add"], [inner]))
-    outer = np.concatenate([inner, x["c"]], axis=1)
+    outer = np.concatenate([(inner.astype(np.int16) - 128).astype(np.int8), x["c"]], axis=1)  # int8 throughout
     np.testing.assert_array_equal(out["outer_relu_q"], affine.reference(params["outer_add"], [outer]))
     _assert_matches_openvino(path, x, out)

@@ -230,23 +230,28 @@ class _ConcatOfDequantized(relax.PyExprMutator):
         if not all(_dequantize_along(s, axis) for s in sources):
             return call
         dtypes = {str(s.args[0].ty.dtype) for s in sources}
-        if len(dtypes) != 1:  # int8 and uint8 parts make no one integer tensor
-            return call
-        scales, zero_points = [], []
+        dtype = dtypes.pop() if len(dtypes) == 1 else "int8"
+        parts, scales, zero_points = [], [], []
         for source in sources:
-            channels = int(source.args[0].ty.shape[axis])
+            part, zero_point = source.args[0], source.args[2].value.numpy().astype(np.int64).reshape(-1)
+            if str(part.ty.dtype) != dtype:  # uint8 among int8 parts: v - 128 with zero point z - 128, exactly
+                part = self.builder_.emit(relax.op.astype(relax.op.subtract(
+                    relax.op.astype(part, "int16"), relax.const(128, "int16")), "int8"), "signed")
+                zero_point = zero_point - 128
+            channels = int(part.ty.shape[axis])
+            parts.append(part)
             scales.append(np.broadcast_to(source.args[1].value.numpy().reshape(-1), (channels,)))
-            zero_points.append(np.broadcast_to(source.args[2].value.numpy().reshape(-1), (channels,)))
-        integers = self.builder_.emit(relax.op.concat([s.args[0] for s in sources], axis), "concatenated")
+            zero_points.append(np.broadcast_to(zero_point, (channels,)))
+        integers = self.builder_.emit(relax.op.concat(parts, axis), "concatenated")
         return relax.op.dequantize(integers, relax.const(np.concatenate(scales), "float32"),
-                                   relax.const(np.concatenate(zero_points), dtypes.pop()), axis=axis, out_dtype="float32")
+                                   relax.const(np.concatenate(zero_points).astype(dtype), dtype), axis=axis, out_dtype="float32")
 
 
 def _dequantize_along(expr, axis: int) -> bool:
     """An activation dequantize with constant parameters per tensor or per channel along `axis`."""
     if op_name(expr) != "relax.dequantize" or isinstance(expr.args[0], tvm.ir.expr.Constant):
         return False
-    if not all(isinstance(a, tvm.ir.expr.Constant) for a in expr.args[1:3]):
+    if not all(isinstance(a, tvm.ir.expr.Constant) for a in expr.args[1:3]) or str(expr.args[0].ty.dtype) not in ("int8", "uint8"):
         return False
     rank = len(expr.args[0].ty.shape)
     return all(a.value.numpy().size == 1 for a in expr.args[1:3]) or int(expr.attrs.axis) % rank == axis
