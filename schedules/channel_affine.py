@@ -176,8 +176,8 @@ KERNEL = NpuKernel(
     reference=reference,
     examples=examples,
     limits=(
-        "inference BatchNormalization, Mul and Add by per-channel (or scalar, after one of those) constants, "
-        "on channel axis 1 of a rank-2+ tensor, folded into one multiply-add",
+        ("inference BatchNormalization, Mul and Add by per-channel (or scalar, after one of those) constants, "
+         "on channel axis 1 of a rank-2+ tensor, folded into one multiply-add"),
         "input per tensor or per channel (a concat of differently quantized tensors), output per tensor",
         "rescale factors (input scale x factor / output scale) within the fixed-point range",
     ),

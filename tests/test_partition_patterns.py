@@ -98,7 +98,7 @@ def _composites(path: Path, name: str) -> dict[str, object]:
     """KernelParams of every `name` composite, by the ONNX node its output quantize holds."""
     mod, _ = partition(import_onnx(load_onnx(path)).mod)
     found = {}
-    for gv, func in mod.functions.items():
+    for func in mod.functions.values():
         if func.attrs and "Composite" in func.attrs and str(func.attrs["Composite"]) == name:
             comp = Composite(func)
             found[comp.onnx_name()] = kernel(name).params(comp)
