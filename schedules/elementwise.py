@@ -116,6 +116,7 @@ def examples(rng):
         binary("mul_relu6", "Mul", (1, 3, 4, 5), "relu6"),
         binary("add_one_element", "Add", (1,)),
         binary(f"random_rank{rank}", str(rng.choice(["Add", "Mul"])), tuple(int(d) for d in rng.integers(1, 9, rank))),
+        binary("residual_sum_relu", "Sum", (1, 6, 9, 7), "relu"),  # ResNet's residual adds are ONNX Sum
     ]
 
 
@@ -153,7 +154,7 @@ KERNEL = NpuKernel(
     reference=reference,
     examples=examples,
     limits=(
-        'Add and Mul of two activations of the same shape (no broadcasting, no constant operand)',
+        'Add (or a two-input Sum) and Mul of two activations of the same shape (no broadcasting, no constant operand)',
         'activations and output per tensor',
         'rescale factors (input scale / output scale; for Mul, product of input scales / output scale) within the fixed-point range',
     ),

@@ -152,7 +152,33 @@ def lut_case(rng, *, function=None, x_dtype=None, y_dtype=None):
     return KernelParams(attrs, [table(attrs)]), [rng.permutation(x.ravel()).reshape(x.shape)]
 
 
+def channel_affine_case(rng, *, shape=None, x_dtype=None, y_dtype=None, per_channel_input=True):
+    """Per-channel factors of both signs and one zero (a channel that only shifts), per-channel input quantization."""
+    from tvm_npu.schedules.channel_affine import integers
+
+    shape = shape or tuple(int(d) for d in rng.integers(1, 9, int(rng.integers(2, 5))))
+    channels = shape[1]
+    x_dtype = x_dtype or str(rng.choice(["int8", "uint8"]))
+    y_dtype = y_dtype or str(rng.choice(["int8", "uint8"]))
+    low, high = np.iinfo(x_dtype).min, np.iinfo(x_dtype).max
+    sx = rng.uniform(0.01, 0.08, channels if per_channel_input else 1).repeat(1 if per_channel_input else channels)
+    zx = rng.integers(low // 4, high // 4, channels if per_channel_input else 1).repeat(1 if per_channel_input else channels)
+    factor = rng.uniform(0.3, 2, channels) * rng.choice([-1, 1], channels)
+    factor[0] = 0.0
+    shift = rng.normal(0, 1, channels)
+    sy, zy, lo, hi = _output_quant(rng, y_dtype)
+    (mult, bias, shifts), problem = integers(sx, zx, factor, shift, sy)
+    assert problem is None, problem
+    attrs = {"zy": zy, "lo": lo, "hi": hi, "out_dtype": y_dtype}
+    return KernelParams(attrs, [mult, bias, shifts]), [_integers(rng, shape, x_dtype)]
+
+
 CASES = {
+    "npu.channel_affine": [
+        *(lambda rng: channel_affine_case(rng) for _ in range(4)),
+        lambda rng: channel_affine_case(rng, shape=(1, 7, 5, 3), x_dtype="uint8", y_dtype="int8"),
+        lambda rng: channel_affine_case(rng, shape=(2, 5), x_dtype="int8", per_channel_input=False),
+    ],
     "npu.concat": [
         *(lambda rng: concat_case(rng) for _ in range(6)),
         lambda rng: concat_case(rng, axis=1, count=3, rank=4, dtypes=["int8", "uint8", "int8"]),

@@ -204,13 +204,13 @@ def _channel_affine(node: onnx.NodeProto, inits: dict, channels: int, rank: int)
         factor = gamma / np.sqrt(var + eps)
         return factor, beta - mean * factor
     (constant_name,) = [name for name in node.input if name in inits]
-    constant = _per_channel(numpy_helper.to_array(inits[constant_name]).astype(np.float64), channels, rank)
+    constant = per_channel(numpy_helper.to_array(inits[constant_name]).astype(np.float64), channels, rank)
     if constant is None:
         return None
     return (constant, np.zeros(channels)) if node.op_type == "Mul" else (np.ones(channels), constant)
 
 
-def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+def per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
     """`constant` as one value per channel of a rank-`rank` NCHW tensor, if it broadcasts that way."""
     if constant.ndim > rank:
         return None
