@@ -186,6 +186,18 @@ def test_foreign_and_corrupt_records(model, model_log, tmp_path, capsys):
     assert not (tmp_path / "x.tar").exists()
 
 
+def test_records_whose_tasks_match_no_layer_are_reported(model, model_log, tmp_path, capsys):
+    """Records of this very model whose layer geometry has changed since (another tvm_npu) must not
+    leave layers untuned without a word."""
+    log, _ = model_log
+    head, *records = log.read_text().splitlines()
+    stale = tmp_path / "stale.json"
+    stale.write_text("\n".join([head, *(line.replace("in_h", "in_h_before") for line in records)]) + "\n")
+    result = tvm_npu.compile(model, tmp_path / "stale.tar", TARGET, tuning_records=stale, cascade=False)
+    assert "match no layer of this model" in capsys.readouterr().out
+    assert not any(layer["tuned"] for layer in result.metadata.extra["layers"])
+
+
 def _tune_command(model: Path, log: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "tvm_npu", "tune", str(model), "-o", str(log), "--target", TARGET, *args]
 

@@ -28,9 +28,9 @@ from .lower import lower
 from .package import PackageMetadata, write_package
 from .partition import partition
 from .perf import estimate
-from .plan import plan
+from .plan import plan, task_key
 from .quantize import is_quantized, load_calibration, quantize
-from .records import tuned_tiles
+from .records import tuned_tiles, warn_unmatched
 from .target import NpuConfig, resolve_target
 
 
@@ -78,6 +78,9 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     loaded, imported, mod, operators = front.loaded, front.imported, front.mod, front.operators
     with _timed(seconds, "plan"):
         layers = plan(mod, config, allow_cpu_fallback, sparse, tuned)
+    if tuned:
+        keys = {task_key(layer.kernel, layer.geometry) for layer in layers if layer.geometry is not None}
+        warn_unmatched(tuning_records, tuned, keys)
     if cascade:
         with _timed(seconds, "cascade"):
             find_cascades(mod, layers, config)

@@ -153,3 +153,12 @@ def tuned_tiles(path: str | Path, model: str | Path, config: NpuConfig) -> dict[
         print(f"warning: ignoring tuning records {path}: they were tuned for {' and '.join(problems)}")
         return {}
     return {key: Tiles(**record["tiles"]) for key, record in best_records(records).items()}
+
+
+def warn_unmatched(path: str | Path, tuned: dict[str, Tiles], layer_keys: set[str]) -> None:
+    """Records of this model whose task matches no layer (the layer geometry the tuner saw has changed
+    since, e.g. with another tvm_npu) would leave those layers untuned without a word: say so."""
+    unmatched = set(tuned) - layer_keys
+    if unmatched:
+        print(f"warning: {len(unmatched)} of the {len(tuned)} tuned tasks in {path} match no layer of this model "
+              "(tuned by another tvm_npu version?); those layers keep the planner's tiling: rerun tvmc tune")
