@@ -25,6 +25,7 @@ from tvm_npu.records import TuningLog, read_log
 from tvm_npu.runtime import make_inputs
 from tvm_npu.target import resolve_target
 from tvm_npu.tune import tune
+from tvm_npu.zoo import default_model_path
 
 TARGET = "npu/micro"
 
@@ -322,3 +323,12 @@ def test_tune_bad_flags_are_one_line_errors(model, tmp_path, capsys, args, fragm
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and fragment in err[0]
     assert not (tmp_path / "log.json").exists()
+
+
+def test_weightless_layers_are_tuning_tasks_too(tmp_path):
+    """Pools and adds are SRAM-tiled like convs: their tilings are searched with the same features."""
+    result = tune(default_model_path(), tmp_path / "default.json", "npu/mid", trials=2, seed=0,
+                  progress=False)
+    kinds = {task.task.split()[0] for task in result.tasks}
+    assert {"conv", "add", "max", "avg"} <= kinds, kinds
+    assert all(task.best_cycles is not None for task in result.tasks)

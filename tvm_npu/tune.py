@@ -434,7 +434,7 @@ class _TilingFeatures(ms.feature_extractor.PyFeatureExtractor):
             rows.append([
                 math.log2(t.rows), math.log2(t.channels), float(t.order == "weights"),
                 math.log2(-(-g.out_h // t.rows)), math.log2(-(-g.out_channels // t.channels)),
-                *(math.log2(1 + size[k]) for k in ("input", "weights", "acc", "output")),
+                *(math.log2(1 + size.get(k, 0)) for k in ("input", "weights", "acc", "output")),  # weightless: none
                 math.log2(1 + sum(size.values())),
                 pixels / (-(-pixels // config.mac_rows) * config.mac_rows),
                 t.channels / (-(-t.channels // config.mac_cols) * config.mac_cols),
