@@ -190,5 +190,5 @@ def test_report_marks_cascaded_layers(chain_packages):
 
 
 def test_no_cascade_flag():
-    assert build_parser().parse_args(["compile", "m.onnx", "--no-cascade"]).cascade is False
-    assert build_parser().parse_args(["compile", "m.onnx"]).cascade is True
+    assert build_parser().parse_args(["compile", "m.onnx", "--cascade"]).cascade is True
+    assert build_parser().parse_args(["compile", "m.onnx"]).cascade is False

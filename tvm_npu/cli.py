@@ -203,9 +203,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparse", choices=SPARSE_MODES, default="auto",
                         help="CSR (zero-skipping) weights for conv/dense layers: auto where the NPU model predicts "
                              "a win, force wherever possible, off never (default: auto)")
-    parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=False,
                         help="fuse consecutive convolutions in SRAM row bands where that lowers DRAM traffic "
-                             "(default: on; --no-cascade compiles every layer on its own)")
+                             "(default: off: the cascaded schedule runs its row bands serially on the host, ~10x slower "
+                             "on the default model)")
     parser.add_argument("--dump-offloads", action="store_true",
                         help="list every operator with where it runs (NPU kernel or CPU) and why")
     parser.add_argument("--tuning-records", metavar="JSON",

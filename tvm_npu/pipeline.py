@@ -54,7 +54,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     seed: int = 0,
     allow_cpu_fallback: bool = False,
     sparse: str = "auto",
-    cascade: bool = True,
+    cascade: bool = False,
     tuning_records: str | Path | None = None,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
@@ -66,7 +66,8 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     Raises `NpuError` with a one-line message for anything a user can fix; a layer no SRAM
     tiling fits is one, unless `allow_cpu_fallback` places it on the CPU (said in the report).
     `sparse` ("auto", "off", "force") decides where conv/dense layers use CSR weights (`tvm_npu.plan`).
-    `cascade` fuses consecutive convolutions where that lowers DRAM traffic (`tvm_npu.cascade`).
+    `cascade` fuses consecutive convolutions where that lowers DRAM traffic (`tvm_npu.cascade`); off by
+    default, as the cascaded schedule runs its row bands serially on the host.
     `tuning_records` (a `tvmc tune` log) replaces the planner's tiling of every tuned layer
     with the best one measured; records of another model or NPU config are ignored with a warning.
     """
