@@ -22,7 +22,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
-from tvm_npu.perf import Tiles
+from tvm_npu.perf import Tiles, window_span
 from tvm_npu.registry import KernelParams
 from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_layer, csr_variant, sram_buffer, stage_weight_tile, \
     stream_tiles, tile_nonzeros
@@ -49,8 +49,8 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
     _, _, out_h, out_w = y_shape = conv2d.out_shape(a, x_shape, a["weight_shape"])
     (sh, sw), (pt, pl, pb, _), (dh, dw) = a["strides"], a["padding"], a["dilation"]
     r, c = tiles.rows, tiles.channels
-    rows_in = min((r - 1) * sh + (kh - 1) * dh + 1, height + pt + pb)  # as perf.Geometry.rows_in
-    cols_in = (out_w - 1) * sw + (kw - 1) * dw + 1
+    rows_in = min(window_span(r, kh, sh, dh), height + pt + pb)  # as perf.Geometry.rows_in
+    cols_in = window_span(out_w, kw, sw, dw)
     row_tiles, chan_tiles = -(-out_h // r), -(-out_channels // c)
     slots = 1 if row_tiles == 1 else 2
     with IRBuilder() as builder:
