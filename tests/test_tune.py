@@ -207,6 +207,23 @@ def _records(log: Path) -> int:
     return max(0, log.read_text().count("\n") - 1) if log.exists() else 0
 
 
+def _signal_after_records(command: list[str], log: Path, records: int, signum: int) -> tuple[int, str]:
+    """Runs a tuner until `log` holds `records` records, sends it `signum`; (its exit code, its stderr)."""
+    tuner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while _records(log) < records and tuner.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert tuner.poll() is None, "the tuner ended before the signal"
+        tuner.send_signal(signum)
+        _, err = tuner.communicate(timeout=120)
+    finally:
+        if tuner.poll() is None:
+            tuner.kill()
+            tuner.wait()
+    return tuner.returncode, err
+
+
 def test_a_second_tuner_on_the_same_log_is_refused(model, model_log, tmp_path):
     log = tmp_path / "locked.json"
     log.write_bytes(model_log[0].read_bytes())
@@ -220,20 +237,8 @@ def test_a_second_tuner_on_the_same_log_is_refused(model, model_log, tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_keeps_every_record(model, tmp_path):
     log = tmp_path / "interrupted.json"
-    tuner = subprocess.Popen(_tune_command(model, log, "--trials", "60"), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while _records(log) < 5 and tuner.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert tuner.poll() is None, "the tuner ended before it could be interrupted"
-        tuner.send_signal(signal.SIGINT)
-        _, err = tuner.communicate(timeout=120)
-    finally:
-        if tuner.poll() is None:
-            tuner.kill()
-            tuner.wait()
-    assert tuner.returncode == 130 and err.strip().splitlines()[-1] == "tvmc: interrupted"
+    returncode, err = _signal_after_records(_tune_command(model, log, "--trials", "60"), log, 5, signal.SIGINT)
+    assert returncode == 130 and err.strip().splitlines()[-1] == "tvmc: interrupted"
     kept = _records(log)
     assert kept >= 5 and log.read_text().endswith("\n")
     result = tune(model, log, TARGET, trials=60, progress=False)  # resumes where it stopped
@@ -245,19 +250,7 @@ def test_local_runner_killed_mid_way_resumes_and_builds_exactly(model, untuned_o
     """A SIGKILLed `tvmc tune --runner local` loses no finished record; rerunning the command
     finishes the rest without repeating a candidate, and the tuned build stays exact."""
     log = tmp_path / "local.json"
-    first = subprocess.Popen(_tune_command(model, log, "--runner", "local", "--trials", "6"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while _records(log) < 2 and first.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert first.poll() is None, "the tuner ended before it could be killed"
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    _signal_after_records(_tune_command(model, log, "--runner", "local", "--trials", "6"), log, 2, signal.SIGKILL)
     survived = _records(log)
     assert 2 <= survived < 12
     before = log.read_text()
