@@ -78,13 +78,14 @@ def report(metadata: PackageMetadata, fmt: str = "table") -> str:
         return out.getvalue().rstrip("\n")
     if fmt != "table":
         raise NpuError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    width = max([12] + [len(r["name"]) + 2 for r in rows])  # layers are named as in the ONNX model
-    head = (f"{'layer':<{width}}{'kernel':<17}{'tiles':<32}{'cycles':>11}{'bound':>8}{'util':>7}{'DRAM KiB':>10}"
+    # Names (as in the ONNX model) and tilings ("(tuned)", cascades) vary in length: columns fit them whole.
+    width, tiles = (max([least] + [len(r[key]) + 2 for r in rows]) for key, least in (("name", 12), ("tiles", 32)))
+    head = (f"{'layer':<{width}}{'kernel':<17}{'tiles':<{tiles}}{'cycles':>11}{'bound':>8}{'util':>7}{'DRAM KiB':>10}"
             f"{'SRAM KiB':>10}{'W KiB orig':>11}{'W KiB enc':>10}  shape")
     lines = [summary_text(metadata), "", head]
     for r in rows:
         sram = "-" if r["sram_proven"] is None else f"{r['sram_proven'] / 1024:.1f}"
-        lines.append(f"{r['name']:<{width}}{r['kernel']:<17}{r['tiles'][:31]:<32}{r['cycles']:>11.0f}"
+        lines.append(f"{r['name']:<{width}}{r['kernel']:<17}{r['tiles']:<{tiles}}{r['cycles']:>11.0f}"
                      f"{r['roofline_ratio']:>7.2f}x{100 * r['utilization']:>6.1f}%{r['dram_bytes'] / 1024:>10.1f}"
                      f"{sram:>10}{_kib(r.get('weight_bytes_original', 0)):>11}{_kib(r.get('weight_bytes_encoded', 0)):>10}"
                      f"  {r['shape']}")
