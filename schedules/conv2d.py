@@ -214,7 +214,8 @@ def geometry(p: KernelParams, inputs) -> Geometry:
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     """SRAM tiles: padded input rows (with halo, 8-bit, padded with zx), weight and parameter tile,
     int32 accumulator and output tile, all in SRAM; the inner tile loop is double-buffered, the
-    outer one runs in parallel on the host, and the innermost output-column loops vectorize."""
+    outer one runs in parallel on the host, and the innermost output-column loops vectorize (each
+    unless `tiles` turns it off)."""
     sch = s_tir.Schedule(func)
     y, acc, xp = sch.get_sblock("Y"), sch.get_sblock("acc"), sch.get_sblock("Xp")
     _, o, h, _ = sch.get_loops(y)
@@ -229,8 +230,9 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     loads = {"Xp"} if tiles.order == "weights" else {sch.get(b).name_hint for b in stationary}
     (_, gc, kh, kw), (*_, ow) = (func.params[i].shape for i in (1, -1))
     extents = {"o": tiles.channels, "y": tiles.rows, "x": ow, "rc": gc, "rh": kh, "rw": kw}
-    _vectorize_accumulation(sch, acc, {k: int(v) for k, v in extents.items()})
-    return finish_tile_loops(sch, y, y_out, outer, inner, loads, tile_loops=3)
+    if tiles.vectorize:
+        _vectorize_accumulation(sch, acc, {k: int(v) for k, v in extents.items()})
+    return finish_tile_loops(sch, tiles, y, y_out, outer, inner, loads, tile_loops=3)
 
 
 def _vectorize_accumulation(sch, acc, extents: dict[str, int]) -> None:

@@ -24,8 +24,8 @@ from tvm.script.ir_builder import tirx as T
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
 from tvm_npu.perf import Tiles, window_span
 from tvm_npu.registry import KernelParams
-from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_layer, csr_variant, sram_buffer, stage_weight_tile, \
-    stream_tiles, tile_nonzeros
+from tvm_npu.sparse import buffer_slots, channel_loop, channel_tile_loop, csr_layer, csr_variant, lanes, sram_buffer, \
+    stage_weight_tile, stream_tiles, tile_nonzeros
 
 from . import conv2d
 
@@ -52,7 +52,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
     rows_in = min(window_span(r, kh, sh, dh), height + pt + pb)  # as perf.Geometry.rows_in
     cols_in = window_span(out_w, kw, sw, dw)
     row_tiles, chan_tiles = -(-out_h // r), -(-out_channels // c)
-    slots = 1 if row_tiles == 1 else 2
+    slots = buffer_slots(tiles, row_tiles)
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name("main")
@@ -60,7 +60,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
             csr = [T.arg(name, T.buffer(shape, dtype)) for name, (shape, dtype) in zip("VIP", layer["csr"])]
             params = [T.arg(name, T.buffer((out_channels,), "int64")) for name in ("B", "M", "S")]
             y = T.buffer_proxy(T.arg("Y", T.buffer(y_shape, a["out_dtype"])))
-            with channel_tile_loop(chan_tiles) as ct, T.serial(0, batch) as n:
+            with channel_tile_loop(chan_tiles, tiles) as ct, T.serial(0, batch) as n:
                 first = ct * c
                 rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
                     csr, params, out_channels, first, c, max(1, tile_nonzeros(rowptr, c)))
@@ -79,7 +79,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
 
                 def compute_tile(t, slot):
                     valid = tirx.min(r, out_h - t * r)  # the last row tile may be short
-                    with channel_loop(chan_tiles, c) as i:
+                    with channel_loop(chan_tiles, c, tiles) as i:
                         with T.grid(r, out_w) as (h, w):
                             acc[i, h, w] = 0
                         with T.serial(rowptr_s[i], rowptr_s[i + 1]) as j:
@@ -87,7 +87,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                             ch, tap_h, tap_w = k // (kh * kw), k // kw % kh, k % kw
                             weight = values_s[j].astype("int32")
                             with T.serial(0, valid) as h:
-                                with T.vectorized(0, out_w) as w:
+                                with lanes(out_w, tiles) as w:
                                     acc[i, h, w] = acc[i, h, w] + weight * (
                                         x_s[slot, ch, h * sh + tap_h * dh, w * sw + tap_w * dw].astype("int32") - a["zx"])
                         with T.grid(r, out_w) as (h, w):
@@ -102,7 +102,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                             with T.Then():
                                 y[n, first + i, row + h, w] = out[slot, i, h, w]
 
-                stream_tiles(row_tiles, load, compute_tile, store)
+                stream_tiles(row_tiles, load, compute_tile, store, tiles.double_buffer)
     return builder.get().with_attr("npu_csr_layer", json.dumps(layer))
 
 

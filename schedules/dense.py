@@ -119,7 +119,7 @@ def geometry(p: KernelParams, inputs) -> Geometry:
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     """SRAM tiles of X rows, weight rows (+ parameters), int32 accumulator and output; the inner
-    tile loop double-buffered, the outer one parallel, the reduction vectorized for the host."""
+    tile loop double-buffered, the outer one parallel, the output vectorized for the host (`tiles`' knobs)."""
     sch = s_tir.Schedule(func)
     y, acc = sch.get_sblock("Y"), sch.get_sblock("acc")
     n, o = sch.get_loops(y)
@@ -131,7 +131,7 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     x_s = sch.cache_read(acc, 0, SRAM_SCOPE)
     sch.compute_at(x_s, inner if tiles.order == "weights" else outer)
     loads = {sch.get(x_s).name_hint} if tiles.order == "weights" else {sch.get(b).name_hint for b in stationary}
-    return finish_tile_loops(sch, y, y_out, outer, inner, loads, tile_loops=2)
+    return finish_tile_loops(sch, tiles, y, y_out, outer, inner, loads, tile_loops=2)
 
 
 def examples(rng):

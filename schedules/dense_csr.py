@@ -20,8 +20,8 @@ from tvm.script.ir_builder import tirx as T
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
 from tvm_npu.perf import Tiles
 from tvm_npu.registry import KernelParams
-from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_layer, csr_variant, sram_buffer, stage_weight_tile, \
-    stream_tiles, tile_nonzeros
+from tvm_npu.sparse import buffer_slots, channel_loop, channel_tile_loop, csr_layer, csr_variant, lanes, sram_buffer, \
+    stage_weight_tile, stream_tiles, tile_nonzeros
 
 from . import dense
 
@@ -40,7 +40,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
     (rows_total, depth), (out_channels, _) = x_shape, a["weight_shape"]
     r, c = tiles.rows, tiles.channels
     row_tiles, chan_tiles = -(-rows_total // r), -(-out_channels // c)
-    slots = 1 if row_tiles == 1 else 2
+    slots = buffer_slots(tiles, row_tiles)
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name("main")
@@ -48,7 +48,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
             csr = [T.arg(name, T.buffer(shape, dtype)) for name, (shape, dtype) in zip("VIP", layer["csr"])]
             params = [T.arg(name, T.buffer((out_channels,), "int64")) for name in ("B", "M", "S")]
             y = T.buffer_proxy(T.arg("Y", T.buffer((rows_total, out_channels), a["out_dtype"])))
-            with channel_tile_loop(chan_tiles) as ct:
+            with channel_tile_loop(chan_tiles, tiles) as ct:
                 first = ct * c
                 rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
                     csr, params, out_channels, first, c, max(1, tile_nonzeros(rowptr, c)))
@@ -61,14 +61,14 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                         x_s[slot, k, n] = x[tirx.min(t * r + n, rows_total - 1), k]
 
                 def compute_tile(t, slot):
-                    with channel_loop(chan_tiles, c) as i:
-                        with T.vectorized(0, r) as n:
+                    with channel_loop(chan_tiles, c, tiles) as i:
+                        with lanes(r, tiles) as n:
                             acc[i, n] = 0
                         with T.serial(rowptr_s[i], rowptr_s[i + 1]) as j:
-                            with T.vectorized(0, r) as n:
+                            with lanes(r, tiles) as n:
                                 acc[i, n] = acc[i, n] + (x_s[slot, indices_s[j], n].astype("int32") - a["zx"]) * \
                                     values_s[j].astype("int32")
-                        with T.vectorized(0, r) as n:
+                        with lanes(r, tiles) as n:
                             out[slot, i, n] = requantize_te(
                                 (acc[i, n].astype("int64") << BIAS_FRACTION_BITS) + bias[i], mult[i], shift[i],
                                 a["zy"], a["lo"], a["hi"], a["out_dtype"])
@@ -79,7 +79,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                             with T.Then():
                                 y[t * r + n, first + i] = out[slot, i, n]
 
-                stream_tiles(row_tiles, load, compute_tile, store)
+                stream_tiles(row_tiles, load, compute_tile, store, tiles.double_buffer)
     return builder.get().with_attr("npu_csr_layer", json.dumps(layer))
 
 

@@ -201,7 +201,8 @@ def geometry(p: KernelParams, inputs) -> Geometry:
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     """SRAM tiles of padded input rows with halo (per channel tile: no weights to keep, so the input
-    streams in either loop order), int32 accumulator and output; inner tile loop double-buffered."""
+    streams in either loop order), int32 accumulator and output; inner tile loop double-buffered
+    unless `tiles` says otherwise."""
     sch = s_tir.Schedule(func)
     y, acc, xp = sch.get_sblock("Y"), sch.get_sblock("acc"), sch.get_sblock("Xp")
     n, c, h, _ = sch.get_loops(y)
@@ -214,7 +215,7 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     for block in (acc, xp):
         sch.compute_at(block, inner)
         sch.set_scope(block, 0, SRAM_SCOPE)
-    return finish_tile_loops(sch, y, y_out, outer, inner, {"Xp"}, tile_loops=3)
+    return finish_tile_loops(sch, tiles, y, y_out, outer, inner, {"Xp"}, tile_loops=3)
 
 
 KERNEL = NpuKernel(

@@ -42,6 +42,18 @@ def test_1x1_conv_double_buffered_row_tiles_are_sram_bound():
     assert footprint(g, Tiles(2, 32, "weights"))["input"] == 2 * 32 * 2 * 8  # two slots
 
 
+def test_single_buffered_tiles_take_half_the_streamed_sram_and_serialise_dma_and_compute():
+    g = Geometry("conv2d", 1, 32, 8, 8, 32, 8, 8)
+    double, single = Tiles(2, 32, "weights"), Tiles(2, 32, "weights", double_buffer=False)
+    assert footprint(g, single) == footprint(g, double) | {"input": 32 * 2 * 8, "output": 32 * 2 * 8}
+    cost = layer_cost(g, single, MID)
+    # the same 4 tiles as above, one after the other: in (32) + compute (152) + out (32) each, after the weights
+    assert cost.cycles == 112 + 4 * (32 + 152 + 32)
+    assert cost.dram_bytes == layer_cost(g, double, MID).dram_bytes
+    # the host knobs are the host's business: the NPU model ignores them
+    assert layer_cost(g, Tiles(2, 32, "weights", parallel=False, vectorize=False), MID) == layer_cost(g, double, MID)
+
+
 def test_depthwise_conv():
     g = Geometry("conv2d", 1, 32, 8, 8, 32, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), groups=32)
     assert g.depthwise and g.taps == 9

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 import tvm_npu
 from tvm_npu import cli
-from tvm_npu.perf import Geometry, Tiles, layer_cost
+from tvm_npu.perf import Geometry, Tiles, footprint, inner_trips, layer_cost, outer_trips
 from tvm_npu.plan import feasible, task_key
 from tvm_npu.records import TuningLog, read_log
 from tvm_npu.runtime import make_inputs
@@ -135,6 +135,38 @@ def test_records_are_the_feasible_tilings_and_match_the_model(model_log):
             tiles = Tiles(**r["tiles"])
             assert tiles in space  # never an infeasible candidate
             assert r["cycles"] == layer_cost(g, tiles, config).cycles
+
+
+def test_the_space_has_every_knob_and_the_host_knobs_only_for_host_runners(model_log):
+    log, _ = model_log
+    config = resolve_target(TARGET)
+    for key in records_by_task(log):
+        g = geometry(json.loads(key.split(" ", 1)[1]))
+        model_space, host_space = feasible(g, config), feasible(g, config, host=True)
+        assert {t.double_buffer for t in model_space} == {True, False}
+        assert {(t.parallel, t.vectorize) for t in model_space} == {(True, True)}
+        assert {(t.parallel, t.vectorize) for t in host_space} == {(p, v) for p in (True, False) for v in (True, False)}
+        assert set(model_space) <= set(host_space) and len(set(host_space)) == len(host_space)
+        for t in host_space:  # a knob that changes nothing is no knob: no two candidates build the same kernel
+            assert t.double_buffer or inner_trips(g, t) > 1
+            assert t.parallel or outer_trips(g, t) > 1
+            assert sum(footprint(g, t).values()) <= config.sram_bytes
+
+
+def test_compile_applies_every_knob_off_exactly(model, model_log, untuned_outputs, tmp_path):
+    """Records with double buffering, the parallel loop and SIMD lanes all off build a different kernel
+    per layer (single-buffered in SRAM, as the proof shows) with the same outputs."""
+    log, _ = model_log
+    head, *records = log.read_text().splitlines()
+    plain = tmp_path / "plain.json"
+    off = {"double_buffer": False, "parallel": False, "vectorize": False}
+    plain.write_text("\n".join([head, *(json.dumps(json.loads(r) | {"tiles": json.loads(r)["tiles"] | off})
+                                        for r in records)]) + "\n")
+    extra = assert_tuned_build_is_exact(model, plain, untuned_outputs, tmp_path)
+    for layer in extra["layers"]:
+        if layer["tiles"] is not None:
+            assert layer["sram_proven"] == layer["sram_planned"] == sum(footprint(
+                geometry(layer["geometry"]), Tiles(**layer["tiles"])).values())
 
 
 def test_same_seed_same_records(model, model_log, tmp_path):

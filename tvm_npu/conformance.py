@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -193,7 +193,10 @@ def check_presets(case: Case) -> list[str]:
         if layer.tiles is None:  # a kernel without a schedule, or an instance it cannot tile
             done.append(f"npu/{config.name}: not tiled, {cost.cycles:.0f} cycles >= roofline {cost.roofline_cycles:.0f}")
             continue
-        for tiles in (layer.tiles, uneven_tiles(layer.geometry, config)):
+        uneven = uneven_tiles(layer.geometry, config)
+        # The uneven tiling once more with every loop knob off (tuning may pick any combination).
+        plain = uneven and replace(uneven, double_buffer=False, parallel=False, vectorize=False)
+        for tiles in (layer.tiles, uneven, plain):
             if tiles is not None:
                 _check_model(case, config, layer.geometry, tiles)
                 tilings.setdefault(tiles, (layer.geometry, []))[1].append(config)
@@ -202,22 +205,18 @@ def check_presets(case: Case) -> list[str]:
     return done
 
 
-def _describe(tiles: Tiles) -> str:
-    return f"tiles {tiles.rows} rows x {tiles.channels} ch, {tiles.order} outer"
-
-
 def _check_model(case: Case, config: NpuConfig, geometry, tiles: Tiles) -> None:
     cost = layer_cost(geometry, tiles, config)
     bound = roofline(geometry.compulsory_bytes, geometry.macs, config)
     if cost.cycles < bound - 1e-9 or cost.dram_bytes < geometry.compulsory_bytes:
-        raise ConformanceError(f"{case.where()}, npu/{config.name} {_describe(tiles)}: modelled {cost.cycles:.1f} cycles, "
+        raise ConformanceError(f"{case.where()}, npu/{config.name} tiles {tiles.describe()}: modelled {cost.cycles:.1f} cycles, "
                                f"{cost.dram_bytes} DRAM B, below the roofline bound {bound:.1f} cycles or the "
                                f"compulsory {geometry.compulsory_bytes} B")
 
 
 def _check_tiling(case: Case, configs: list[NpuConfig], geometry, tiles: Tiles) -> str:
     presets = ", ".join(f"npu/{c.name}" for c in configs)
-    what = f"{_describe(tiles)} ({presets})"
+    what = f"tiles {tiles.describe()} ({presets})"
     planned = sum(footprint(geometry, tiles).values())
     prim = case.kernel.schedule(case.kernel.primfunc("kernel", case.params, _specs(case)), tiles)
     proof = prove_footprint(prim)

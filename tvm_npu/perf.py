@@ -206,25 +206,48 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Tiles:
-    """A tiling: output rows x output channels per tile, and which loop is outer.
+    """A tiling: output rows x output channels per tile, which loop is outer, and how the tile loops run.
 
     order "weights": channel tiles outer (the weight tile stays in SRAM while input row tiles stream);
     order "rows": row tiles outer (the input rows stay while weight tiles stream).
+    double_buffer: streamed buffers take two SRAM slots so the next tile's DMA overlaps this tile's
+    compute; off, they take one (half the SRAM) and DMA and compute take turns.
+    parallel, vectorize: how the host runs the kernel (outer tile loop on every core; innermost output
+    loops as SIMD lanes). The NPU model ignores them; only measuring on the host (`tvmc tune --runner
+    local|rpc`) searches them.
     """
 
     rows: int
     channels: int
     order: str
+    double_buffer: bool = True
+    parallel: bool = True
+    vectorize: bool = True
+
+    def describe(self, weighted: bool = True) -> str:
+        outer = self.order if weighted else {"weights": "channels", "rows": "rows"}[self.order]
+        knobs = [name for name, off in (("single-buffered", not self.double_buffer), ("serial", not self.parallel),
+                                        ("scalar", not self.vectorize)) if off]
+        return f"{self.rows} rows x {self.channels} ch, {outer} outer" + "".join(f", {k}" for k in knobs)
+
+
+def inner_trips(g: Geometry, t: Tiles) -> int:
+    """Iterations of the inner tile loop: the loop whose streamed buffers are double-buffered."""
+    return -(-g.out_h // t.rows) if t.order == "weights" else -(-g.out_channels // t.channels)
+
+
+def outer_trips(g: Geometry, t: Tiles) -> int:
+    """Iterations of the outer tile loop: the loop the host runs in parallel."""
+    return -(-g.out_channels // t.channels) if t.order == "weights" else -(-g.out_h // t.rows)
 
 
 def footprint(g: Geometry, t: Tiles) -> dict[str, int]:
-    """Planned SRAM bytes per buffer; streamed (inner-loop) buffers count twice (double buffering)."""
+    """Planned SRAM bytes per buffer; streamed (inner-loop) buffers count twice when double-buffered."""
     x = g.operands * g.tile_in_channels(t.order, t.channels) * g.rows_in(t.rows) * g.cols_in * g.in_bytes
     w, p = (t.channels * g.taps, t.channels * PARAM_BYTES_PER_CHANNEL) if g.weighted else (0, 0)
     if g.sparse:  # the tile's values and indices (sized for the fullest tile) and its row pointers
         w = g.csr_tile_capacity(t.channels) * (1 + g.index_bytes) + ROWPTR_BYTES * (t.channels + 1)
-    trips = -(-g.out_h // t.rows) if t.order == "weights" else -(-g.out_channels // t.channels)
-    inner = 2 if trips > 1 else 1  # slots of a double-buffered buffer (one inner tile: nothing to overlap)
+    inner = 2 if t.double_buffer and inner_trips(g, t) > 1 else 1  # slots (one inner tile: nothing to overlap)
     xs, ws = (1, inner) if g.input_stationary(t.order) else (inner, 1)
     sizes = {
         "input": xs * x,
@@ -251,8 +274,11 @@ class LayerCost:
         return self.weight_read + self.input_read + self.output_write
 
 
-def pipeline(dma_in: np.ndarray, compute: np.ndarray, dma_out: np.ndarray) -> float:
-    """Cycles of a double-buffered tile loop: tile i+1's load and tile i-1's store overlap tile i's compute."""
+def pipeline(dma_in: np.ndarray, compute: np.ndarray, dma_out: np.ndarray, overlapped: bool = True) -> float:
+    """Cycles of a tile loop. Double-buffered (`overlapped`): tile i+1's load and tile i-1's store overlap
+    tile i's compute; single-buffered: each tile loads, computes and stores in turn."""
+    if not overlapped:
+        return float(np.sum(dma_in) + np.sum(compute) + np.sum(dma_out))
     nxt = np.append(dma_in[1:], 0.0)
     prev = np.concatenate(([0.0], dma_out[:-1]))
     return float(dma_in[0] + np.maximum(compute, nxt + prev).sum() + dma_out[-1])
@@ -325,7 +351,7 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
                 else tile_compute_cycles(g, "weights", ch, rows, config)
             out = ch * rows * g.out_w * g.out_bytes
             weights = g.weight_bytes(ch, first)
-            cycles += count * (weights / bw + pipeline(x_in / bw, c, out / bw))
+            cycles += count * (weights / bw + pipeline(x_in / bw, c, out / bw, t.double_buffer))
             compute += count * float(c.sum())
             weight_read += count * weights
             input_read += count * int(x_in.sum())
@@ -342,7 +368,7 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
                 stationary, streamed = 0.0, x_in * np.ones_like(chans)
             c = tile_compute_cycles(g, "rows", chans, r, config)
             out = chans * r * g.out_w * g.out_bytes
-            cycles += count * (stationary / bw + pipeline(streamed / bw, c, out / bw))
+            cycles += count * (stationary / bw + pipeline(streamed / bw, c, out / bw, t.double_buffer))
             compute += count * float(c.sum())
             if g.input_stationary("rows"):
                 input_read, weight_read = input_read + count * int(x_in), weight_read + count * int(streamed.sum())
@@ -594,11 +620,8 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             ))
         elif p.geometry is not None and p.tiles is not None and p.placement == "npu":
             g, cost = p.geometry, layer_cost(p.geometry, p.tiles, config)
-            t = p.tiles
-            outer = t.order if g.weighted else {"weights": "channels", "rows": "rows"}[t.order]
             result.layers.append(LayerEstimate(
-                p.label, p.kernel, p.placement, g.describe(),
-                f"{t.rows} rows x {t.channels} ch, {outer} outer" + (" (tuned)" if p.tuned else ""),
+                p.label, p.kernel, p.placement, g.describe(), p.tiles.describe(g.weighted) + (" (tuned)" if p.tuned else ""),
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 g.compulsory_bytes, layer_roofline(g, config), p.sram_planned, p.sram_proven,
                 p.weights.get("original", 0), p.weights.get("encoded", 0),

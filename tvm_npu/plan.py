@@ -21,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import tvm
 from tvm import relax
 
 from .errors import NpuError
-from .perf import Geometry, Tiles, footprint, layer_cost
+from .perf import Geometry, Tiles, footprint, inner_trips, layer_cost, outer_trips
 from .registry import Composite, kernel, variants
 from .sparse import SPARSE_MODES, zero_fraction
 from .target import NpuConfig
@@ -121,9 +121,20 @@ def candidates(g: Geometry, config: NpuConfig) -> list[Tiles]:
     return [Tiles(r, c, order) for order in orders for r in rows for c in chans]
 
 
-def feasible(g: Geometry, config: NpuConfig) -> list[Tiles]:
-    """The candidate tilings whose double-buffered footprint fits the SRAM: the search space of tuning."""
-    return [t for t in candidates(g, config) if sum(footprint(g, t).values()) <= config.sram_bytes]
+def feasible(g: Geometry, config: NpuConfig, host: bool = False) -> list[Tiles]:
+    """The search space of tuning: each candidate tiling double-buffered and (where its inner loop has more
+    than one tile) single-buffered, if its footprint fits the SRAM; with `host`, each of those also with the
+    host's loop knobs (serial outer tile loop where it has more than one tile or the kernel is CSR, scalar),
+    which only measuring on the host tells apart. The planner's choice is always in it."""
+    space = []
+    for base in candidates(g, config):
+        for tiles in [base] + [replace(base, double_buffer=False)] * (inner_trips(g, base) > 1):
+            if sum(footprint(g, tiles).values()) > config.sram_bytes:
+                continue
+            serial = (False,) * (g.sparse or outer_trips(g, tiles) > 1)
+            space += [replace(tiles, parallel=p, vectorize=v) for p in (True, *serial) for v in (True, False)] \
+                if host else [tiles]
+    return space
 
 
 def task_key(kernel_name: str, g: Geometry) -> str:

@@ -2,7 +2,7 @@
 
 A log is JSON lines. Line 1 is a header naming what the records are valid for (tvm_npu
 version, the model file's SHA-256, the NPU config, runner and seed); every other line is one
-measured candidate of one task (`tvm_npu.plan.task_key`): its tiles, its cost in seconds
+measured candidate of one task (`tvm_npu.plan.task_key`): its tiles (`perf.Tiles`' knobs), its cost in seconds
 (NPU-model cycles / clock, or measured host seconds) and its NPU-model cycles.
 
 Records are appended one line per write, flushed and fsync'ed, so a killed tuner loses no
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,8 @@ from .perf import Tiles
 from .target import NpuConfig
 
 FORMAT = "tvm_npu-tuning-log/1"
+KNOBS = {f.name for f in dataclasses.fields(Tiles)}
+REQUIRED_KNOBS = {"rows", "channels", "order"}  # the on/off knobs default to on (logs written before they existed)
 
 
 def header(model_sha256: str, model_name: str, config: NpuConfig, runner: str, seed: int) -> dict:
@@ -73,8 +76,8 @@ def _parse(path: Path, text: str) -> tuple[dict, list[dict], int]:
     for number, record in enumerate(records, 2):
         if not {"task", "tiles", "cost"} <= record.keys():
             raise _corrupt(path, number, "a record needs task, tiles and cost")
-        if not (isinstance(record["tiles"], dict) and record["tiles"].keys() == {"rows", "channels", "order"}):
-            raise _corrupt(path, number, "tiles need rows, channels and order")
+        if not (isinstance(record["tiles"], dict) and REQUIRED_KNOBS <= record["tiles"].keys() <= KNOBS):
+            raise _corrupt(path, number, f"tiles need rows, channels and order, and take only {', '.join(sorted(KNOBS))}")
     return head, records, len(complete.encode())
 
 

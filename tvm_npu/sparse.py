@@ -126,13 +126,15 @@ def sram_buffer(shape, dtype: str):
     return T.buffer_proxy(T.alloc_buffer(tuple(shape), dtype, scope=SRAM_SCOPE))
 
 
-def stream_tiles(count: int, load, compute, store) -> None:
+def stream_tiles(count: int, load, compute, store, double_buffered: bool = True) -> None:
     """The inner tile loop, double-buffered as the dense kernels' software pipeline is: the load of
-    tile t+1 and the store of tile t-1 go with the compute of tile t; callbacks take (tile, slot)."""
-    if count == 1:
-        load(0, 0)
-        compute(0, 0)
-        store(0, 0)
+    tile t+1 and the store of tile t-1 go with the compute of tile t; callbacks take (tile, slot).
+    Single-buffered (or one tile): each tile loads, computes and stores in slot 0."""
+    if count == 1 or not double_buffered:
+        with T.serial(0, count) as t:
+            load(t, 0)
+            compute(t, 0)
+            store(t, 0)
         return
     load(0, 0)
     with T.serial(0, count) as t:
@@ -186,14 +188,24 @@ def retile(func: tirx.PrimFunc, tiles, generate) -> tirx.PrimFunc:
     return tiled
 
 
-def channel_tile_loop(chan_tiles: int):
-    """The loop over output-channel tiles: the host's threads split it, unless there is one tile."""
-    return T.parallel(0, chan_tiles) if chan_tiles > 1 else T.serial(0, 1)
+def buffer_slots(tiles, row_tiles: int) -> int:
+    """SRAM slots of a streamed buffer (as perf.footprint counts them)."""
+    return 2 if tiles.double_buffer and row_tiles > 1 else 1
 
 
-def channel_loop(chan_tiles: int, channels: int):
+def channel_tile_loop(chan_tiles: int, tiles):
+    """The loop over output-channel tiles: the host's threads split it (`tiles.parallel`), unless there is one tile."""
+    return T.parallel(0, chan_tiles) if chan_tiles > 1 and tiles.parallel else T.serial(0, chan_tiles)
+
+
+def channel_loop(chan_tiles: int, channels: int, tiles):
     """The loop over a tile's channels: parallel on the host when the tile loop is not."""
-    return T.serial(0, channels) if chan_tiles > 1 else T.parallel(0, channels)
+    return T.parallel(0, channels) if chan_tiles == 1 and tiles.parallel else T.serial(0, channels)
+
+
+def lanes(extent, tiles):
+    """The innermost output loop: the host's SIMD lanes (`tiles.vectorize`)."""
+    return T.vectorized(0, extent) if tiles.vectorize else T.serial(0, extent)
 
 
 def csr_variant(base: NpuKernel, check, compute, generate, limits: tuple[str, ...]) -> NpuKernel:

@@ -58,16 +58,19 @@ def stage_matrix_tiles(sch: s_tir.Schedule, y, acc, outer, inner, weights_outer:
     return y_out, stationary
 
 
-def finish_tile_loops(sch: s_tir.Schedule, y, y_out, outer, inner, loads: set[str], tile_loops: int) -> tirx.PrimFunc:
-    """Vectorizes the output's innermost loops, double-buffers the inner tile loop and runs the
-    outer one in parallel on the host. `tile_loops` counts the loops enclosing one tile."""
-    for block in (y, y_out):
+def finish_tile_loops(sch: s_tir.Schedule, tiles, y, y_out, outer, inner, loads: set[str],
+                      tile_loops: int) -> tirx.PrimFunc:
+    """Applies the tiling's loop knobs (`perf.Tiles`): vectorizes the output's innermost loops,
+    double-buffers the inner tile loop, runs the outer one in parallel on the host. `tile_loops`
+    counts the loops enclosing one tile."""
+    for block in (y, y_out) if tiles.vectorize else ():
         loops = sch.get_loops(block)
         if len(loops) > tile_loops:  # never the tile loops themselves (a 1x1 output tile has none of its own)
             sch.vectorize(loops[-1])
-    if int(sch.get(inner).extent) > 1:  # one inner tile has nothing to overlap: single buffers
+    if tiles.double_buffer and int(sch.get(inner).extent) > 1:  # one inner tile has nothing to overlap
         double_buffer(sch, inner, loads, {sch.get(y_out).name_hint})
-    sch.parallel(outer)
+    if tiles.parallel:
+        sch.parallel(outer)
     return sch.mod["main"]
 
 
@@ -79,7 +82,8 @@ def stream_tiles(func: tirx.PrimFunc, tiles, row_axis: int, stationary: frozense
     `stationary` (a lookup table: its index is data, so it is staged whole, once per layer,
     before the tile loops); the output tile is written back from
     SRAM. With one channel, the channel-tile loop is a unit loop: outer in order "weights" (the row
-    tiles are double-buffered), inner in order "rows" (the row tiles run in parallel on the host)."""
+    tiles are the inner, double-buffered loop), inner in order "rows" (the row tiles are the outer,
+    parallel loop)."""
     sch = s_tir.Schedule(func)
     y = sch.get_sblock("Y")
     loops = sch.get_loops(y)
@@ -97,7 +101,7 @@ def stream_tiles(func: tirx.PrimFunc, tiles, row_axis: int, stationary: frozense
         if name not in stationary:
             sch.compute_at(block, inner)
             loads.add(sch.get(block).name_hint)
-    return finish_tile_loops(sch, y, y_out, outer, inner, loads, tile_loops=row_axis - (inside is not None) + 2)
+    return finish_tile_loops(sch, tiles, y, y_out, outer, inner, loads, tile_loops=row_axis - (inside is not None) + 2)
 
 
 _LOWER_TO_ALLOCATIONS = (

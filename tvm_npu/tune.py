@@ -4,8 +4,9 @@ Entry point: `tune(model, output, target, trials, runner, ...) -> TuneResult` (`
 
 Tasks are the distinct tiled NPU layers (`plan.task_key`: kernel + geometry); layers that
 share one are tuned once. A task's knobs are its kernel's tiling (`perf.Tiles`: output rows,
-output channels, loop order), and its search space is `plan.feasible`: only tilings whose
-double-buffered footprint fits the SRAM, so an infeasible candidate is never sampled, built
+output channels, loop order, double buffering on/off; and, measured on the host only, the
+host's parallel outer loop and SIMD lanes on/off), and its search space is `plan.feasible`:
+only tilings whose footprint fits the SRAM, so an infeasible candidate is never sampled, built
 or measured. The builder schedules each candidate and proves its footprint on the lowered TIR
 as `lower` does; one that needs more than planned is recorded as failed, never scored or
 measured (the planned footprint undercounts some strided tilings with a short last row tile).
@@ -13,7 +14,7 @@ In the meta_schedule trace the knob is one `sample_categorical` decision (an
 index into that list) bound to a block annotation, which trace replay and mutation
 reproduce; the builder applies the kernel's own `schedule(primfunc, tiles)` for that index.
 `_TilingMutator` moves one knob at a time; XGBoost learns on tile features
-(`_TilingFeatures`: sizes, tile counts, footprints, MAC-array fill), since the unscheduled
+(`_TilingFeatures`: sizes, tile counts, footprints, MAC-array fill, the on/off knobs), since the unscheduled
 TIR the trace annotates looks the same for every candidate.
 
 Runners: "npu-model" scores a candidate with `perf.layer_cost` without building or running it
@@ -27,6 +28,7 @@ same command resumes: measured candidates are neither measured nor counted again
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -69,7 +71,7 @@ class Task:
     layers: list[str]
     func: tirx.PrimFunc  # the unscheduled kernel of the first layer (the others differ in constants only)
     default: Tiles  # the planner's choice
-    space: list[Tiles]  # every tiling that fits the SRAM
+    space: list[Tiles]  # every tiling that fits the SRAM (with the host's knobs when measured on the host)
 
 
 @dataclass
@@ -109,7 +111,7 @@ class TuneResult:
         lines = [f"{'task':<48}{'layers':>7}{'trials':>7}{'default ' + unit:>16}{'best ' + unit:>14}{'speedup':>9}"
                  f"{'s/trial':>9}  best tiles"]
         for t in self.tasks:
-            tiles = "-" if t.best_tiles is None else f"{t.best_tiles['rows']}r x {t.best_tiles['channels']}c {t.best_tiles['order']}"
+            tiles = "-" if t.best_tiles is None else Tiles(**t.best_tiles).describe()
             per_trial = f"{t.seconds / t.new_trials:.2f}" if t.new_trials else "-"
             speedup = "-" if t.speedup is None else f"{t.speedup:.2f}x"
             lines.append(f"{t.task:<48}{t.layers:>7}{t.trials:>7}{cost(t.default_cost):>16}{cost(t.best_cost):>14}"
@@ -157,7 +159,7 @@ def tune(
 
     # The log is locked (and checked against this run) before the long work starts.
     with TuningLog(output, header(file_sha256(model), Path(model).stem, config, runner, seed)) as log:
-        tasks = _tasks(partitioned(model, input_shapes).mod, config)
+        tasks = _tasks(partitioned(model, input_shapes).mod, config, host=runner != "npu-model")
         measure = _measuring_runner(runner, tracker)
         try:
             results = _tune_all(tasks, log, config, runner, measure, trials, seed, early_stopping, progress)
@@ -189,8 +191,9 @@ def _measuring_runner(runner: str, tracker) -> ms.runner.Runner | None:
     return None
 
 
-def _tasks(mod: tvm.IRModule, config: NpuConfig) -> list[Task]:
-    """One task per distinct (kernel, geometry) among the layers the planner tiles on the NPU."""
+def _tasks(mod: tvm.IRModule, config: NpuConfig, host: bool) -> list[Task]:
+    """One task per distinct (kernel, geometry) among the layers the planner tiles on the NPU; `host`:
+    the runner measures on the host, so the host's loop knobs are searched too."""
     tasks: dict[str, Task] = {}
     for layer in plan(mod, config, allow_cpu_fallback=True):
         if layer.tiles is None or layer.placement != "npu":
@@ -203,7 +206,8 @@ def _tasks(mod: tvm.IRModule, config: NpuConfig) -> list[Task]:
         npu_kernel = kernel(layer.kernel)
         inputs = [(tuple(int(d) for d in p.ty.shape), str(p.ty.dtype)) for p in func.params]
         prim = npu_kernel.primfunc("main", npu_kernel.params(Composite(func)), inputs)
-        tasks[key] = Task(key, npu_kernel, layer.geometry, [layer.name], prim, layer.tiles, feasible(layer.geometry, config))
+        tasks[key] = Task(key, npu_kernel, layer.geometry, [layer.name], prim, layer.tiles,
+                         feasible(layer.geometry, config, host))
     return list(tasks.values())
 
 
@@ -335,7 +339,7 @@ class _Session:
 
     def record(self, index: int, cost: float | None, error: str | None, default: bool = False) -> None:
         tiles = self.task.space[index]
-        entry = {"task": self.task.key, "tiles": tiles.__dict__, "cost": cost,
+        entry = {"task": self.task.key, "tiles": dataclasses.asdict(tiles), "cost": cost,
                  "cycles": layer_cost(self.task.geometry, tiles, self.config).cycles}
         if default:
             entry["default"] = True
@@ -397,7 +401,7 @@ def _tiling_index(mod: tvm.IRModule) -> int:
 
 @derived_object
 class _TilingMutator(ms.mutator.PyMutator):
-    """Moves one knob (rows, channels or loop order) to another feasible value."""
+    """Moves one knob (rows, channels, loop order, or one on/off knob) to another feasible value."""
 
     def __init__(self, space: list[Tiles]):
         super().__init__()
@@ -408,9 +412,9 @@ class _TilingMutator(ms.mutator.PyMutator):
 
     def apply(self, trace: s_tir.Trace, rand_state) -> s_tir.Trace | None:
         (inst,) = [i for i in trace.insts if i.kind.name == "SampleCategorical"]
-        current = self.space[int(trace.decisions[inst])]
+        current = dataclasses.astuple(self.space[int(trace.decisions[inst])])
         neighbours = [i for i, t in enumerate(self.space)
-                      if (t.rows != current.rows) + (t.channels != current.channels) + (t.order != current.order) == 1]
+                      if sum(a != b for a, b in zip(dataclasses.astuple(t), current)) == 1]
         if not neighbours:
             return None
         return trace.with_decision(inst, random.Random(int(rand_state)).choice(neighbours), remove_postproc=True)
@@ -433,6 +437,7 @@ class _TilingFeatures(ms.feature_extractor.PyFeatureExtractor):
             pixels = t.rows * g.out_w
             rows.append([
                 math.log2(t.rows), math.log2(t.channels), float(t.order == "weights"),
+                float(t.double_buffer), float(t.parallel), float(t.vectorize),
                 math.log2(-(-g.out_h // t.rows)), math.log2(-(-g.out_channels // t.channels)),
                 *(math.log2(1 + size.get(k, 0)) for k in ("input", "weights", "acc", "output")),  # weightless: none
                 math.log2(1 + sum(size.values())),
