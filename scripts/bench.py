@@ -104,7 +104,10 @@ def fp32_model(name: str) -> onnx.ModelProto:
 
 
 def tuning_records(name: str) -> Path | None:
-    found = sorted(TUNING_DIR.glob(f"{name}*.json"))
+    """The model's log in tuning_logs/, preferring one measured on the host (this is a host benchmark)."""
+    from tvm_npu.records import read_log
+
+    found = sorted(TUNING_DIR.glob(f"{name}*.json"), key=lambda p: (read_log(p)[0]["runner"] == "npu-model", p.name))
     return found[0] if found else None
 
 
@@ -129,7 +132,8 @@ def prepare(name: str, cache: Path, runtimes: list[str]) -> dict:
     records = tuning_records(name)
     if records is not None and "tvm_npu_int8_tuned" in runtimes:
         files["tvm_npu_int8_tuned"] = folder / f"int8_tuned_{records.stem}.tar"
-        builds.append(("tvm_npu_int8_tuned", files["qdq"], {"tuning_records": records}))
+        # The FP32 file tvm_npu_int8 is compiled from (records name the model file they were tuned on).
+        builds.append(("tvm_npu_int8_tuned", files["fp32"], {"tuning_records": records}))
     for runtime, source, options in builds:
         if runtime in compiled and files[runtime].exists() and (runtime != "tvm_npu_int8" or files["qdq"].exists()):
             continue
@@ -137,7 +141,8 @@ def prepare(name: str, cache: Path, runtimes: list[str]) -> dict:
         start = time.perf_counter()
         result = tvm_npu.compile(source, output=files[runtime], **options)
         compiled[runtime] = {"seconds": time.perf_counter() - start,
-                             "stages": {k: round(v, 3) for k, v in result.stage_seconds.items()}}
+                             "stages": {k: round(v, 3) for k, v in result.stage_seconds.items()},
+                             "tuned_layers": sum(layer["tuned"] for layer in result.metadata.extra["layers"])}
         write_atomic(compile_log, json.dumps(compiled, indent=1).encode())
     return {"folder": folder, "files": files, "compile": compiled, "tuning_records": records}
 
@@ -202,6 +207,10 @@ def available_runtimes(prepared: dict, requested: list[str]) -> tuple[list[str],
     for runtime in requested:
         if runtime == "tvm_npu_int8_tuned" and prepared["tuning_records"] is None:
             skipped[runtime] = "no tuning records in tuning_logs/ for this model"
+        elif runtime == "tvm_npu_int8_tuned" and not prepared["compile"][runtime]["tuned_layers"]:
+            # A build the records did not change is the untuned one: not a tuned result.
+            skipped[runtime] = (f"{prepared['tuning_records'].name} applies to no layer: it was tuned on another "
+                                "model file (light models run here with seeded random weights)")
         elif runtime.startswith("onnxruntime") and not has_ort:
             skipped[runtime] = "onnxruntime is not installed (pip install 'tvm_npu[validate]')"
         else:
