@@ -192,3 +192,5 @@ def test_report_marks_cascaded_layers(chain_packages):
 def test_no_cascade_flag():
     assert build_parser().parse_args(["compile", "m.onnx", "--cascade"]).cascade is True
     assert build_parser().parse_args(["compile", "m.onnx"]).cascade is False
+    assert build_parser().parse_args(["tune", "m.onnx", "-o", "t.json", "--cascade"]).cascade is True
+    assert build_parser().parse_args(["tune", "m.onnx", "-o", "t.json"]).cascade is False

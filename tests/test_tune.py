@@ -1,5 +1,6 @@
-"""`tvmc tune`: meta_schedule + XGBoost over NPU tilings, with each runner that runs in CI, durable
-resumable records, and `tvmc compile --tuning-records` building outputs identical to the untuned build."""
+"""`tvmc tune`: meta_schedule + XGBoost over NPU tilings (and, with --cascade, cascade band heights), with
+each runner that runs in CI, durable resumable records, and `tvmc compile --tuning-records` building outputs
+identical to the untuned build."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from onnx import TensorProto, helper
 
 import tvm_npu
 from tvm_npu import cli
-from tvm_npu.perf import Geometry, Tiles, footprint, inner_trips, layer_cost, outer_trips
+from tvm_npu.cascade import band_heights, default_band
+from tvm_npu.perf import Geometry, Tiles, cascade_cost, cascade_footprint, footprint, inner_trips, layer_cost, outer_trips
 from tvm_npu.plan import feasible, task_key
-from tvm_npu.records import TuningLog, read_log
+from tvm_npu.records import TuningLog, best_records, read_log
+from tvm_npu.report import report
 from tvm_npu.runtime import make_inputs
 from tvm_npu.target import resolve_target
 from tvm_npu.tune import tune
@@ -32,7 +35,8 @@ TARGET = "npu/micro"
 
 def make_conv_chain_model(path: Path) -> Path:
     """conv 4->8 stride 2, then three identical conv 8->8 layers (NNCF leaves the last one's output in float,
-    so it runs on the CPU): two distinct tuning tasks, one shared by two NPU layers."""
+    so it runs on the CPU): two distinct tuning tasks, one shared by two NPU layers; a chain of three NPU
+    convs, so two cascadable pairs (conv0 -> conv1, conv1 -> conv2) competing for conv1."""
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal(shape).astype(np.float32) * 0.3 for shape in ((8, 4, 3, 3),) + ((8, 8, 3, 3),) * 3]
     nodes, x = [], "x"
@@ -357,3 +361,141 @@ def test_weightless_layers_are_tuning_tasks_too(tmp_path):
     kinds = {task.task.split()[0] for task in result.tasks}
     assert {"conv", "add", "max", "avg"} <= kinds, kinds
     assert all(task.best_cycles is not None for task in result.tasks)
+
+
+# --- cascades: `tvmc tune --cascade` tunes each conv -> conv pair's band height; compile decides from the records
+
+
+@pytest.fixture(scope="module")
+def cascade_log(model, model_log, tmp_path_factory):
+    """`model_log` resumed with --cascade: the layer tasks are done, only the cascade tasks are new."""
+    log = tmp_path_factory.mktemp("tune") / "cascade.json"
+    log.write_bytes(model_log[0].read_bytes())
+    result = tune(model, log, TARGET, trials=10, runner="npu-model", seed=3, progress=False, cascade=True)
+    return log, result
+
+
+def pair_geometries(key: str) -> tuple[Geometry, Geometry]:
+    producer, consumer = key.removeprefix("cascade ").split(" -> ")
+    return tuple(geometry(json.loads(part.split(" ", 1)[1])) for part in (producer, consumer))
+
+
+def assert_fuses_the_winning_pairs(extra: dict, log: Path) -> dict[int, int]:
+    """The chain's consecutive NPU convs fuse exactly where the log's best cascade record costs less than the
+    two layers' best records together, largest saving first, each layer in one cascade at most, with the
+    recorded band height; {producer's position in the chain: rows} of the fused pairs."""
+    best = best_records(read_log(log)[1])
+    convs = [layer for layer in extra["layers"] if layer["tiles"] is not None]
+    keys = [task_key(layer["kernel"], geometry(layer["geometry"])) for layer in convs]
+    wins = []
+    for i in range(len(convs) - 1):
+        fused = best[f"cascade {keys[i]} -> {keys[i + 1]}"]
+        saving = best[keys[i]]["cost"] + best[keys[i + 1]]["cost"] - fused["cost"]
+        if saving > 0:
+            wins.append((saving, i, fused["rows"]))
+    expected, taken = {}, set()
+    for _, i, rows in sorted(wins, reverse=True):
+        if not {i, i + 1} & taken:
+            expected[i] = rows
+            taken |= {i, i + 1}
+    fused = {i: layer["cascade"]["rows"] for i, layer in enumerate(convs)
+             if layer["cascade"] is not None and layer["cascade"]["role"] == "producer"}
+    assert fused == expected
+    for layer in convs:
+        if layer["cascade"] is not None:
+            assert layer["cascade"]["tuned"] and layer["sram_proven"] == layer["sram_planned"]
+        else:
+            assert layer["tuned"]
+    return fused
+
+
+def test_cascade_tasks_search_the_band_heights_that_fit_costed_by_the_model(model, cascade_log):
+    log, result = cascade_log
+    config = resolve_target(TARGET)
+    assert [t.new_trials for t in result.tasks if not t.cascade] == [0, 0]  # resumed from the layer tuning
+    tasks = {key: records for key, records in records_by_task(log).items() if key.startswith("cascade ")}
+    assert len(tasks) == 2 == sum(t.cascade for t in result.tasks)
+    for key, records in tasks.items():
+        g1, g2 = pair_geometries(key)
+        space = band_heights(g1, g2, config)
+        rows = [r["rows"] for r in records]
+        assert len(rows) == len(set(rows)) == min(10, len(space))
+        assert records[0].get("default") and rows[0] == default_band(g1, g2, config)
+        for r in records:  # every band fits (an infeasible one is never sampled) and is costed by the model
+            assert sum(cascade_footprint(g1, g2, r["rows"]).values()) <= config.sram_bytes
+            assert r["cycles"] == sum(c.cycles for c in cascade_cost(g1, g2, r["rows"], config))
+            assert r["cost"] == pytest.approx(r["cycles"] / (config.clock_mhz * 1e6))
+    best = best_records(read_log(log)[1])
+    expected = sorted((best[key]["cost"], best[key.removeprefix("cascade ").split(" -> ")[0]]["cost"]
+                       + best[key.split(" -> ")[1]]["cost"]) for key in tasks)
+    assert sorted((t.best_cost, t.apart_cost) for t in result.tasks if t.cascade) == expected
+    table = result.table()
+    assert sum(line.startswith("cascade ") and line.endswith((": fuses", ": stays apart"))
+               for line in table.splitlines()) == 2
+    assert "beat their two layers apart" in table
+    before = log.read_bytes()
+    again = tune(model, log, TARGET, trials=10, runner="npu-model", seed=3, progress=False, cascade=True)
+    assert log.read_bytes() == before and all(t.new_trials == 0 for t in again.tasks)
+
+
+def test_compile_fuses_the_pairs_whose_cascade_records_win_exactly(model, cascade_log, untuned_outputs, tmp_path):
+    log, _ = cascade_log
+    result = tvm_npu.compile(model, tmp_path / "fused.tar", TARGET, cascade=True, tuning_records=log)
+    assert assert_fuses_the_winning_pairs(result.metadata.extra, log)  # the records fuse a pair here
+    rows = [line for line in report(result.metadata).splitlines() if " cascade 0 " in line]
+    assert len(rows) == 2 and all(line.split(" rows")[1].startswith(" (tuned)") for line in rows)
+    inputs, expected = untuned_outputs
+    outputs = tvm_npu.load(result.package_path).run(inputs)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(outputs[name], value)
+
+
+def test_a_cascade_the_records_say_loses_stays_apart(model, model_log, cascade_log, tmp_path):
+    # The layer records alone: no cascade records, so the DRAM heuristic decides, and fuses a pair.
+    heuristic = tvm_npu.compile(model, tmp_path / "heuristic.tar", TARGET, cascade=True, tuning_records=model_log[0])
+    fused = [layer["cascade"] for layer in heuristic.metadata.extra["layers"] if layer["cascade"] is not None]
+    assert fused and not any(c["tuned"] for c in fused)
+    # Every cascade record made dearer than its two layers apart: no pair fuses.
+    head, *lines = cascade_log[0].read_text().splitlines()
+    losing = tmp_path / "losing.json"
+    edited = [json.loads(line) for line in lines]
+    for record in edited:
+        if "rows" in record and record["cost"] is not None:
+            record["cost"] *= 1000
+    losing.write_text("\n".join([head, *map(json.dumps, edited)]) + "\n")
+    result = tvm_npu.compile(model, tmp_path / "apart.tar", TARGET, cascade=True, tuning_records=losing)
+    assert assert_fuses_the_winning_pairs(result.metadata.extra, losing) == {}
+    assert "Cascaded layers              0 in 0 cascades" in report(result.metadata)
+
+
+@pytest.mark.parametrize("fields, why", [
+    ({"rows": 0}, "a cascade record needs rows"),
+    ({"rows": "4"}, "a cascade record needs rows"),
+    ({"rows": 4, "tiles": {"rows": 4, "channels": 8, "order": "weights"}}, "a cascade record needs rows"),
+    ({"rows": 4, "task": "npu.conv2d {}"}, "a layer record needs tiles"),
+    ({"rows": 4, "cost": "fast"}, "a record needs a task and a cost"),
+])
+def test_bad_cascade_records_are_corrupt(model_log, tmp_path, fields, why):
+    head = model_log[0].read_text().splitlines()[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text(f"{head}\n{json.dumps({'task': 'cascade a -> b', 'cost': 1e-5} | fields)}\n")
+    with pytest.raises(tvm_npu.NpuError, match=f"corrupt \\(line 2: {why}"):
+        read_log(bad)
+
+
+def test_local_runner_measures_cascades_and_builds_exactly(model, untuned_outputs, tmp_path):
+    log = tmp_path / "local_cascade.json"
+    result = tune(model, log, TARGET, trials=2, runner="local", progress=False, cascade=True)
+    config = resolve_target(TARGET)
+    cascades = [t for t in result.tasks if t.cascade]
+    assert len(cascades) == 2 and all(t.trials == 2 and t.apart_cost is not None for t in cascades)
+    for key, records in records_by_task(log).items():
+        assert all(measured_or_rejected(r) for r in records), records
+        if key.startswith("cascade "):  # measured on the host, not the model's figure
+            assert all(r["cost"] != pytest.approx(r["cycles"] / (config.clock_mhz * 1e6)) for r in records)
+    compiled = tvm_npu.compile(model, tmp_path / "local.tar", TARGET, cascade=True, tuning_records=log)
+    assert_fuses_the_winning_pairs(compiled.metadata.extra, log)
+    inputs, expected = untuned_outputs
+    outputs = tvm_npu.load(compiled.package_path).run(inputs)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(outputs[name], value)

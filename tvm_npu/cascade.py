@@ -1,14 +1,17 @@
 """Stage: cascade (part of planning). Consecutive NPU convolutions fuse where that lowers DRAM traffic.
 
-Entry point: `cascade(mod, layers, config) -> list[Cascade]`, on the partitioned module and the
-`plan` stage's layers (it marks the layers it fuses). A producer conv whose only consumer is the
-next conv can run inside the consumer's loop over output row bands: per band it computes just the
-rows the consumer needs into an SRAM intermediate (the consumer's padded input, all channels,
+Entry point: `cascade(mod, layers, config, tuned=None) -> list[Cascade]`, on the partitioned module
+and the `plan` stage's layers (it marks the layers it fuses). A producer conv whose only consumer is
+the next conv can run inside the consumer's loop over output row bands: per band it computes just
+the rows the consumer needs into an SRAM intermediate (the consumer's padded input, all channels,
 8-bit), a rolling buffer, so halo rows are computed once and the intermediate never goes to DRAM.
 Both layers' weights stay resident in SRAM. Each candidate band height whose footprint
-(`perf.cascade_footprint`) fits is costed with `perf.cascade_cost` against the two layers'
-own planned tilings; a pair fuses when its DRAM traffic drops (ties: fewer cycles), pairs with
-the largest saving first, each layer in at most one cascade.
+(`perf.cascade_footprint`) fits (`band_heights`) is costed with `perf.cascade_cost` against the two
+layers' own planned tilings; a pair fuses when its DRAM traffic drops (ties: fewer cycles).
+With tuning records (`tvmc tune --cascade`: one task per distinct pair, `task_key`, its knob the band
+height) the records decide instead where they cover the pair: it fuses, with the recorded band
+height, when its best cascade record costs less than the two layers' best records together. Records
+first, then pairs with the largest saving first; each layer in at most one cascade.
 
 `primfunc` is the cascade's lowering (called by `lower`): the consumer's TE compute composed on
 the producer's output in ONE PrimFunc, the consumer scheduled in row bands, every producer stage
@@ -24,13 +27,16 @@ import tvm
 from tvm import relax, s_tir, te, tirx
 
 from .perf import (
+    Geometry,
+    LayerCost,
     cascade_cost,
     cascade_footprint,
     cascade_rolls,
     extended_producer,
     layer_cost,
 )
-from .plan import LayerPlan
+from .plan import LayerPlan, task_key as layer_task_key
+from .records import CASCADE_TASK
 from .registry import KernelParams, kernel
 from .sram import SRAM_SCOPE, double_buffer
 from .target import NpuConfig
@@ -48,28 +54,58 @@ class Cascade:
     rows: int
     sram_planned: int
     dram_saved: int  # DRAM bytes the two layers no longer move (their own tilings minus the cascade)
+    tuned: bool = False  # fused and banded as tuning records say, not by the DRAM heuristic
 
     def describe(self, layer: LayerPlan) -> dict:
         role = "producer" if layer is self.producer else "consumer"
         return {"index": self.index, "role": role, "rows": self.rows, "dram_saved": self.dram_saved,
-                "producer": self.producer.row, "consumer": self.consumer.row}
+                "producer": self.producer.row, "consumer": self.consumer.row, "tuned": self.tuned}
 
 
-def cascade(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig) -> list[Cascade]:
+def cascade(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig,
+            tuned: dict[str, dict] | None = None) -> list[Cascade]:
+    """`tuned`: the best tuning record per task (`records.tuned_records`)."""
     by_function = {layer.function: layer for layer in layers}
-    options = []
-    for producer, consumer in _pairs(mod, by_function):
-        best = _best(producer, consumer, config)
-        if best is not None:
-            options.append((producer, consumer) + best)
+    options = []  # (rank, producer, consumer, rows, from records): records first, then the largest saving
+    for producer, consumer in pairs(mod, by_function):
+        found = recorded(tuned or {}, producer, consumer)
+        if found is not None and found[0] in band_heights(producer.geometry, consumer.geometry, config):
+            rows, fused, apart = found
+            if fused < apart:
+                options.append(((0, fused - apart), producer, consumer, rows, True))
+        else:  # no records of the pair (or a hand-edited band height the tuner never tries): the DRAM heuristic
+            best = _best(producer, consumer, config)
+            if best is not None:
+                options.append(((1, -best[2]), producer, consumer, best[0], False))
     chosen: list[Cascade] = []
-    for producer, consumer, rows, size, saved in sorted(options, key=lambda o: -o[4]):
+    for _, producer, consumer, rows, from_records in sorted(options, key=lambda o: o[0]):
         if producer.cascade is None and consumer.cascade is None:
-            fused = Cascade(len(chosen), producer, consumer, rows, size, saved)
+            g1, g2 = producer.geometry, consumer.geometry
+            apart = _dram(layer_cost(g1, producer.tiles, config), layer_cost(g2, consumer.tiles, config))
+            size = sum(cascade_footprint(g1, g2, rows).values())
+            fused = Cascade(len(chosen), producer, consumer, rows, size,
+                            apart - _dram(*cascade_cost(g1, g2, rows, config)), from_records)
             producer.cascade = consumer.cascade = fused
             producer.sram_planned = consumer.sram_planned = size
             chosen.append(fused)
     return chosen
+
+
+def task_key(producer: LayerPlan, consumer: LayerPlan) -> str:
+    """What identifies a pair's cascade tuning task: the two layers' tasks (pairs alike share a band height)."""
+    return (f"{CASCADE_TASK}{layer_task_key(producer.kernel, producer.geometry)} -> "
+            f"{layer_task_key(consumer.kernel, consumer.geometry)}")
+
+
+def recorded(best: dict[str, dict], producer: LayerPlan, consumer: LayerPlan) -> tuple[int, float, float] | None:
+    """(band height, cost) of the pair's best cascade record and the cost of its two layers' best records
+    together, when the records have all three (costs in the log's units: one runner per log)."""
+    keys = (task_key(producer, consumer), layer_task_key(producer.kernel, producer.geometry),
+            layer_task_key(consumer.kernel, consumer.geometry))
+    if not all(key in best for key in keys):
+        return None
+    fused, first, second = (best[key] for key in keys)
+    return fused["rows"], fused["cost"], first["cost"] + second["cost"]
 
 
 def _tiled(layer: LayerPlan | None) -> bool:
@@ -83,7 +119,7 @@ def _tiled(layer: LayerPlan | None) -> bool:
     return g.dilation == (1, 1) and kh % 2 == kw % 2 == 1 and g.padding == (kh // 2, kw // 2) * 2
 
 
-def _pairs(mod: tvm.IRModule, by_function: dict[str, LayerPlan]):
+def pairs(mod: tvm.IRModule, by_function: dict[str, LayerPlan]):
     """(producer, consumer) layers where the consumer's only input is the producer's output and nothing
     else (no other binding, not the function's result) reads that output."""
     main = mod["main"]
@@ -108,30 +144,51 @@ def _pairs(mod: tvm.IRModule, by_function: dict[str, LayerPlan]):
             yield producer_of[var], consumer
 
 
+def band_heights(producer: Geometry, consumer: Geometry, config: NpuConfig) -> list[int]:
+    """The band heights (consumer output rows per band: each distinct ceil(out_h / k)) whose cascade
+    footprint fits the SRAM: the heuristic's candidates and the tuner's search space."""
+    heights = sorted({-(-consumer.out_h // k) for k in range(1, consumer.out_h + 1)})
+    return [rows for rows in heights if sum(cascade_footprint(producer, consumer, rows).values()) <= config.sram_bytes]
+
+
+def default_band(producer: Geometry, consumer: Geometry, config: NpuConfig) -> int | None:
+    """The fitting band height with the least DRAM traffic, then cycles, then footprint."""
+    def key(rows):
+        costs = cascade_cost(producer, consumer, rows, config)
+        return _dram(*costs), sum(c.cycles for c in costs), sum(cascade_footprint(producer, consumer, rows).values())
+
+    return min(band_heights(producer, consumer, config), key=key, default=None)
+
+
+def _dram(*costs: LayerCost) -> int:
+    return sum(c.dram_bytes for c in costs)
+
+
 def _best(producer: LayerPlan, consumer: LayerPlan, config: NpuConfig) -> tuple[int, int, int] | None:
     """(rows, footprint, DRAM saved) of the cheapest fitting cascade, if it beats the layers' own tilings."""
     g1, g2 = producer.geometry, consumer.geometry
-    apart = [layer_cost(g1, producer.tiles, config), layer_cost(g2, consumer.tiles, config)]
-    apart_key = (sum(c.dram_bytes for c in apart), sum(c.cycles for c in apart))
-    best, best_key = None, None
-    for rows in sorted({-(-g2.out_h // k) for k in range(1, g2.out_h + 1)}):
-        size = sum(cascade_footprint(g1, g2, rows).values())
-        if size > config.sram_bytes:
-            continue
-        costs = cascade_cost(g1, g2, rows, config)
-        key = (sum(c.dram_bytes for c in costs), sum(c.cycles for c in costs), size)
-        if best_key is None or key < best_key:
-            best, best_key = (rows, size), key
-    if best is None or best_key[:2] >= apart_key:
+    rows = default_band(g1, g2, config)
+    if rows is None:
         return None
-    return best[0], best[1], apart_key[0] - best_key[0]
+    apart = [layer_cost(g1, producer.tiles, config), layer_cost(g2, consumer.tiles, config)]
+    fused = cascade_cost(g1, g2, rows, config)
+    if (_dram(*fused), sum(c.cycles for c in fused)) >= (_dram(*apart), sum(c.cycles for c in apart)):
+        return None
+    return rows, sum(cascade_footprint(g1, g2, rows).values()), _dram(*apart) - _dram(*fused)
 
 
 def primfunc(fused: Cascade, params: tuple[KernelParams, KernelParams], x_spec: tuple[tuple[int, ...], str]) -> tvm.tirx.PrimFunc:
     """The cascade as ONE scheduled PrimFunc(x, producer constants..., consumer constants..., out)."""
-    producer_kernel, consumer_kernel = kernel(fused.producer.kernel), kernel(fused.consumer.kernel)
+    func = compute(fused.producer, fused.consumer, params, x_spec)
+    return schedule(func, fused.producer.geometry, fused.consumer.geometry, fused.rows)
+
+
+def compute(producer: LayerPlan, consumer: LayerPlan, params: tuple[KernelParams, KernelParams],
+            x_spec: tuple[tuple[int, ...], str]) -> tvm.tirx.PrimFunc:
+    """The pair's unscheduled PrimFunc: the consumer's TE compute on the producer's output."""
+    producer_kernel, consumer_kernel = kernel(producer.kernel), kernel(consumer.kernel)
     p1, p2 = params
-    g1, g2 = fused.producer.geometry, fused.consumer.geometry
+    g1, g2 = producer.geometry, consumer.geometry
     # The producer runs over the consumer's padded rows (see perf.extended_producer); the consumer reads the
     # real rows through a row-shifted view, which inlines away, so its padded input indexes the producer rows 1:1.
     px = extended_producer(g1, g2)
@@ -142,14 +199,14 @@ def primfunc(fused: Cascade, params: tuple[KernelParams, KernelParams], x_spec: 
     real = te.compute((y1.shape[0], y1.shape[1], g1.out_h, y1.shape[3]),
                       lambda n, c, h, w: y1[n, c, h + top, w], name="intermediate")
     consts2, y2 = consumer_kernel.tensors(p2, real, "_c")
-    func = te.create_prim_func([x, *consts1, *consts2, y2])
-    return _schedule(func, fused.rows, cascade_rolls(g1, g2, fused.rows))
+    return te.create_prim_func([x, *consts1, *consts2, y2])
 
 
-def _schedule(func: tvm.tirx.PrimFunc, rows: int, rolls: tuple[bool, bool]) -> tvm.tirx.PrimFunc:
-    """Consumer in row bands (serial: rolling buffers carry rows from one band to the next); per band the
-    producer's input rows, accumulator and the intermediate are computed at the band loop in SRAM; weights
-    and per-channel parameters of both layers are staged in SRAM once, before the band loop."""
+def schedule(func: tvm.tirx.PrimFunc, producer: Geometry, consumer: Geometry, rows: int) -> tvm.tirx.PrimFunc:
+    """`compute`'s PrimFunc in bands of `rows`: consumer in row bands (serial: rolling buffers carry rows from
+    one band to the next); per band the producer's input rows, accumulator and the intermediate are computed at
+    the band loop in SRAM; weights and per-channel parameters of both layers are staged in SRAM once, before
+    the band loop."""
     sch = s_tir.Schedule(func)
     y, acc = sch.get_sblock("Y_c"), sch.get_sblock("acc_c")
     xp, acc_p, xp_p = sch.get_sblock("Xp_c"), sch.get_sblock("acc_p"), sch.get_sblock("Xp_p")
@@ -169,7 +226,7 @@ def _schedule(func: tvm.tirx.PrimFunc, rows: int, rolls: tuple[bool, bool]) -> t
         sch.set_scope(block, 0, SRAM_SCOPE)
     for block in (y, out):
         sch.vectorize(sch.get_loops(block)[-1])  # output columns as SIMD lanes on the host
-    intermediate_rolls, input_rolls = rolls
+    intermediate_rolls, input_rolls = cascade_rolls(producer, consumer, rows)
     # Rolling changes the band loop's iterators to opaque ones: every compute_at above comes first.
     rolled = set()
     for block, rolls_here in ((xp_p, input_rolls), (acc_p, intermediate_rolls), (xp, intermediate_rolls)):

@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument("--early-stopping", type=int, metavar="N",
                           help="end a task after N trials without a better candidate")
     tune_cmd.add_argument("--plot", metavar="PNG", help="also draw best cost against trials per task")
+    tune_cmd.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=False,
+                          help="then tune the band height of each conv -> conv pair compile --cascade could fuse; "
+                               "compile --cascade --tuning-records fuses a pair where its best cascade beats its two "
+                               "layers' best tilings (default: off)")
     tune_cmd.set_defaults(handler=_tune)
     return parser
 
@@ -162,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _tune(args: argparse.Namespace) -> int:
     config, shapes = _target_from_args(args)
     result = tune(args.FILE, args.output, config, args.trials, args.runner, args.rpc_tracker, args.rpc_key,
-                  args.seed, args.early_stopping, shapes, args.plot)
+                  args.seed, args.early_stopping, shapes, args.plot, cascade=args.cascade)
     print(result.table())
     print(f"records: {result.log}")
     return EXIT_OK

@@ -613,7 +613,8 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             g = p.geometry
             result.layers.append(LayerEstimate(
                 p.label, p.kernel, p.placement, g.describe(),
-                f"cascade {fused.index} {'into' if first else 'from'} {neighbour.label}, {fused.rows} rows",
+                f"cascade {fused.index} {'into' if first else 'from'} {neighbour.label}, {fused.rows} rows"
+                + (" (tuned)" if fused.tuned else ""),
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 compulsory[0 if first else 1], bound * (share if first else 1 - share), p.sram_planned, p.sram_proven,
                 p.weights.get("original", 0), p.weights.get("encoded", 0), cascade=fused.describe(p),

@@ -30,7 +30,7 @@ from .partition import partition
 from .perf import estimate
 from .plan import plan, task_key
 from .quantize import is_quantized, load_calibration, quantize
-from .records import tuned_tiles, warn_unmatched
+from .records import tuned_records, tuned_tiles, warn_unmatched
 from .target import NpuConfig, resolve_target
 
 
@@ -69,11 +69,13 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     `cascade` fuses consecutive convolutions where that lowers DRAM traffic (`tvm_npu.cascade`); off by
     default, as the cascaded schedule runs its row bands serially on the host.
     `tuning_records` (a `tvmc tune` log) replaces the planner's tiling of every tuned layer
-    with the best one measured; records of another model or NPU config are ignored with a warning.
+    with the best one measured, and (with `cascade`) decides the pairs it has cascade records of;
+    records of another model or NPU config are ignored with a warning.
     """
     config = resolve_target(target)
     output = check_output_path(output)
-    tuned = tuned_tiles(tuning_records, model, config) if tuning_records is not None else None
+    best = tuned_records(tuning_records, model, config) if tuning_records is not None else {}
+    tuned = tuned_tiles(best)
     seconds: dict[str, float] = {}
     front = partitioned(model, input_shapes, quantize_model, calibration_data, save_quantized, seed, seconds)
     loaded, imported, mod, operators = front.loaded, front.imported, front.mod, front.operators
@@ -84,7 +86,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
         warn_unmatched(tuning_records, tuned, keys)
     if cascade:
         with _timed(seconds, "cascade"):
-            find_cascades(mod, layers, config)
+            find_cascades(mod, layers, config, best)
     with _timed(seconds, "lower"):
         mod = relax.transform.FoldConstant()(lower(mod, layers, config.sram_bytes))
     for layer in layers:

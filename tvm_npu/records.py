@@ -2,8 +2,10 @@
 
 A log is JSON lines. Line 1 is a header naming what the records are valid for (tvm_npu
 version, the model file's SHA-256, the NPU config, runner and seed); every other line is one
-measured candidate of one task (`tvm_npu.plan.task_key`): its tiles (`perf.Tiles`' knobs), its cost in seconds
-(NPU-model cycles / clock, or measured host seconds) and its NPU-model cycles.
+measured candidate of one task: a layer's (`tvm_npu.plan.task_key`) with its tiles (`perf.Tiles`' knobs),
+or a conv -> conv pair's cascade (`tvm_npu.cascade.task_key`, "cascade <producer task> -> <consumer
+task>") with its band height in rows; its cost in seconds (NPU-model cycles / clock, or measured host
+seconds) and its NPU-model cycles.
 
 Records are appended one line per write, flushed and fsync'ed, so a killed tuner loses no
 finished record; a line cut short by the kill (no trailing newline) is dropped on resume.
@@ -28,6 +30,7 @@ from .target import NpuConfig
 FORMAT = "tvm_npu-tuning-log/1"
 KNOBS = {f.name for f in dataclasses.fields(Tiles)}
 REQUIRED_KNOBS = {"rows", "channels", "order"}  # the on/off knobs default to on (logs written before they existed)
+CASCADE_TASK = "cascade "  # how a cascade task's key starts: its records carry band rows instead of tiles
 
 
 def header(model_sha256: str, model_name: str, config: NpuConfig, runner: str, seed: int) -> dict:
@@ -74,10 +77,16 @@ def _parse(path: Path, text: str) -> tuple[dict, list[dict], int]:
     if head.get("format") != FORMAT:
         raise _corrupt(path, 1, f"not a {FORMAT} header")
     for number, record in enumerate(records, 2):
-        if not {"task", "tiles", "cost"} <= record.keys():
-            raise _corrupt(path, number, "a record needs task, tiles and cost")
-        if not (isinstance(record["tiles"], dict) and REQUIRED_KNOBS <= record["tiles"].keys() <= KNOBS):
-            raise _corrupt(path, number, f"tiles need rows, channels and order, and take only {', '.join(sorted(KNOBS))}")
+        cost = record.get("cost", "missing")
+        if not (isinstance(record.get("task"), str) and (cost is None or type(cost) in (int, float))):
+            raise _corrupt(path, number, "a record needs a task and a cost (seconds, or null when it failed)")
+        if record["task"].startswith(CASCADE_TASK):
+            rows = record.get("rows")
+            if not (type(rows) is int and rows >= 1 and "tiles" not in record):
+                raise _corrupt(path, number, "a cascade record needs rows (its band height, a positive integer), no tiles")
+        elif not (isinstance(record.get("tiles"), dict) and REQUIRED_KNOBS <= record["tiles"].keys() <= KNOBS):
+            raise _corrupt(path, number, f"a layer record needs tiles with rows, channels and order, taking only "
+                                         f"{', '.join(sorted(KNOBS))}")
     return head, records, len(complete.encode())
 
 
@@ -143,9 +152,9 @@ def best_records(records: list[dict]) -> dict[str, dict]:
     return best
 
 
-def tuned_tiles(path: str | Path, model: str | Path, config: NpuConfig) -> dict[str, Tiles]:
-    """The best tiles per task in `path`, if they were tuned for this model file and NPU config;
-    otherwise a warning and no tiles (the planner's choice stands)."""
+def tuned_records(path: str | Path, model: str | Path, config: NpuConfig) -> dict[str, dict]:
+    """The best record per task in `path`, if they were tuned for this model file and NPU config;
+    otherwise a warning and no records (the planner's and the cascade heuristic's choices stand)."""
     head, records = read_log(path)
     problems = []
     if Path(model).is_file() and head.get("model_sha256") != file_sha256(model):
@@ -155,7 +164,12 @@ def tuned_tiles(path: str | Path, model: str | Path, config: NpuConfig) -> dict[
     if problems:
         print(f"warning: ignoring tuning records {path}: they were tuned for {' and '.join(problems)}")
         return {}
-    return {key: Tiles(**record["tiles"]) for key, record in best_records(records).items()}
+    return best_records(records)
+
+
+def tuned_tiles(best: dict[str, dict]) -> dict[str, Tiles]:
+    """The tiles of the layer tasks' best records (`tuned_records`)."""
+    return {key: Tiles(**record["tiles"]) for key, record in best.items() if "tiles" in record}
 
 
 def warn_unmatched(path: str | Path, tuned: dict[str, Tiles], layer_keys: set[str]) -> None:

@@ -13,11 +13,19 @@ measured (the planned footprint undercounts some strided tilings with a short la
 In the meta_schedule trace the knob is one `sample_categorical` decision (an
 index into that list) bound to a block annotation, which trace replay and mutation
 reproduce; the builder applies the kernel's own `schedule(primfunc, tiles)` for that index.
-`_TilingMutator` moves one knob at a time; XGBoost learns on tile features
-(`_TilingFeatures`: sizes, tile counts, footprints, MAC-array fill, the on/off knobs), since the unscheduled
+`_Mutator` moves one knob at a time; XGBoost learns on tile features
+(`Task.features`: sizes, tile counts, footprints, MAC-array fill, the on/off knobs), since the unscheduled
 TIR the trace annotates looks the same for every candidate.
 
-Runners: "npu-model" scores a candidate with `perf.layer_cost` without building or running it
+With `cascade`, each distinct conv -> conv pair `tvm_npu.cascade` could fuse (both layers tuned
+above) is a task too (`CascadeTask`, `cascade.task_key`): its knob is the band height, its space
+`cascade.band_heights` (heights whose cascade footprint fits the SRAM), its default the height the DRAM
+heuristic picks. Its candidates are the cascade PrimFunc in bands, costed with `perf.cascade_cost`
+or measured on the host; `tvmc compile --cascade --tuning-records` fuses a pair whose best cascade
+record beats its two layers' best records together. Both kinds of task share the machinery below:
+a task schedules, costs, records, describes and featurizes its candidate i.
+
+Runners: "npu-model" scores a candidate with `perf.layer_cost` (or `cascade_cost`) without building or running it
 (cost = cycles / clock: deterministic for a seed); "local" builds it for the host and measures
 it with meta_schedule's LocalRunner; "rpc" measures it on the machines registered with a TVM
 RPC tracker (RPCRunner). Each task first measures the planner's default tiling, then searches.
@@ -50,9 +58,10 @@ from tvm.s_tir.meta_schedule.logging import get_logging_func
 
 from .atomic import atomic_output, check_output_path
 from .errors import NpuError, first_line
-from .perf import Geometry, Tiles, footprint, layer_cost
-from .plan import feasible, plan, task_key
-from .records import TuningLog, file_sha256, header
+from . import cascade
+from .perf import Geometry, Tiles, cascade_cost, cascade_footprint, cascade_rolls, footprint, layer_cost
+from .plan import LayerPlan, feasible, plan, task_key
+from .records import TuningLog, best_records, file_sha256, header
 from .sram import prove_footprint
 from .registry import Composite, NpuKernel, kernel
 from .target import NpuConfig, resolve_target
@@ -65,6 +74,10 @@ _EVALUATOR = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20, ena
 
 @dataclass
 class Task:
+    """A layer's tiling. What the tuner asks of a task (this and `CascadeTask`): its candidates `space`
+    (the default among them), and per candidate i its schedule, planned SRAM footprint, NPU-model cycles,
+    record fields, neighbours for the mutator and features for XGBoost."""
+
     key: str
     kernel: NpuKernel
     geometry: Geometry
@@ -73,24 +86,131 @@ class Task:
     default: Tiles  # the planner's choice
     space: list[Tiles]  # every tiling that fits the SRAM (with the host's knobs when measured on the host)
 
+    @property
+    def name(self) -> str:
+        return self.geometry.describe()
+
+    def schedule(self, index: int) -> tirx.PrimFunc:
+        return self.kernel.schedule(self.func, self.space[index])
+
+    def planned(self, index: int) -> int:
+        return sum(footprint(self.geometry, self.space[index]).values())
+
+    def cycles(self, index: int, config: NpuConfig) -> float:
+        return layer_cost(self.geometry, self.space[index], config).cycles
+
+    def fields(self, index: int) -> dict:
+        return {"tiles": dataclasses.asdict(self.space[index])}
+
+    @staticmethod
+    def candidate(record: dict) -> Tiles:
+        return Tiles(**record["tiles"])
+
+    def describe(self, record: dict) -> str:
+        return self.candidate(record).describe()
+
+    def neighbours(self, index: int) -> list[int]:
+        """The tilings one knob (rows, channels, loop order, or one on/off knob) away."""
+        current = dataclasses.astuple(self.space[index])
+        return [i for i, t in enumerate(self.space) if sum(a != b for a, b in zip(dataclasses.astuple(t), current)) == 1]
+
+    def features(self, config: NpuConfig) -> np.ndarray:
+        """Per tiling: tile sizes, tile counts, SRAM footprint and how well a tile fills the MAC array."""
+        g = self.geometry
+        rows = []
+        for t in self.space:
+            size = footprint(g, t)
+            pixels = t.rows * g.out_w
+            rows.append([
+                math.log2(t.rows), math.log2(t.channels), float(t.order == "weights"),
+                float(t.double_buffer), float(t.parallel), float(t.vectorize),
+                math.log2(-(-g.out_h // t.rows)), math.log2(-(-g.out_channels // t.channels)),
+                *(math.log2(1 + size.get(k, 0)) for k in ("input", "weights", "acc", "output")),  # weightless: none
+                math.log2(1 + sum(size.values())),
+                pixels / (-(-pixels // config.mac_rows) * config.mac_rows),
+                t.channels / (-(-t.channels // config.mac_cols) * config.mac_cols),
+            ])
+        return np.array(rows, np.float32)
+
+
+@dataclass
+class CascadeTask:
+    """A conv -> conv pair's cascade (`tvm_npu.cascade`): its candidates are the band heights that fit."""
+
+    key: str
+    producer: LayerPlan  # of the first pair (the others have the same geometries)
+    consumer: LayerPlan
+    layers: list[str]  # the pairs, "producer+consumer"
+    func: tirx.PrimFunc  # the pair's unscheduled cascade PrimFunc (`cascade.compute`)
+    default: int  # the DRAM heuristic's band height
+    space: list[int]  # `cascade.band_heights`, ascending
+
+    @property
+    def name(self) -> str:
+        return f"cascade {self.producer.geometry.describe()} => {self.consumer.geometry.describe()}"
+
+    def schedule(self, index: int) -> tirx.PrimFunc:
+        return cascade.schedule(self.func, self.producer.geometry, self.consumer.geometry, self.space[index])
+
+    def planned(self, index: int) -> int:
+        return sum(cascade_footprint(self.producer.geometry, self.consumer.geometry, self.space[index]).values())
+
+    def cycles(self, index: int, config: NpuConfig) -> float:
+        costs = cascade_cost(self.producer.geometry, self.consumer.geometry, self.space[index], config)
+        return sum(c.cycles for c in costs)
+
+    def fields(self, index: int) -> dict:
+        return {"rows": self.space[index]}
+
+    @staticmethod
+    def candidate(record: dict) -> int:
+        return record["rows"]
+
+    def describe(self, record: dict) -> str:
+        return f"{record['rows']} rows per band"
+
+    def neighbours(self, index: int) -> list[int]:
+        return [i for i in (index - 1, index + 1) if 0 <= i < len(self.space)]
+
+    def features(self, config: NpuConfig) -> np.ndarray:
+        """Per band height: the band and band counts, the footprint's parts, what rolls, MAC-array row fill."""
+        g1, g2 = self.producer.geometry, self.consumer.geometry
+        rows = []
+        for r in self.space:
+            size = cascade_footprint(g1, g2, r)
+            pixels = r * g2.out_w
+            rows.append([
+                math.log2(r), math.log2(-(-g2.out_h // r)), *map(float, cascade_rolls(g1, g2, r)),
+                *(math.log2(1 + size[k]) for k in ("input", "acc", "intermediate", "output")),
+                math.log2(1 + sum(size.values())), pixels / (-(-pixels // config.mac_rows) * config.mac_rows),
+            ])
+        return np.array(rows, np.float32)
+
 
 @dataclass
 class TaskResult:
     task: str  # geometry, readable
-    layers: int
+    layers: int  # layers sharing the task (a cascade task: layer pairs)
     trials: int
     default_cost: float | None  # seconds (NPU-model cycles / clock, or measured)
     best_cost: float | None
     default_cycles: float
     best_cycles: float | None  # NPU-model cycles of the best candidate
-    best_tiles: dict | None
+    best: str | None  # the best candidate, readable
     new_trials: int  # measured by this run (the rest were resumed from the log)
     seconds: float  # wall time of this run's trials
     history: list[float] = field(default_factory=list)  # best cost so far, per trial
+    cascade: bool = False  # a cascade task
+    apart_cost: float | None = None  # cascade: its two layers' best costs together (None: one was never measured)
 
     @property
     def speedup(self) -> float | None:
         return self.default_cost / self.best_cost if self.default_cost and self.best_cost else None
+
+    @property
+    def fuses(self) -> bool:
+        """A cascade task whose best band beats its layers apart (`tvmc compile --cascade` fuses its pairs)."""
+        return None not in (self.apart_cost, self.best_cost) and self.best_cost < self.apart_cost
 
 
 @dataclass
@@ -108,19 +228,28 @@ class TuneResult:
         def cost(value):
             return "failed" if value is None else f"{value * scale:.0f}" if model else f"{value * scale:.3f}"
 
-        lines = [f"{'task':<48}{'layers':>7}{'trials':>7}{'default ' + unit:>16}{'best ' + unit:>14}{'speedup':>9}"
-                 f"{'s/trial':>9}  best tiles"]
+        width = max([48] + [len(t.task) + 1 for t in self.tasks])
+        lines = [f"{'task':<{width}}{'layers':>7}{'trials':>7}{'default ' + unit:>16}{'best ' + unit:>14}{'speedup':>9}"
+                 f"{'s/trial':>9}  best"]
         for t in self.tasks:
-            tiles = "-" if t.best_tiles is None else Tiles(**t.best_tiles).describe()
+            best = t.best or "-"
+            if t.cascade:
+                best += (f"; apart {cost(t.apart_cost)}: {'fuses' if t.fuses else 'stays apart'}"
+                         if t.apart_cost is not None else "; a layer unmeasured: the DRAM heuristic decides")
             per_trial = f"{t.seconds / t.new_trials:.2f}" if t.new_trials else "-"
             speedup = "-" if t.speedup is None else f"{t.speedup:.2f}x"
-            lines.append(f"{t.task:<48}{t.layers:>7}{t.trials:>7}{cost(t.default_cost):>16}{cost(t.best_cost):>14}"
-                         f"{speedup:>9}{per_trial:>9}  {tiles}")
-        default = sum(t.default_cycles * t.layers for t in self.tasks)
-        best = sum((t.best_cycles or t.default_cycles) * t.layers for t in self.tasks)
+            lines.append(f"{t.task:<{width}}{t.layers:>7}{t.trials:>7}{cost(t.default_cost):>16}{cost(t.best_cost):>14}"
+                         f"{speedup:>9}{per_trial:>9}  {best}")
+        layers = [t for t in self.tasks if not t.cascade]
+        default = sum(t.default_cycles * t.layers for t in layers)
+        best = sum((t.best_cycles or t.default_cycles) * t.layers for t in layers)
         if best:
             lines.append(f"tiled NPU layers, NPU-model cycles: default {default:.0f}, tuned {best:.0f} "
                          f"({default / best:.2f}x fewer)")
+        cascades = [t for t in self.tasks if t.cascade]
+        if cascades:
+            lines.append(f"cascade tasks: {sum(t.fuses for t in cascades)} of {len(cascades)} beat their two layers "
+                         "apart; `tvmc compile --cascade --tuning-records` fuses their pairs (a layer in one at most)")
         return "\n".join(lines)
 
 
@@ -137,11 +266,13 @@ def tune(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     plot: str | Path | None = None,
     progress: bool = True,
+    cascade: bool = False,
 ) -> TuneResult:
     """Tunes every tiled NPU layer of `model` for up to `trials` candidates each, appending the
     measurements to the log `output` (resumed if it exists). `runner` is one of RUNNERS; "rpc"
     needs `rpc_tracker` ("host:port") and `rpc_key`. `early_stopping` ends a task after that many
-    trials without a better candidate. `plot` draws best cost against trials per task (PNG)."""
+    trials without a better candidate. `plot` draws best cost against trials per task (PNG).
+    `cascade` then tunes the band height of every conv -> conv pair `tvm_npu.cascade` could fuse."""
     config = resolve_target(target)
     output = check_output_path(output)
     if plot is not None:
@@ -159,7 +290,7 @@ def tune(
 
     # The log is locked (and checked against this run) before the long work starts.
     with TuningLog(output, header(file_sha256(model), Path(model).stem, config, runner, seed)) as log:
-        tasks = _tasks(partitioned(model, input_shapes).mod, config, host=runner != "npu-model")
+        tasks = _tasks(partitioned(model, input_shapes).mod, config, host=runner != "npu-model", cascades=cascade)
         measure = _measuring_runner(runner, tracker)
         try:
             results = _tune_all(tasks, log, config, runner, measure, trials, seed, early_stopping, progress)
@@ -191,11 +322,13 @@ def _measuring_runner(runner: str, tracker) -> ms.runner.Runner | None:
     return None
 
 
-def _tasks(mod: tvm.IRModule, config: NpuConfig, host: bool) -> list[Task]:
+def _tasks(mod: tvm.IRModule, config: NpuConfig, host: bool, cascades: bool) -> list[Task | CascadeTask]:
     """One task per distinct (kernel, geometry) among the layers the planner tiles on the NPU; `host`:
-    the runner measures on the host, so the host's loop knobs are searched too."""
-    tasks: dict[str, Task] = {}
-    for layer in plan(mod, config, allow_cpu_fallback=True):
+    the runner measures on the host, so the host's loop knobs are searched too. With `cascades`, then one
+    per distinct pair of those layers `tvm_npu.cascade` could fuse with a band height that fits."""
+    tasks: dict[str, Task | CascadeTask] = {}
+    layers = plan(mod, config, allow_cpu_fallback=True)
+    for layer in layers:
         if layer.tiles is None or layer.placement != "npu":
             continue
         key = task_key(layer.kernel, layer.geometry)
@@ -208,6 +341,20 @@ def _tasks(mod: tvm.IRModule, config: NpuConfig, host: bool) -> list[Task]:
         prim = npu_kernel.primfunc("main", npu_kernel.params(Composite(func)), inputs)
         tasks[key] = Task(key, npu_kernel, layer.geometry, [layer.name], prim, layer.tiles,
                          feasible(layer.geometry, config, host))
+    for producer, consumer in cascade.pairs(mod, {layer.function: layer for layer in layers}) if cascades else ():
+        key = cascade.task_key(producer, consumer)
+        if key in tasks:
+            tasks[key].layers.append(f"{producer.name}+{consumer.name}")
+            continue
+        space = cascade.band_heights(producer.geometry, consumer.geometry, config)
+        if not space:
+            continue
+        funcs = [mod[layer.function] for layer in (producer, consumer)]
+        params = tuple(kernel(layer.kernel).params(Composite(f)) for layer, f in zip((producer, consumer), funcs))
+        x = funcs[0].params[0].ty
+        prim = cascade.compute(producer, consumer, params, (tuple(int(d) for d in x.shape), str(x.dtype)))
+        tasks[key] = CascadeTask(key, producer, consumer, [f"{producer.name}+{consumer.name}"], prim,
+                                 cascade.default_band(producer.geometry, consumer.geometry, config), space)
     return list(tasks.values())
 
 
@@ -221,7 +368,7 @@ def _tune_all(tasks, log, config, runner, measure, trials, seed, early_stopping,
     with tqdm(total=sum(goals), initial=min(sum(done), sum(goals)), desc="all tasks", unit="trial",
               disable=not progress, position=0) as overall, _deferred_interrupt() as interrupted:
         for number, (task, goal) in enumerate(zip(tasks, goals), 1):
-            with tqdm(total=goal, desc=f"task {number}/{len(tasks)} {task.geometry.describe()}", unit="trial",
+            with tqdm(total=goal, desc=f"task {number}/{len(tasks)} {task.name}", unit="trial",
                       disable=not progress, position=1, leave=False) as bar:
                 session = _Session(task, log, config, runner, measure, goal, early_stopping, [bar, overall],
                                    interrupted)
@@ -250,13 +397,13 @@ def _deferred_interrupt():
 class _Session:
     """Tuning one task: its log records, the trial budget, and the progress bars to advance."""
 
-    def __init__(self, task: Task, log: TuningLog, config: NpuConfig, runner: str, measure, goal: int,
+    def __init__(self, task: Task | CascadeTask, log: TuningLog, config: NpuConfig, runner: str, measure, goal: int,
                  early_stopping: int | None, bars, interrupted: threading.Event):
         self.task, self.log, self.config, self.runner, self.measure = task, log, config, runner, measure
         self.goal, self.early_stopping, self.bars, self.interrupted = goal, early_stopping, bars, interrupted
-        self.index = {tiles: i for i, tiles in enumerate(task.space)}
+        self.index = {candidate: i for i, candidate in enumerate(task.space)}
         self.records = [r for r in log.records if r["task"] == task.key]
-        self.measured = {self.index[Tiles(**r["tiles"])]: r["cost"] for r in self.records if Tiles(**r["tiles"]) in self.index}
+        self.measured = {self.index[task.candidate(r)]: r["cost"] for r in self.records if task.candidate(r) in self.index}
         self.new_trials, self.seconds = 0, 0.0
         self.target = config.tvm_target()
 
@@ -295,11 +442,11 @@ class _Session:
     def _search(self, seed: int) -> None:
         size = len(self.task.space)
         space = ms.space_generator.ScheduleFn(_design_space(size), sch_rules=[], postprocs=[],
-                                              mutator_probs={_TilingMutator(self.task.space): 1.0})
+                                              mutator_probs={_Mutator(self.task): 1.0})
         strategy = ms.search_strategy.EvolutionarySearch(
             population_size=min(256, 4 * size), init_min_unmeasured=min(16, size), genetic_num_iters=3)
         context = _tune_context(tvm.IRModule({"main": self.task.func}), self.target, space, strategy,
-                                self.task.geometry.describe(), seed)
+                                self.task.name, seed)
         database = ms.database.MemoryDatabase()
         workload = database.commit_workload(tvm.IRModule({"main": self.task.func}))
         args = ms.arg_info.ArgInfo.from_prim_func(self.task.func)
@@ -308,7 +455,7 @@ class _Session:
                 database.commit_tuning_record(ms.database.TuningRecord(
                     _trace(self.task.func, size, index), workload, [cost], self.target, args))
         np.random.seed(seed)  # the xgb model's warm-up predictions are numpy-random
-        cost_model = ms.cost_model.XGBModel(extractor=_TilingFeatures(self.task, self.config),
+        cost_model = ms.cost_model.XGBModel(extractor=_Features(self.task.features(self.config)),
                                             num_warmup_samples=TRIALS_PER_ITER, num_tuning_cores=1)
         self.recorder = _Recorder(self)
         # The budget leaves room for candidates the log already holds: they cost nothing and do not
@@ -335,12 +482,11 @@ class _Session:
                 raise
 
     def model_seconds(self, index: int) -> float:
-        return layer_cost(self.task.geometry, self.task.space[index], self.config).cycles / (self.config.clock_mhz * 1e6)
+        return self.task.cycles(index, self.config) / (self.config.clock_mhz * 1e6)
 
     def record(self, index: int, cost: float | None, error: str | None, default: bool = False) -> None:
-        tiles = self.task.space[index]
-        entry = {"task": self.task.key, "tiles": dataclasses.asdict(tiles), "cost": cost,
-                 "cycles": layer_cost(self.task.geometry, tiles, self.config).cycles}
+        entry = {"task": self.task.key, **self.task.fields(index), "cost": cost,
+                 "cycles": self.task.cycles(index, self.config)}
         if default:
             entry["default"] = True
         if error:  # meta_schedule's messages start with who failed and end with why
@@ -361,10 +507,14 @@ class _Session:
         for r in self.records:
             low = min(low, math.inf if r["cost"] is None else r["cost"])
             history.append(low)
-        return TaskResult(self.task.geometry.describe(), len(self.task.layers), len(self.records), default["cost"],
-                          None if best is None else best["cost"], default["cycles"],
-                          None if best is None else best["cycles"], None if best is None else best["tiles"],
-                          self.new_trials, self.seconds, history)
+        result = TaskResult(self.task.name, len(self.task.layers), len(self.records), default["cost"],
+                            None if best is None else best["cost"], default["cycles"],
+                            None if best is None else best["cycles"], None if best is None else self.task.describe(best),
+                            self.new_trials, self.seconds, history)
+        if isinstance(self.task, CascadeTask):
+            found = cascade.recorded(best_records(self.log.records), self.task.producer, self.task.consumer)
+            result.cascade, result.apart_cost = True, None if found is None else found[2]
+        return result
 
 
 def _seconds(run_secs) -> float | None:
@@ -400,51 +550,35 @@ def _tiling_index(mod: tvm.IRModule) -> int:
 
 
 @derived_object
-class _TilingMutator(ms.mutator.PyMutator):
-    """Moves one knob (rows, channels, loop order, or one on/off knob) to another feasible value."""
+class _Mutator(ms.mutator.PyMutator):
+    """Moves the decision to one of the task's neighbours of the current candidate (`Task.neighbours`)."""
 
-    def __init__(self, space: list[Tiles]):
+    def __init__(self, task: Task | CascadeTask):
         super().__init__()
-        self.space = space
+        self.task = task
 
     def _initialize_with_tune_context(self, context) -> None:
         pass
 
     def apply(self, trace: s_tir.Trace, rand_state) -> s_tir.Trace | None:
         (inst,) = [i for i in trace.insts if i.kind.name == "SampleCategorical"]
-        current = dataclasses.astuple(self.space[int(trace.decisions[inst])])
-        neighbours = [i for i, t in enumerate(self.space)
-                      if sum(a != b for a, b in zip(dataclasses.astuple(t), current)) == 1]
+        neighbours = self.task.neighbours(int(trace.decisions[inst]))
         if not neighbours:
             return None
         return trace.with_decision(inst, random.Random(int(rand_state)).choice(neighbours), remove_postproc=True)
 
-    def clone(self) -> _TilingMutator:
-        return _TilingMutator(self.space)
+    def clone(self) -> _Mutator:
+        return _Mutator(self.task)
 
 
 @derived_object
-class _TilingFeatures(ms.feature_extractor.PyFeatureExtractor):
-    """What XGBoost learns from: per candidate, the tile sizes, tile counts, SRAM footprint and how
-    well a tile fills the MAC array (not the performance model's cycles)."""
+class _Features(ms.feature_extractor.PyFeatureExtractor):
+    """What XGBoost learns from: the task's features of each candidate (`Task.features`; not the
+    performance model's cycles), since the unscheduled TIR the trace annotates is the same for all."""
 
-    def __init__(self, task: Task, config: NpuConfig):
+    def __init__(self, features: np.ndarray):
         super().__init__()
-        g = task.geometry
-        rows = []
-        for t in task.space:
-            size = footprint(g, t)
-            pixels = t.rows * g.out_w
-            rows.append([
-                math.log2(t.rows), math.log2(t.channels), float(t.order == "weights"),
-                float(t.double_buffer), float(t.parallel), float(t.vectorize),
-                math.log2(-(-g.out_h // t.rows)), math.log2(-(-g.out_channels // t.channels)),
-                *(math.log2(1 + size.get(k, 0)) for k in ("input", "weights", "acc", "output")),  # weightless: none
-                math.log2(1 + sum(size.values())),
-                pixels / (-(-pixels // config.mac_rows) * config.mac_rows),
-                t.channels / (-(-t.channels // config.mac_cols) * config.mac_cols),
-            ])
-        self.features = np.array(rows, np.float32)
+        self.features = features
 
     def extract_from(self, context, candidates):
         return [tvm.runtime.tensor(self.features[_tiling_index(c.sch.mod)][None]) for c in candidates]
@@ -478,10 +612,9 @@ class _Builder(ms.builder.PyBuilder):
         s = self.session
         if index in s.measured:
             return _candidate_file(folder, index, cached=True, cost=s.measured[index])
-        tiles = s.task.space[index]
-        func = s.task.kernel.schedule(s.task.func, tiles)
-        # The planned footprint admitted the tiling; the lowered TIR has the last word (as in `lower`).
-        proven, planned = prove_footprint(func).total, sum(footprint(s.task.geometry, tiles).values())
+        func = s.task.schedule(index)
+        # The planned footprint admitted the candidate; the lowered TIR has the last word (as in `lower`).
+        proven, planned = prove_footprint(func).total, s.task.planned(index)
         if proven > planned:
             raise NpuError(f"sram: the lowered TIR allocates {proven} B, the plan {planned} B")
         if s.runner == "npu-model":

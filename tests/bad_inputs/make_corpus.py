@@ -144,6 +144,8 @@ def _write_tuning_logs(data: Path, rng: np.random.Generator) -> None:
     (data / "tuning_not_ours.json").write_text(json.dumps([0, [["sample_categorical", [], [0]]]]) + "\n")
     (data / "tuning_bad_record.json").write_text(
         json.dumps({"format": "tvm_npu-tuning-log/1"}) + "\n" + json.dumps({"task": "npu.conv2d"}) + "\n")
+    (data / "tuning_bad_cascade.json").write_text(json.dumps({"format": "tvm_npu-tuning-log/1"}) + "\n" + json.dumps(
+        {"task": "cascade npu.conv2d {} -> npu.conv2d {}", "rows": 0, "cost": 1e-5}) + "\n")
 
 
 def _write_configs(data: Path) -> None:
