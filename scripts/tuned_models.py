@@ -48,7 +48,7 @@ def measure(log: Path, repeat: int, folder: Path) -> dict:
     if file_sha256(model) != head["model_sha256"]:
         raise SystemExit(f"{log} was tuned for another {model.name}")
     qdq = folder / "qdq.onnx"
-    row = {"model": head["model"], "target": head["target"], "log": log.name}
+    row = {"model": head["model"], "target": head["target"], "runner": head["runner"], "log": log.name}
     outputs = {}
     for kind, records_file in (("default", None), ("tuned", log)):
         # The tuner searches each layer's tiling on its own: both builds leave cascading off to compare those.
@@ -65,8 +65,9 @@ def measure(log: Path, repeat: int, folder: Path) -> dict:
     trials = max(Counter(r["task"] for r in records).values())
     source = "tvm_npu.zoo.default_model_path()" if head["model"] == "default_model" else \
         f"tvm_npu.zoo.light_model_path('{head['model'].removeprefix('light_')}')"
+    cascades = " --cascade" if any(r["task"].startswith("cascade ") for r in records) else ""
     row["command"] = (f"tvmc tune $({source}) --target {head['target']} -o tuning_logs/{log.name} "
-                      f"--trials {trials} --runner {head['runner']} --seed {head['seed']}")
+                      f"--trials {trials} --runner {head['runner']} --seed {head['seed']}{cascades}")
     return row
 
 
@@ -75,13 +76,13 @@ def main() -> None:
     parser.add_argument("logs", nargs="*", type=Path, default=sorted(LOGS.glob("*.json")))
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
-    print("| model | target | NPU-model cycles default | tuned | fewer | roofline bound | host ms default | tuned "
+    print("| model | target | runner | NPU-model cycles default | tuned | fewer | roofline bound | host ms default | tuned "
           "| OpenVINO CPU ms | outputs identical | reproduce |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for log in args.logs:
         with tempfile.TemporaryDirectory() as folder:
             r = measure(log, args.repeat, Path(folder))
-        print(f"| {r['model']} | {r['target']} | {r['default_cycles']:.0f} | {r['tuned_cycles']:.0f} | "
+        print(f"| {r['model']} | {r['target']} | {r['runner']} | {r['default_cycles']:.0f} | {r['tuned_cycles']:.0f} | "
               f"{r['default_cycles'] / r['tuned_cycles']:.2f}x | {r['roofline_cycles']:.0f} | {r['default_ms']:.2f} | {r['tuned_ms']:.2f} | "
               f"{r['openvino_ms']:.2f} | {'yes' if r['exact'] else 'NO'} | `{r['command']}` |", flush=True)
 
