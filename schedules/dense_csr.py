@@ -20,8 +20,8 @@ from tvm.script.ir_builder import tirx as T
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
 from tvm_npu.perf import Tiles
 from tvm_npu.registry import KernelParams
-from tvm_npu.sparse import buffer_slots, channel_loop, channel_tile_loop, csr_layer, csr_variant, lanes, sram_buffer, \
-    stage_weight_tile, stream_tiles, tile_nonzeros
+from tvm_npu.sparse import buffer_slots, channel_loop, channel_tile_loop, csr_arguments, csr_layer, csr_variant, \
+    lanes, sram_buffer, stage_weight_tile, stream_tiles, tile_nonzeros
 
 from . import dense
 
@@ -44,10 +44,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name("main")
-            x = T.buffer_proxy(T.arg("X", T.buffer(x_shape, x_dtype)))
-            csr = [T.arg(name, T.buffer(shape, dtype)) for name, (shape, dtype) in zip("VIP", layer["csr"])]
-            params = [T.arg(name, T.buffer((out_channels,), "int64")) for name in ("B", "M", "S")]
-            y = T.buffer_proxy(T.arg("Y", T.buffer((rows_total, out_channels), a["out_dtype"])))
+            x, csr, params, y = csr_arguments(layer, (rows_total, out_channels))
             with channel_tile_loop(chan_tiles, tiles) as ct:
                 first = ct * c
                 rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(

@@ -15,9 +15,9 @@ same log stops with an error instead of interleaving writes.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
-import dataclasses
 import json
 import os
 from pathlib import Path

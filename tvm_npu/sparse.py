@@ -121,6 +121,18 @@ def stage_weight_tile(csr_buffers, params, rows: int, first, channels: int, capa
     return rowptr_s, values_s, indices_s, params_s
 
 
+def csr_arguments(layer: dict, y_shape) -> tuple:
+    """The CSR kernels' arguments (X, values V, indices I, row pointers P, parameters B, M, S, output Y):
+    (x, [V, I, P], [B, M, S], y), x and y indexable."""
+    x_shape, x_dtype = layer["input"]
+    out_channels = layer["attrs"]["weight_shape"][0]
+    x = T.buffer_proxy(T.arg("X", T.buffer(x_shape, x_dtype)))
+    csr = [T.arg(name, T.buffer(shape, dtype)) for name, (shape, dtype) in zip("VIP", layer["csr"])]
+    params = [T.arg(name, T.buffer((out_channels,), "int64")) for name in ("B", "M", "S")]
+    y = T.buffer_proxy(T.arg("Y", T.buffer(y_shape, layer["attrs"]["out_dtype"])))
+    return x, csr, params, y
+
+
 def sram_buffer(shape, dtype: str):
     """An SRAM tile buffer, indexable for stores (the IRBuilder's proxy)."""
     return T.buffer_proxy(T.alloc_buffer(tuple(shape), dtype, scope=SRAM_SCOPE))

@@ -127,10 +127,14 @@ class Task:
                 math.log2(-(-g.out_h // t.rows)), math.log2(-(-g.out_channels // t.channels)),
                 *(math.log2(1 + size.get(k, 0)) for k in ("input", "weights", "acc", "output")),  # weightless: none
                 math.log2(1 + sum(size.values())),
-                pixels / (-(-pixels // config.mac_rows) * config.mac_rows),
-                t.channels / (-(-t.channels // config.mac_cols) * config.mac_cols),
+                _fill(pixels, config.mac_rows), _fill(t.channels, config.mac_cols),
             ])
         return np.array(rows, np.float32)
+
+
+def _fill(used: int, lanes: int) -> float:
+    """How full the MAC array's `lanes` (rows or columns) are over the passes `used` of them take."""
+    return used / (-(-used // lanes) * lanes)
 
 
 @dataclass
@@ -182,7 +186,7 @@ class CascadeTask:
             rows.append([
                 math.log2(r), math.log2(-(-g2.out_h // r)), *map(float, cascade_rolls(g1, g2, r)),
                 *(math.log2(1 + size[k]) for k in ("input", "acc", "intermediate", "output")),
-                math.log2(1 + sum(size.values())), pixels / (-(-pixels // config.mac_rows) * config.mac_rows),
+                math.log2(1 + sum(size.values())), _fill(pixels, config.mac_rows),
             ])
         return np.array(rows, np.float32)
 
