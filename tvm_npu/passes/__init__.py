@@ -23,12 +23,14 @@ from .concat_of_dequantized import concat_of_dequantized
 from .duplicate_shared_dequantize import duplicate_shared_dequantize
 from .fold_channel_affines import fold_channel_affines
 from .fold_constants import fold_constants
+from .fold_shapes import fold_shapes
 from .requantize_value_preserving import requantize_value_preserving
 from .scalar_quantization_parameters import scalar_quantization_parameters
 from .sum_as_add import sum_as_add
 
 ONNX_PASSES = [
-    fold_constants,  # first: the later rewrites read constants as initializers
+    fold_shapes,  # first: what folds at the fixed input shapes becomes constant
+    fold_constants,  # the later rewrites read constants as initializers
     fold_channel_affines,
 ]
 
