@@ -277,13 +277,9 @@ def host_profile(files: dict, runtime: str, inputs: dict) -> dict:
     (one run on a shared machine can catch a preemption): the slowest calls, and totals per kind
     (NPU kernel family, TVM-generated CPU function, VM builtin)."""
     import tvm_npu
-    from tvm_npu.runtime import LayerTime
+    from tvm_npu.runtime import call_kind
 
-    model = tvm_npu.load(files[runtime])
-    model.run(inputs)  # warm
-    runs = [model.profile(inputs) for _ in range(PROFILE_RUNS)]
-    calls = [LayerTime(call.symbol, float(np.median([run[i].ms for run in runs])), call.shape)
-             for i, call in enumerate(runs[0])]
+    calls = tvm_npu.load(files[runtime]).median_profile(inputs, PROFILE_RUNS)
     kinds: dict[str, float] = {}
     for call in calls:
         kinds[call_kind(call.symbol)] = kinds.get(call_kind(call.symbol), 0.0) + call.ms
@@ -292,14 +288,6 @@ def host_profile(files: dict, runtime: str, inputs: dict) -> dict:
             "by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
             "top": [{"symbol": c.symbol, "kind": call_kind(c.symbol), "ms": c.ms, "output_shape": list(c.shape)}
                     for c in top]}
-
-
-def call_kind(symbol: str) -> str:
-    if symbol.startswith("vm.builtin."):
-        return "VM builtins (allocation, shape checks)"
-    if symbol.startswith("npu_"):
-        return "NPU kernel " + symbol.rsplit("_", 1)[0].replace("npu_", "npu.", 1)
-    return "CPU (TVM default lowering)"
 
 
 def npu_model_figures(files: dict) -> dict:
