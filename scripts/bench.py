@@ -486,13 +486,14 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(text: str) -> None:
+def update_readme(text: str, begin: str = README_BEGIN, end: str = README_END) -> None:
+    """Puts `text` between README.md's `begin` and `end` markers (scripts/real_model_table.py uses it too)."""
     readme = README.read_text()
-    if README_BEGIN not in readme or README_END not in readme:
-        raise SystemExit(f"error: README.md has no {README_BEGIN!r} ... {README_END!r} markers; restore them")
-    head, rest = readme.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    write_atomic(README, f"{head}{README_BEGIN}\n{text}{README_END}{tail}".encode())
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"error: README.md has no {begin!r} ... {end!r} markers; restore them")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    write_atomic(README, f"{head}{begin}\n{text}{end}{tail}".encode())
 
 
 def _atomic(path: Path):

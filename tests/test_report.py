@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -19,6 +20,7 @@ from tvm_npu.frontend import import_onnx, load_onnx
 from tvm_npu.package import read_package
 from tvm_npu.partition import partition
 from tvm_npu.report import mac_share, measured_host_time, summary_text
+from tvm_npu.runtime import host_mismatch
 from test_int8_end_to_end import make_small_cnn
 
 
@@ -121,3 +123,12 @@ def test_summary_says_what_runs_where(cnn_package, tmp_path):
     assert f"Conv/gemm MACs on the NPU    {math.floor(1000 * share['npu_share']) / 10:.1f} %" in text
     assert "(NPU part only; " in text  # the small CNN's softmax and Gemm stay on the CPU
     assert "Host time per inference" in text and "CPU operators by host time" in text
+
+
+def test_host_time_is_not_measured_for_a_library_built_for_another_cpu(cnn_package):
+    metadata = cnn_package.metadata
+    assert host_mismatch(metadata) is None
+    elsewhere = replace(metadata, target={**metadata.target, "mcpu": "some-other-cpu"})
+    reason = host_mismatch(elsewhere)
+    assert reason.startswith("the library was built for some-other-cpu, this host is ")
+    assert f"not measured: {reason}" in summary_text(elsewhere, reason)

@@ -91,11 +91,12 @@ def _mac_line(metadata: PackageMetadata) -> str:
         return "no convolutions or matrix products"
     cpu_macs = share["total_macs"] - share["npu_macs"]
     percent = math.floor(1000 * share["npu_share"]) / 10  # rounded down: 100 % means every MAC
-    return (f"{percent:.1f} % ({_count(share['npu_macs'])} of {_count(share['total_macs'])} MACs; "
-            f"{_count(cpu_macs)} in {share['cpu_operators_with_macs']} CPU operators)")
+    return (f"{percent:.1f} % ({format_count(share['npu_macs'])} of {format_count(share['total_macs'])} MACs; "
+            f"{format_count(cpu_macs)} in {share['cpu_operators_with_macs']} CPU operators)")
 
 
-def _count(n: int) -> str:
+def format_count(n: int) -> str:
+    """A count with a k/M/G unit, to one decimal."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
