@@ -39,6 +39,8 @@ import numpy as np
 import onnx
 import openvino as ov
 from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from .errors import EXIT_COULD_NOT_VALIDATE, NpuError, first_line
 from .quantize import is_quantized
@@ -269,6 +271,39 @@ def onnxruntime_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np.nda
         return [dict(zip(names, session.run(None, dict(inputs)))) for inputs in samples]
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph kinds
         raise ReferenceFailure(f"ONNX Runtime could not run the model: {first_line(err)}") from None
+
+
+class _ExactDequantizeLinear(OpRun):
+    """DequantizeLinear in float64 (onnx.reference implements it from opset 19 on only; the semantics of
+    integer inputs are the same since opset 13). Every product and sum of dequantized integers downstream
+    is then exact: a convolution's integer accumulator is far below float64's 2^53."""
+
+    op_domain = ""
+
+    def _run(self, x, x_scale, x_zero_point=None, axis: int = 1, **_):
+        scale = np.asarray(x_scale, np.float64)
+        zero = np.zeros(1) if x_zero_point is None else np.asarray(x_zero_point, np.float64)
+        if scale.size > 1:  # per channel along `axis`
+            shape = [1] * x.ndim
+            shape[axis % x.ndim] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.size > 1 else zero
+        return ((x.astype(np.float64) - zero) * scale,)
+
+
+_ExactDequantizeLinear.__name__ = "DequantizeLinear"  # onnx.reference keys replacement operators by class name
+
+
+def exact_reference_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The ONNX specification's answer for a QDQ model, computed exactly: onnx's reference evaluator
+    (`onnx.reference.ReferenceEvaluator`) with every DequantizeLinear in float64, so that no int8 product
+    is saturated or rounded as a CPU runtime's int8 path may do. Slow (NumPy per operator): see
+    `exact_reference_cost`. Raises ReferenceFailure when the evaluator cannot run the model."""
+    try:
+        evaluator = ReferenceEvaluator(onnx.load_from_string(onnx_bytes), new_ops=[_ExactDequantizeLinear])
+        return [dict(zip(evaluator.output_names, (np.asarray(v) for v in evaluator.run(None, dict(inputs)))))
+                for inputs in samples]
+    except Exception as err:  # noqa: BLE001 - the evaluator raises whatever its NumPy operators raise
+        raise ReferenceFailure(f"onnx's reference evaluator could not run the model: {first_line(err)}") from None
 
 
 class ReferenceFailure(Exception):
