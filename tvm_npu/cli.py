@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import traceback
@@ -19,7 +20,7 @@ import onnx
 
 from . import __version__
 from .atomic import atomic_output, check_output_path
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, NpuError, first_line
 from .frontend import parse_input_shapes
 from .package import read_package
 from .pipeline import compile as compile_model
@@ -33,6 +34,7 @@ from .validate import (
     DEFAULT_ATOL,
     DEFAULT_ATOL_STEPS,
     DEFAULT_MAX_BIAS_STEPS,
+    DEFAULT_MAX_EXACT_GMACS,
     DEFAULT_MIN_COSINE,
     DEFAULT_RTOL,
     DEVICES,
@@ -126,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                               help=f"absolute tolerance for float outputs (default: {DEFAULT_ATOL})")
     validate_cmd.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
                               help=f"minimum cosine similarity per output (default: {DEFAULT_MIN_COSINE})")
+    validate_cmd.add_argument("--reference-isa", metavar="ISA",
+                              help="run OpenVINO's CPU plugin as on a CPU with at most this oneDNN instruction set, "
+                                   "e.g. AVX2 (no VNNI: int8 products summed in saturating int16 pairs), in a child "
+                                   "process; outputs it gets wrong are judged by the exact reference")
+    validate_cmd.add_argument("--max-exact-gmacs", type=float, default=DEFAULT_MAX_EXACT_GMACS, metavar="G",
+                              help="largest model (10^9 multiply-accumulates over all samples) the exact reference "
+                                   "(onnx.reference, ~1 s per GMAC) runs on when the reference's int8 path cannot be "
+                                   f"trusted (default: {DEFAULT_MAX_EXACT_GMACS:g})")
     validate_cmd.add_argument("--report-json", help="also write the report as JSON to this file")
     _add_compile_options(validate_cmd)
     validate_cmd.set_defaults(handler=_validate)
@@ -302,6 +312,8 @@ def _run(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     if args.report_json:
         check_output_path(args.report_json)
+    if args.reference_isa and not re.fullmatch(r"[A-Za-z0-9_]+", args.reference_isa):
+        raise NpuError(f"--reference-isa {args.reference_isa!r} is not a oneDNN ISA name; use e.g. AVX2 or AVX512_CORE")
     fp32_onnx = None
     with tempfile.TemporaryDirectory(prefix="tvm_npu_validate_") as folder:
         if Path(args.FILE).suffix == ".onnx":
@@ -318,14 +330,14 @@ def _validate(args: argparse.Namespace) -> int:
     else:
         samples = [make_inputs(model.inputs, args.fill_mode, args.seed + i) for i in range(args.samples)]
     report = validate(model, samples, args.device, args.rtol, args.atol, args.min_cosine, args.atol_steps,
-                      args.max_bias_steps, args.per_layer, fp32_onnx)
+                      args.max_bias_steps, args.per_layer, fp32_onnx, args.reference_isa, args.max_exact_gmacs)
     print(report)
     if not report.passed and not args.per_layer:
         print("hint: rerun with --per-layer to find the first layer that diverges")
     if args.report_json:
         with atomic_output(args.report_json) as stream:
             stream.write(json.dumps(report.to_dict(), indent=2).encode())
-    return EXIT_OK if report.passed else EXIT_VALIDATION_FAILED
+    return report.exit_code
 
 
 if __name__ == "__main__":
