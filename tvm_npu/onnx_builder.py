@@ -60,7 +60,8 @@ class Example:
     model: onnx.ModelProto
     inputs: dict[str, np.ndarray]
     # Set when OpenVINO is known to compute this model differently from the ONNX specification: the
-    # harness then compares with onnx's reference evaluator and checks that OpenVINO still deviates.
+    # harness then compares with the exact reference (validate.exact_reference_outputs) and checks that
+    # OpenVINO still deviates.
     openvino_deviation: str | None = None
 
     @property
@@ -177,15 +178,6 @@ def pruned(example: Example, rng: np.random.Generator) -> Example:
             values[:1] = 0
             init.CopyFrom(numpy_helper.from_array(values, init.name))
     return Example(f"{example.name}_{round(sparsity * 100)}pct_zeros", model, example.inputs, example.openvino_deviation)
-
-
-def reference_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The ONNX specification's answer: onnx's reference evaluator on the model."""
-    spec = onnx.ModelProto()
-    spec.CopyFrom(model)
-    spec.opset_import[0].version = max(spec.opset_import[0].version, CALIBRATION_OPSET)
-    evaluator = ReferenceEvaluator(spec)
-    return dict(zip(evaluator.output_names, evaluator.run(None, inputs)))
 
 
 def _calibrate(nodes, graph_inputs, inits, real: str, values: dict, out_dtype: str) -> tuple[float, int]:
