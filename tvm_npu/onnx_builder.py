@@ -180,6 +180,17 @@ def pruned(example: Example, rng: np.random.Generator) -> Example:
     return Example(f"{example.name}_{round(sparsity * 100)}pct_zeros", model, example.inputs, example.openvino_deviation)
 
 
+def saturating_conv(rng: np.random.Generator, channels: int = 16, size: int = 12) -> Example:
+    """A QDQ 3x3 convolution that CPUs without VNNI get wrong: uint8 activations near 255 and full-range
+    int8 weights of one sign per output channel pair up into int16 sums beyond 32767 (vpmaddubsw
+    saturates them), while the exact answer is well inside the output's range."""
+    x = rng.integers(240, 256, (1, channels, size, size)).astype(np.uint8)
+    w = (rng.choice([-1, 1], (channels, 1, 1, 1)) * rng.integers(100, 128, (channels, channels, 3, 3))).astype(np.int8)
+    return quantized_operator("saturating_conv", "Conv", [Activation(x.shape, "uint8", 0.02, 0, values=x),
+                                                          Weight(w, np.full(channels, 0.01, np.float32)),
+                                                          Constant(np.zeros(channels))], rng, pads=[1, 1, 1, 1])
+
+
 def _calibrate(nodes, graph_inputs, inits, real: str, values: dict, out_dtype: str) -> tuple[float, int]:
     """Scale and zero point covering the real result on these inputs (and 0, as quantizers keep it exact)."""
     probe = helper.make_graph(nodes, "calibrate", graph_inputs, [helper.make_tensor_value_info(real, onnx.TensorProto.FLOAT, None)],

@@ -29,11 +29,13 @@ tolerance names the first diverging layer.
 
 from __future__ import annotations
 
-import multiprocessing
+import atexit
 import os
+import pickle
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -294,9 +296,9 @@ def openvino_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np.ndarra
                      isa: str | None = None) -> list[dict[str, np.ndarray]]:
     """Runs the ONNX model with OpenVINO on `device`; raises ReferenceFailure with OpenVINO's message.
     `isa` (a oneDNN ISA name, e.g. AVX2) runs OpenVINO's CPU plugin as on a CPU with at most that
-    instruction set, in a child process (see `isa_capped`)."""
+    instruction set, in a child process (see `_CappedOpenVINO`)."""
     if isa_capped(isa):
-        return _capped_worker(isa).submit(openvino_outputs, onnx_bytes, list(samples), device).result()
+        return _CappedOpenVINO.get(isa).run(onnx_bytes, samples, device)
     core = ov.Core()
     properties = reference_properties(device)
     if device == "NPU":
@@ -439,30 +441,76 @@ def int8_path(runtime: str, device: str = "CPU", isa: str | None = None) -> Int8
 
 
 def isa_capped(isa: str | None) -> bool:
-    """Whether running OpenVINO under the ISA cap `isa` needs a child process: this process has
-    loaded (or would load) OpenVINO's CPU plugin with another cap, on a CPU where the cap matters."""
+    """Whether running OpenVINO under the ISA cap `isa` needs a child process: this process runs under
+    another cap (or none), on a CPU where the cap changes the int8 path."""
     return bool(isa) and isa.upper() != isa_cap() and int8_path("OpenVINO").exact
 
 
-_capped_workers: dict[str, ProcessPoolExecutor] = {}
+class _CappedOpenVINO:
+    """OpenVINO in a child process started with $ONEDNN_MAX_CPU_ISA set (the cap is read once, when the CPU
+    plugin loads): one per cap, kept for the session. Requests and answers are pickled frames on the
+    child's stdin and on a copy of its stdout (its own prints go to stderr)."""
 
+    _running: dict[str, _CappedOpenVINO] = {}
 
-def _capped_worker(isa: str) -> ProcessPoolExecutor:
-    """One child process per ISA cap, started (spawned, not forked: a fresh OpenVINO) with the cap set."""
-    isa = isa.upper()
-    if isa not in _capped_workers:
-        saved = os.environ.get(ISA_CAP_VARIABLE)
-        os.environ[ISA_CAP_VARIABLE] = isa
+    def __init__(self, isa: str):
+        self.isa = isa
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from tvm_npu.validate import _serve_openvino; _serve_openvino()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, ISA_CAP_VARIABLE: isa})
+        atexit.register(self.close)
+
+    @classmethod
+    def get(cls, isa: str) -> _CappedOpenVINO:
+        isa = isa.upper()
+        if isa not in cls._running or cls._running[isa].process.poll() is not None:
+            cls._running[isa] = cls(isa)
+        return cls._running[isa]
+
+    def run(self, onnx_bytes: bytes, samples, device: str) -> list[dict[str, np.ndarray]]:
         try:
-            worker = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            worker.submit(os.getpid).result()  # the child starts now, while the variable is set
-        finally:
-            if saved is None:
-                del os.environ[ISA_CAP_VARIABLE]
-            else:
-                os.environ[ISA_CAP_VARIABLE] = saved
-        _capped_workers[isa] = worker
-    return _capped_workers[isa]
+            _send_frame(self.process.stdin, (onnx_bytes, list(samples), device))
+            kind, value = _read_frame(self.process.stdout)
+        except (OSError, EOFError):
+            raise ReferenceFailure(f"OpenVINO under {ISA_CAP_VARIABLE}={self.isa} (a child process) exited with "
+                                   f"code {self.process.wait()}") from None
+        if kind == "failure":
+            raise ReferenceFailure(value)
+        return value
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+
+
+def _send_frame(stream, value) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(len(data).to_bytes(8, "little") + data)
+    stream.flush()
+
+
+def _read_frame(stream):
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError
+    return pickle.loads(stream.read(int.from_bytes(header, "little")))
+
+
+def _serve_openvino() -> None:
+    """The child's loop (see `_CappedOpenVINO`): answers each request until stdin closes."""
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    while True:
+        try:
+            onnx_bytes, samples, device = _read_frame(sys.stdin.buffer)
+        except EOFError:
+            return
+        try:
+            answer = ("ok", openvino_outputs(onnx_bytes, samples, device))
+        except ReferenceFailure as err:
+            answer = ("failure", str(err))
+        _send_frame(answers, answer)
 
 
 @dataclass(frozen=True)
