@@ -549,7 +549,8 @@ def saturation_risks(model: onnx.ModelProto) -> list[SaturationRisk]:
                 continue
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             out_axis = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if trans_b else -1}.get(node.op_type, -1)
-            per_channel = np.moveaxis(w.astype(np.int64), out_axis, 0).reshape(w.shape[out_axis], -1)
+            per_channel = (np.moveaxis(w.astype(np.int64), out_axis, 0).reshape(w.shape[out_axis], -1) if w.ndim > 1
+                           else w.astype(np.int64).reshape(1, -1))  # a MatMul vector: one output
             top_two = lambda v: np.sort(v, axis=1)[:, -2:].sum(axis=1) if v.shape[1] > 1 else v[:, 0]  # noqa: E731
             largest = max(top_two(np.maximum(per_channel, 0)).max(), top_two(np.maximum(-per_channel, 0)).max())
             pair_sum = ACTIVATION_MAX * int(largest)
