@@ -24,7 +24,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, NpuError, firs
 from .frontend import parse_input_shapes
 from .package import read_package
 from .pipeline import compile as compile_model
-from .quantize import is_quantized
+from .quantize import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIXES, is_quantized
 from .report import FORMATS, plot, report, summary_text
 from .runtime import load, make_inputs, read_npz, write_npz
 from .sparse import SPARSE_MODES
@@ -212,6 +212,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="calibration samples: an .npz with one array per input, first axis = samples "
                              "(default: seeded random inputs, accuracy unknown)")
     parser.add_argument("--save-quantized", metavar="PATH", help="also write the quantized QDQ ONNX model here")
+    parser.add_argument("--overflow-fix", choices=OVERFLOW_FIXES, default=DEFAULT_OVERFLOW_FIX,
+                        help="NNCF's overflow fix: 7-bit weights for the first convolutions (first_layer), every "
+                             "Conv/MatMul (enable: the QDQ model then computes exactly on every INT8 CPU runtime, "
+                             "also without VNNI) or none (disable) (default: first_layer)")
     parser.add_argument("--allow-cpu-fallback", action="store_true",
                         help="run a layer no SRAM tiling fits on the CPU (and say so) instead of stopping")
     parser.add_argument("--sparse", choices=SPARSE_MODES, default="auto",
@@ -247,7 +251,7 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
         args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
         calibration_data=args.calibration_data, save_quantized=args.save_quantized,
         allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
-        cascade=args.cascade, tuning_records=args.tuning_records,
+        cascade=args.cascade, tuning_records=args.tuning_records, overflow_fix=args.overflow_fix,
     )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)
