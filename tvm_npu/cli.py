@@ -213,9 +213,9 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                              "(default: seeded random inputs, accuracy unknown)")
     parser.add_argument("--save-quantized", metavar="PATH", help="also write the quantized QDQ ONNX model here")
     parser.add_argument("--overflow-fix", choices=OVERFLOW_FIXES, default=DEFAULT_OVERFLOW_FIX,
-                        help="NNCF's overflow fix: 7-bit weights for the first convolutions (first_layer), every "
+                        help="NNCF's overflow fix: 7-bit weights for the first convolutions (first_layer_only), every "
                              "Conv/MatMul (enable: the QDQ model then computes exactly on every INT8 CPU runtime, "
-                             "also without VNNI) or none (disable) (default: first_layer)")
+                             "also without VNNI) or none (disable) (default: first_layer_only)")
     parser.add_argument("--allow-cpu-fallback", action="store_true",
                         help="run a layer no SRAM tiling fits on the CPU (and say so) instead of stopping")
     parser.add_argument("--sparse", choices=SPARSE_MODES, default="auto",

@@ -27,8 +27,8 @@ RANDOM_SAMPLES = 16
 MAX_SAMPLES = 300  # NNCF's default subset size: more samples add time, not accuracy
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
 # NNCF's AdvancedQuantizationParameters.overflow_fix values: which weights get 7 bits (half the int8 range).
-OVERFLOW_FIXES = ("disable", "first_layer", "enable")
-DEFAULT_OVERFLOW_FIX = "first_layer"  # NNCF's default for 8-bit quantization
+OVERFLOW_FIXES = ("disable", "first_layer_only", "enable")
+DEFAULT_OVERFLOW_FIX = "first_layer_only"  # NNCF's default for 8-bit quantization
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
@@ -45,7 +45,7 @@ def quantize(
 ) -> onnx.ModelProto:
     """The QDQ model: `model` itself when already quantized, else NNCF post-training quantization.
     `overflow_fix` (one of OVERFLOW_FIXES, NNCF's OverflowFix) quantizes the weights of the first
-    convolutions ("first_layer", NNCF's default), of every Conv/MatMul ("enable") or of none ("disable")
+    convolutions ("first_layer_only", NNCF's default), of every Conv/MatMul ("enable") or of none ("disable")
     to 7 bits, so that no pair of int8 products exceeds int16 on CPUs without VNNI."""
     if is_quantized(model):
         return model
