@@ -5,7 +5,8 @@ path by capping OpenVINO's oneDNN at AVX2 (`--reference-isa AVX2`, a child proce
 
 1. `cases`: the saturation case (`onnx_builder.saturating_conv`) and npu.conv2d's conformance example
    `3x3_stride2_pad1_relu6`: steps off the exact reference (onnx.reference, int8 products exact) for
-   OpenVINO on each int8 path and for our package, and `tvmc validate`'s verdict on each path.
+   OpenVINO on each int8 path and for our package, the verdict OpenVINO alone would give (before the
+   exact reference judged) and `tvmc validate`'s verdict on each path.
 2. `overflow_fix`: the digits CNN (scripts/train_digits.py, trained on scikit-learn's digits) quantized
    with each `--overflow-fix`: nodes still at risk of saturating, held-out accuracy of our package
    (exact integer kernels), of OpenVINO on each int8 path and of the FP32 model.
@@ -29,7 +30,7 @@ from tvm_npu import conformance
 from tvm_npu.onnx_builder import saturating_conv
 from tvm_npu.quantize import OVERFLOW_FIXES
 from tvm_npu.registry import kernel
-from tvm_npu.validate import (cpu_flags, exact_reference_outputs, int8_path, openvino_outputs, quantization_steps,
+from tvm_npu.validate import (compare, cpu_flags, exact_reference_outputs, int8_path, openvino_outputs, quantization_steps,
                               saturation_risks, validate)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,14 +53,17 @@ def measure_case(name: str, model: onnx.ModelProto, inputs: dict, folder: Path) 
     tvm_npu.compile(path, output=folder / f"{name}.tar", target="npu")
     package = tvm_npu.load(folder / f"{name}.tar")
     (output,) = package.outputs
-    row = {"ours_vs_exact": steps_off(package.run(inputs)[output.name], exact[output.name], steps[output.name])}
+    ours = package.run(inputs)[output.name]
+    row = {"ours_vs_exact": steps_off(ours, exact[output.name], steps[output.name])}
     for label, isa in PATHS.items():
         if isa is None and not int8_path("OpenVINO").exact:
             row[label] = "not run: this CPU has no VNNI path"
             continue
         (reference,) = openvino_outputs(onnx_bytes, [inputs], "CPU", isa)
         report = validate(package, [inputs], device="CPU", reference_isa=isa)
+        alone = compare(output.name, ours, reference[output.name], quantized=True, step=steps[output.name])
         row[label] = {"openvino_vs_exact": steps_off(reference[output.name], exact[output.name], steps[output.name]),
+                      "ours_vs_openvino_alone": "passed" if alone.passed else f"failed: {alone.reason}",
                       "validate": {0: "PASSED", 1: "FAILED", 3: "UNDECIDED"}[report.exit_code],
                       "judged_by_exact_reference": report.exact is not None and output.name in report.exact.outputs,
                       "report_first_lines": str(report).splitlines()[:2]}
