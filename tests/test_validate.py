@@ -209,10 +209,10 @@ def test_strip_qdq_gives_the_fp32_model(ort_int8_output_model):
 
 # --- light models ---------------------------------------------------------------------------------
 
-def test_squeezenet_qdq_validates_with_every_layer(squeezenet):
+def test_squeezenet_qdq_validates_with_every_layer(squeezenet, reference_isa):
     qdq, package = squeezenet
     model = tvm_npu.load(package)
-    report = validate(model, samples(model), device="CPU", per_layer=True)
+    report = validate(model, samples(model), device="CPU", per_layer=True, reference_isa=reference_isa)
     print(report)
     print(table("squeezenet", report))
     assert report.passed, str(report)
@@ -252,16 +252,17 @@ def test_broken_conv_layer_is_named_by_per_layer(squeezenet, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_broken_conv_kernel_fails_validation_and_per_layer_names_the_first_conv(squeezenet, tmp_path, monkeypatch):
+def test_broken_conv_kernel_fails_validation_and_per_layer_names_the_first_conv(squeezenet, tmp_path, monkeypatch,
+                                                                                reference_isa):
     qdq, _ = squeezenet
     break_conv_kernel(monkeypatch)
     broken = tmp_path / "broken.tar"
     tvm_npu.compile(qdq, output=broken, target="npu")
     model = tvm_npu.load(broken)
-    plain = validate(model, samples(model), device="CPU")
+    plain = validate(model, samples(model), device="CPU", reference_isa=reference_isa)
     print(table("squeezenet+broken-conv", plain))
     assert not plain.passed  # caught on the model's own output
-    report = validate(model, samples(model), device="CPU", per_layer=True)
+    report = validate(model, samples(model), device="CPU", per_layer=True, reference_isa=reference_isa)
     first_conv = next(n for n in onnx.load(qdq).graph.node if n.op_type == "Conv")
     assert report.first_divergent_layer.layer == layer_of_conv(onnx.load(qdq), tuple(
         numpy_helper.to_array(next(i for i in onnx.load(qdq).graph.initializer if i.name == next(
