@@ -14,6 +14,14 @@ and why:
 
 If no reference can run, `NpuError(..., EXIT_COULD_NOT_VALIDATE)`.
 
+A CPU reference's int8 arithmetic depends on the CPU: without VNNI, OpenVINO (oneDNN) and ONNX
+Runtime (MLAS) sum u8 x s8 products in saturating int16 pairs (`int8_path`). Where that path is
+taken and the reference disagrees on an output (or --per-layer tensor) computed from a node whose
+weights allow such pair sums beyond int16 (`saturation_risks`), the exact reference judges it
+instead (`exact_reference_outputs`: onnx's reference evaluator, int8 products in float64), and the
+report's second line says which outputs, why, and how many elements the reference got wrong. When
+the exact reference cannot run (too big: `max_exact_gmacs`), those outputs are undecided (exit 3).
+
 Integer runtimes legitimately disagree by a rounding step here and there, so outputs of a
 quantized model are judged in quantization steps: an output that is an integer tensor, or the
 float result of a per-tensor DequantizeLinear, passes when at least MIN_WITHIN_STEPS of its
@@ -146,7 +154,7 @@ class ExactJudgement:
             return f"exact reference not run: {self.note}; {runtime} cannot be trusted here ({self.reason})"
         judged = {**self.outputs, **self.layers}
         wrong, total = sum(w for w, _ in judged.values()), sum(n for _, n in judged.values())
-        what = ", ".join(self.outputs) + (f" and {len(self.layers)} per-layer tensors" if self.layers else "")
+        what = " and ".join(filter(None, [", ".join(self.outputs), f"{len(self.layers)} per-layer tensors" if self.layers else ""]))
         return (f"judged by the exact reference (onnx.reference, integer products exact): {what}; because "
                 f"{self.reason}; {runtime} got {wrong} of {total} of their elements wrong ({self.off_by} the exact answer)")
 
@@ -171,7 +179,7 @@ class ValidationReport:
     @property
     def passed(self) -> bool:
         layers_ok = self.layers is None or all(layer.comparison.passed for layer in self.layers)
-        return all(o.passed for o in self.outputs) and layers_ok and not self.undecided
+        return all(o.passed for o in self.outputs) and layers_ok
 
     @property
     def exit_code(self) -> int:
