@@ -357,7 +357,7 @@ def exact_reference_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np
     """The ONNX specification's answer for a QDQ model, computed exactly: onnx's reference evaluator
     (`onnx.reference.ReferenceEvaluator`) with every DequantizeLinear in float64, so that no int8 product
     is saturated or rounded as a CPU runtime's int8 path may do. Slow (NumPy per operator): see
-    `exact_reference_cost`. Raises ReferenceFailure when the evaluator cannot run the model."""
+    `exact_reference_gmacs`. Raises ReferenceFailure when the evaluator cannot run the model."""
     try:
         evaluator = ReferenceEvaluator(onnx.load_from_string(onnx_bytes), new_ops=[_ExactDequantizeLinear])
         return [dict(zip(evaluator.output_names, (np.asarray(v) for v in evaluator.run(None, dict(inputs)))))
