@@ -441,7 +441,7 @@ def int8_path(runtime: str, device: str = "CPU", isa: str | None = None) -> Int8
     if not vnni:
         return Int8Path(False, f"this CPU has no VNNI ({', '.join(VNNI_CPU_FLAGS)} absent): {runtime} sums int8 "
                                "products in saturating int16 pairs")
-    cap = (isa or "").upper() or (isa_cap() if runtime == "OpenVINO" else None)
+    cap = ((isa or "").upper() or isa_cap()) if runtime == "OpenVINO" else None  # MLAS does not read oneDNN's cap
     if cap and cap not in VNNI_ISAS:
         return Int8Path(False, f"{ISA_CAP_VARIABLE}={cap} keeps OpenVINO's oneDNN below VNNI: it sums int8 products "
                                "in saturating int16 pairs")
