@@ -320,7 +320,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             compulsory = cascade_compulsory(g1, g2)
             share = costs[0].compute_cycles / (costs[0].compute_cycles + costs[1].compute_cycles)
             bound = roofline(sum(compulsory), g1.macs + g2.macs, config)
-            first = p is fused.producer
+            first = fused.produces(p)
             cost, neighbour = (costs[0], fused.consumer) if first else (costs[1], fused.producer)
             g = p.geometry
             result.layers.append(LayerEstimate(

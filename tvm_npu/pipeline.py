@@ -28,7 +28,7 @@ from .lower import lower
 from .package import PackageMetadata, write_package
 from .partition import partition
 from .perf import estimate
-from .plan import plan, task_key
+from .plan import LayerPlan, plan, task_key
 from .quantize import is_quantized, load_calibration, quantize
 from .records import tuned_records, tuned_tiles, warn_unmatched
 from .target import NpuConfig, resolve_target
@@ -77,18 +77,18 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     best = tuned_records(tuning_records, model, config) if tuning_records is not None else {}
     tuned = tuned_tiles(best)
     seconds: dict[str, float] = {}
-    front = partitioned(model, input_shapes, quantize_model, calibration_data, save_quantized, seed, seconds)
+    front, layers = planned(model, config, input_shapes, quantize_model, calibration_data, save_quantized, seed,
+                            allow_cpu_fallback, sparse, tuned, seconds)
     loaded, imported, mod, operators = front.loaded, front.imported, front.mod, front.operators
-    with _timed(seconds, "plan"):
-        layers = plan(mod, config, allow_cpu_fallback, sparse, tuned)
     if tuned:
         keys = {task_key(layer.kernel, layer.geometry) for layer in layers if layer.geometry is not None}
         warn_unmatched(tuning_records, tuned, keys)
     if cascade:
         with _timed(seconds, "cascade"):
-            find_cascades(mod, layers, config, best)
+            layers = find_cascades(mod, layers, config, best)
     with _timed(seconds, "lower"):
-        mod = relax.transform.FoldConstant()(lower(mod, layers, config.sram_bytes))
+        mod, layers = lower(mod, layers, config.sram_bytes)
+        mod = relax.transform.FoldConstant()(mod)
     for layer in layers:
         if layer.placement == "cpu":
             operators[layer.row].update(runs_on="cpu", reason=layer.reason)
@@ -122,7 +122,7 @@ class Partitioned:
 
 def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=None, save_quantized=None,
                 seed: int = 0, seconds: dict[str, float] | None = None) -> Partitioned:
-    """load -> quantize -> import -> partition, as `compile` runs them (`tvmc tune` plans from here too)."""
+    """load -> quantize -> import -> partition, as `compile` runs them."""
     seconds = {} if seconds is None else seconds
     if save_quantized is not None:
         save_quantized = check_output_path(save_quantized)
@@ -142,6 +142,16 @@ def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=
     with _timed(seconds, "partition"):
         mod, operators = partition(imported.mod)
     return Partitioned(loaded, imported, mod, operators)
+
+
+def planned(model, config: NpuConfig, input_shapes=None, quantize_model=None, calibration_data=None,
+            save_quantized=None, seed: int = 0, allow_cpu_fallback: bool = False, sparse: str = "auto",
+            tuned: dict | None = None, seconds: dict[str, float] | None = None) -> tuple[Partitioned, list[LayerPlan]]:
+    """The pipeline up to the plan, as `compile` runs it: what `tvmc tune` tunes (with `allow_cpu_fallback`)."""
+    seconds = {} if seconds is None else seconds
+    front = partitioned(model, input_shapes, quantize_model, calibration_data, save_quantized, seed, seconds)
+    with _timed(seconds, "plan"):
+        return front, plan(front.mod, config, allow_cpu_fallback, sparse, tuned)
 
 
 @contextlib.contextmanager
