@@ -5,7 +5,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-VERSION = re.search(r'__version__ = "([^"]+)"', Path("tvm_npu/__init__.py").read_text())[1]
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("tvm_npu/version.py").read_text())[1]
 
 setup(
     name="tvm_npu",

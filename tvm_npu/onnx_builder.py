@@ -8,6 +8,8 @@ composite whose inputs are the graph inputs, and OpenVINO runs the very same fil
 The output quantization is calibrated on the example's own inputs (float min/max of the operator's
 result through onnx's reference evaluator), so the outputs span their integer range instead of
 saturating, as a quantizer would make them.
+
+Part of the kernel-contribution API (CONTRIBUTING.md): what a kernel's `examples` are written with.
 """
 
 from __future__ import annotations

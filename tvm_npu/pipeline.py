@@ -19,7 +19,6 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from . import __version__
 from .atomic import atomic_output, check_output_path
 from .build import build
 from .cascade import cascade as find_cascades
@@ -32,6 +31,7 @@ from .plan import LayerPlan, plan, task_key
 from .quantize import is_quantized, load_calibration, quantize
 from .records import tuned_records, tuned_tiles, warn_unmatched
 from .target import NpuConfig, resolve_target
+from .version import __version__
 
 
 @dataclass
