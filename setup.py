@@ -37,7 +37,7 @@ setup(
     ],
     extras_require={
         "validate": ["onnxruntime"],  # tvmc validate's fallback reference when OpenVINO cannot run a model
-        "test": ["pytest>=8", "onnxruntime", "scikit-learn"],
+        "test": ["pytest>=8", "onnxruntime", "scikit-learn", "ruff==0.17.6"],  # ruff: ruff.toml, run by scripts/test.sh
     },
     entry_points={
         "console_scripts": [

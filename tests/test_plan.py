@@ -49,7 +49,8 @@ def test_scheduled_kernel_is_bit_exact_and_its_sram_proof_equals_the_plan(name, 
     rng = np.random.default_rng(1000 * index + len(name))  # the same cases as test_kernels
     params, inputs = CASES[name][index](rng)
     g = kernel(name).geometry(params, [(x.shape, str(x.dtype)) for x in inputs])
-    tiles = Tiles(max(1, g.out_h // 2), g.per_group * max(1, g.groups // 2) if g.groups > 1 else max(1, g.out_channels // 3), order)
+    channels = g.per_group * max(1, g.groups // 2) if g.groups > 1 else max(1, g.out_channels // 3)
+    tiles = Tiles(max(1, g.out_h // 2), channels, order)
     scheduled, ours, expected = _run_scheduled(name, params, inputs, tiles)
     np.testing.assert_array_equal(ours, expected)
     proof = prove_footprint(scheduled)

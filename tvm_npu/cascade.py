@@ -1,17 +1,17 @@
 """Stage: cascade (part of planning). Consecutive NPU convolutions fuse where that lowers DRAM traffic.
 
-Entry point: `cascade(mod, layers, config, tuned=None) -> layers`, on the partitioned module
-and the `plan` stage's layers: the layers it fuses come back with their `Cascade` and its footprint. A producer conv whose only consumer is
-the next conv can run inside the consumer's loop over output row bands: per band it computes just
-the rows the consumer needs into an SRAM intermediate (the consumer's padded input, all channels,
-8-bit), a rolling buffer, so halo rows are computed once and the intermediate never goes to DRAM.
-Both layers' weights stay resident in SRAM. Each candidate band height whose footprint
+Entry point: `cascade(mod, layers, config, tuned=None) -> layers`, on the partitioned module and the
+`plan` stage's layers: the layers it fuses come back with their `Cascade` and its footprint. A producer
+conv whose only consumer is the next conv can run inside the consumer's loop over output row bands: per
+band it computes just the rows the consumer needs into an SRAM intermediate (the consumer's padded
+input, all channels, 8-bit), a rolling buffer, so halo rows are computed once and the intermediate never
+goes to DRAM. Both layers' weights stay resident in SRAM. Each candidate band height whose footprint
 (`tiling.cascade_footprint`) fits (`band_heights`) is costed with `perf.cascade_cost` against the two
-layers' own planned tilings; a pair fuses when its DRAM traffic drops (ties: fewer cycles).
-With tuning records (`tvmc tune --cascade`: one task per distinct pair, `task_key`, its knob the band
-height) the records decide instead where they cover the pair: it fuses, with the recorded band
-height, when its best cascade record costs less than the two layers' best records together. Records
-first, then pairs with the largest saving first; each layer in at most one cascade.
+layers' own planned tilings; a pair fuses when its DRAM traffic drops (ties: fewer cycles). With tuning
+records (`tvmc tune --cascade`: one task per distinct pair, `task_key`, its knob the band height) the
+records decide instead where they cover the pair: it fuses, with the recorded band height, when its best
+cascade record costs less than the two layers' best records together. Records first, then pairs with the
+largest saving first; each layer in at most one cascade.
 
 `primfunc` is the cascade's lowering (`lower.lower_cascade` proves its footprint): the consumer's TE compute composed on
 the producer's output in ONE PrimFunc, the consumer scheduled in row bands, every producer stage

@@ -1,11 +1,11 @@
 """Stage: lower. Each NPU composite becomes a `call_tir` to its kernel's integer PrimFunc
 (a cascaded producer -> consumer pair, `tvm_npu.cascade`, becomes one call to one PrimFunc).
 
-Entry point: `lower(mod, layers, sram_bytes) -> (mod, layers)`, the layers with their proven footprints. Each layer's plan carries its kernel's
-integer parameters (int8 weights, fixed-point multipliers, zero points; read by `plan` out of the
-composite's bound constants); those become constant operands of the call, and the composite
-functions disappear. `lower_layer` and `lower_cascade` lower one layer (or one fused pair) and
-prove its SRAM footprint: the tuner and the conformance harness call them too.
+Entry point: `lower(mod, layers, sram_bytes) -> (mod, layers)`, the layers with their proven footprints.
+Each layer's plan carries its kernel's integer parameters (int8 weights, fixed-point multipliers, zero
+points; read by `plan` out of the composite's bound constants); those become constant operands of the
+call, and the composite functions disappear. `lower_layer` and `lower_cascade` lower one layer (or one
+fused pair) and prove its SRAM footprint: the tuner and the conformance harness call them too.
 """
 
 from __future__ import annotations

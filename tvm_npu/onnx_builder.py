@@ -192,8 +192,8 @@ def reference_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> 
 
 def _calibrate(nodes, graph_inputs, inits, real: str, values: dict, out_dtype: str) -> tuple[float, int]:
     """Scale and zero point covering the real result on these inputs (and 0, as quantizers keep it exact)."""
-    probe = helper.make_graph(nodes, "calibrate", graph_inputs, [helper.make_tensor_value_info(real, onnx.TensorProto.FLOAT, None)],
-                              inits)
+    output = helper.make_tensor_value_info(real, onnx.TensorProto.FLOAT, None)
+    probe = helper.make_graph(nodes, "calibrate", graph_inputs, [output], inits)
     evaluator = ReferenceEvaluator(helper.make_model(probe, opset_imports=[helper.make_opsetid("", CALIBRATION_OPSET)]))
     (result,) = evaluator.run(None, values)
     lo, hi = min(0.0, float(result.min())), max(0.0, float(result.max()))

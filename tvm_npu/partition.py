@@ -251,7 +251,8 @@ def _dequantize_along(expr, axis: int) -> bool:
     """An activation dequantize with constant parameters per tensor or per channel along `axis`."""
     if op_name(expr) != "relax.dequantize" or isinstance(expr.args[0], tvm.ir.expr.Constant):
         return False
-    if not all(isinstance(a, tvm.ir.expr.Constant) for a in expr.args[1:3]) or str(expr.args[0].ty.dtype) not in ("int8", "uint8"):
+    constants = all(isinstance(a, tvm.ir.expr.Constant) for a in expr.args[1:3])
+    if not constants or str(expr.args[0].ty.dtype) not in ("int8", "uint8"):
         return False
     rank = len(expr.args[0].ty.shape)
     return all(a.value.numpy().size == 1 for a in expr.args[1:3]) or int(expr.attrs.axis) % rank == axis
@@ -435,7 +436,8 @@ def _cpu_reason(op: str, var, value, anchors: dict[str, str], rejections: dict[s
     if op in _QDQ:
         return "quantization boundary between NPU integers and CPU floats"
     if op == "relax.concat" and str(value.ty.dtype) in ("int8", "uint8"):  # written by _ConcatOfDequantized
-        return "unsupported op: no NPU kernel copies differently quantized tensors together unchanged (the next layer reads them per channel)"
+        return ("unsupported op: no NPU kernel copies differently quantized tensors together unchanged "
+                "(the next layer reads them per channel)")
     if op in anchors:
         inputs, outputs = graph.float_inputs(value), graph.float_outputs(var)
         # NNCF quantizes neither side of an op it fuses with its neighbours (conv + HardSwish,

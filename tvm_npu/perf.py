@@ -182,7 +182,8 @@ def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuC
     n = producer.batch
     dma_in = np.array([b.new_input_real for b in bands], float) * px.real_cols * px.in_channels * px.in_bytes
     dma_out = np.array([b.rows for b in bands], float) * consumer.out_w * consumer.out_channels * consumer.out_bytes
-    compute_p = np.array([float(tile_compute_cycles(px, "weights", producer.out_channels, b.new_intermediate, config)) for b in bands])
+    compute_p = np.array([float(tile_compute_cycles(px, "weights", producer.out_channels, b.new_intermediate, config))
+                          for b in bands])
     compute_c = np.array([float(tile_compute_cycles(consumer, "weights", consumer.out_channels, b.rows, config)) for b in bands])
     compute = compute_p + compute_c
     if input_rolls:
