@@ -156,7 +156,8 @@ KERNEL = NpuKernel(
     limits=(
         'Add (or a two-input Sum) and Mul of two activations of the same shape (no broadcasting, no constant operand)',
         'activations and output per tensor',
-        'rescale factors (input scale / output scale; for Mul, product of input scales / output scale) within the fixed-point range',
+        "rescale factors (input scale / output scale; for Mul, product of input scales / output scale) "
+        "within the fixed-point range",
     ),
     geometry=geometry,
     schedule=schedule,

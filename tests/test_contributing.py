@@ -80,3 +80,21 @@ def test_kernel_with_wrong_rounding_fails_naming_kernel_shape_and_first_differen
     assert failures, run.stdout[-3000:]
     for _, _, _, ours, reference in failures:
         assert int(ours) == int(reference) - 1  # truncation lands one step below the rounded reference
+
+
+def test_the_public_api_table_names_what_the_modules_define_and_kernels_use_nothing_else():
+    """Every name CONTRIBUTING.md's API table lists exists; the built-in kernels import tvm_npu only from those modules."""
+    import importlib
+
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    table = text[text.index("## The public API a kernel builds on"):text.index("## Worked example")]
+    rows = re.findall(r"^\| `(tvm_npu\.\w+)` \| (.*) \|$", table, re.MULTILINE)
+    assert len(rows) >= 7
+    for module, description in rows:
+        found = importlib.import_module(module)
+        for name in re.findall(r"`(\w+)`", description):
+            assert hasattr(found, name) or name in ("geometry", "schedule", "lower"), (module, name)
+    public = {module for module, _ in rows}
+    for path in (REPO / "schedules").glob("*.py"):
+        imported = set(re.findall(r"^from (tvm_npu\.\w+) import", path.read_text(), re.MULTILINE))
+        assert imported <= public, (path.name, imported - public)

@@ -44,13 +44,15 @@ def make_small_cnn(path: Path) -> Path:
         helper.make_node("Relu", ["bn"], ["r1"]),
         helper.make_node("Conv", ["r1", const("w2", rng.normal(0, 0.3, (16, 1, 3, 3)))], ["c2"], pads=[1, 1, 1, 1], group=16),
         helper.make_node("Clip", ["c2", const("lo", 0.0), const("hi", 6.0)], ["r2"]),
-        helper.make_node("Conv", ["r2", const("w3", rng.normal(0, 0.3, (16, 16, 1, 1))), const("b3", rng.normal(0, 0.1, 16))], ["c3"]),
+        helper.make_node("Conv", ["r2", const("w3", rng.normal(0, 0.3, (16, 16, 1, 1))), const("b3", rng.normal(0, 0.1, 16))],
+                         ["c3"]),
         helper.make_node("Add", ["c3", "r1"], ["a"]),
         helper.make_node("Relu", ["a"], ["r3"]),
         helper.make_node("MaxPool", ["r3"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["p"], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["f"]),
-        helper.make_node("Gemm", ["f", const("wf", rng.normal(0, 0.3, (10, 16))), const("bf", rng.normal(0, 0.1, 10))], ["logits"], transB=1),
+        helper.make_node("Gemm", ["f", const("wf", rng.normal(0, 0.3, (10, 16))), const("bf", rng.normal(0, 0.1, 10))],
+                         ["logits"], transB=1),
         helper.make_node("Softmax", ["logits"], ["y"], axis=1),
     ]
     graph = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
@@ -171,7 +173,8 @@ def make_activation_concat_model(path: Path) -> Path:
             nodes.append(node)
         if name not in dtypes:
             continue
-        lo, hi = min(0.0, min(float(r[tensors.index(name)].min()) for r in runs)), max(float(r[tensors.index(name)].max()) for r in runs)
+        column = [r[tensors.index(name)] for r in runs]
+        lo, hi = min(0.0, min(float(c.min()) for c in column)), max(float(c.max()) for c in column)
         info = np.iinfo(dtypes[name])
         scale = (hi - lo) / 255
         zp = np.array(np.clip(np.round(info.min - lo / scale), info.min, info.max), dtypes[name])

@@ -86,8 +86,10 @@ def make_concat_affine_model(path: Path) -> Path:
                  rng.uniform(0.5, 2, channels)]
         norm = g.node("BatchNormalization", [x, *(g.const(f"{x}_bn{i}", v.astype(np.float32)) for i, v in enumerate(stats))],
                       f"{x}_bn")
-        scaled = g.node("Mul", [norm, g.const(f"{x}_mul_k", rng.uniform(0.5, 1.5, (channels, 1, 1)).astype(np.float32))], f"{x}_mul")
-        shifted = g.node("Add", [scaled, g.const(f"{x}_add_k", rng.normal(0, 0.2, (channels, 1, 1)).astype(np.float32))], f"{x}_add")
+        gain = rng.uniform(0.5, 1.5, (channels, 1, 1)).astype(np.float32)
+        scaled = g.node("Mul", [norm, g.const(f"{x}_mul_k", gain)], f"{x}_mul")
+        offset = rng.normal(0, 0.2, (channels, 1, 1)).astype(np.float32)
+        shifted = g.node("Add", [scaled, g.const(f"{x}_add_k", offset)], f"{x}_add")
         g.q(g.node("Relu", [shifted], f"{x}_relu"), scale, 0)
     inputs = [_uint8(name, (1, channels, 5, 6), TensorProto.INT8 if name == "c" else TensorProto.UINT8)
               for name, (channels, _, _) in parts.items()]

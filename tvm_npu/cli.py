@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import __version__
 from .atomic import atomic_output, check_output_path
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, NpuError, first_line
 from .frontend import parse_input_shapes
@@ -42,6 +41,7 @@ from .validate import (
     MIN_WITHIN_STEPS,
     validate,
 )
+from .version import __version__
 
 EXIT_INTERRUPTED = 130
 

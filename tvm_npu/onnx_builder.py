@@ -8,6 +8,8 @@ composite whose inputs are the graph inputs, and OpenVINO runs the very same fil
 The output quantization is calibrated on the example's own inputs (float min/max of the operator's
 result through onnx's reference evaluator), so the outputs span their integer range instead of
 saturating, as a quantizer would make them.
+
+Part of the kernel-contribution API (CONTRIBUTING.md): what a kernel's `examples` are written with.
 """
 
 from __future__ import annotations
@@ -193,8 +195,8 @@ def saturating_conv(rng: np.random.Generator, channels: int = 16, size: int = 12
 
 def _calibrate(nodes, graph_inputs, inits, real: str, values: dict, out_dtype: str) -> tuple[float, int]:
     """Scale and zero point covering the real result on these inputs (and 0, as quantizers keep it exact)."""
-    probe = helper.make_graph(nodes, "calibrate", graph_inputs, [helper.make_tensor_value_info(real, onnx.TensorProto.FLOAT, None)],
-                              inits)
+    output = helper.make_tensor_value_info(real, onnx.TensorProto.FLOAT, None)
+    probe = helper.make_graph(nodes, "calibrate", graph_inputs, [output], inits)
     evaluator = ReferenceEvaluator(helper.make_model(probe, opset_imports=[helper.make_opsetid("", CALIBRATION_OPSET)]))
     (result,) = evaluator.run(None, values)
     lo, hi = min(0.0, float(result.min())), max(0.0, float(result.max()))

@@ -63,7 +63,8 @@ def load_calibration(path: str | Path, inputs: Sequence[TensorSpec]) -> list[dic
         raise NpuError(f"--calibration-data {path} holds arrays {sorted(arrays)}; it needs exactly one per input: {names}")
     counts = {len(a) if a.ndim else 0 for a in arrays.values()}
     if len(counts) != 1 or 0 in counts:
-        raise NpuError(f"--calibration-data {path}: every array needs the same number (at least 1) of samples along its first axis")
+        raise NpuError(f"--calibration-data {path}: every array needs the same number (at least 1) of samples "
+                       "along its first axis")
     samples = [{} for _ in range(counts.pop())]
     for spec in inputs:
         array = arrays[spec.name]
