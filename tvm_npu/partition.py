@@ -104,7 +104,8 @@ def _cpu_reason(op: str, var, value, anchors: dict[str, str], rejections: dict[s
     if op in QDQ_OPS:
         return "quantization boundary between NPU integers and CPU floats"
     if op == "relax.concat" and str(value.ty.dtype) in ("int8", "uint8"):  # written by passes.concat_of_dequantized
-        return "unsupported op: no NPU kernel copies differently quantized tensors together unchanged (the next layer reads them per channel)"
+        return ("unsupported op: no NPU kernel copies differently quantized tensors together unchanged "
+                "(the next layer reads them per channel)")
     if op in anchors:
         inputs, outputs = graph.float_inputs(value), graph.float_outputs(var)
         # NNCF quantizes neither side of an op it fuses with its neighbours (conv + HardSwish,
