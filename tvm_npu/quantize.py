@@ -2,8 +2,9 @@
 
 Entry point: `quantize(model, inputs, calibration, seed)`. The graph is first made
 quantizable (constant subgraphs folded to initializers; BatchNormalization and per-channel
-constant Mul/Add folded into the preceding Conv: NNCF's ONNX backend folds neither), then NNCF, OpenVINO's own
-post-training quantizer, calibrates it. The result is ONNX, so the package embeds exactly
+constant Mul/Add folded into the preceding Conv: NNCF's ONNX backend folds neither; activation
+functions spelled as several operators made one), then NNCF, OpenVINO's own post-training
+quantizer, calibrates it, and activation functions get the QDQ on their inputs that NNCF leaves out. The result is ONNX, so the package embeds exactly
 the model the reference runtime runs.
 """
 
@@ -20,6 +21,8 @@ from onnx.reference import ReferenceEvaluator
 
 from .errors import NpuError, first_line
 from .frontend import TensorSpec
+from .passes.canonical_activations import canonical_activations
+from .passes.quantize_activations import quantize_activations
 from .runtime import make_inputs, read_npz
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
@@ -48,8 +51,9 @@ def quantize(
             "the INT8 model's accuracy is unknown"
         )
         calibration = [make_inputs(list(inputs), "random", seed + i) for i in range(RANDOM_SAMPLES)]
-    model = fold_channel_affines(fold_constants(_with_min_opset(model)))
-    return _nncf_quantize(model, calibration[:MAX_SAMPLES])
+    model = canonical_activations(fold_channel_affines(fold_constants(_with_min_opset(model))))
+    samples = calibration[:MAX_SAMPLES]
+    return quantize_activations(_nncf_quantize(model, samples), model, samples)
 
 
 def load_calibration(path: str | Path, inputs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
