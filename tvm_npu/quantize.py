@@ -10,6 +10,7 @@ the model the reference runtime runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -231,19 +232,37 @@ def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]])
     nncf.set_log_level(logging.ERROR)
     try:
         # NNCF shows its own progress bars ("Statistics collection", "Applying Fast Bias correction").
-        return nncf.quantize(
-            model,
-            nncf.Dataset(samples),
-            subset_size=len(samples),
-            # OpenVINO's CPU preset quantizes depthwise-conv inputs per channel; an integer NPU
-            # needs one scale per activation tensor, since channels are summed in one accumulator.
-            advanced_parameters=AdvancedQuantizationParameters(
-                activations_quantization_params=QuantizationParameters(per_channel=False)
-            ),
-        )
+        with _squeeze_excite_quantized():
+            return nncf.quantize(
+                model,
+                nncf.Dataset(samples),
+                subset_size=len(samples),
+                # OpenVINO's CPU preset quantizes depthwise-conv inputs per channel; an integer NPU
+                # needs one scale per activation tensor, since channels are summed in one accumulator.
+                advanced_parameters=AdvancedQuantizationParameters(
+                    activations_quantization_params=QuantizationParameters(per_channel=False)
+                ),
+            )
     except Exception as err:  # noqa: BLE001 - NNCF raises many kinds on models it cannot handle
         raise NpuError(f"NNCF could not quantize the model ({first_line(err)}); "
                        "quantize it yourself to QDQ ONNX, or compile with --no-quantize") from None
+
+
+@contextlib.contextmanager
+def _squeeze_excite_quantized():
+    """NNCF without its SE_BLOCK ignored pattern, which keeps squeeze-excite's convolutions and gate
+    multiply in float (cheap on a CPU); on an integer NPU that float island keeps them on the host.
+    NNCF (pinned) has no parameter for it: the pattern leaves its registry for this call only."""
+    from nncf.common.graph.patterns.patterns import IgnoredPatternNames
+    from nncf.onnx.quantization.ignored_patterns import ONNX_IGNORED_PATTERNS
+
+    patterns = ONNX_IGNORED_PATTERNS.registry_dict
+    removed = patterns.pop(IgnoredPatternNames.SE_BLOCK, None)
+    try:
+        yield
+    finally:
+        if removed is not None:
+            patterns[IgnoredPatternNames.SE_BLOCK] = removed
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -104,8 +104,8 @@ def _size(init: onnx.TensorProto) -> int:
 def _read_through(graph: onnx.GraphProto, name: str, quantize: onnx.NodeProto) -> None:
     """Every float consumer of `name` reads it through `quantize` and a new DequantizeLinear instead."""
     dequantized = f"{name}_npu_dequantized"
-    if any(dequantized in node.output for node in graph.node):
-        return
+    if not any(name in node.input for node in graph.node if node.op_type != "QuantizeLinear"):
+        return  # every consumer quantizes it already
     dq = helper.make_node("DequantizeLinear", [quantize.output[0], *quantize.input[1:3]], [dequantized],
                           name=f"{name}_npu_dequantize")
     _redirect(graph, name, dequantized, skip={"QuantizeLinear"})
@@ -113,18 +113,26 @@ def _read_through(graph: onnx.GraphProto, name: str, quantize: onnx.NodeProto) -
 
 
 def _insert_pair(graph: onnx.GraphProto, name: str, scale: float, zero_point: int) -> None:
-    """QuantizeLinear -> DequantizeLinear on `name`; every consumer reads the dequantized tensor."""
+    """QuantizeLinear -> DequantizeLinear on `name`: the dequantized tensor takes its name (so a graph
+    output ends quantized too) and its producer writes `name`_npu_float; a graph input is read through the pair."""
     prefix = f"{name}_npu"
     graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}_scale"),
                               numpy_helper.from_array(np.array(zero_point, np.uint8), f"{prefix}_zero_point")])
-    quantize = helper.make_node("QuantizeLinear", [name, f"{prefix}_scale", f"{prefix}_zero_point"], [f"{prefix}_quantized"],
+    producer = next((i for i, node in enumerate(graph.node) if name in node.output), None)
+    if producer is None:
+        source, result = name, f"{prefix}_dequantized"
+        _redirect(graph, name, result, skip=set())
+    else:
+        source, result = f"{prefix}_float", name
+        outputs = graph.node[producer].output
+        outputs[list(outputs).index(name)] = source
+    quantize = helper.make_node("QuantizeLinear", [source, f"{prefix}_scale", f"{prefix}_zero_point"], [f"{prefix}_quantized"],
                                 name=f"{prefix}_quantize")
     dequantize = helper.make_node("DequantizeLinear", [f"{prefix}_quantized", f"{prefix}_scale", f"{prefix}_zero_point"],
-                                  [f"{prefix}_dequantized"], name=f"{prefix}_dequantize")
-    _redirect(graph, name, f"{prefix}_dequantized", skip=set())
-    producer = next((i for i, node in enumerate(graph.node) if name in node.output), -1)
-    graph.node.insert(producer + 1, quantize)
-    graph.node.insert(producer + 2, dequantize)
+                                  [result], name=f"{prefix}_dequantize")
+    at = -1 if producer is None else producer
+    graph.node.insert(at + 1, quantize)
+    graph.node.insert(at + 2, dequantize)
 
 
 def _redirect(graph: onnx.GraphProto, name: str, new: str, skip: set[str]) -> None:

@@ -1,0 +1,174 @@
+"""Activation functions and squeeze-excite on real-graph spellings reach the NPU.
+
+Each tiny FP32 model puts one pattern between two convolutions, spelled as exporters write it
+(ONNX HardSwish or Paddle2ONNX's `x * Clip(x + 3, 0, 6) / 6`, SiLU as `x * Sigmoid(x)`, MobileNetV3's
+squeeze-excite gate multiply). Compiled as a user would (NNCF quantization included), every
+convolution and the pattern itself must run on NPU kernels (the offload report), and the package
+must agree with OpenVINO on the same QDQ model (`tvm_npu.validate`). The passes that make this
+possible are checked on their own: the canonical rewrite computes the same function (onnx's
+reference evaluator), and the quantization rewrite puts the QDQ where the kernels need it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import tvm_npu
+from tvm_npu.passes.canonical_activations import canonical_activations
+from tvm_npu.runtime import load, make_inputs
+from tvm_npu.validate import validate
+
+CHANNELS, SIZE = 4, 6
+
+
+class _Builder:
+    """An FP32 graph x -> conv -> pattern -> conv -> Sigmoid -> y, nodes named by their output (the
+    model ends in a function: NNCF leaves a conv that ends a model in float, on the CPU)."""
+
+    def __init__(self, seed: int = 0):
+        self.rng, self.nodes, self.inits = np.random.default_rng(seed), [], []
+
+    def const(self, name, value):
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    def node(self, op_type, inputs, output, **attrs):
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+    def conv(self, x, name, out=CHANNELS, kernel=3):
+        w = self.const(f"{name}_w", self.rng.normal(0, 0.4, (out, CHANNELS, kernel, kernel)))
+        b = self.const(f"{name}_b", self.rng.normal(0, 0.3, out))
+        return self.node("Conv", [x, w, b], name, pads=[kernel // 2] * 4)
+
+    def model(self, pattern, opset: int) -> onnx.ModelProto:
+        y = self.node("Sigmoid", [self.conv(pattern(self, self.conv("x", "conv_in")), "conv_out", kernel=1)], "y")
+        graph = helper.make_graph(self.nodes, "pattern", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, SIZE, SIZE])],
+                                  [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, CHANNELS, SIZE, SIZE])], self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def _paddle_hard_swish(g, x):
+    """Paddle2ONNX's HardSwish: x * Clip(x + 3, 0, 6) / 6."""
+    clip = g.node("Clip", [g.node("Add", [x, g.const("three", 3.0)], "plus3"), g.const("zero", 0.0), g.const("six", 6.0)], "clip")
+    return g.node("Div", [g.node("Mul", [x, clip], "times"), g.const("divisor", 6.0)], "hard_swish")
+
+
+def _silu(g, x):
+    return g.node("Mul", [x, g.node("Sigmoid", [x], "sigmoid")], "silu")
+
+
+def _squeeze_excite(g, x):
+    """MobileNetV3: GlobalAveragePool -> conv -> ReLU -> conv -> HardSigmoid gates x channel-wise."""
+    pooled = g.node("GlobalAveragePool", [x], "pool")
+    squeezed = g.node("Relu", [g.conv(pooled, "se_reduce", kernel=1)], "se_relu")
+    gate = g.node("HardSigmoid", [g.conv(squeezed, "se_expand", kernel=1)], "se_gate", alpha=0.2, beta=0.5)
+    return g.node("Mul", [x, gate], "excited")
+
+
+def _op(op_type, **attrs):
+    return lambda g, x: g.node(op_type, [x], op_type.lower(), **attrs)
+
+
+# name: (pattern, opset, the NPU kernels that must run it besides the convolutions)
+PATTERNS = {
+    "hardswish_op": (_op("HardSwish"), 17, ["npu.lut"]),
+    "hardswish_decomposed_opset13": (_paddle_hard_swish, 13, ["npu.lut"]),
+    "hardswish_decomposed_opset17": (_paddle_hard_swish, 17, ["npu.lut"]),
+    "hardsigmoid_op": (_op("HardSigmoid", alpha=0.2, beta=0.5), 17, ["npu.lut"]),
+    "sigmoid_op": (_op("Sigmoid"), 17, ["npu.lut"]),
+    "silu": (_silu, 17, ["npu.lut"]),
+    "tanh_op": (_op("Tanh"), 17, ["npu.lut"]),
+    "leakyrelu_op": (_op("LeakyRelu", alpha=0.1), 17, ["npu.lut"]),
+    "mish_op": (_op("Mish"), 18, ["npu.lut"]),
+    "gelu_tanh_op": (_op("Gelu", approximate="tanh"), 20, ["npu.lut"]),
+    # the pool, the gate's table and the broadcast multiply
+    "squeeze_excite": (_squeeze_excite, 17, ["npu.pool", "npu.lut", "npu.elementwise"]),
+}
+
+
+def make_pattern_model(name: str, path: Path) -> Path:
+    pattern, opset, _ = PATTERNS[name]
+    onnx.save(_Builder().model(pattern, opset), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def compiled_patterns(tmp_path_factory):
+    """name -> (package, its operator rows), compiled once per session on first use."""
+    folder, built = tmp_path_factory.mktemp("activation_fusion"), {}
+
+    def get(name: str):
+        if name not in built:
+            package = folder / f"{name}.tar"
+            result = tvm_npu.compile(make_pattern_model(name, folder / f"{name}.onnx"), output=package, target="npu/micro")
+            built[name] = package, result.metadata.extra["operators"]
+        return built[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_pattern_runs_on_the_npu_and_matches_openvino(name, compiled_patterns):
+    package, operators = compiled_patterns(name)
+    on_cpu = [row for row in operators if row["runs_on"] == "cpu"]
+    assert all(row["ops"][0] in ("relax.quantize", "relax.dequantize") for row in on_cpu), on_cpu  # graph edges only
+    kernels = sorted(row["kernel"] for row in operators if row["runs_on"] == "npu")
+    convs = sum(n.op_type == "Conv" for n in _Builder().model(*PATTERNS[name][:2]).graph.node)
+    expected = sorted(["npu.conv2d"] * convs + PATTERNS[name][2] + ["npu.lut"])  # the model's final Sigmoid
+    assert kernels == expected, operators
+    model = load(package)
+    report = validate(model, [make_inputs(model.inputs, "random", seed) for seed in (1, 2)], device="CPU")
+    assert report.passed, str(report)
+
+
+def _evaluate(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ReferenceEvaluator(model).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("name, opset, expected", [
+    ("hardswish_decomposed_opset13", 13, ["Conv", "HardSigmoid", "Mul", "Conv", "Sigmoid"]),
+    ("hardswish_decomposed_opset17", 17, ["Conv", "HardSwish", "Conv", "Sigmoid"]),
+    ("silu", 17, ["Conv", "Sigmoid", "Mul", "Conv", "Sigmoid"]),
+])
+def test_canonical_activations_rewrites_spellings_to_the_same_function(name, opset, expected):
+    model = _Builder().model(PATTERNS[name][0], opset)
+    canonical = canonical_activations(model)
+    assert [n.op_type for n in canonical.graph.node] == expected
+    x = np.random.default_rng(0).normal(0, 2, (1, CHANNELS, SIZE, SIZE)).astype(np.float32)
+    np.testing.assert_allclose(_evaluate(canonical, x), _evaluate(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_canonical_activations_rewrites_hard_sigmoid_and_mish_spellings():
+    def spelled(g, x):
+        scaled = g.node("Mul", [x, g.const("alpha", 0.25)], "scaled")
+        unit = g.node("Clip", [g.node("Add", [g.const("beta", 0.4), scaled], "shifted"), g.const("lo", 0.0), g.const("hi", 1.0)],
+                      "hard_sigmoid")
+        softplus = g.node("Softplus", [unit], "softplus")
+        return g.node("Mul", [g.node("Tanh", [softplus], "tanh"), unit], "mish")
+
+    model = _Builder().model(spelled, 18)
+    canonical = canonical_activations(model)
+    assert [n.op_type for n in canonical.graph.node] == ["Conv", "HardSigmoid", "Mish", "Conv", "Sigmoid"]
+    x = np.random.default_rng(1).normal(0, 2, (1, CHANNELS, SIZE, SIZE)).astype(np.float32)
+    np.testing.assert_allclose(_evaluate(canonical, x), _evaluate(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_canonical_activations_leaves_lookalikes_alone():
+    """x * Clip(y + 3, 0, 6) / 6 with y != x, and a clip to [0, 5] / 6, are no HardSwish."""
+    def lookalike(g, x):
+        other = g.node("Relu", [x], "other")
+        clip = g.node("Clip", [g.node("Add", [other, g.const("three", 3.0)], "plus3"), g.const("zero", 0.0),
+                               g.const("five", 5.0)], "clip")
+        return g.node("Div", [g.node("Mul", [x, clip], "times"), g.const("divisor", 6.0)], "not_hard_swish")
+
+    model = _Builder().model(lookalike, 17)
+    assert [n.op_type for n in canonical_activations(model).graph.node] == [n.op_type for n in model.graph.node]
