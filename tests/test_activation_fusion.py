@@ -147,23 +147,42 @@ def test_canonical_activations_rewrites_spellings_to_the_same_function(name, ops
     np.testing.assert_allclose(_evaluate(canonical, x), _evaluate(model, x), rtol=1e-5, atol=1e-5)
 
 
-def test_canonical_activations_rewrites_hard_sigmoid_and_mish_spellings():
-    def spelled(g, x):
-        scaled = g.node("Mul", [x, g.const("alpha", 0.25)], "scaled")
-        unit = g.node("Clip", [g.node("Add", [g.const("beta", 0.4), scaled], "shifted"), g.const("lo", 0.0), g.const("hi", 1.0)],
-                      "hard_sigmoid")
-        softplus = g.node("Softplus", [unit], "softplus")
-        return g.node("Mul", [g.node("Tanh", [softplus], "tanh"), unit], "mish")
+def _spelled_gelu_tanh(g, x):
+    """PyTorch's GELU(approximate='tanh') below opset 20: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    cube = g.node("Pow", [x, g.const("three", 3.0)], "cube")
+    inner = g.node("Add", [x, g.node("Mul", [cube, g.const("c", 0.044715)], "cubic")], "inner")
+    tanh = g.node("Tanh", [g.node("Mul", [g.const("k", np.sqrt(2 / np.pi)), inner], "scaled")], "tanh")
+    half_x = g.node("Mul", [x, g.const("half", 0.5)], "half_x")
+    return g.node("Mul", [half_x, g.node("Add", [g.const("one", 1.0), tanh], "one_plus")], "gelu")
 
-    model = _Builder().model(spelled, 18)
+
+def _spelled_hard_sigmoid_then_mish(g, x):
+    """Clip(0.4 + 0.25 x, 0, 1), then Mish spelled x * Tanh(Softplus(x)): two functions in a row."""
+    unit = g.node("Clip", [g.node("Add", [g.const("beta", 0.4), g.node("Mul", [x, g.const("alpha", 0.25)], "scaled")], "shifted"),
+                           g.const("lo", 0.0), g.const("hi", 1.0)], "hard_sigmoid")
+    return g.node("Mul", [g.node("Tanh", [g.node("Softplus", [unit], "softplus")], "tanh"), unit], "mish")
+
+
+def _spelled_leaky_relu(g, x):
+    return g.node("Max", [x, g.node("Mul", [g.const("slope", 0.125), x], "scaled")], "leaky")
+
+
+@pytest.mark.parametrize("pattern, opset, expected", [
+    (_spelled_gelu_tanh, 20, ["Conv", "Gelu", "Conv", "Sigmoid"]),
+    (_spelled_gelu_tanh, 17, ["Conv", "Pow", "Mul", "Add", "Mul", "Tanh", "Mul", "Add", "Mul", "Conv", "Sigmoid"]),  # no op yet
+    (_spelled_hard_sigmoid_then_mish, 18, ["Conv", "HardSigmoid", "Mish", "Conv", "Sigmoid"]),
+    (_spelled_leaky_relu, 13, ["Conv", "LeakyRelu", "Conv", "Sigmoid"]),
+], ids=["gelu_tanh", "gelu_tanh_before_opset20", "hard_sigmoid_then_mish", "leaky_relu_as_max"])
+def test_canonical_activations_finds_functions_by_their_values(pattern, opset, expected):
+    model = _Builder().model(pattern, opset)
     canonical = canonical_activations(model)
-    assert [n.op_type for n in canonical.graph.node] == ["Conv", "HardSigmoid", "Mish", "Conv", "Sigmoid"]
+    assert [n.op_type for n in canonical.graph.node] == expected
     x = np.random.default_rng(1).normal(0, 2, (1, CHANNELS, SIZE, SIZE)).astype(np.float32)
-    np.testing.assert_allclose(_evaluate(canonical, x), _evaluate(model, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_evaluate(canonical, x), _evaluate(model, x), rtol=1e-4, atol=1e-5)
 
 
 def test_canonical_activations_leaves_lookalikes_alone():
-    """x * Clip(y + 3, 0, 6) / 6 with y != x, and a clip to [0, 5] / 6, are no HardSwish."""
+    """x * Clip(Relu(x) + 3, 0, 5) / 6 is no HardSwish, nor a per-channel scale after one a function."""
     def lookalike(g, x):
         other = g.node("Relu", [x], "other")
         clip = g.node("Clip", [g.node("Add", [other, g.const("three", 3.0)], "plus3"), g.const("zero", 0.0),

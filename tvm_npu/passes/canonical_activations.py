@@ -1,17 +1,20 @@
-"""ONNX rewrite before quantization: activation functions spelled as several operators become one.
+"""ONNX rewrite before quantization: an activation function spelled as several operators becomes one.
 
-Exporters (Paddle2ONNX, older PyTorch) write HardSwish as `x * Clip(x + 3, 0, 6) / 6` and
-HardSigmoid as `Clip(x + 3, 0, 6) / 6` or `Clip(alpha * x + beta, 0, 1)`; Mish as
-`x * Tanh(Softplus(x))`. As one operator each, quantization sees one function of one tensor
-(`quantize_activations` quantizes its input and output) and the NPU runs it as one 256-entry table
-(`npu.lut`). The rewrite is exact up to float rounding of the same real function:
+Exporters spell activations in many ways: Paddle2ONNX writes HardSwish as `x * Clip(x + 3, 0, 6) / 6`
+and HardSigmoid as `Clip(x + 3, 0, 6) / 6`; older PyTorch exports write GELU's tanh approximation
+as a dozen Mul/Add/Pow/Tanh nodes, Mish as `x * Tanh(Softplus(x))`, LeakyRelu as `Max(x, 0.1 x)`.
+Instead of matching each spelling, the rewrite finds every maximal subgraph of elementwise
+operators with scalar constants that reads one tensor `x` (a function of `x` alone), evaluates it
+on a dense grid of `x` with onnx's reference evaluator and, where it equals a known activation
+within float rounding, replaces it by that activation's canonical form:
 
-    hard sigmoid spellings        -> HardSigmoid(x, alpha, beta)
-    x * HardSigmoid(x, 1/6, 1/2)  -> HardSwish(x)    (opset >= 14; older: stays x * HardSigmoid(x))
-    x * Tanh(Softplus(x))         -> Mish(x)         (opset >= 18)
+    HardSwish(x) (opset >= 14, else x * HardSigmoid(x, 1/6, 1/2)), HardSigmoid(x, alpha, beta),
+    Sigmoid(x), x * Sigmoid(x) (SiLU: no ONNX operator below opset 24), Tanh(x), LeakyRelu(x, alpha),
+    Mish(x) (opset >= 18), Gelu(x, approximate="tanh") (opset >= 20)
 
-SiLU (`x * Sigmoid(x)`) has no ONNX operator below opset 24 and stays as it is: the pair is one
-unit for quantization and for `npu.lut` alike.
+A subgraph that matches nothing, or whose canonical form needs a newer opset, stays as it is. As
+one operator each, quantization sees one function of one tensor (`quantize_activations` quantizes
+its input and output) and the NPU runs it as one 256-entry table (`npu.lut`).
 
 Entry point: `canonical_activations(model) -> model`; run after constant folding (constants are
 initializers then).
@@ -19,164 +22,166 @@ initializers then).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
-HARD_SWISH_OPSET, MISH_OPSET = 14, 18
+# Operators computing each output element from the same element of their inputs (and scalars).
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Exp", "Log", "Sqrt", "Tanh", "Sigmoid", "Erf", "Softplus",
+               "Relu", "LeakyRelu", "Clip", "Max", "Min", "HardSigmoid", "HardSwish", "Identity"}
+GRID = np.concatenate([np.linspace(-12, 12, 4801), [-1e3, -40.0, 40.0, 1e3]]).astype(np.float32)
+_RTOL, _ATOL = 1e-4, 1e-5
 
 
 def canonical_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    graph = _Graph(copy)
+    graph = copy.graph
     opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
-    for node in list(copy.graph.node):  # producers come first: a hard sigmoid is rewritten before its swish
-        if node not in graph.alive:
-            continue
-        found = _hard_sigmoid(graph, node)
-        if found is not None and node.op_type != "HardSigmoid":
-            x, alpha, beta = found
-            graph.replace(node, [helper.make_node("HardSigmoid", [x], [node.output[0]], alpha=alpha, beta=beta,
-                                                  name=f"{node.name or node.output[0]}_hard_sigmoid")])
-            continue
-        name = node.name or node.output[0]
-        hard_swish = _hard_swish(graph, node)
-        if hard_swish is not None:
-            x, alpha, beta, spelled = hard_swish
-            if opset >= HARD_SWISH_OPSET and np.isclose([alpha, beta], [1 / 6, 0.5], rtol=1e-6).all():
-                graph.replace(node, [helper.make_node("HardSwish", [x], [node.output[0]], name=f"{name}_hard_swish")])
-            elif spelled:
-                gate = f"{name}_hard_sigmoid"
-                graph.replace(node, [helper.make_node("HardSigmoid", [x], [gate], alpha=alpha, beta=beta, name=gate),
-                                     helper.make_node("Mul", [x, gate], [node.output[0]], name=f"{name}_hard_swish")])
-            continue
-        swish = _gated(graph, node)
-        if swish is not None and swish[1].op_type == "Tanh" and opset >= MISH_OPSET:
-            graph.replace(node, [helper.make_node("Mish", [swish[0]], [node.output[0]], name=f"{name}_mish")])
-    graph.drop_unused()
+    scalars = {init.name: numpy_helper.to_array(init) for init in graph.initializer
+               if int(np.prod(init.dims)) == 1 and init.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE)}
+    while _rewrite_once(graph, opset, scalars):  # a function of rewritten functions shows up in the next round
+        pass
     return copy
 
 
-def _hard_swish(graph: "_Graph", node: onnx.NodeProto) -> tuple[str, float, float, bool] | None:
-    """(x, alpha, beta, spelled) when `node` computes x * clip(alpha * x + beta, 0, 1): as x * HardSigmoid(x)
-    (spelled False) or as x * Clip(x + b, 0, d) / d (spelled True; Paddle2ONNX writes HardSwish so)."""
-    gated = _gated(graph, node)
-    if gated is not None and gated[1].op_type == "HardSigmoid":
-        return (*_hard_sigmoid(graph, gated[1]), False)
-    if node.op_type not in ("Div", "Mul") or graph.constant(node.input[1]) in (None, 0.0):
-        return None
-    divisor = graph.constant(node.input[1]) if node.op_type == "Div" else 1 / graph.constant(node.input[1])
-    product = graph.producer(node.input[0])
-    if product is None or product.op_type != "Mul":
-        return None
-    for x, other in (product.input, product.input[::-1]):
-        clip = graph.producer(other)
-        inner = _clipped_affine(graph, clip, top=divisor) if clip is not None and clip.op_type == "Clip" else None
-        if inner is not None and inner[0] == x and inner[1] == 1.0:
-            return x, 1 / divisor, inner[2] / divisor, True
-    return None
-
-
-def _gated(graph: "_Graph", node: onnx.NodeProto) -> tuple[str, onnx.NodeProto] | None:
-    """(x, gate node) when `node` computes x * gate(x)."""
-    if node.op_type != "Mul":
-        return None
-    for x, other in (node.input, node.input[::-1]):
-        gate = graph.producer(other)
-        if gate is not None and gate.input and gate.input[0] == x and gate.op_type in ("HardSigmoid", "Tanh", "Sigmoid"):
-            return x, gate
-        if gate is not None and gate.op_type == "Tanh":  # Mish's gate reads x through Softplus
-            inner = graph.producer(gate.input[0])
-            if inner is not None and inner.op_type == "Softplus" and inner.input[0] == x:
-                return x, gate
-    return None
-
-
-def _hard_sigmoid(graph: "_Graph", node: onnx.NodeProto) -> tuple[str, float, float] | None:
-    """(x, alpha, beta) when `node` computes clip(alpha * x + beta, 0, 1)."""
-    if node.op_type == "HardSigmoid":
-        attrs = {a.name: a.f for a in node.attribute}
-        return node.input[0], attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
-    if node.op_type in ("Div", "Mul"):  # clip(x + b, 0, d) / d  or  clip(x + b, 0, d) * (1 / d)
-        operand = graph.constant(node.input[1])
-        clip = graph.producer(node.input[0])
-        if operand is None or operand == 0 or clip is None or clip.op_type != "Clip":
-            return None
-        divisor = operand if node.op_type == "Div" else 1 / operand
-        inner = _clipped_affine(graph, clip, top=divisor)
-        if inner is None or inner[1] != 1.0:
-            return None
-        x, _, b = inner
-        return x, 1 / divisor, b / divisor
-    if node.op_type == "Clip":
-        return _clipped_affine(graph, node, top=1.0)
-    return None
-
-
-def _clipped_affine(graph: "_Graph", clip: onnx.NodeProto, top: float) -> tuple[str, float, float] | None:
-    """(x, a, b) when `clip` is Clip(a * x + b, 0, top) (a = 1 when there is no Mul)."""
-    bounds = [graph.constant(name) if name else None for name in list(clip.input[1:3]) + [""] * (3 - len(clip.input))]
-    if len(bounds) < 2 or bounds[0] != 0.0 or bounds[1] is None or not np.isclose(bounds[1], top, rtol=1e-6):
-        return None
-    add = graph.producer(clip.input[0])
-    if add is None or add.op_type != "Add":
-        return None
-    for term, offset in (add.input, add.input[::-1]):
-        b = graph.constant(offset)
-        if b is None or graph.constant(term) is not None:
+def _rewrite_once(graph: onnx.GraphProto, opset: int, scalars: dict) -> bool:
+    """Rewrites every function found from the last node backwards; whether any was rewritten."""
+    done: set[str] = set()  # outputs of the nodes of functions already identified
+    rewritten = False
+    for root in reversed(list(graph.node)):  # consumers first: each function is found from its last node
+        if root.op_type not in ELEMENTWISE or root.output[0] in done:
             continue
-        scaled = graph.producer(term)
-        if scaled is not None and scaled.op_type == "Mul":
-            for x, factor in (scaled.input, scaled.input[::-1]):
-                a = graph.constant(factor)
-                if a is not None and graph.constant(x) is None:
-                    return x, a, b
-        return term, 1.0, b
+        # the first (largest) function that is a known one; an affine map after an activation, say, is none,
+        # but the activation before it is found from its own last node
+        region, canonical = next(((region, canonical) for region, x in _functions_ending_at(graph, root, scalars)
+                                  if (canonical := _identify(graph, region, x, root.output[0], opset)) is not None),
+                                 (None, None))
+        if canonical is None:
+            continue
+        done.update(out for node in region for out in node.output)
+        if sorted(n.op_type for n in canonical) != sorted(n.op_type for n in region):
+            _replace(graph, region, canonical)
+            rewritten = True
+    return rewritten
+
+
+def _functions_ending_at(graph: onnx.GraphProto, root: onnx.NodeProto, scalars: dict) -> list[tuple[list, str]]:
+    """(the nodes, x) of each elementwise subgraph ending at `root` that reads one tensor x besides scalar
+    constants and whose inner tensors nothing else reads, largest first: grown one producer level at a time
+    (HardSigmoid(x) then Mish: the whole is no known function, the last level is)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.output[0])
+    outputs = {o.name for o in graph.output}
+    region, levels = {root.output[0]: root}, []
+    while True:
+        levels.append(dict(region))
+        grown = dict(region)
+        for node in region.values():
+            for name in node.input:
+                producer = producers.get(name)
+                if (producer is not None and producer.output[0] not in grown and producer.op_type in ELEMENTWISE
+                        and len(producer.output) == 1 and name not in outputs
+                        and all(c in region for c in consumers.get(name, []))):
+                    grown[producer.output[0]] = producer
+        if len(grown) == len(region):
+            break
+        region = grown
+    found = []
+    for level in reversed(levels[1:]):  # one operator is canonical as it is
+        external = {name for node in level.values() for name in node.input
+                    if name and name not in scalars and (name not in producers or producers[name].output[0] not in level)}
+        if len(external) == 1:
+            found.append(([node for node in graph.node if node.output[0] in level], external.pop()))
+    return found
+
+
+def _identify(graph: onnx.GraphProto, region: list[onnx.NodeProto], x: str, y: str, opset: int) -> list[onnx.NodeProto] | None:
+    """The canonical nodes computing `y` from `x` when the region's function is a known activation."""
+    values = _evaluate(graph, region, x, y)
+    if values is None:
+        return None
+    name = f"{y}_canonical"
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf at the grid's ends: sigmoid is 0 there
+        for make, function, min_opset in _candidates(values):
+            if make is not None and opset >= min_opset and np.allclose(values, function(GRID.astype(np.float64)),
+                                                                       rtol=_RTOL, atol=_ATOL):
+                return make(x, y, name, opset)
     return None
 
 
-class _Graph:
-    """Producers and scalar constants of an ONNX graph, and node replacement in place."""
+def _candidates(values: np.ndarray):
+    """(make nodes, the function in float64, minimum opset) of each known activation; HardSigmoid and
+    LeakyRelu take their parameters from the values (checked against the whole grid afterwards)."""
+    grid = GRID.astype(np.float64)
+    at = {v: float(values[np.argmin(np.abs(grid - v))]) for v in (-1.0, 0.0, 1.0)}
+    alpha_hs, beta_hs = at[1.0] - at[0.0], at[0.0]  # hard sigmoid: slope and offset at 0
+    alpha_lr = -at[-1.0]  # leaky relu: f(-1) = -alpha
+    # a zero slope would turn clip(x, 0, 1) or Relu spellings into degenerate HardSigmoid / LeakyRelu
+    hard_sigmoid_ok, leaky_ok = alpha_hs > 0 and 0 < beta_hs < 1, alpha_lr != 0
 
-    def __init__(self, model: onnx.ModelProto):
-        self.graph = model.graph
-        self.inits = {init.name: init for init in self.graph.initializer}
-        self.producers = {out: node for node in self.graph.node for out in node.output}
-        self.alive = list(self.graph.node)
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
 
-    def producer(self, name: str) -> onnx.NodeProto | None:
-        return self.producers.get(name)
+    def hard_sigmoid(v, a, b):
+        return np.clip(a * v + b, 0, 1)
 
-    def constant(self, name: str) -> float | None:
-        """A scalar (or one-element) initializer's value."""
-        init = self.inits.get(name)
-        if init is None:
-            return None
-        value = numpy_helper.to_array(init)
-        return float(value.reshape(-1)[0]) if value.size == 1 else None
+    def node(op_type, **attrs) -> Callable:
+        return lambda x, y, name, _: [helper.make_node(op_type, [x], [y], name=name, **attrs)]
 
-    def replace(self, node: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
-        """`new` computes `node`'s output in its place; the nodes only `node` read become unused."""
-        index = list(self.graph.node).index(node)
-        self.graph.node.remove(node)
-        for offset, made in enumerate(new):
-            self.graph.node.insert(index + offset, made)
-            for out in made.output:
-                self.producers[out] = made
-        self.alive = list(self.graph.node)
+    def hard_swish(x, y, name, opset):
+        if opset >= 14:
+            return [helper.make_node("HardSwish", [x], [y], name=name)]
+        return [helper.make_node("HardSigmoid", [x], [f"{name}_gate"], name=f"{name}_gate", alpha=1 / 6, beta=0.5),
+                helper.make_node("Mul", [x, f"{name}_gate"], [y], name=name)]
 
-    def drop_unused(self) -> None:
-        """Removes nodes whose outputs nothing reads (the replaced spellings' inner nodes), last first."""
-        outputs = {o.name for o in self.graph.output}
-        while True:
-            used = {name for node in self.graph.node for name in node.input} | outputs
-            dead = [node for node in self.graph.node if not any(out in used for out in node.output)]
-            if not dead:
-                break
-            for node in dead:
-                self.graph.node.remove(node)
-        used = {name for node in self.graph.node for name in node.input} | outputs
-        kept = [init for init in self.graph.initializer if init.name in used]
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(kept)
+    def silu(x, y, name, _):
+        return [helper.make_node("Sigmoid", [x], [f"{name}_gate"], name=f"{name}_gate"),
+                helper.make_node("Mul", [x, f"{name}_gate"], [y], name=name)]
+
+    return [
+        (hard_swish, lambda v: v * hard_sigmoid(v, 1 / 6, 0.5), 1),
+        (node("HardSigmoid", alpha=alpha_hs, beta=beta_hs) if hard_sigmoid_ok else None,
+         lambda v: hard_sigmoid(v, alpha_hs, beta_hs), 1),
+        (node("Sigmoid"), sigmoid, 1),
+        (silu, lambda v: v * sigmoid(v), 1),
+        (node("Tanh"), np.tanh, 1),
+        (node("LeakyRelu", alpha=alpha_lr) if leaky_ok else None, lambda v: np.where(v >= 0, v, alpha_lr * v), 1),
+        (node("Mish"), lambda v: v * np.tanh(np.logaddexp(0, v)), 18),
+        (node("Gelu", approximate="tanh"),
+         lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))), 20),
+    ]
+
+
+def _evaluate(graph: onnx.GraphProto, region: list[onnx.NodeProto], x: str, y: str) -> np.ndarray | None:
+    """The region's output for x = GRID (a 1-D tensor: scalar constants broadcast onto it)."""
+    used = {name for node in region for name in node.input}
+    inits = [init for init in graph.initializer if init.name in used]
+    probe = helper.make_graph(region, "function", [helper.make_tensor_value_info(x, TensorProto.FLOAT, [len(GRID)])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], inits)
+    try:
+        with np.errstate(all="ignore"):
+            (result,) = ReferenceEvaluator(helper.make_model(probe, opset_imports=[helper.make_opsetid("", 21)])).run(
+                None, {x: GRID})
+    except Exception:  # noqa: BLE001 - a region the evaluator cannot run is no function we know
+        return None
+    result = np.asarray(result, np.float64)
+    return result if result.shape == GRID.shape and np.isfinite(result).all() else None
+
+
+def _replace(graph: onnx.GraphProto, region: list[onnx.NodeProto], canonical: list[onnx.NodeProto]) -> None:
+    outputs = {out for node in region for out in node.output}
+    index = min(i for i, node in enumerate(graph.node) if node.output[0] in outputs)
+    kept = [node for node in graph.node if node.output[0] not in outputs]
+    del graph.node[:]
+    graph.node.extend(kept[:index] + canonical + kept[index:])
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    inits = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
