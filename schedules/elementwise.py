@@ -1,5 +1,5 @@
-"""npu.elementwise: add or multiply two quantized tensors with different scales, the second
-broadcast onto the first as NumPy/ONNX broadcast (squeeze-excite's (N,C,H,W) x (N,C,1,1), a
+"""npu.elementwise: add or multiply two quantized tensors with different scales, either one
+broadcast onto the other as ONNX broadcasts (squeeze-excite's (N,C,H,W) x (N,C,1,1), a
 per-channel scale held as a tensor), with a fused ReLU / ReLU6 / Clip, integer-only inside.
 
     add: Y = clamp(((A - za) * Ma + (B - zb) * Mb) >> S (round half up) + zy)   both inputs
@@ -22,7 +22,7 @@ from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import quantized_operator, random_activation
-from tvm_npu.perf import Geometry, Tiles
+from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,

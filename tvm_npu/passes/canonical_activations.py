@@ -29,6 +29,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .common import copy_model
+
 # Operators computing each output element from the same element of their inputs (and scalars).
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Exp", "Log", "Sqrt", "Tanh", "Sigmoid", "Erf", "Softplus",
                "Relu", "LeakyRelu", "Clip", "Max", "Min", "HardSigmoid", "HardSwish", "Identity"}
@@ -37,8 +39,7 @@ _RTOL, _ATOL = 1e-4, 1e-5
 
 
 def canonical_activations(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy = copy_model(model)
     graph = copy.graph
     opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
     scalars = {init.name: numpy_helper.to_array(init) for init in graph.initializer

@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .common import copy_model
+
 ACTIVATIONS = ("HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Mish", "LeakyRelu", "Gelu")
 GATES = ("Sigmoid", "HardSigmoid")  # x * gate(x): SiLU, HardSwish below opset 14
 _BINARY = ("Mul", "Add")
@@ -34,8 +36,7 @@ _BINARY = ("Mul", "Add")
 
 def quantize_activations(qdq: onnx.ModelProto, float_model: onnx.ModelProto,
                          samples: Sequence[dict[str, np.ndarray]]) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(qdq)
+    model = copy_model(qdq)
     graph = model.graph
     wanted = list(dict.fromkeys(_tensors_to_quantize(graph)))
     quantized = _quantize_consumers(graph)
