@@ -18,6 +18,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_npu
+from tvm_npu import conformance
+from tvm_npu.onnx_builder import reference_outputs
+from tvm_npu.registry import kernel
 from tvm_npu.runtime import load, make_inputs
 from tvm_npu.validate import validate
 
@@ -125,3 +128,17 @@ def test_pattern_runs_on_the_npu_and_matches_openvino(name, compiled_patterns):
     model = load(package)
     report = validate(model, [make_inputs(model.inputs, "random", seed) for seed in (1, 2)], device="CPU")
     assert report.passed, str(report)
+
+
+def test_broadcast_elementwise_is_exact_against_onnx_reference():
+    """npu.elementwise's broadcast examples (squeeze-excite, per-channel, lower-rank operands), integer for
+    integer against onnx's reference evaluator on the same QDQ model: the fixed-point rescale rounds as
+    QuantizeLinear does on every example."""
+    npu_kernel = kernel("npu.elementwise")
+    broadcast = [e for e in conformance.examples(npu_kernel, 0) if len({x.shape for x in e.inputs.values()}) > 1]
+    assert len(broadcast) >= 4
+    for example in broadcast:
+        case = conformance.prepare(npu_kernel, example)
+        ours = npu_kernel.reference(case.params, list(example.inputs.values()))
+        (spec,) = reference_outputs(example.model, example.inputs).values()
+        np.testing.assert_array_equal(ours, spec, err_msg=example.name)
