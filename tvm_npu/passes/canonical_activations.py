@@ -124,8 +124,8 @@ def _candidates(values: np.ndarray):
     at = {v: float(values[np.argmin(np.abs(grid - v))]) for v in (-1.0, 0.0, 1.0)}
     alpha_hs, beta_hs = at[1.0] - at[0.0], at[0.0]  # hard sigmoid: slope and offset at 0
     alpha_lr = -at[-1.0]  # leaky relu: f(-1) = -alpha
-    # a zero slope would turn clip(x, 0, 1) or Relu spellings into degenerate HardSigmoid / LeakyRelu
-    hard_sigmoid_ok, leaky_ok = alpha_hs > 0 and 0 < beta_hs < 1, alpha_lr != 0
+    # slopes 0 and 1 would turn clip(x, 0, 1), Relu or Identity chains into degenerate HardSigmoid / LeakyRelu
+    hard_sigmoid_ok, leaky_ok = alpha_hs > 0 and 0 < beta_hs < 1, alpha_lr not in (0.0, 1.0)
 
     def sigmoid(v):
         return 1 / (1 + np.exp(-v))
