@@ -81,7 +81,8 @@ def check(ann) -> str | None:
     taps = int(np.prod(w.shape[1:]))
     if accumulator_overflows(taps):
         return f"shape: {taps} taps per output overflow the int32 accumulator"
-    real = _input_scale(const_value(ann["x"].args[1]), conv) * w_scale.astype(np.float64) / float(const_value(ann["root"].args[1]))
+    out_scale = float(const_value(ann["root"].args[1]))
+    real = _input_scale(const_value(ann["x"].args[1]), conv) * w_scale.astype(np.float64) / out_scale
     return scale_problem(real, BIAS_FRACTION_BITS)
 
 

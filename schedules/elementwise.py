@@ -181,7 +181,8 @@ KERNEL = NpuKernel(
     limits=(
         'Add (or a two-input Sum) and Mul of two activations (no constant operand); ONNX broadcasting of either operand',
         'activations and output per tensor',
-        'rescale factors (input scale / output scale; for Mul, product of input scales / output scale) within the fixed-point range',
+        "rescale factors (input scale / output scale; for Mul, product of input scales / output scale) "
+        "within the fixed-point range",
     ),
     geometry=geometry,
     schedule=schedule,
