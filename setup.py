@@ -16,7 +16,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     # schedules/ sits at the top of the repository (one file per NPU kernel) and installs as tvm_npu.schedules.
-    packages=["tvm_npu", "tvm_npu.schedules"],
+    packages=["tvm_npu", "tvm_npu.schedules", "tvm_npu.passes"],
     package_dir={"tvm_npu": "tvm_npu", "tvm_npu.schedules": "schedules"},
     package_data={"tvm_npu": ["data/*.onnx"]},
     install_requires=[

@@ -109,12 +109,16 @@ def quantized_operator(
     *,
     out_dtype: str = "int8",
     activation: str | None = None,
+    opset: int = OPSET,
+    gated: bool = False,
     **attributes,
 ) -> Example:
     """`QuantizeLinear(activation(op_type(operands...)))` over dequantized integer inputs.
 
     An operand that is a list becomes several ONNX inputs of a variadic operator (Concat).
-    `activation` is None, "relu" or "relu6" (a Clip to [0, 6]); `attributes` are the ONNX node's.
+    `activation` is None, "relu" or "relu6" (a Clip to [0, 6]); `attributes` are the ONNX node's;
+    `opset` is raised for operators newer than OPSET (Mish: 18, Gelu: 20); `gated` multiplies the first
+    operand by the operator's result (SiLU is `x * Sigmoid(x)`).
     """
     nodes, inits, graph_inputs, values = [], [], [], {}
 
@@ -148,6 +152,9 @@ def quantized_operator(
             names.append(operand(item, f"x{index}"))
     nodes.append(helper.make_node(op_type, names, ["result"], **attributes))
     real = "result"
+    if gated:
+        nodes.append(helper.make_node("Mul", [names[0], real], ["gated"]))
+        real = "gated"
     if activation == "relu":
         nodes.append(helper.make_node("Relu", [real], ["activated"]))
         real = "activated"
@@ -162,7 +169,7 @@ def quantized_operator(
                                                      constant(np.array(zero_point, out_dtype), "y_zero_point")], ["y"]))
     output = helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype)), None)
     graph = helper.make_graph(nodes, name, graph_inputs, [output], inits)
-    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]))
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
     onnx.checker.check_model(model, full_check=True)
     return Example(name, model, values)
 

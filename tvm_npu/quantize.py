@@ -3,12 +3,15 @@
 Entry point: `quantize(model, inputs, calibration, seed)`, on the model as the load stage left it
 (its ONNX rewrites, `passes.ONNX_PASSES`, have folded constant subgraphs into initializers and
 BatchNormalization and per-channel constant Mul/Add into the preceding Conv: NNCF's ONNX backend folds
-neither). NNCF, OpenVINO's own post-training quantizer, calibrates it. The result is ONNX, so the package embeds exactly
-the model the reference runtime runs.
+neither, and activation functions spelled as several operators into one). NNCF, OpenVINO's own
+post-training quantizer, calibrates it, squeeze-excite blocks included, and activation functions then
+get the QDQ on their inputs that NNCF leaves out (`passes.QUANTIZE_PASSES`). The result is ONNX,
+so the package embeds exactly the model the reference runtime runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +21,7 @@ import onnx
 
 from .errors import NpuError, first_line
 from .frontend import TensorSpec
+from .passes import run_quantize_passes
 from .runtime import make_inputs, read_npz
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
@@ -52,7 +56,8 @@ def quantize(
             "the INT8 model's accuracy is unknown"
         )
         calibration = [make_inputs(list(inputs), "random", seed + i) for i in range(RANDOM_SAMPLES)]
-    return _nncf_quantize(_with_min_opset(model), calibration[:MAX_SAMPLES], overflow_fix)
+    model, samples = _with_min_opset(model), calibration[:MAX_SAMPLES]
+    return run_quantize_passes(_nncf_quantize(model, samples, overflow_fix), model, samples)
 
 
 def load_calibration(path: str | Path, inputs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
@@ -100,17 +105,35 @@ def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]],
     nncf.set_log_level(logging.ERROR)
     try:
         # NNCF shows its own progress bars ("Statistics collection", "Applying Fast Bias correction").
-        return nncf.quantize(
-            model,
-            nncf.Dataset(samples),
-            subset_size=len(samples),
-            # OpenVINO's CPU preset quantizes depthwise-conv inputs per channel; an integer NPU
-            # needs one scale per activation tensor, since channels are summed in one accumulator.
-            advanced_parameters=AdvancedQuantizationParameters(
-                activations_quantization_params=QuantizationParameters(per_channel=False),
-                overflow_fix=OverflowFix(overflow_fix),
-            ),
-        )
+        with _squeeze_excite_quantized():
+            return nncf.quantize(
+                model,
+                nncf.Dataset(samples),
+                subset_size=len(samples),
+                # OpenVINO's CPU preset quantizes depthwise-conv inputs per channel; an integer NPU
+                # needs one scale per activation tensor, since channels are summed in one accumulator.
+                advanced_parameters=AdvancedQuantizationParameters(
+                    activations_quantization_params=QuantizationParameters(per_channel=False),
+                    overflow_fix=OverflowFix(overflow_fix),
+                ),
+            )
     except Exception as err:  # noqa: BLE001 - NNCF raises many kinds on models it cannot handle
         raise NpuError(f"NNCF could not quantize the model ({first_line(err)}); "
                        "quantize it yourself to QDQ ONNX, or compile with --no-quantize") from None
+
+
+@contextlib.contextmanager
+def _squeeze_excite_quantized():
+    """NNCF without its SE_BLOCK ignored pattern, which keeps squeeze-excite's convolutions and gate
+    multiply in float (cheap on a CPU); on an integer NPU that float island keeps them on the host.
+    NNCF (pinned) has no parameter for it: the pattern leaves its registry for this call only."""
+    from nncf.common.graph.patterns.patterns import IgnoredPatternNames
+    from nncf.onnx.quantization.ignored_patterns import ONNX_IGNORED_PATTERNS
+
+    patterns = ONNX_IGNORED_PATTERNS.registry_dict
+    removed = patterns.pop(IgnoredPatternNames.SE_BLOCK, None)
+    try:
+        yield
+    finally:
+        if removed is not None:
+            patterns[IgnoredPatternNames.SE_BLOCK] = removed
