@@ -106,12 +106,14 @@ def quantized_operator(
     *,
     out_dtype: str = "int8",
     activation: str | None = None,
+    output_quantization: tuple[float, int] | None = None,
     **attributes,
 ) -> Example:
     """`QuantizeLinear(activation(op_type(operands...)))` over dequantized integer inputs.
 
     An operand that is a list becomes several ONNX inputs of a variadic operator (Concat).
     `activation` is None, "relu" or "relu6" (a Clip to [0, 6]); `attributes` are the ONNX node's.
+    `output_quantization` (scale, zero point) replaces the calibrated one (e.g. the input's, for a copy).
     """
     nodes, inits, graph_inputs, values = [], [], [], {}
 
@@ -154,7 +156,7 @@ def quantized_operator(
         real = "activated"
     elif activation is not None:
         raise ValueError(f"activation must be None, 'relu' or 'relu6', not {activation!r}")
-    scale, zero_point = _calibrate(nodes, graph_inputs, inits, real, values, out_dtype)
+    scale, zero_point = output_quantization or _calibrate(nodes, graph_inputs, inits, real, values, out_dtype)
     nodes.append(helper.make_node("QuantizeLinear", [real, constant(np.float32(scale), "y_scale"),
                                                      constant(np.array(zero_point, out_dtype), "y_zero_point")], ["y"]))
     output = helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype)), None)
