@@ -42,7 +42,7 @@ from onnx.reference import ReferenceEvaluator
 from tvm import te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.fixed_point import multiplier, requantization_table, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import CALIBRATION_OPSET, Constant, quantized_operator, random_activation
 from tvm_npu.perf import Geometry, Tiles
 from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, dequantized_tensor, per_tensor_problem
@@ -147,15 +147,6 @@ def params(comp: Composite) -> KernelParams:
     mult, shift = multiplier(sx / (sy * dy * dx))
     attrs.update(dy=dy, dx=dx, mult=int(mult), shift=int(shift))
     return KernelParams(attrs, [*rows, *cols])
-
-
-def requantization_table(function, sx: float, zx: int, sy: float, zy: int, in_dtype: str, out_dtype: str) -> np.ndarray:
-    """Q(function(DQ(q))) for every input integer q (index q - qmin), in float32 as the QDQ graph computes it
-    and rounding half to even as QuantizeLinear does."""
-    info, out = np.iinfo(in_dtype), np.iinfo(out_dtype)
-    real = (np.arange(info.min, info.max + 1, dtype=np.int64) - zx).astype(np.float32) * np.float32(sx)
-    q = np.round(function(real) / np.float32(sy)).astype(np.int64) + zy
-    return np.clip(q, out.min, out.max).astype(out_dtype)
 
 
 def compute(p: KernelParams, inputs):
