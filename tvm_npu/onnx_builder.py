@@ -47,9 +47,10 @@ class Weight:
 
 @dataclass(frozen=True)
 class Constant:
-    """A float constant operand (a bias, a Clip bound)."""
+    """A constant operand: float (a bias, a Clip bound) or, with `dtype`, a shape-like operand (int64)."""
 
     values: np.ndarray | float
+    dtype: str = "float32"
 
 
 @dataclass
@@ -137,7 +138,7 @@ def quantized_operator(
                                                                constant(scale, f"{label}_scale")],
                                           [f"{label}_real"], axis=item.axis))
             return f"{label}_real"
-        return constant(np.asarray(item.values, np.float32), label)
+        return constant(np.asarray(item.values, item.dtype), label)
 
     names = []
     for index, item in enumerate(operands):
