@@ -14,6 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
+from .passes.split_as_slices import split_as_slices
 from .quantize import per_channel
 from .registry import Composite, kernels, op_name
 
@@ -33,6 +34,7 @@ def partition(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[dict]]:
     mod = _update_main(mod, _ScalarQuantizationParameters)
     mod = _update_main(mod, _ClipAsRelaxOp)
     mod = _update_main(mod, _SumAsAdd)
+    mod = split_as_slices(mod)
     mod = _requantize_value_preserving(mod)
     mod = _update_main(mod, _ConcatOfDequantized)
     mod = _update_main(mod, _ChannelAffineChain)
@@ -432,6 +434,8 @@ class _Graph:
 def _cpu_reason(op: str, var, value, anchors: dict[str, str], rejections: dict[str, str], graph: _Graph) -> str:
     if var.name in rejections:
         return rejections[var.name]
+    if var in graph.constant:  # a weight's dequantize, a bias reshape: FoldConstant computes it at compile time
+        return "constant: computed at compile time"
     if op in _QDQ:
         return "quantization boundary between NPU integers and CPU floats"
     if op == "relax.concat" and str(value.ty.dtype) in ("int8", "uint8"):  # written by _ConcatOfDequantized
