@@ -17,7 +17,7 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation, random_weight
-from tvm_npu.perf import Geometry, Tiles, window_span
+from tvm_npu.tiling import Geometry, Tiles, window_span
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -176,7 +176,7 @@ def tensors(p: KernelParams, x: te.Tensor, tag: str = ""):
     # The padded (and upsampled) input stays 8-bit and pads with zx (real 0): it is the tile the SRAM
     # schedule stages. It ends at the last row and column a window reads (window_span), not at the padded edge: rows past
     # the last window (a stride that does not divide the padded height) widen the short last row tile's
-    # predicate beyond what the tile reads, and TVM then compacts Xp's SRAM buffer past perf.footprint.
+    # predicate beyond what the tile reads, and TVM then compacts Xp's SRAM buffer past tiling.footprint.
     (uh, uw), (up_h, up_w) = a["upsample"], upsampled(a, height, width)
 
     def inside(i, pad, up, extent):
@@ -239,10 +239,14 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
 
 
 def geometry(p: KernelParams, inputs) -> Geometry:
-    ((x_shape, x_dtype),) = inputs
-    a, w = p.attrs, p.consts[0]
-    n, o, oh, ow = out_shape(a, x_shape, w.shape)
-    return Geometry("conv2d", n, x_shape[1], *upsampled(a, *x_shape[2:]), o, oh, ow, tuple(w.shape[2:]),
+    ((x_shape, _),) = inputs
+    return conv_geometry(p.attrs, x_shape, p.consts[0].shape)
+
+
+def conv_geometry(a: dict, x_shape, w_shape) -> Geometry:
+    """The geometry of a convolution of these attributes and shapes (npu.conv2d_csr's too)."""
+    n, o, oh, ow = out_shape(a, x_shape, w_shape)
+    return Geometry("conv2d", n, x_shape[1], *upsampled(a, *x_shape[2:]), o, oh, ow, tuple(w_shape[2:]),
                     tuple(a["strides"]), tuple(a["dilation"]), tuple(a["padding"]), a["groups"])
 
 

@@ -44,7 +44,7 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import multiplier, requantization_table, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import CALIBRATION_OPSET, Constant, quantized_operator, random_activation
-from tvm_npu.perf import Geometry, Tiles
+from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, dequantized_tensor, per_tensor_problem
 from tvm_npu.schedules.elementwise import row_axis, stream_geometry
 from tvm_npu.sram import stream_tiles

@@ -94,7 +94,7 @@ def source_hash() -> str:
 def fp32_model(name: str) -> onnx.ModelProto:
     """The FP32 model of the benchmark `name`, with seeded random weights and constants folded."""
     from tvm_npu import zoo
-    from tvm_npu.quantize import fold_constants
+    from tvm_npu.passes import fold_constants
 
     if name == "default":
         return onnx.load(zoo.default_model_path())

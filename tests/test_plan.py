@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tvm_npu
 from tvm_npu.errors import NpuError
-from tvm_npu.perf import Geometry, Tiles, footprint
+from tvm_npu.build import pass_context
+from tvm_npu.tiling import Geometry, Tiles, footprint
 from tvm_npu.plan import LayerPlan, _choose, choose_tiles
 from tvm_npu.registry import kernel, kernels
 from tvm_npu.sram import prove_footprint
@@ -26,7 +27,7 @@ def _run_scheduled(name, params, inputs, tiles):
     npu_kernel = kernel(name)
     specs = [(x.shape, str(x.dtype)) for x in inputs]
     scheduled = npu_kernel.schedule(npu_kernel.primfunc("k", params, specs), tiles)
-    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+    with pass_context():
         lib = tvm.compile(tvm.IRModule({"k": scheduled}), target=TARGET)
     expected = npu_kernel.reference(params, inputs)
     out = tvm.runtime.empty(expected.shape, str(expected.dtype))

@@ -6,14 +6,14 @@ the next conv can run inside the consumer's loop over output row bands: per band
 the rows the consumer needs into an SRAM intermediate (the consumer's padded input, all channels,
 8-bit), a rolling buffer, so halo rows are computed once and the intermediate never goes to DRAM.
 Both layers' weights stay resident in SRAM. Each candidate band height whose footprint
-(`perf.cascade_footprint`) fits (`band_heights`) is costed with `perf.cascade_cost` against the two
+(`tiling.cascade_footprint`) fits (`band_heights`) is costed with `perf.cascade_cost` against the two
 layers' own planned tilings; a pair fuses when its DRAM traffic drops (ties: fewer cycles).
 With tuning records (`tvmc tune --cascade`: one task per distinct pair, `task_key`, its knob the band
 height) the records decide instead where they cover the pair: it fuses, with the recorded band
 height, when its best cascade record costs less than the two layers' best records together. Records
 first, then pairs with the largest saving first; each layer in at most one cascade.
 
-`primfunc` is the cascade's lowering (called by `lower`): the consumer's TE compute composed on
+`primfunc` is the cascade's lowering (`lower.lower_cascade` proves its footprint): the consumer's TE compute composed on
 the producer's output in ONE PrimFunc, the consumer scheduled in row bands, every producer stage
 `compute_at` the band loop in SRAM, and `s_tir.Schedule.rolling_buffer` on the buffers whose
 bands overlap.
@@ -26,20 +26,13 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax, s_tir, te, tirx
 
-from .perf import (
-    Geometry,
-    LayerCost,
-    cascade_cost,
-    cascade_footprint,
-    cascade_rolls,
-    extended_producer,
-    layer_cost,
-)
+from .perf import LayerCost, cascade_cost, layer_cost
 from .plan import LayerPlan, task_key as layer_task_key
 from .records import CASCADE_TASK
 from .registry import KernelParams, kernel
 from .sram import SRAM_SCOPE, double_buffer
 from .target import NpuConfig
+from .tiling import Geometry, cascade_footprint, cascade_rolls, extended_producer
 
 KERNELS = ("npu.conv2d",)  # kernels with a `tensors` compute the cascade schedule below knows how to fuse
 
@@ -177,19 +170,18 @@ def _best(producer: LayerPlan, consumer: LayerPlan, config: NpuConfig) -> tuple[
     return rows, sum(cascade_footprint(g1, g2, rows).values()), _dram(*apart) - _dram(*fused)
 
 
-def primfunc(fused: Cascade, params: tuple[KernelParams, KernelParams], x_spec: tuple[tuple[int, ...], str]) -> tvm.tirx.PrimFunc:
-    """The cascade as ONE scheduled PrimFunc(x, producer constants..., consumer constants..., out)."""
-    func = compute(fused.producer, fused.consumer, params, x_spec)
-    return schedule(func, fused.producer.geometry, fused.consumer.geometry, fused.rows)
+def primfunc(producer: LayerPlan, consumer: LayerPlan, rows: int) -> tvm.tirx.PrimFunc:
+    """The cascade as ONE PrimFunc(x, producer constants..., consumer constants..., out) in bands of `rows`."""
+    return schedule(compute(producer, consumer), producer.geometry, consumer.geometry, rows)
 
 
-def compute(producer: LayerPlan, consumer: LayerPlan, params: tuple[KernelParams, KernelParams],
-            x_spec: tuple[tuple[int, ...], str]) -> tvm.tirx.PrimFunc:
+def compute(producer: LayerPlan, consumer: LayerPlan) -> tvm.tirx.PrimFunc:
     """The pair's unscheduled PrimFunc: the consumer's TE compute on the producer's output."""
     producer_kernel, consumer_kernel = kernel(producer.kernel), kernel(consumer.kernel)
-    p1, p2 = params
+    p1, p2 = producer.params, consumer.params
+    (x_spec,) = producer.inputs
     g1, g2 = producer.geometry, consumer.geometry
-    # The producer runs over the consumer's padded rows (see perf.extended_producer); the consumer reads the
+    # The producer runs over the consumer's padded rows (see tiling.extended_producer); the consumer reads the
     # real rows through a row-shifted view, which inlines away, so its padded input indexes the producer rows 1:1.
     px = extended_producer(g1, g2)
     extended = KernelParams(p1.attrs | {"padding": px.padding}, p1.consts)

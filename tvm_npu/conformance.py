@@ -31,14 +31,17 @@ import onnx
 import tvm
 from tvm import relax
 
+from .build import pass_context
+from .errors import NpuError
 from .frontend import import_onnx, load_onnx
+from .lower import lower_layer
 from .onnx_builder import Example, reference_outputs
 from .partition import partition
-from .perf import Tiles, estimate, footprint, layer_cost, roofline
+from .perf import estimate, layer_cost, roofline
 from .plan import candidates, plan
 from .registry import Composite, KernelParams, NpuKernel, kernel, kernels
-from .sram import prove_footprint
 from .target import PRESETS, NpuConfig
+from .tiling import Tiles, footprint
 from .validate import compare, openvino_outputs, quantization_steps
 
 # Seeds of the default run (tests/conformance) and of the sweep (`-m slow`).
@@ -147,8 +150,7 @@ def first_difference(ours: np.ndarray, expected: np.ndarray) -> str | None:
 
 def run_primfunc(prim: tvm.tirx.PrimFunc, case: Case, config: NpuConfig) -> np.ndarray:
     """Builds one kernel PrimFunc for the host as `tvm_npu.build` does and runs it on the case's inputs."""
-    # As in tvm_npu.build: StorageRewrite would merge SRAM tile buffers of mixed dtypes.
-    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+    with pass_context():
         lib = tvm.compile(tvm.IRModule({"kernel": prim}), target=config.tvm_target())
     out = tvm.runtime.empty(case.expected.shape, str(case.expected.dtype))
     operands = [np.ascontiguousarray(a) for a in list(case.inputs) + list(case.params.consts)]
@@ -167,8 +169,8 @@ def check_exact(case: Case, prim: tvm.tirx.PrimFunc, config: NpuConfig, schedule
 
 
 def check_default(case: Case) -> None:
-    config = PRESETS["mid"]
-    check_exact(case, case.kernel.primfunc("kernel", case.params, _specs(case)), config, "default schedule")
+    prim, _ = lower_layer(case.kernel, case.params, _specs(case), None, symbol="kernel")
+    check_exact(case, prim, PRESETS["mid"], "default schedule")
 
 
 def uneven_tiles(geometry, config: NpuConfig) -> Tiles | None:
@@ -218,12 +220,13 @@ def _check_tiling(case: Case, configs: list[NpuConfig], geometry, tiles: Tiles) 
     presets = ", ".join(f"npu/{c.name}" for c in configs)
     what = f"tiles {tiles.describe()} ({presets})"
     planned = sum(footprint(geometry, tiles).values())
-    prim = case.kernel.schedule(case.kernel.primfunc("kernel", case.params, _specs(case)), tiles)
-    proof = prove_footprint(prim)
     smallest = min(c.sram_bytes for c in configs)
-    if not proof.total <= planned <= smallest:
-        raise ConformanceError(f"{case.where()}, {what}: the lowered TIR allocates {proof.total} B of SRAM "
-                               f"{dict(proof.buffers)}, planned {planned} B, the smallest SRAM is {smallest} B")
+    try:
+        prim, proof = lower_layer(case.kernel, case.params, _specs(case), tiles, planned, smallest, "kernel")
+    except NpuError as err:
+        raise ConformanceError(f"{case.where()}, {what}: {err}") from err
+    if planned > smallest:
+        raise ConformanceError(f"{case.where()}, {what}: planned {planned} B, the smallest SRAM is {smallest} B")
     check_exact(case, prim, configs[0], what)
     return f"{what}: exact, SRAM proven {proof.total} B <= planned {planned} B <= {smallest} B"
 

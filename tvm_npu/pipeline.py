@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tvm
-from tvm import relax
 
 from . import __version__
 from .atomic import atomic_output, check_output_path
@@ -27,6 +26,7 @@ from .frontend import ImportedModel, OnnxModel, import_onnx, load_onnx
 from .lower import lower
 from .package import PackageMetadata, write_package
 from .partition import partition
+from .passes import LOWERED_PASSES, run_relax_passes
 from .perf import estimate
 from .plan import plan, task_key
 from .quantize import is_quantized, load_calibration, quantize
@@ -88,7 +88,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
         with _timed(seconds, "cascade"):
             find_cascades(mod, layers, config, best)
     with _timed(seconds, "lower"):
-        mod = relax.transform.FoldConstant()(lower(mod, layers, config.sram_bytes))
+        mod = run_relax_passes(lower(mod, layers, config.sram_bytes), LOWERED_PASSES)
     for layer in layers:
         if layer.placement == "cpu":
             operators[layer.row].update(runs_on="cpu", reason=layer.reason)

@@ -3,7 +3,7 @@
 Entry point: `plan(mod, config, allow_cpu_fallback=False) -> list[LayerPlan]`, on the
 partitioned module (before `lower`). For a kernel with a `geometry`, it enumerates tilings
 (output rows x output channels per tile, weights-outer or rows-outer loop order), keeps those
-whose double-buffered footprint (`perf.footprint`) fits `config.sram_bytes`, and picks the one
+whose double-buffered footprint (`tiling.footprint`) fits `config.sram_bytes`, and picks the one
 with the least modelled DRAM traffic, then the fewest modelled cycles (traffic first makes
 "a larger SRAM never increases DRAM traffic" hold by construction: a larger SRAM only adds
 candidates). Tuning records (`tvmc tune`, `tvm_npu.tune`) replace that choice per task
@@ -27,10 +27,11 @@ import tvm
 from tvm import relax
 
 from .errors import NpuError
-from .perf import Geometry, Tiles, footprint, inner_trips, layer_cost, outer_trips
-from .registry import Composite, kernel, variants
+from .perf import layer_cost
+from .registry import Composite, KernelParams, TensorSpec, kernel, variants
 from .sparse import SPARSE_MODES, zero_fraction
 from .target import NpuConfig
+from .tiling import Geometry, Tiles, footprint, inner_trips, outer_trips
 
 
 @dataclass
@@ -50,6 +51,9 @@ class LayerPlan:
     cascade: object = None  # tvm_npu.cascade.Cascade fusing this layer with its neighbour, if any
     label: str = ""  # what reports call the layer: its ONNX node, else kind and index ("pool_2")
     tuned: bool = False  # tiles from tuning records instead of the planner's choice
+    # What `lower` builds the kernel from: its integer parameters (of the chosen variant) and its inputs.
+    params: KernelParams | None = field(default=None, compare=False, repr=False)
+    inputs: list[TensorSpec] = field(default_factory=list, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -85,7 +89,7 @@ def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False,
             kind = npu_kernel.name.removeprefix("npu.")
             per_kind[kind] = per_kind.get(kind, -1) + 1
             layer = LayerPlan(binding.var.name, call.op.name_hint, npu_kernel.name, row=row,
-                              stream=_stream(params, inputs, call),
+                              stream=_stream(params, inputs, call), params=params, inputs=inputs,
                               label=composite.onnx_name() or f"{kind}_{per_kind[kind]}")
             if npu_kernel.geometry is not None:
                 layer.geometry = npu_kernel.geometry(params, inputs)  # None: this instance cannot be tiled
@@ -182,7 +186,7 @@ def _choose_variant(layer: LayerPlan, base, params, inputs, config: NpuConfig, s
         if tiles is None:
             layer.weights["reason"] = f"{variant.name}: no tiling fits the SRAM"
         elif sparse == "force" or key < dense_key:
-            layer.kernel, layer.geometry = variant.name, geometry
+            layer.kernel, layer.geometry, layer.params = variant.name, geometry, own
             layer.weights.update(kernel=variant.name, encoded=layer.weights[f"{variant.name}_bytes"],
                                  reason=f"--sparse {sparse}" if sparse == "force" else "modelled win")
             return

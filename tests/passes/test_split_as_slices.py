@@ -1,4 +1,4 @@
-"""passes/split_as_slices: a Split of an int8 tensor (YOLOv8's C2f) runs as one npu.move copy per part,
+"""passes.split_as_slices: a Split of an int8 tensor (YOLOv8's C2f) runs as one npu.move copy per part,
 bit-exact (a copy moves the integers unchanged)."""
 
 from __future__ import annotations
