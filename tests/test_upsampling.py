@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tvm_npu
 from tvm_npu.conformance import examples, prepare
-from tvm_npu.onnx_builder import reference_outputs
+from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation, reference_outputs
 from tvm_npu.registry import kernel
 from tvm_npu.validate import validate
 
@@ -111,3 +111,17 @@ def test_bilinear_resize_differs_from_onnx_reference_only_at_ties(name):
     at_tie = np.abs(np.abs(steps - np.floor(steps)) - 0.5) < 1e-4
     assert np.all(at_tie[differ]), f"{np.count_nonzero(differ & ~at_tie)} elements differ away from a tie"
     assert differ.sum() <= at_tie.sum()
+
+
+def test_unsupported_resize_mode_runs_on_the_cpu_with_its_reason(tmp_path):
+    """A cubic Resize between QuantizeLinear/DequantizeLinear compiles, runs on the CPU, and the offload
+    report names the mode."""
+    example = quantized_operator("cubic", "Resize", [random_activation(np.random.default_rng(0), (1, 2, 3, 4)),
+                                                     Constant(np.zeros(0)), Constant(np.array([1, 1, 2, 2]))],
+                                 np.random.default_rng(0), mode="cubic")
+    onnx.save(example.model, tmp_path / "cubic.onnx")
+    result = tvm_npu.compile(tmp_path / "cubic.onnx", output=tmp_path / "cubic.tar", target="npu/micro")
+    (row,) = [row for row in result.metadata.extra["operators"] if row["ops"] == ["relax.image.resize2d"]]
+    assert row["runs_on"] == "cpu" and row["reason"] == "attribute: Resize mode cubic (the NPU resizes nearest and linear)"
+    out = tvm_npu.load(result.package_path).run(example.inputs)
+    assert out["y"].shape == (1, 2, 6, 8)
