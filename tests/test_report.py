@@ -32,12 +32,13 @@ def cnn_package(tmp_path_factory):
 
 def test_metadata_holds_plan_and_estimates(cnn_package):
     extra = cnn_package.metadata.extra
-    npu = [layer for layer in extra["layers"] if layer["placement"] == "npu"]
+    # every kind is SRAM-tiled but npu.move (the flatten before the classifier), a DRAM-to-DRAM DMA copy
+    npu = [layer for layer in extra["layers"] if layer["placement"] == "npu" and layer["kernel"] != "npu.move"]
     assert {layer["kernel"] for layer in npu} >= {"npu.conv2d", "npu.pool", "npu.elementwise"}
-    assert all(layer["tiles"] and layer["sram_proven"] == layer["sram_planned"] for layer in npu)  # every kind tiled
+    assert all(layer["tiles"] and layer["sram_proven"] == layer["sram_planned"] for layer in npu)
     perf = extra["performance"]
     assert len(perf["layers"]) == len(extra["layers"])
-    assert not any(row["tiles"] == "not tiled" for row in perf["layers"])
+    assert {row["kernel"] for row in perf["layers"] if row["tiles"] == "not tiled"} <= {"npu.move"}
     for row in perf["layers"]:
         assert row["cycles"] >= row["roofline_cycles"] - 1e-9
     summary = perf["summary"]

@@ -101,6 +101,8 @@ def _shape(expr) -> list[int]:
 def _cpu_reason(op: str, var, value, anchors: dict[str, str], rejections: dict[str, str], graph: DataflowGraph) -> str:
     if var.name in rejections:
         return rejections[var.name]
+    if var in graph.constant:  # a weight's dequantize, a bias reshape: FoldConstant computes it at compile time
+        return "constant: computed at compile time"
     if op in QDQ_OPS:
         return "quantization boundary between NPU integers and CPU floats"
     if op == "relax.concat" and str(value.ty.dtype) in ("int8", "uint8"):  # written by passes.concat_of_dequantized

@@ -31,6 +31,7 @@ from .fold_shapes import fold_shapes
 from .quantize_activations import quantize_activations
 from .requantize_value_preserving import requantize_value_preserving
 from .scalar_quantization_parameters import scalar_quantization_parameters
+from .split_as_slices import split_as_slices
 from .sum_as_add import sum_as_add
 
 ONNX_PASSES = [
@@ -46,6 +47,7 @@ RELAX_PASSES = [
     scalar_quantization_parameters,  # first: every later rewrite reads per-tensor parameters as scalars
     clip_as_relax_op,
     sum_as_add,
+    split_as_slices,  # before requantize_value_preserving: it re-quantizes each part
     requantize_value_preserving,
     concat_of_dequantized,
     channel_affine_chain,  # after concat_of_dequantized: a BatchNorm after a concat reads its dequantize
