@@ -4,14 +4,20 @@ For a 1024x1024 dense layer (one input row) and a 3x3 256->256 convolution (14x1
 each sparsity prunes the same random int8 weights by magnitude; both kernels are planned for the
 target (SRAM tiles as `tvmc compile` would), built, checked equal to each other and timed in
 the same run with TVM's time_evaluator. Weight bytes: dense int8 vs CSR (values + indices + row pointers).
+Writes the table README's "Sparse weights" section shows to results/sparse.md (and its rows to
+results/sparse.json); `--out` names another folder.
 """
 
 import argparse
+import json
+import time
+from pathlib import Path
 
 import numpy as np
 import tvm
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier
+from tvm_npu.atomic import atomic_output
 from tvm_npu.build import pass_context
 from tvm_npu.lower import lower_layer
 from tvm_npu.perf import layer_cost
@@ -21,6 +27,8 @@ from tvm_npu.registry import KernelParams, kernel
 from tvm_npu.target import resolve_target
 
 SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95)
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def layers(rng):
@@ -66,7 +74,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="npu", help="NPU preset for tiles and the model (default: npu)")
     parser.add_argument("--repeat", type=int, default=20, help="time_evaluator repeats (default: 20)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"folder of sparse.md and sparse.json (default: {RESULTS})")
     args = parser.parse_args(argv)
+    rows = []
     config = resolve_target(args.target)
     rng = np.random.default_rng(0)
     print(f"npu/{config.name}; host latency: median of {args.repeat} time_evaluator repeats, same run")
@@ -93,7 +103,32 @@ def main(argv=None) -> int:
             print(f"{label:<26}{100 * sparsity:>8.0f}%{d_ms:>10.3f}{c_ms:>9.3f}{d_ms / c_ms:>8.2f}x"
                   f"{d_cyc:>11.0f}{c_cyc:>11.0f}{d_cyc / c_cyc:>9.2f}x{dense_bytes:>10}{csr_bytes:>10}"
                   f"{dense_bytes / csr_bytes:>8.2f}x", flush=True)
+            rows.append({"layer": label, "zeros": sparsity, "dense_ms": d_ms, "csr_ms": c_ms, "dense_cycles": d_cyc,
+                         "csr_cycles": c_cyc, "dense_bytes": dense_bytes, "csr_bytes": csr_bytes})
+    settings = {"target": f"npu/{config.name}", "repeat": args.repeat, "date": time.strftime("%Y-%m-%d")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(args.out / "sparse.json") as stream:
+        stream.write(json.dumps({"settings": settings, "rows": rows}, indent=2).encode())
+    with atomic_output(args.out / "sparse.md") as stream:
+        stream.write(render(settings, rows).encode())
     return 0
+
+
+def render(settings: dict, rows: list[dict]) -> str:
+    """The Markdown table of README's "Sparse weights" section."""
+    lines = [f"Measured {settings['date']} (`python scripts/bench_sparse.py --repeat {settings['repeat']}`, "
+             f"{settings['target']}; host latencies are noisy, both kernels timed in the same run; every output checked exact):",
+             "", "| layer | zeros | dense ms | CSR ms | host speedup | model cycles dense / CSR | weight bytes dense / CSR |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    previous = None
+    for r in rows:
+        cycles, size = r["dense_cycles"] / r["csr_cycles"], r["dense_bytes"] / r["csr_bytes"]
+        lines.append(f"| {'' if r['layer'] == previous else r['layer']} | {100 * r['zeros']:.0f} % | {r['dense_ms']:.3f} | "
+                     f"{r['csr_ms']:.3f} | {r['dense_ms'] / r['csr_ms']:.2f}x | "
+                     f"{r['dense_cycles']:.0f} / {r['csr_cycles']:.0f}{f' ({cycles:.2f}x)' if cycles > 1 else ''} | "
+                     f"{r['dense_bytes']} / {r['csr_bytes']}{f' ({size:.2f}x)' if size > 1 else ''} |")
+        previous = r["layer"]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@ tuning_logs/README.md), with OpenVINO CPU on the same QDQ model for scale.
     python scripts/tuned_models.py [--repeat 30] [tuning_logs/NAME.json ...]
 
 Each log's model is compiled twice (planner's tiles, then `--tuning-records`); both packages
-run the same random input and must agree bit for bit.
+run the same random input and must agree bit for bit. Each measured log's row replaces its row in
+results/tuned_models.json, and the table of all rows is written to results/tuned_models.md (what
+tuning_logs/README.md embeds), so one log can be re-measured alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections import Counter
@@ -19,11 +22,13 @@ import numpy as np
 import openvino as ov
 
 import tvm_npu
+from tvm_npu.atomic import atomic_output
 from tvm_npu.records import file_sha256, read_log
 from tvm_npu.runtime import make_inputs
 from tvm_npu.zoo import default_model_path, light_model_path
 
 LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "tuned_models.md"
 
 
 def model_path(name: str) -> Path:
@@ -71,21 +76,34 @@ def measure(log: Path, repeat: int, folder: Path) -> dict:
     return row
 
 
+def render(rows: dict[str, dict]) -> str:
+    """The table of tuning_logs/README.md: NPU-model runner first, then by model."""
+    lines = ["| model | target | runner | NPU-model cycles default | tuned | fewer | roofline bound | host ms default | tuned "
+             "| OpenVINO CPU ms | outputs identical | reproduce |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in sorted(rows.values(), key=lambda r: (r["runner"] != "npu-model", r["runner"], r["model"])):
+        lines.append(f"| {r['model']} | {r['target']} | {r['runner']} | {r['default_cycles']:.0f} | {r['tuned_cycles']:.0f} | "
+                     f"{r['default_cycles'] / r['tuned_cycles']:.2f}x | {r['roofline_cycles']:.0f} | "
+                     f"{r['default_ms']:.2f} | {r['tuned_ms']:.2f} | "
+                     f"{r['openvino_ms']:.2f} | {'yes' if r['exact'] else 'NO'} | `{r['command']}` |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logs", nargs="*", type=Path, default=sorted(LOGS.glob("*.json")))
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
-    print("| model | target | runner | NPU-model cycles default | tuned | fewer | roofline bound | host ms default | tuned "
-          "| OpenVINO CPU ms | outputs identical | reproduce |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    saved = json.loads(RESULTS.with_suffix(".json").read_text()) if RESULTS.with_suffix(".json").is_file() else {"rows": {}}
     for log in args.logs:
         with tempfile.TemporaryDirectory() as folder:
-            r = measure(log, args.repeat, Path(folder))
-        print(f"| {r['model']} | {r['target']} | {r['runner']} | {r['default_cycles']:.0f} | {r['tuned_cycles']:.0f} | "
-              f"{r['default_cycles'] / r['tuned_cycles']:.2f}x | {r['roofline_cycles']:.0f} | "
-              f"{r['default_ms']:.2f} | {r['tuned_ms']:.2f} | "
-              f"{r['openvino_ms']:.2f} | {'yes' if r['exact'] else 'NO'} | `{r['command']}` |", flush=True)
+            saved["rows"][log.name] = measure(log, args.repeat, Path(folder)) | {"date": time.strftime("%Y-%m-%d"),
+                                                                               "repeat": args.repeat}
+        with atomic_output(RESULTS.with_suffix(".json")) as stream:  # each row as soon as it is measured
+            stream.write(json.dumps(saved, indent=2).encode())
+        with atomic_output(RESULTS) as stream:
+            stream.write(render(saved["rows"]).encode())
+    print(render(saved["rows"]), end="")
 
 
 if __name__ == "__main__":
