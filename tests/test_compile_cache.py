@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import inspect
 import io
+import os
+import pty
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -18,6 +25,7 @@ import tvm
 import tvm_npu
 import tvm_npu.cli
 from conftest import make_conv_model
+from test_int8_end_to_end import make_small_cnn
 from tvm_npu import cache
 from tvm_npu.package import read_package
 from tvm_npu.target import resolve_target
@@ -57,6 +65,16 @@ def test_hit_copies_the_identical_package(conv_model, cache_folder, tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(tvm_npu.load(second.package_path).run({"x": x})["y"],
                                   tvm_npu.load(first.package_path).run({"x": x})["y"])
+
+
+def test_an_unusable_cache_folder_is_said_and_the_compile_goes_on(conv_model, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv(cache.CACHE_DIR_VARIABLE, str(tmp_path / "a_file" / "cache"))
+    result = tvm_npu.compile(conv_model, tmp_path / "model.tar", cache=True, **FAST)
+    assert "build" in result.stage_seconds
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: cannot use the compile cache") and cache.CACHE_DIR_VARIABLE in line
+    read_package(result.package_path)
 
 
 def test_library_calls_do_not_cache_by_default(conv_model, cache_folder, tmp_path):
@@ -235,6 +253,29 @@ def test_progress_shows_stages_on_a_terminal_and_quiet_silences_it(conv_model, t
     monkeypatch.setattr(sys, "stderr", quiet)
     assert tvmc("compile", conv_model, "-o", tmp_path / "b.tar", "-q", *options) == 0
     assert quiet.getvalue() == ""
+
+
+def test_progress_on_a_real_terminal_shows_a_bar_over_the_layers_being_lowered(tmp_path):
+    """`tvmc compile` with stderr on a pseudo-terminal (80 columns: tqdm draws nothing on a 0-column one)."""
+    model = make_small_cnn(tmp_path / "cnn.onnx")
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "tvm_npu", "compile", str(model), "-o",
+                                str(tmp_path / "a.tar"), "--target", "npu/micro", "--no-cache"],
+                               stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the compile closed its end
+        while chunk := os.read(controller, 1 << 16):
+            shown += chunk
+    os.close(controller)
+    out = process.communicate(timeout=300)[0].decode()
+    assert process.returncode == 0, shown
+    stages = re.findall(r"\[ *[0-9.]+ s\] (\w+)", shown.decode())
+    assert stages == ["load", "quantize", "import", "partition", "plan", "lower", "build", "package"], shown
+    layers = len(read_package(tmp_path / "a.tar", load_library=False).metadata.extra["layers"])
+    assert layers > 1 and re.search(rf"lower: 100%\|.*\| {layers}/{layers} ", shown.decode()), shown
+    assert out.splitlines()[-1].startswith("  Inferences/s")  # stdout is tvmc's usual report
 
 
 def test_no_progress_when_stderr_is_not_a_terminal(conv_model, tmp_path, capsys):

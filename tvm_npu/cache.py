@@ -4,8 +4,9 @@ An entry is keyed by the SHA-256 of everything that decides the package: the mod
 resolved NPU configuration, every other `compile` argument (file arguments by their bytes: the
 calibration data, the tuning records), the TVM version and the bytes of tvm_npu's own code and of
 the kernels on $TVM_NPU_KERNEL_PATH (so an edited kernel misses, not just a new release). Entries live
-in $TVM_NPU_COMPILE_CACHE if set, else $XDG_CACHE_HOME/tvm_npu/compile (default ~/.cache): `<key>.tar` (the package) and `<key>.json` (its
-SHA-256, written last, so an entry without one is incomplete). A compile holds `<key>.lock`
+in $TVM_NPU_COMPILE_CACHE if set, else $XDG_CACHE_HOME/tvm_npu/compile (default ~/.cache):
+`<key>.tar` (the package) and `<key>.json` (its SHA-256, written last, so an entry without one is
+incomplete). A compile holds `<key>.lock`
 (fcntl.flock) while it looks up or fills its entry: a concurrent compile of the same model waits and
 then copies the entry the first one wrote. An entry whose bytes no longer match its hash is removed and
 rebuilt, never copied.
@@ -27,6 +28,8 @@ from pathlib import Path
 import tvm
 
 from .atomic import atomic_output
+from .errors import first_line
+from .records import file_sha256
 from .registry import kernel_path_files
 from .target import NpuConfig, resolve_target
 
@@ -58,7 +61,13 @@ def cached(arguments: dict, build: Callable[[Path], dict[str, float]]) -> dict[s
     if key is None:
         return build(output)
     entry = Entry(cache_dir(), key)
-    entry.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        entry.folder.mkdir(parents=True, exist_ok=True)
+        entry.lock_path.touch()
+    except OSError as err:
+        print(f"warning: cannot use the compile cache {entry.folder} ({first_line(err)}); compiling without it "
+              f"(set ${CACHE_DIR_VARIABLE} to a writable folder, or pass --no-cache)", file=sys.stderr)
+        return build(output)
     with entry.locked():
         start = time.perf_counter()
         if entry.copy_to(output):
@@ -81,7 +90,7 @@ def cache_key(arguments: dict) -> str | None:
         if name in FILE_ARGUMENTS and value is not None:
             if not Path(value).is_file():
                 return None
-            value = file_digest(Path(value))
+            value = file_sha256(Path(value))
         elif name == "target":
             value = resolve_target(value).to_dict()
         keyed[name] = value
@@ -96,15 +105,7 @@ def code_digest() -> str:
     digest = hashlib.sha256()
     for path in [*files, *kernel_path_files()]:
         digest.update(f"{path.relative_to(package) if path.is_relative_to(package) else path}\0".encode())
-        digest.update(file_digest(path).encode())
-    return digest.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(_BLOCK), b""):
-            digest.update(block)
+        digest.update(file_sha256(path).encode())
     return digest.hexdigest()
 
 
@@ -153,7 +154,7 @@ class Entry:
 
     def seal(self, description: dict) -> None:
         """Records the package's hash (and what it was compiled from): the entry is complete."""
-        info = {"sha256": file_digest(self.package), "bytes": self.package.stat().st_size,
+        info = {"sha256": file_sha256(self.package), "bytes": self.package.stat().st_size,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"), **description}
         with atomic_output(self.seal_path) as stream:
             stream.write(json.dumps(info, indent=2).encode())
