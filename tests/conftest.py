@@ -16,7 +16,17 @@ from onnx import TensorProto, helper
 
 import tvm_npu
 import tvm_npu.cli
+from tvm_npu.cache import CACHE_DIR_VARIABLE
 from tvm_npu.validate import int8_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_compile_cache(tmp_path_factory):
+    """`tvmc compile` caches by default: the suite's tvmc processes share a fresh cache folder of their own, so
+    they test the default path without reading or filling the user's cache (library calls do not cache)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_DIR_VARIABLE, str(tmp_path_factory.mktemp("compile_cache")))
+        yield
 
 
 def run_tvmc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from . import cache as compile_cache
+from . import progress
 from .atomic import atomic_output, check_output_path
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, NpuError, first_line
 from .frontend import parse_input_shapes
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tvm_npu {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,validate,report,tune}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,validate,report,tune,cache}")
 
     compile_cmd = commands.add_parser("compile", help="compile an ONNX model into a package (.tar)")
     compile_cmd.add_argument("FILE", help="the ONNX model to compile")
@@ -170,7 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
                                "compile --cascade --tuning-records fuses a pair where its best cascade beats its two "
                                "layers' best tilings (default: off)")
     tune_cmd.set_defaults(handler=_tune)
+
+    cache_cmd = commands.add_parser(
+        "cache", help="list or clear the compile cache",
+        description=f"`tvmc compile` reuses the package of an earlier compile of the same inputs from "
+        f"{compile_cache.cache_dir()} (folder: $XDG_CACHE_HOME/tvm_npu/compile).",
+    )
+    cache_cmd.add_argument("action", choices=["list", "clear"], help="list: one line per entry; clear: remove them")
+    cache_cmd.set_defaults(handler=_cache)
     return parser
+
+
+def _cache(args: argparse.Namespace) -> int:
+    print(compile_cache.list_text() if args.action == "list" else compile_cache.clear())
+    return EXIT_OK
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -229,6 +244,11 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="list every operator with where it runs (NPU kernel or CPU) and why")
     parser.add_argument("--tuning-records", metavar="JSON",
                         help="apply a `tvmc tune` log: each tuned layer uses its best measured tiling")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="compile from scratch and leave the compile cache alone (`tvmc cache --help`)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no stage-by-stage progress on stderr (shown by default when stderr is a terminal)")
+    parser.add_argument("--print-pass-times", action="store_true", help="print the seconds each compile stage took")
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -247,18 +267,29 @@ def _target_from_args(args: argparse.Namespace):
 
 def _compile_from_args(args: argparse.Namespace, output: Path):
     config, shapes = _target_from_args(args)
-    result = compile_model(
-        args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
-        calibration_data=args.calibration_data, save_quantized=args.save_quantized,
-        allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
-        cascade=args.cascade, tuning_records=args.tuning_records, overflow_fix=args.overflow_fix,
-    )
+    with progress.reporting(sys.stderr if sys.stderr.isatty() and not args.quiet else None):
+        result = compile_model(
+            args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
+            calibration_data=args.calibration_data, save_quantized=args.save_quantized,
+            allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
+            cascade=args.cascade, tuning_records=args.tuning_records, overflow_fix=args.overflow_fix, cache=args.cache,
+        )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)
     print(f"{on_npu} of {len(operators)} operators run on the NPU")
     if args.dump_offloads:
         print(format_offloads(operators))
+    if args.print_pass_times:
+        print(format_pass_times(result.stage_seconds))
     return result
+
+
+def format_pass_times(stage_seconds: dict[str, float]) -> str:
+    """The seconds per compile stage, in the order they ran (`cache`: the copy from the compile cache)."""
+    lines = ["compile stage     seconds"]
+    lines += [f"  {stage:<14}{seconds:9.3f}" for stage, seconds in stage_seconds.items()]
+    lines.append(f"  {'total':<14}{sum(stage_seconds.values()):9.3f}")
+    return "\n".join(lines)
 
 
 def format_offloads(operators: list[dict]) -> str:
@@ -276,7 +307,8 @@ def _compile(args: argparse.Namespace) -> int:
     result = _compile_from_args(args, Path(args.output))
     meta = result.metadata
     seconds = sum(result.stage_seconds.values())
-    print(f"compiled {meta.model_name} for npu/{meta.npu_config.name} in {seconds:.1f} s -> {result.package_path}")
+    reused = " (copied from the compile cache)" if result.stage_seconds.keys() == {"cache"} else ""
+    print(f"compiled {meta.model_name} for npu/{meta.npu_config.name} in {seconds:.1f} s{reused} -> {result.package_path}")
     for kind, specs in (("input", meta.inputs), ("output", meta.outputs)):
         for spec in specs:
             print(f"  {kind:<7}{spec.name}: {spec.dtype}{list(spec.shape)}")

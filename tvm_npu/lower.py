@@ -15,7 +15,7 @@ from dataclasses import replace
 import tvm
 from tvm import relax
 
-from . import cascade
+from . import cascade, progress
 from .errors import EXIT_INTERNAL_ERROR, NpuError
 from .plan import LayerPlan
 from .registry import KernelParams, NpuKernel, TensorSpec, kernel
@@ -27,10 +27,11 @@ def lower(mod: tvm.IRModule, layers: list[LayerPlan], sram_bytes: int | None = N
     """`layers` (tvm_npu.plan.plan, tvm_npu.cascade.cascade) schedule each planned kernel in SRAM tiles and
     keep CPU-placed layers as plain Relax; every tiled kernel's SRAM footprint is proven on its lowered TIR
     and comes back as the layer's `sram_proven`."""
-    mutator = _LowerComposites(mod, {p.function: p for p in layers}, sram_bytes)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function) and not (func.attrs and "Composite" in func.attrs):
-            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    with progress.bar(len(layers), "lower") as layers_done:
+        mutator = _LowerComposites(mod, {p.function: p for p in layers}, sram_bytes, layers_done)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function) and not (func.attrs and "Composite" in func.attrs):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
     lowered = relax.transform.DeadCodeElimination(["main"])(mutator.builder_.finalize())
     return lowered, [replace(layer, sram_proven=mutator.proven[layer.function]) if layer.function in mutator.proven
                      else layer for layer in layers]
@@ -70,8 +71,9 @@ def check_footprint(prim: tvm.tirx.PrimFunc, planned: int, sram_bytes: int | Non
 
 @relax.expr_functor.mutator
 class _LowerComposites(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, plans: dict[str, LayerPlan], sram_bytes: int | None):
+    def __init__(self, mod: tvm.IRModule, plans: dict[str, LayerPlan], sram_bytes: int | None, layers_done):
         super().__init__(mod)
+        self.layers_done = layers_done  # the progress bar
         self.source = mod
         self.count = 0
         self.plans = plans
@@ -86,6 +88,7 @@ class _LowerComposites(relax.PyExprMutator):
         if not (isinstance(func, relax.Function) and func.attrs and "Composite" in func.attrs):
             return call
         layer = self.plans[call.op.name_hint]
+        self.layers_done.update()
         if layer.placement == "cpu":
             # No tiling fits and --allow-cpu-fallback: the layer's own Relax ops run on the CPU.
             plain = func.without_attr("Composite").without_attr("Primitive")

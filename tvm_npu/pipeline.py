@@ -18,12 +18,14 @@ from pathlib import Path
 
 import tvm
 
+from . import cache as compile_cache
+from . import progress
 from .atomic import atomic_output, check_output_path
 from .build import build
 from .cascade import cascade as find_cascades
 from .frontend import ImportedModel, OnnxModel, import_onnx, load_onnx
 from .lower import lower
-from .package import PackageMetadata, write_package
+from .package import PackageMetadata, read_package, write_package
 from .partition import partition
 from .passes import LOWERED_PASSES, run_relax_passes
 from .perf import estimate
@@ -57,6 +59,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     cascade: bool = False,
     tuning_records: str | Path | None = None,
     overflow_fix: str = DEFAULT_OVERFLOW_FIX,
+    cache: bool = False,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
 
@@ -73,7 +76,20 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     `tuning_records` (a `tvmc tune` log) replaces the planner's tiling of every tuned layer
     with the best one measured, and (with `cascade`) decides the pairs it has cascade records of;
     records of another model or NPU config are ignored with a warning.
+    `cache` copies the package of an earlier compile of the same inputs, or stores this one (`tvm_npu.cache`);
+    off by default for library calls, as the cache key holds tvm_npu's code but not in-process patches of it.
     """
+    arguments = dict(locals())  # first: every argument, so a new one joins the cache key
+    del arguments["cache"]
+    output = check_output_path(output)
+    if not cache:
+        return _compile(**arguments)
+    seconds = compile_cache.cached(arguments, lambda staged: _compile(**{**arguments, "output": staged}).stage_seconds)
+    return CompileResult(output, read_package(output, load_library=False).metadata, seconds)
+
+
+def _compile(model, output, target, input_shapes, quantize_model, calibration_data, save_quantized, seed,
+             allow_cpu_fallback, sparse, cascade, tuning_records, overflow_fix) -> CompileResult:
     config = resolve_target(target)
     output = check_output_path(output)
     best = tuned_records(tuning_records, model, config) if tuning_records is not None else {}
@@ -163,5 +179,6 @@ def planned(model, config: NpuConfig, input_shapes=None, quantize_model=None, ca
 @contextlib.contextmanager
 def _timed(seconds: dict[str, float], stage: str):
     start = time.perf_counter()
+    progress.stage(stage)
     yield
     seconds[stage] = time.perf_counter() - start

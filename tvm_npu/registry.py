@@ -89,8 +89,7 @@ def kernels() -> tuple[NpuKernel, ...]:
     """Every kernel on $TVM_NPU_KERNEL_PATH, then every kernel in `tvm_npu.schedules` (module-name order)."""
     from . import schedules
 
-    modules = [_load_file(path) for folder in os.environ.get(KERNEL_PATH_VARIABLE, "").split(os.pathsep) if folder
-               for path in sorted(Path(folder).glob("*.py")) if not path.name.startswith(("test_", "_"))]
+    modules = [_load_file(path) for path in kernel_path_files()]
     for info in sorted(pkgutil.iter_modules(schedules.__path__), key=lambda m: m.name):
         modules.append(importlib.import_module(f"{schedules.__name__}.{info.name}"))
     found: dict[str, NpuKernel] = {}
@@ -102,6 +101,12 @@ def kernels() -> tuple[NpuKernel, ...]:
             raise TypeError(f"{module.__file__}: kernel name {kernel.name} is taken; choose another name")
         found[kernel.name] = kernel
     return tuple(found.values())
+
+
+def kernel_path_files() -> list[Path]:
+    """The kernel files on $TVM_NPU_KERNEL_PATH, in load order."""
+    return [path for folder in os.environ.get(KERNEL_PATH_VARIABLE, "").split(os.pathsep) if folder
+            for path in sorted(Path(folder).glob("*.py")) if not path.name.startswith(("test_", "_"))]
 
 
 def _load_file(path: Path):
