@@ -5,7 +5,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-VERSION = re.search(r'__version__ = "([^"]+)"', Path("tvm_npu/__init__.py").read_text())[1]
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("tvm_npu/version.py").read_text())[1]
 
 setup(
     name="tvm_npu",
@@ -16,7 +16,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     # schedules/ sits at the top of the repository (one file per NPU kernel) and installs as tvm_npu.schedules.
-    packages=["tvm_npu", "tvm_npu.schedules"],
+    packages=["tvm_npu", "tvm_npu.schedules", "tvm_npu.passes"],
     package_dir={"tvm_npu": "tvm_npu", "tvm_npu.schedules": "schedules"},
     package_data={"tvm_npu": ["data/*.onnx"]},
     install_requires=[
@@ -37,7 +37,7 @@ setup(
     ],
     extras_require={
         "validate": ["onnxruntime"],  # tvmc validate's fallback reference when OpenVINO cannot run a model
-        "test": ["pytest>=8", "onnxruntime", "scikit-learn"],
+        "test": ["pytest>=8", "onnxruntime", "scikit-learn", "ruff==0.17.6"],  # ruff: ruff.toml, run by scripts/test.sh
     },
     entry_points={
         "console_scripts": [

@@ -103,4 +103,5 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
 
 
 KERNEL = csr_variant(conv2d.KERNEL, check, compute, _primfunc,
-                     ("a variant of npu.conv2d, chosen per layer by the model (--sparse auto|off|force)", "not grouped or depthwise (those stay dense)"))
+                     ("a variant of npu.conv2d, chosen per layer by the model (--sparse auto|off|force)",
+                      "not grouped or depthwise (those stay dense)"))

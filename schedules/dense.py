@@ -63,7 +63,8 @@ def check(ann) -> str | None:
 def params(comp: Composite) -> KernelParams:
     matmul = comp.call("relax.matmul")
     dq_x = comp.value(matmul.args[0])
-    dq_w = comp.value(comp.calls("relax.permute_dims")[0].args[0]) if comp.calls("relax.permute_dims") else comp.value(matmul.args[1])
+    permuted = comp.calls("relax.permute_dims")
+    dq_w = comp.value(permuted[0].args[0]) if permuted else comp.value(matmul.args[1])
     sx, zx = comp.activation_input(dq_x)
     sy, zy, dtype, lo, hi = comp.output()
     w = comp.const(dq_w.args[0]).astype(np.int8)

@@ -1,12 +1,14 @@
-"""npu.elementwise: add or multiply two quantized tensors of the same shape with different
-scales, with a fused ReLU / ReLU6 / Clip, integer-only inside.
+"""npu.elementwise: add or multiply two quantized tensors with different scales, either one
+broadcast onto the other as ONNX broadcasts (squeeze-excite's (N,C,H,W) x (N,C,1,1), a
+per-channel scale held as a tensor), with a fused ReLU / ReLU6 / Clip, integer-only inside.
 
     add: Y = clamp(((A - za) * Ma + (B - zb) * Mb) >> S (round half up) + zy)   both inputs
          rescaled onto one shift, so neither loses precision to the other's scale
     mul: Y = clamp(((A - za) * (B - zb) * M) >> S (round half up) + zy)
 
-Tiled along the first dimension longer than 1: per tile, both input tiles and the output tile
-in SRAM, double-buffered (`tvm_npu.sram.stream_tiles`).
+Tiled along the output's first dimension longer than 1: per tile, both input tiles (a broadcast
+operand's tile is the part of it the output tile reads) and the output tile in SRAM,
+double-buffered (`tvm_npu.sram.stream_tiles`).
 """
 
 from __future__ import annotations
@@ -58,10 +60,24 @@ def check(ann) -> str | None:
         return problem
     if any(isinstance(dq.args[0], tvm.ir.expr.Constant) for dq in (dq_a, dq_b)):
         return "attribute: a constant operand (the NPU adds/multiplies two activations)"
-    if [int(d) for d in dq_a.ty.shape] != [int(d) for d in dq_b.ty.shape]:
-        return "shape: broadcasting operands of different shapes"
+    shapes = [tuple(int(d) for d in dq.ty.shape) for dq in (dq_a, dq_b)]
+    if _broadcast_shape(*shapes) is None:
+        return f"shape: operands {list(shapes[0])} and {list(shapes[1])} do not broadcast"
     sa, sb, sy = (float(const_value(e.args[1])) for e in (dq_a, dq_b, ann["root"]))
     return scale_problem(_scales(sa, sb, sy, _OPS[anchor.op.name]))
+
+
+def _broadcast_shape(a: tuple, b: tuple) -> tuple | None:
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(a, b))
+    except ValueError:
+        return None
+
+
+def _broadcast_index(shape: tuple, out_shape: tuple, index: tuple) -> tuple:
+    """The element of an operand of `shape` that output element `index` reads (ONNX broadcasting)."""
+    lead = len(out_shape) - len(shape)
+    return tuple(0 if d == 1 else i for d, i in zip(shape, index[lead:]))
 
 
 def params(comp: Composite) -> KernelParams:
@@ -86,13 +102,15 @@ def _value(a, b, attrs, cast):
 
 
 def compute(p: KernelParams, inputs):
-    (shape, a_dtype), (_, b_dtype) = inputs
+    (a_shape, a_dtype), (b_shape, b_dtype) = inputs
     attrs = p.attrs
-    a, b = te.placeholder(shape, a_dtype, "A"), te.placeholder(shape, b_dtype, "B")
+    shape = _broadcast_shape(a_shape, b_shape)
+    a, b = te.placeholder(a_shape, a_dtype, "A"), te.placeholder(b_shape, b_dtype, "B")
     y = te.compute(
         shape,
-        lambda *i: requantize_te(_value(a[i], b[i], attrs, lambda v: v.astype("int64")), 1, attrs["shift"],
-                                 attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"]),
+        lambda *i: requantize_te(_value(a[_broadcast_index(a_shape, shape, i)], b[_broadcast_index(b_shape, shape, i)],
+                                        attrs, lambda v: v.astype("int64")),
+                                 1, attrs["shift"], attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"]),
         name="Y",
     )
     return te.create_prim_func([a, b, y])
@@ -106,9 +124,9 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
 
 
 def examples(rng):
-    def binary(name, op_type, shape, activation=None):
-        return quantized_operator(name, op_type, [random_activation(rng, shape), random_activation(rng, shape)], rng,
-                                  out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation)
+    def binary(name, op_type, shape, activation=None, b_shape=None):
+        return quantized_operator(name, op_type, [random_activation(rng, shape), random_activation(rng, b_shape or shape)],
+                                  rng, out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation)
 
     rank = int(rng.integers(1, 5))
     return [
@@ -117,6 +135,10 @@ def examples(rng):
         binary("add_one_element", "Add", (1,)),
         binary(f"random_rank{rank}", str(rng.choice(["Add", "Mul"])), tuple(int(d) for d in rng.integers(1, 9, rank))),
         binary("residual_sum_relu", "Sum", (1, 6, 9, 7), "relu"),  # ResNet's residual adds are ONNX Sum
+        binary("squeeze_excite_mul", "Mul", (1, 7, 5, 3), b_shape=(1, 7, 1, 1)),  # MobileNetV3's SE gate
+        binary("channel_scale_first_add_relu", "Add", (1, 5, 1, 1), "relu", b_shape=(1, 5, 6, 9)),
+        binary("lower_rank_channel_mul", "Mul", (1, 3, 4, 6), b_shape=(3, 1, 1)),
+        binary("row_broadcast_mul_relu6", "Mul", (2, 5, 7), "relu6", b_shape=(1, 1, 7)),
     ]
 
 
@@ -136,8 +158,11 @@ def stream_geometry(kind: str, shape, label: str, operands: int = 1, table_bytes
 
 
 def geometry(p: KernelParams, inputs) -> Geometry | None:
-    (shape, _), _ = inputs
-    return stream_geometry("elementwise", shape, f"{p.attrs['op']} 2x {'x'.join(map(str, shape))}", operands=2)
+    (a_shape, _), (b_shape, _) = inputs
+    shape = _broadcast_shape(a_shape, b_shape)
+    # A broadcast operand is costed as a full-size one: an upper bound on its tiles and traffic.
+    return stream_geometry("elementwise", shape, f"{p.attrs['op']} {'x'.join(map(str, a_shape))} and "
+                           f"{'x'.join(map(str, b_shape))}", operands=2)
 
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
@@ -154,9 +179,10 @@ KERNEL = NpuKernel(
     reference=reference,
     examples=examples,
     limits=(
-        'Add (or a two-input Sum) and Mul of two activations of the same shape (no broadcasting, no constant operand)',
+        'Add (or a two-input Sum) and Mul of two activations (no constant operand); ONNX broadcasting of either operand',
         'activations and output per tensor',
-        'rescale factors (input scale / output scale; for Mul, product of input scales / output scale) within the fixed-point range',
+        "rescale factors (input scale / output scale; for Mul, product of input scales / output scale) "
+        "within the fixed-point range",
     ),
     geometry=geometry,
     schedule=schedule,

@@ -1,4 +1,5 @@
-"""npu.lut: Sigmoid, HardSigmoid and HardSwish on quantized tensors through a 256-entry table.
+"""npu.lut: activation functions on quantized tensors through a 256-entry table: Sigmoid, SiLU/Swish
+(x * Sigmoid(x)), HardSigmoid, HardSwish, Tanh, Mish, LeakyRelu and GELU (tanh approximation).
 
 An INT8 NPU has no transcendental unit, but an 8-bit input has only 256 values: the compiler
 evaluates the function once per value, from the input and output quantization,
@@ -7,11 +8,13 @@ and the kernel indexes that table with the input integer.
     T[q - qmin] = clamp(round_half_even(f(sx * (q - zx)) / sy) + zy)   at compile time, float32
     Y = T[X - qmin]
 
-The Relax forms are those of TVM 0.27's ONNX importer: `R.sigmoid`; HardSigmoid as
+The Relax forms are those of TVM 0.27's ONNX importer: `R.sigmoid`, `R.tanh`, `R.nn.leakyrelu`,
+`R.nn.gelu_tanh`; SiLU as `x * sigmoid(x)`; Mish as `x * tanh(log(1 + exp(x)))`; HardSigmoid as
 `clip(alpha * x + beta, 0, 1)`; HardSwish as `x * (clip(x + 3, 0, 6) / 6)` (and older exports'
-`x * HardSigmoid(x, 1/6, 0.5)`). NNCF quantizes none of these functions' inputs (it treats them
-like fused activations of the producing conv/add), so after NNCF they stay on the CPU and the
-offload report says so; QDQ models that quantize the input (ONNX Runtime, TFLite-style) offload.
+`x * HardSigmoid(x, 1/6, 0.5)`). Models spelling them as several ONNX operators are first
+rewritten to these forms (`tvm_npu.passes.canonical_activations`), and quantization places a
+QuantizeLinear on each function's input (`tvm_npu.passes.quantize_activations`: NNCF treats
+them as fused activations of the producing conv and leaves their inputs in float).
 
 Tiled like elementwise (`schedules/elementwise.py`), with the 256-byte table resident in SRAM.
 """
@@ -24,7 +27,7 @@ from tvm import te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import scale_problem
-from tvm_npu.onnx_builder import quantized_operator, random_activation
+from tvm_npu.onnx_builder import OPSET, quantized_operator, random_activation
 from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
@@ -49,10 +52,34 @@ def _hard_sigmoid(x, annotations: dict):
     return unit_clip | is_op("relax.divide")(wide_clip, divisor)
 
 
+# Functions of one tensor that TVM's importer writes as one Relax op.
+_UNARY = {"relax.sigmoid": "sigmoid", "relax.tanh": "tanh", "relax.nn.leakyrelu": "leakyrelu",
+          "relax.nn.gelu_tanh": "gelu_tanh"}
+
+
+def _gated(x, gate):
+    """x * gate(x) in either operand order: SiLU and Mish read x twice, like HardSwish below."""
+    return is_op("relax.multiply")(x, gate) | is_op("relax.multiply")(gate, x)
+
+
+def _softplus_tanh(x, annotations: dict):
+    """tanh(log(c + exp(x))) (c = 1 in Mish: see check): Mish's gate as the importer writes it."""
+    one, exp = is_const(), is_op("relax.exp")(x)
+    annotations["one"] = one
+    return is_op("relax.tanh")(is_op("relax.log")(is_op("relax.add")(one, exp) | is_op("relax.add")(exp, one)))
+
+
 def patterns():
-    x = dequantized_tensor()
-    sigmoid = is_op("relax.sigmoid")(x)
-    found = [(is_op("relax.quantize")(sigmoid, is_const(), is_const()), {"x": x, "anchor": sigmoid})]
+    found = []
+    for op in _UNARY:
+        x = dequantized_tensor()
+        anchor = is_op(op)(x)
+        found.append((is_op("relax.quantize")(anchor, is_const(), is_const()), {"x": x, "anchor": anchor}))
+    for gate in (lambda x, _: is_op("relax.sigmoid")(x), _softplus_tanh):
+        x, gate_x, annotations = dequantized_tensor(), dequantized_tensor(), {}
+        anchor = _gated(x, gate(gate_x, annotations))
+        found.append((is_op("relax.quantize")(anchor, is_const(), is_const()),
+                      {"x": x, "gate_x": gate_x, "anchor": anchor, **annotations}))
     x, annotations = dequantized_tensor(), {}
     hard = _hard_sigmoid(x, annotations)
     found.append((is_op("relax.quantize")(hard, is_const(), is_const()), {"x": x, "anchor": hard, **annotations}))
@@ -79,7 +106,9 @@ def check(ann) -> str | None:
         same = gate.args[0].same_as(x.args[0]) and all(
             np.array_equal(const_value(a), const_value(b)) for a, b in zip(gate.args[1:3], x.args[1:3]))
         if not same:
-            return "attribute: x * hardsigmoid(y) with y != x is not HardSwish"
+            return "attribute: x * f(y) with y != x is not a function of x alone"
+    if "one" in ann and float(const_value(ann["one"])) != 1.0:
+        return "attribute: x * tanh(log(c + exp(x))) with c != 1 is not Mish"
     for name in ("unit_clip", "wide_clip"):
         if name not in ann:
             continue
@@ -105,13 +134,22 @@ def _affine(comp: Composite) -> tuple[float, float]:
 
 
 def function(attrs: dict, x: np.ndarray) -> np.ndarray:
-    """The real-valued function, in x's float precision."""
-    one = x.dtype.type(1)
-    if attrs["function"] == "sigmoid":
-        with np.errstate(over="ignore"):  # exp overflows to inf for very negative x: sigmoid is 0 there
-            return one / (one + np.exp(-x))
-    gate = np.clip(x.dtype.type(attrs["alpha"]) * x + x.dtype.type(attrs["beta"]), 0, one)
-    return x * gate if attrs["function"] == "hardswish" else gate
+    """The real-valued function, in x's float precision, in the importer's order of operations."""
+    name, real, one = attrs["function"], x.dtype.type, x.dtype.type(1)
+    with np.errstate(over="ignore"):  # exp overflows to inf at the ends: sigmoid is 0 there, Mish's gate 1
+        if name in ("sigmoid", "silu"):
+            gate = one / (one + np.exp(-x))
+        elif name == "mish":
+            gate = np.tanh(np.log(one + np.exp(x)))
+        elif name == "tanh":
+            return np.tanh(x)
+        elif name == "leakyrelu":
+            return np.where(x >= 0, x, x * real(attrs["alpha"]))
+        elif name == "gelu_tanh":  # TVM's gelu_tanh, as ONNX Gelu(approximate="tanh")
+            return real(0.5) * x * (one + np.tanh(real(np.sqrt(2 / np.pi)) * (x + real(0.044715) * x * x * x)))
+        else:
+            gate = np.clip(real(attrs["alpha"]) * x + real(attrs["beta"]), 0, one)
+    return gate if name in ("sigmoid", "hardsigmoid") else x * gate
 
 
 def table(attrs: dict) -> np.ndarray:
@@ -132,12 +170,18 @@ def params(comp: Composite) -> KernelParams:
     sy, zy, dtype, _, _ = comp.output()
     attrs = {"sx": sx, "zx": zx, "sy": sy, "zy": zy, "in_dtype": str(dq.args[0].ty.dtype), "out_dtype": dtype,
              "alpha": 0.0, "beta": 0.0}
-    if comp.calls("relax.sigmoid"):
-        attrs["function"] = "sigmoid"
+    # x * gate(x): a multiply of two computed values (a constant operand is hard sigmoid's alpha)
+    gated = any(all(isinstance(comp.value(a), tvm.relax.Call) for a in m.args) for m in comp.calls("relax.multiply"))
+    unary = [_UNARY[op] for op in _UNARY if comp.calls(op)]
+    if comp.calls("relax.log"):
+        attrs["function"] = "mish"
+    elif unary:
+        attrs["function"] = "silu" if gated else unary[0]
+        if unary[0] == "leakyrelu":
+            attrs["alpha"] = float(comp.call("relax.nn.leakyrelu").attrs.alpha)
     else:
         attrs["alpha"], attrs["beta"] = _affine(comp)
-        swish = any(all(isinstance(comp.value(a), tvm.relax.Call) for a in m.args) for m in comp.calls("relax.multiply"))
-        attrs["function"] = "hardswish" if swish else "hardsigmoid"
+        attrs["function"] = "hardswish" if gated else "hardsigmoid"
     return KernelParams(attrs, [table(attrs)])
 
 
@@ -156,19 +200,25 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
 
 
 def examples(rng):
-    def lut(name, op_type, **attributes):
+    def lut(name, op_type, opset=OPSET, **attributes):
         """Every input integer at least once, in an odd-channel tensor: the whole table is exercised."""
         dtype = str(rng.choice(["int8", "uint8"]))
         info = np.iinfo(dtype)
         every = np.concatenate([np.arange(info.min, info.max + 1),
                                 rng.integers(info.min, info.max, 7 * 8 * 11 - 256, endpoint=True)])
         x = random_activation(rng, (1, 7, 8, 11), dtype, values=rng.permutation(every))
-        return quantized_operator(name, op_type, [x], rng, out_dtype=str(rng.choice(["int8", "uint8"])), **attributes)
+        return quantized_operator(name, op_type, [x], rng, out_dtype=str(rng.choice(["int8", "uint8"])), opset=opset,
+                                  **attributes)
 
     return [
         lut("sigmoid", "Sigmoid"),
+        lut("silu", "Sigmoid", gated=True),
         lut("hardsigmoid", "HardSigmoid", alpha=float(rng.uniform(0.1, 0.3)), beta=0.5),
         lut("hardswish", "HardSwish"),
+        lut("tanh", "Tanh"),
+        lut("leakyrelu", "LeakyRelu", alpha=float(rng.uniform(0.01, 0.3))),
+        lut("mish", "Mish", opset=18),
+        lut("gelu_tanh", "Gelu", opset=20, approximate="tanh"),
     ]
 
 
@@ -184,7 +234,7 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
 
 KERNEL = NpuKernel(
     name="npu.lut",
-    anchors=("relax.sigmoid",),
+    anchors=("relax.sigmoid", "relax.tanh", "relax.nn.gelu_tanh"),
     patterns=patterns,
     check=check,
     params=params,
@@ -192,9 +242,10 @@ KERNEL = NpuKernel(
     reference=reference,
     examples=examples,
     limits=(
-        "Sigmoid, HardSigmoid (clip(alpha x + beta, 0, 1)), HardSwish, as TVM's ONNX importer writes them",
-        'input and output per tensor, the input quantized (NNCF leaves these inputs in float: then they run on the CPU)',
-        'HardSwish reads one tensor twice with the same quantization',
+        "Sigmoid, SiLU (x * Sigmoid(x)), HardSigmoid (clip(alpha x + beta, 0, 1)), HardSwish, Tanh, Mish, "
+        "LeakyRelu, GELU (tanh approximation), as TVM's ONNX importer writes them",
+        'input and output per tensor, the input quantized (compiling an FP32 model places that QuantizeLinear)',
+        'SiLU, Mish and HardSwish read one tensor twice with the same quantization',
     ),
     geometry=geometry,
     schedule=schedule,

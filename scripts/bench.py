@@ -277,13 +277,9 @@ def host_profile(files: dict, runtime: str, inputs: dict) -> dict:
     (one run on a shared machine can catch a preemption): the slowest calls, and totals per kind
     (NPU kernel family, TVM-generated CPU function, VM builtin)."""
     import tvm_npu
-    from tvm_npu.runtime import LayerTime
+    from tvm_npu.runtime import call_kind
 
-    model = tvm_npu.load(files[runtime])
-    model.run(inputs)  # warm
-    runs = [model.profile(inputs) for _ in range(PROFILE_RUNS)]
-    calls = [LayerTime(call.symbol, float(np.median([run[i].ms for run in runs])), call.shape)
-             for i, call in enumerate(runs[0])]
+    calls = tvm_npu.load(files[runtime]).median_profile(inputs, PROFILE_RUNS)
     kinds: dict[str, float] = {}
     for call in calls:
         kinds[call_kind(call.symbol)] = kinds.get(call_kind(call.symbol), 0.0) + call.ms
@@ -292,14 +288,6 @@ def host_profile(files: dict, runtime: str, inputs: dict) -> dict:
             "by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
             "top": [{"symbol": c.symbol, "kind": call_kind(c.symbol), "ms": c.ms, "output_shape": list(c.shape)}
                     for c in top]}
-
-
-def call_kind(symbol: str) -> str:
-    if symbol.startswith("vm.builtin."):
-        return "VM builtins (allocation, shape checks)"
-    if symbol.startswith("npu_"):
-        return "NPU kernel " + symbol.rsplit("_", 1)[0].replace("npu_", "npu.", 1)
-    return "CPU (TVM default lowering)"
 
 
 def npu_model_figures(files: dict) -> dict:
@@ -452,7 +440,8 @@ def markdown(results: dict) -> str:
         median = slowest["runtimes"]["tvm_npu_int8"]["median_ms"]
         lines += ["", f"Where the time goes in {slowest['model']} (furthest from OpenVINO INT8): tvm_npu INT8 makes "
                   f"{p['calls']} VM calls per inference, taking {_ms(p['total_ms'])} ms in sum (each call's median "
-                  f"over {p.get('runs', 1)} instrumented inferences; un-instrumented median {_ms(median)} ms).", "", "| kind | ms | share |", "|---|---:|---:|"]
+                  f"over {p.get('runs', 1)} instrumented inferences; un-instrumented median {_ms(median)} ms).", "",
+                  "| kind | ms | share |", "|---|---:|---:|"]
         lines += [f"| {kind} | {_ms(ms)} | {100 * ms / p['total_ms']:.1f} % |" for kind, ms in p["by_kind"].items()]
         lines += ["", "| slowest calls | kind | output shape | ms |", "|---|---|---|---:|"]
         lines += [f"| `{c['symbol']}` | {c['kind']} | {c['output_shape']} | {_ms(c['ms'])} |" for c in p["top"]]
@@ -463,7 +452,8 @@ def markdown(results: dict) -> str:
     settings = results["settings"]
     threads = settings["threads"] or "each runtime's default (all cores)"
     lines += ["", f"Latency: {settings['rounds']} interleaved rounds in one process; per round each runtime runs one "
-              f"untimed inference (when under {UNTIMED_BELOW_MS / 1000:g} s), then up to {math.ceil(settings['repeat'] / settings['rounds'])} timed synchronous "
+              f"untimed inference (when under {UNTIMED_BELOW_MS / 1000:g} s), then up to "
+              f"{math.ceil(settings['repeat'] / settings['rounds'])} timed synchronous "
               f"ones (a slow runtime takes fewer: at most {settings['budget_s']:g} s of timed inferences per model, at least "
               "one per round). "
               f"Threads: {threads}. Peak RSS: each runtime alone in a child process (Python, the runtime's "
@@ -498,13 +488,14 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(text: str) -> None:
+def update_readme(text: str, begin: str = README_BEGIN, end: str = README_END) -> None:
+    """Puts `text` between README.md's `begin` and `end` markers (scripts/real_model_table.py uses it too)."""
     readme = README.read_text()
-    if README_BEGIN not in readme or README_END not in readme:
-        raise SystemExit(f"error: README.md has no {README_BEGIN!r} ... {README_END!r} markers; restore them")
-    head, rest = readme.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    write_atomic(README, f"{head}{README_BEGIN}\n{text}{README_END}{tail}".encode())
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"error: README.md has no {begin!r} ... {end!r} markers; restore them")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    write_atomic(README, f"{head}{begin}\n{text}{end}{tail}".encode())
 
 
 def _atomic(path: Path):

@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tvm_npu import NpuError
 from tvm_npu.frontend import TensorSpec
-from tvm_npu.quantize import is_quantized, load_calibration, quantize
+from tvm_npu.quantize import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIXES, is_quantized, load_calibration, quantize
+from tvm_npu.validate import saturation_risks
 
 from test_int8_end_to_end import make_small_cnn
 
@@ -33,6 +34,21 @@ def test_quantize_with_calibration_data_is_deterministic(tmp_path):
     assert len(samples) == 8 and samples[0]["x"].shape == (1, 3, 32, 32)
     first, second = quantize(model, spec, samples), quantize(model, spec, samples)
     assert is_quantized(first) and first.SerializeToString() == second.SerializeToString()
+
+
+def test_overflow_fix_gives_weights_no_cpu_saturates(tmp_path):
+    """NNCF's overflow fix: `enable` leaves no Conv/Gemm whose int8 weight pairs can exceed int16 (7-bit
+    weights), `first_layer_only` (the default) fixes the first conv only, `disable` none (NNCF renames nodes)."""
+    model = onnx.load(make_small_cnn(tmp_path / "cnn.onnx"))
+    spec = [TensorSpec("x", (1, 3, 32, 32), "float32")]
+    samples = [{"x": np.random.default_rng(i).random((1, 3, 32, 32), dtype=np.float32)} for i in range(4)]
+    at_risk = {fix: [risk.node for risk in saturation_risks(quantize(model, spec, samples, overflow_fix=fix))]
+               for fix in OVERFLOW_FIXES}
+    print(at_risk)
+    assert at_risk["enable"] == []
+    assert set(at_risk["first_layer_only"]) < set(at_risk["disable"]) and len(at_risk["disable"]) >= 2
+    assert quantize(model, spec, samples).SerializeToString() == quantize(
+        model, spec, samples, overflow_fix=DEFAULT_OVERFLOW_FIX).SerializeToString()
 
 
 @pytest.mark.parametrize("arrays, fragment", [

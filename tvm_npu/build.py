@@ -1,7 +1,7 @@
 """Stage: build. A Relax module becomes a host-executable TVM Relax executable.
 
-Entry point: `build(mod, config)`; `pass_context()` is how anything NPU is compiled. The NPU lowering stages hand this stage a module
-whose NPU operators are already `call_tir`s to SRAM-tiled PrimFuncs; what remains is
+Entry point: `build(mod, config)`; `pass_context()` is how anything NPU is compiled. The NPU
+lowering stages hand this stage a module whose NPU operators are already `call_tir`s to SRAM-tiled PrimFuncs; what remains is
 lowered by TVM's CPU pipeline (the CPU fallback) and compiled through LLVM.
 """
 

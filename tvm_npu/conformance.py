@@ -12,7 +12,8 @@ each example the harness derives, with no per-kernel code:
    chosen tiling plus one that splits rows and channels unevenly: scheduled, footprint proven from
    the lowered TIR (<= planned <= the preset's SRAM), built, run, bit-exact.
 4. `check_openvino`: the whole example compiled by `tvm_npu.compile` against OpenVINO on the same
-   ONNX file, judged in quantization steps like `tvmc validate`.
+   ONNX file, judged by `tvmc validate`'s rules (`tvm_npu.validate.validate`), on OpenVINO's native int8
+   path and, capped at a oneDNN ISA without VNNI, on the saturating one.
 
 A failure raises `ConformanceError` naming the kernel, the example, its input shape and, for
 exactness, the first differing element (index, ours, reference).
@@ -35,14 +36,14 @@ from .build import pass_context
 from .errors import NpuError
 from .frontend import import_onnx, load_onnx
 from .lower import lower_layer
-from .onnx_builder import Example, reference_outputs
+from .onnx_builder import Example
 from .partition import partition
 from .perf import estimate, layer_cost, roofline
 from .plan import candidates, plan
 from .registry import Composite, KernelParams, NpuKernel, kernel, kernels
 from .target import PRESETS, NpuConfig
 from .tiling import Tiles, footprint
-from .validate import compare, openvino_outputs, quantization_steps
+from .validate import compare, exact_reference_outputs, quantization_steps, validate
 
 # Seeds of the default run (tests/conformance) and of the sweep (`-m slow`).
 DEFAULT_SEEDS = (0,)
@@ -231,10 +232,12 @@ def _check_tiling(case: Case, configs: list[NpuConfig], geometry, tiles: Tiles) 
     return f"{what}: exact, SRAM proven {proof.total} B <= planned {planned} B <= {smallest} B"
 
 
-def check_openvino(case: Case) -> str:
-    """The example compiled whole (tvm_npu.compile, npu/mid) against OpenVINO CPU on the same ONNX,
-    in quantization steps as `tvmc validate` judges; against onnx's reference evaluator where the
-    example declares an OpenVINO deviation (which must still show, or the declaration goes)."""
+def check_openvino(case: Case, isa: str | None = None) -> str:
+    """The example compiled whole (tvm_npu.compile, npu/mid) against OpenVINO CPU on the same ONNX file,
+    judged as `tvmc validate` judges it: in quantization steps, and where OpenVINO's int8 path is not
+    exact (on CPUs without VNNI, or under `isa`, e.g. AVX2), outputs it gets wrong by saturating are
+    judged by the exact reference. An example that declares an OpenVINO deviation is judged by the
+    exact reference, and OpenVINO must still deviate (or the declaration goes)."""
     from .pipeline import compile as compile_model  # the harness sits after the pipeline
     from .runtime import load
 
@@ -243,30 +246,24 @@ def check_openvino(case: Case) -> str:
         path = Path(folder) / f"{example.name}.onnx"
         onnx.save(example.model, path)
         compile_model(path, output=Path(folder) / "model.tar", target="npu", sparse=_sparse_mode(case))
-        ours = load(Path(folder) / "model.tar").run(example.inputs)
-    onnx_bytes = example.model.SerializeToString()
-    (openvino,) = openvino_outputs(onnx_bytes, [example.inputs], "CPU")
-    _, steps = quantization_steps(onnx_bytes)
-    if example.openvino_deviation:
-        if all(_compare(name, value, openvino, steps).passed for name, value in ours.items()):
-            raise ConformanceError(f"{case.where()}: OpenVINO now agrees; drop the example's openvino_deviation "
-                                   f"({example.openvino_deviation})")
-        reference, runtime = reference_outputs(example.model, example.inputs), "onnx.reference"
-    else:
-        reference, runtime = openvino, "OpenVINO"
+        model = load(Path(folder) / "model.tar")
+        report = validate(model, [example.inputs], device="CPU", reference_isa=isa)
+        if example.openvino_deviation:
+            if report.passed:
+                raise ConformanceError(f"{case.where()}: OpenVINO now agrees; drop the example's openvino_deviation "
+                                       f"({example.openvino_deviation})")
+            onnx_bytes = example.model.SerializeToString()
+            (exact,), (_, steps) = exact_reference_outputs(onnx_bytes, [example.inputs]), quantization_steps(onnx_bytes)
+            report.outputs = [compare(name, value, exact[name], quantized=True, step=steps.get(name))
+                              for name, value in model.run(example.inputs).items()]
+    judged_exactly = report.exact.outputs if report.exact else {}
     lines = []
-    for name, value in ours.items():
-        result = _compare(name, value, reference, steps)
-        if not result.passed:
-            far = np.argwhere(np.abs(value.astype(np.int64) - reference[name].astype(np.int64)) / (result.step or 1) > 2)
-            first = tuple(int(i) for i in far[0]) if len(far) else None
-            detail = f"; first element beyond 2 steps at {first}: ours {value[first]}, {runtime} {reference[name][first]}" \
-                if first is not None else ""
-            raise ConformanceError(f"{case.where()}: output {name} against {runtime}: {result.reason} "
-                                   f"(max {result.max_steps:g} steps, bias {result.bias_steps:+.3f}){detail}")
-        lines.append(f"{name} against {runtime}: max {result.max_steps:g} steps, {result.within_1_step:.1%} within 1 step")
+    for o in report.outputs:
+        judge = "the exact reference" if o.name in judged_exactly or example.openvino_deviation else "OpenVINO"
+        if not o.passed:
+            raise ConformanceError(f"{case.where()}: output {o.name} against {judge}: {o.reason} "
+                                   f"(max {o.max_steps:g} steps, bias {o.bias_steps:+.3f}); {report.int8_path}"
+                                   + (f"; {report.exact.describe(report.reference)}" if report.exact else ""))
+        wrong = f" (OpenVINO: {judged_exactly[o.name][0]} elements wrong)" if o.name in judged_exactly else ""
+        lines.append(f"{o.name} against {judge}{wrong}: max {o.max_steps:g} steps, {o.within_1_step:.1%} within 1 step")
     return "; ".join(lines)
-
-
-def _compare(name: str, ours: np.ndarray, reference: dict, steps: dict):
-    return compare(name, ours, reference[name], quantized=True, step=steps.get(name))

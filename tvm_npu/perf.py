@@ -182,7 +182,8 @@ def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuC
     n = producer.batch
     dma_in = np.array([b.new_input_real for b in bands], float) * px.real_cols * px.in_channels * px.in_bytes
     dma_out = np.array([b.rows for b in bands], float) * consumer.out_w * consumer.out_channels * consumer.out_bytes
-    compute_p = np.array([float(tile_compute_cycles(px, "weights", producer.out_channels, b.new_intermediate, config)) for b in bands])
+    compute_p = np.array([float(tile_compute_cycles(px, "weights", producer.out_channels, b.new_intermediate, config))
+                          for b in bands])
     compute_c = np.array([float(tile_compute_cycles(consumer, "weights", consumer.out_channels, b.rows, config)) for b in bands])
     compute = compute_p + compute_c
     if input_rolls:
@@ -320,7 +321,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             compulsory = cascade_compulsory(g1, g2)
             share = costs[0].compute_cycles / (costs[0].compute_cycles + costs[1].compute_cycles)
             bound = roofline(sum(compulsory), g1.macs + g2.macs, config)
-            first = p is fused.producer
+            first = fused.produces(p)
             cost, neighbour = (costs[0], fused.consumer) if first else (costs[1], fused.producer)
             g = p.geometry
             result.layers.append(LayerEstimate(

@@ -3,12 +3,15 @@
 Entry point: `quantize(model, inputs, calibration, seed)`, on the model as the load stage left it
 (its ONNX rewrites, `passes.ONNX_PASSES`, have folded constant subgraphs into initializers and
 BatchNormalization and per-channel constant Mul/Add into the preceding Conv: NNCF's ONNX backend folds
-neither). NNCF, OpenVINO's own post-training quantizer, calibrates it. The result is ONNX, so the package embeds exactly
-the model the reference runtime runs.
+neither, and activation functions spelled as several operators into one). NNCF, OpenVINO's own
+post-training quantizer, calibrates it, squeeze-excite blocks included, and activation functions then
+get the QDQ on their inputs that NNCF leaves out (`passes.QUANTIZE_PASSES`). The result is ONNX,
+so the package embeds exactly the model the reference runtime runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,12 +21,16 @@ import onnx
 
 from .errors import NpuError, first_line
 from .frontend import TensorSpec
+from .passes import run_quantize_passes
 from .runtime import make_inputs, read_npz
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 RANDOM_SAMPLES = 16
 MAX_SAMPLES = 300  # NNCF's default subset size: more samples add time, not accuracy
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
+# NNCF's AdvancedQuantizationParameters.overflow_fix values: which weights get 7 bits (half the int8 range).
+OVERFLOW_FIXES = ("disable", "first_layer_only", "enable")
+DEFAULT_OVERFLOW_FIX = "first_layer_only"  # NNCF's default for 8-bit quantization
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
@@ -35,8 +42,12 @@ def quantize(
     inputs: Sequence[TensorSpec],
     calibration: list[dict[str, np.ndarray]] | None = None,
     seed: int = 0,
+    overflow_fix: str = DEFAULT_OVERFLOW_FIX,
 ) -> onnx.ModelProto:
-    """The QDQ model: `model` itself when already quantized, else NNCF post-training quantization."""
+    """The QDQ model: `model` itself when already quantized, else NNCF post-training quantization.
+    `overflow_fix` (one of OVERFLOW_FIXES, NNCF's OverflowFix) quantizes the weights of the first
+    convolutions ("first_layer_only", NNCF's default), of every Conv/MatMul ("enable") or of none ("disable")
+    to 7 bits, so that no pair of int8 products exceeds int16 on CPUs without VNNI."""
     if is_quantized(model):
         return model
     if calibration is None:
@@ -45,7 +56,8 @@ def quantize(
             "the INT8 model's accuracy is unknown"
         )
         calibration = [make_inputs(list(inputs), "random", seed + i) for i in range(RANDOM_SAMPLES)]
-    return _nncf_quantize(_with_min_opset(model), calibration[:MAX_SAMPLES])
+    model, samples = _with_min_opset(model), calibration[:MAX_SAMPLES]
+    return run_quantize_passes(_nncf_quantize(model, samples, overflow_fix), model, samples)
 
 
 def load_calibration(path: str | Path, inputs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
@@ -56,7 +68,8 @@ def load_calibration(path: str | Path, inputs: Sequence[TensorSpec]) -> list[dic
         raise NpuError(f"--calibration-data {path} holds arrays {sorted(arrays)}; it needs exactly one per input: {names}")
     counts = {len(a) if a.ndim else 0 for a in arrays.values()}
     if len(counts) != 1 or 0 in counts:
-        raise NpuError(f"--calibration-data {path}: every array needs the same number (at least 1) of samples along its first axis")
+        raise NpuError(f"--calibration-data {path}: every array needs the same number (at least 1) of samples "
+                       "along its first axis")
     samples = [{} for _ in range(counts.pop())]
     for spec in inputs:
         array = arrays[spec.name]
@@ -85,23 +98,42 @@ def _with_min_opset(model: onnx.ModelProto) -> onnx.ModelProto:
                        f"({first_line(err)}); export it with opset {MIN_OPSET} or newer") from None
 
 
-def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
+def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], overflow_fix: str) -> onnx.ModelProto:
     import nncf  # a slow import, needed only here
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix, QuantizationParameters
 
     nncf.set_log_level(logging.ERROR)
     try:
         # NNCF shows its own progress bars ("Statistics collection", "Applying Fast Bias correction").
-        return nncf.quantize(
-            model,
-            nncf.Dataset(samples),
-            subset_size=len(samples),
-            # OpenVINO's CPU preset quantizes depthwise-conv inputs per channel; an integer NPU
-            # needs one scale per activation tensor, since channels are summed in one accumulator.
-            advanced_parameters=AdvancedQuantizationParameters(
-                activations_quantization_params=QuantizationParameters(per_channel=False)
-            ),
-        )
+        with _squeeze_excite_quantized():
+            return nncf.quantize(
+                model,
+                nncf.Dataset(samples),
+                subset_size=len(samples),
+                # OpenVINO's CPU preset quantizes depthwise-conv inputs per channel; an integer NPU
+                # needs one scale per activation tensor, since channels are summed in one accumulator.
+                advanced_parameters=AdvancedQuantizationParameters(
+                    activations_quantization_params=QuantizationParameters(per_channel=False),
+                    overflow_fix=OverflowFix(overflow_fix),
+                ),
+            )
     except Exception as err:  # noqa: BLE001 - NNCF raises many kinds on models it cannot handle
         raise NpuError(f"NNCF could not quantize the model ({first_line(err)}); "
                        "quantize it yourself to QDQ ONNX, or compile with --no-quantize") from None
+
+
+@contextlib.contextmanager
+def _squeeze_excite_quantized():
+    """NNCF without its SE_BLOCK ignored pattern, which keeps squeeze-excite's convolutions and gate
+    multiply in float (cheap on a CPU); on an integer NPU that float island keeps them on the host.
+    NNCF (pinned) has no parameter for it: the pattern leaves its registry for this call only."""
+    from nncf.common.graph.patterns.patterns import IgnoredPatternNames
+    from nncf.onnx.quantization.ignored_patterns import ONNX_IGNORED_PATTERNS
+
+    patterns = ONNX_IGNORED_PATTERNS.registry_dict
+    removed = patterns.pop(IgnoredPatternNames.SE_BLOCK, None)
+    try:
+        yield
+    finally:
+        if removed is not None:
+            patterns[IgnoredPatternNames.SE_BLOCK] = removed

@@ -22,10 +22,10 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__
 from .errors import NpuError
 from .tiling import Tiles
 from .target import NpuConfig
+from .version import __version__
 
 FORMAT = "tvm_npu-tuning-log/1"
 KNOBS = {f.name for f in dataclasses.fields(Tiles)}

@@ -7,9 +7,9 @@ share one are tuned once. A task's knobs are its kernel's tiling (`tiling.Tiles`
 output channels, loop order, double buffering on/off; and, measured on the host only, the
 host's parallel outer loop and SIMD lanes on/off), and its search space is `plan.feasible`:
 only tilings whose footprint fits the SRAM, so an infeasible candidate is never sampled, built
-or measured. The builder schedules each candidate and proves its footprint on the lowered TIR
-as `lower` does; one that needs more than planned is recorded as failed, never scored or
-measured (the planned footprint undercounts some strided tilings with a short last row tile).
+or measured. The builder lowers each candidate as `lower` does (`lower.lower_layer`, `lower_cascade`):
+one whose lowered TIR does not allocate exactly the planned footprint is recorded as failed, never
+scored or measured.
 In the meta_schedule trace the knob is one `sample_categorical` decision (an
 index into that list) bound to a block annotation, which trace replay and mutation
 reproduce; the builder applies the kernel's own `schedule(primfunc, tiles)` for that index.
@@ -62,7 +62,7 @@ from .lower import lower_cascade, lower_layer
 from .errors import NpuError, first_line
 from . import cascade
 from .perf import cascade_cost, layer_cost
-from .plan import LayerPlan, feasible, plan, task_key
+from .plan import LayerPlan, feasible, task_key
 from .records import TuningLog, best_records, file_sha256, header
 from .registry import kernel
 from .target import NpuConfig, resolve_target
@@ -298,11 +298,12 @@ def tune(
     tracker = _tracker(rpc_tracker, rpc_key) if runner == "rpc" else None
     if not Path(model).is_file():
         raise NpuError(f"model file {model} does not exist")
-    from .pipeline import partitioned  # the pipeline imports records, not tune: no cycle
+    from .pipeline import planned  # the pipeline imports records, not tune: no cycle
 
     # The log is locked (and checked against this run) before the long work starts.
     with TuningLog(output, header(file_sha256(model), Path(model).stem, config, runner, seed)) as log:
-        tasks = _tasks(partitioned(model, input_shapes).mod, config, host=runner != "npu-model", cascades=cascade)
+        front, layers = planned(model, config, input_shapes, allow_cpu_fallback=True)
+        tasks = _tasks(front.mod, layers, config, host=runner != "npu-model", cascades=cascade)
         measure = _measuring_runner(runner, tracker)
         try:
             results = _tune_all(tasks, log, config, runner, measure, trials, seed, early_stopping, progress)
@@ -334,12 +335,12 @@ def _measuring_runner(runner: str, tracker) -> ms.runner.Runner | None:
     return None
 
 
-def _tasks(mod: tvm.IRModule, config: NpuConfig, host: bool, cascades: bool) -> list[Task | CascadeTask]:
+def _tasks(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig, host: bool,
+           cascades: bool) -> list[Task | CascadeTask]:
     """One task per distinct (kernel, geometry) among the layers the planner tiles on the NPU; `host`:
     the runner measures on the host, so the host's loop knobs are searched too. With `cascades`, then one
     per distinct pair of those layers `tvm_npu.cascade` could fuse with a band height that fits."""
     tasks: dict[str, Task | CascadeTask] = {}
-    layers = plan(mod, config, allow_cpu_fallback=True)
     for layer in layers:
         if layer.tiles is None or layer.placement != "npu":
             continue
@@ -697,7 +698,8 @@ class _Recorder(ms.measure_callback.PyMeasureCallback):
 
 def _tune_context(mod, target, space, strategy, name: str, seed: int) -> ms.TuneContext:
     """ms.TuneContext without its constructor's `import tvm.s_tir.tensor_intrin`: that parses every
-    tensor intrinsic of every GPU/CPU backend (30-60 s here), and a tiling space uses none."""
+    tensor intrinsic of every GPU/CPU backend (30-78 s measured here, per process), and a tiling space
+    uses none. The public constructor does nothing else: it calls these same two FFI functions."""
     context = ms.TuneContext.__new__(ms.TuneContext)
     context.__init_handle_by_constructor__(
         ms._ffi_api.TuneContext, mod, target, space, strategy, name, 1, seed,  # noqa: SLF001
