@@ -120,8 +120,8 @@ def quantized_operator(
     An operand that is a list becomes several ONNX inputs of a variadic operator (Concat).
     `activation` is None, "relu" or "relu6" (a Clip to [0, 6]); `attributes` are the ONNX node's;
     `opset` is raised for operators newer than OPSET (Mish: 18, Gelu: 20); `gated` multiplies the first
-    operand by the operator's result (SiLU is `x * Sigmoid(x)`); `output_quantization` (scale, zero
-    point) replaces the calibrated one (e.g. the input's, for a copy).
+    operand by the operator's result (SiLU is `x * Sigmoid(x)`).
+    `output_quantization` (scale, zero point) replaces the calibrated one (e.g. the input's, for a copy).
     """
     nodes, inits, graph_inputs, values = [], [], [], {}
 
