@@ -14,7 +14,6 @@ SRAM tiling and epilogue, integer-only inside, as Ethos-U (Vela) runs TransposeC
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, scale_problem
@@ -66,15 +65,16 @@ def check(ann) -> str | None:
     kernel = const_value(dq_w.args[0]).shape[2:]
     if min(_conv_padding(attrs, kernel)) < 0:
         return "attribute: pads larger than dilation x (kernel - 1) (the output would crop the upsampled input)"
-    real = float(const_value(dq_x.args[1])) * const_value(dq_w.args[1]).astype(np.float64) / float(const_value(ann["root"].args[1]))
-    return scale_problem(real, BIAS_FRACTION_BITS)
+    sx, sy = float(const_value(dq_x.args[1])), float(const_value(ann["root"].args[1]))
+    return scale_problem(sx * const_value(dq_w.args[1]).astype(np.float64) / sy, BIAS_FRACTION_BITS)
 
 
 def conv_weights(w: np.ndarray, groups: int) -> np.ndarray:
     """IOHW transposed-conv weights [groups*C, P, kh, kw] -> the equivalent conv's OIHW [groups*P, C, kh, kw], flipped."""
     channels, per_group, kh, kw = w.shape
     grouped = w.reshape(groups, channels // groups, per_group, kh, kw)
-    return np.ascontiguousarray(grouped.transpose(0, 2, 1, 3, 4).reshape(groups * per_group, channels // groups, kh, kw)[:, :, ::-1, ::-1])
+    swapped = grouped.transpose(0, 2, 1, 3, 4).reshape(groups * per_group, channels // groups, kh, kw)
+    return np.ascontiguousarray(swapped[:, :, ::-1, ::-1])
 
 
 def params(comp: Composite) -> KernelParams:
@@ -93,7 +93,8 @@ def params(comp: Composite) -> KernelParams:
 def examples(rng):
     def tconv(name, c, o, hw, k, stride, pads=(0, 0, 0, 0), output_padding=(0, 0), dilation=1, group=1,
               activation=None, per_channel=True, bias=True):
-        operands = [random_activation(rng, (1, c, *hw)), random_weight(rng, (c, o // group, k, k), axis=1, per_channel=per_channel)]
+        operands = [random_activation(rng, (1, c, *hw)),
+                    random_weight(rng, (c, o // group, k, k), axis=1, per_channel=per_channel)]
         return quantized_operator(
             name, "ConvTranspose", operands + [Constant(rng.normal(0, 0.3, o))] * bias, rng,
             out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation, kernel_shape=[k, k],

@@ -59,8 +59,8 @@ def compute(p: KernelParams, inputs):
     k = te.reduce_axis((0, a_shape[-1]), "k")
     acc = te.compute(
         (*a_shape[:-1], b_shape[-1]),
-        lambda *i: te.sum((a[(*i[:-1], k)].astype("int32") - attrs["za"]) * (b[(*i[:-2], k, i[-1])].astype("int32") - attrs["zb"]),
-                          axis=k),
+        lambda *i: te.sum((a[(*i[:-1], k)].astype("int32") - attrs["za"])
+                          * (b[(*i[:-2], k, i[-1])].astype("int32") - attrs["zb"]), axis=k),
         name="acc")
     y = te.compute(acc.shape, lambda *i: requantize_te(acc[i], attrs["mult"], attrs["shift"], attrs["zy"], attrs["lo"],
                                                          attrs["hi"], attrs["out_dtype"]), name="Y")

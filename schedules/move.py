@@ -138,7 +138,8 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
 def examples(rng):
     def move(name, op_type, shape, *operands, shared=True, **attributes):
         x = random_activation(rng, shape)
-        return quantized_operator(name, op_type, [x, *operands], rng, out_dtype=x.dtype if shared else str(rng.choice(["int8", "uint8"])),
+        out_dtype = x.dtype if shared else str(rng.choice(["int8", "uint8"]))
+        return quantized_operator(name, op_type, [x, *operands], rng, out_dtype=out_dtype,
                                   output_quantization=(x.scale, x.zero_point) if shared else None, **attributes)
 
     def int64(values):  # shape-like operands: the importer reads them as constants (Constant is float32)

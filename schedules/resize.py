@@ -25,8 +25,8 @@ bilinear  the source coordinate of output row i is a rational number c = (a i + 
 Refused (CPU, with the reason): cubic, tf_crop_and_resize, half_pixel_symmetric, non-NCHW layouts;
 bilinear whose DY * DX * 255 overflows int32.
 
-Upsampling tiles over channels (each tile reads its channels' whole input planes, no larger than
-the output planes the planner budgets), the index tables resident in SRAM; downsampling runs untiled.
+Untiled: its input tile (whole input planes per channel tile) is not one the planner's geometry
+describes exactly, and the lowered footprint must be the planned one.
 """
 
 from __future__ import annotations
@@ -39,15 +39,12 @@ import onnx
 import tvm
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from tvm import te, tirx
+from tvm import te
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import multiplier, requantization_table, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import CALIBRATION_OPSET, Constant, quantized_operator, random_activation
-from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, dequantized_tensor, per_tensor_problem
-from tvm_npu.schedules.elementwise import row_axis, stream_geometry
-from tvm_npu.sram import stream_tiles
 
 MODES = ("nearest_neighbor", "linear")
 COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nearest")
@@ -152,14 +149,8 @@ def params(comp: Composite) -> KernelParams:
 def compute(p: KernelParams, inputs):
     ((x_shape, x_dtype),) = inputs
     a = p.attrs
-    n, c, in_h, in_w = x_shape
-    placeholder = te.placeholder(x_shape, x_dtype, "X")
-
-    def x(b, ch, row, col):
-        """X at table-given indices, clamped (a no-op on the tables) so TVM bounds the input tile: the
-        channel tile's whole input planes."""
-        return placeholder[b, ch, tirx.max(tirx.min(row, in_h - 1), 0), tirx.max(tirx.min(col, in_w - 1), 0)]
-
+    n, c = x_shape[:2]
+    x = te.placeholder(x_shape, x_dtype, "X")
     out_shape = (n, c, *a["out_hw"])
     if a["method"] == "nearest_neighbor":
         rows, cols = te.placeholder((a["out_hw"][0],), "int32", "IY"), te.placeholder((a["out_hw"][1],), "int32", "IX")
@@ -167,24 +158,24 @@ def compute(p: KernelParams, inputs):
         qmin = int(np.iinfo(x_dtype).min)
 
         def pick(b, ch, i, j):
-            value = x(b, ch, rows[i], cols[j])
+            value = x[b, ch, rows[i], cols[j]]
             return value if a["copy"] else lookup[0][value.astype("int32") - qmin]
 
         y = te.compute(out_shape, pick, name="Y")
-        return te.create_prim_func([placeholder, rows, cols, *lookup, y])
+        return te.create_prim_func([x, rows, cols, *lookup, y])
     y0, y1, wy = (te.placeholder((a["out_hw"][0],), "int32", name) for name in ("Y0", "Y1", "WY"))
     x0, x1, wx = (te.placeholder((a["out_hw"][1],), "int32", name) for name in ("X0", "X1", "WX"))
 
     def blend(b, ch, i, j):
         def along_row(row):
-            tap0, tap1 = (x(b, ch, row, col).astype("int32") - a["zx"] for col in (x0[j], x1[j]))
+            tap0, tap1 = (x[b, ch, row, col].astype("int32") - a["zx"] for col in (x0[j], x1[j]))
             return tap0 * (a["dx"] - wx[j]) + tap1 * wx[j]
 
         total = along_row(y0[i]) * (a["dy"] - wy[i]) + along_row(y1[i]) * wy[i]
         return requantize_te(total, a["mult"], a["shift"], a["zy"], a["lo"], a["hi"], a["out_dtype"])
 
     y = te.compute(out_shape, blend, name="Y")
-    return te.create_prim_func([placeholder, y0, y1, wy, x0, x1, wx, y])
+    return te.create_prim_func([x, y0, y1, wy, x0, x1, wx, y])
 
 
 def reference(p: KernelParams, inputs) -> np.ndarray:
@@ -204,23 +195,6 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     col = (slice(None), None)
     total = along_row(y0) * (a["dy"] - wy)[col] + along_row(y1) * wy[col]
     return requantize_np(total, a["mult"], a["shift"], a["zy"], a["lo"], a["hi"], a["out_dtype"])
-
-
-def geometry(p: KernelParams, inputs) -> Geometry | None:
-    """Upsampling, tiled over channels; None (untiled) where an input plane outgrows the output plane
-    or the channel axis is not the first one longer than 1."""
-    ((shape, _),) = inputs
-    out_shape = (*shape[:2], *p.attrs["out_hw"])
-    if math.prod(shape[2:]) > math.prod(p.attrs["out_hw"]) or row_axis(out_shape) > 1:
-        return None
-    tables = sum(int(t.nbytes) for t in p.consts)
-    label = f"resize {p.attrs['method']} {'x'.join(map(str, shape))} -> {'x'.join(map(str, out_shape))}"
-    return stream_geometry("resize", out_shape, label, table_bytes=tables)
-
-
-def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
-    return stream_tiles(func, tiles, row_axis([int(d) for d in func.params[-1].shape]),
-                        stationary=frozenset({"IY", "IX", "T", "Y0", "Y1", "WY", "X0", "X1", "WX"}))
 
 
 def examples(rng):
@@ -256,8 +230,6 @@ KERNEL = NpuKernel(
     params=params,
     compute=compute,
     reference=reference,
-    geometry=geometry,
-    schedule=schedule,
     examples=examples,
     limits=(
         "NCHW; nearest (any nearest_mode) and linear; coordinate modes half_pixel, pytorch_half_pixel, "
@@ -266,6 +238,6 @@ KERNEL = NpuKernel(
         "input and output per tensor; nearest equals ONNX's reference evaluator on every input, linear to the "
         "step except at exact half-step ties (one step there)",
         "linear: 255 x the weight denominators within int32; rescale factor within the fixed-point range",
-        "SRAM tiles over channels when upsampling; downsampling runs untiled",
+        "not SRAM-tiled (a gather through index tables: the planner's row bands cannot describe its input tile)",
     ),
 )

@@ -28,8 +28,8 @@ def make_attention_model(path: Path) -> Path:
         return name
 
     def qdq(x, scale, zero_point, name):
-        q = helper.make_node("QuantizeLinear", [x, const(f"{name}_s", np.float32(scale)), const(f"{name}_z", np.int8(zero_point))],
-                             [f"{name}_q"])
+        scale, zero_point = const(f"{name}_s", np.float32(scale)), const(f"{name}_z", np.int8(zero_point))
+        q = helper.make_node("QuantizeLinear", [x, scale, zero_point], [f"{name}_q"])
         dq = helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_dq"])
         nodes.extend([q, dq])
         return f"{name}_dq"
@@ -46,7 +46,8 @@ def make_attention_model(path: Path) -> Path:
     nodes.append(helper.make_node("Softmax", [scores], ["p"], axis=-1))
     p = qdq("p", 1 / 255, -128, "p")
     nodes.append(helper.make_node("MatMul", [p, tokens], ["attended"]))
-    nodes.append(helper.make_node("QuantizeLinear", ["attended", const("out_s", np.float32(0.04)), const("out_z", np.int8(0))], ["y"]))
+    out_scale, out_zero_point = const("out_s", np.float32(0.04)), const("out_z", np.int8(0))
+    nodes.append(helper.make_node("QuantizeLinear", ["attended", out_scale, out_zero_point], ["y"]))
     graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.INT8, [1, WIDTH, 2, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.INT8, [1, TOKENS, WIDTH]),
                                helper.make_tensor_value_info("tokens_q", TensorProto.INT8, [1, TOKENS, WIDTH])], inits)
