@@ -79,7 +79,7 @@ def measure(name: str, work: Path, reuse: bool) -> dict:
         start = time.perf_counter()
         compiled = _tvmc("compile", fetch(name), "--input-shapes", model.input_shapes, "-o", package)
         record.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1), "returncode": compiled.returncode,
-                                      "error": _last_line(compiled.stderr), "commit": _commit(),
+                                      "error": _error_line(compiled.stderr), "commit": _commit(),
                                       "load_average": round(os.getloadavg()[0], 1)}))
     compiled = json.loads(record.read_text())
     row = {"family": model.family, "package": model.package, "version": model.version,
@@ -97,7 +97,7 @@ def measure(name: str, work: Path, reuse: bool) -> dict:
         row["validation_reference"] = data["summary"]
         row["min_cosine"] = min(output["cosine"] for output in data["outputs"])
     else:
-        row["validation_error"] = _last_line(validated.stderr)
+        row["validation_error"] = _error_line(validated.stderr)
     share = "n/a" if row["npu_mac_share"] is None else f"{100 * row['npu_mac_share']:.1f} %"
     row["summary"] = (f"{row['npu_operators']} NPU / {row['cpu_operators']} CPU operators, {share} of MACs on the NPU, "
                       f"compiled in {row['compile_seconds']} s, validation {row['validation']}")
@@ -120,7 +120,8 @@ def offloads(package: Path) -> dict:
 def markdown(results: dict) -> str:
     from tvm_npu.report import format_count
 
-    lines = [f"Measured {results['date']} on {results['host']} by `{results['command']}`.", "",
+    commits = ", ".join(sorted({row["compiled_at_commit"] for row in results["models"].values()}))
+    lines = [f"Measured {results['date']} on {results['host']} at commit {commits} by `{results['command']}`.", "",
              "| model | family | source package | input shapes | NPU / CPU operators | conv/gemm MACs on the NPU "
              "| compile time | `tvmc validate` |",
              "|---|---|---|---|---|---|---|---|"]
@@ -143,9 +144,11 @@ def _tvmc(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tvm_npu", *map(str, args)], capture_output=True, text=True, cwd=REPO)
 
 
-def _last_line(text: str) -> str:
+def _error_line(text: str) -> str:
+    """tvmc's one error line (TVM may log warnings after it), else the last line written."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].removeprefix("tvmc: error: ") if lines else ""
+    errors = [line for line in lines if line.startswith("tvmc: ")]
+    return (errors or lines or [""])[-1].removeprefix("tvmc: error: ")
 
 
 def _commit() -> str:
