@@ -3,6 +3,9 @@ depthwise) with bias and fused ReLU / ReLU6 / Clip, integer-only inside.
 
     acc[n,o,y,x] = sum (X - zx) * W          int8 x int8 -> int32, padding taps hold zx (= real 0)
     Y = clamp(((acc << k) + B[o]) * M[o] >> S[o] (round half up) + zy)    per output channel
+
+The attribute `upsample` (u_h, u_w) convolves the input with u - 1 rows and columns of zx (real 0)
+inserted between its own: a transposed convolution is that (npu.conv2d_transpose); 1 for a plain conv.
 """
 
 from __future__ import annotations
@@ -58,32 +61,38 @@ def _input_problem(dq_x, conv) -> str | None:
 
 def check(ann) -> str | None:
     conv, dq_w = ann["anchor"], ann["w"]
-    if all(isinstance(a, tvm.ir.expr.Constant) for a in ann["root"].args[1:3]) and const_value(ann["root"].args[1]).size > 1:
-        # NNCF does this when the output feeds a depthwise conv (see _input_problem).
-        return "attribute: per-channel output quantization (the NPU conv requantizes per tensor)"
-    problem = per_tensor_problem(ann["root"])
-    if problem:
-        return problem
-    problem = _input_problem(ann["x"], conv)
+    problem = output_problem(ann["root"]) or _input_problem(ann["x"], conv)
     if problem:
         return problem
     attrs = conv.attrs
     if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW"):
         return f"attribute: layout {attrs.data_layout}/{attrs.kernel_layout} (the NPU takes NCHW/OIHW)"
+    return weight_problem(dq_w, 0) or scale_problem(
+        _input_scale(const_value(ann["x"].args[1]), conv) * const_value(dq_w.args[1]).astype(np.float64)
+        / float(const_value(ann["root"].args[1])), BIAS_FRACTION_BITS)
+
+
+def output_problem(root) -> str | None:
+    """Why the NPU conv cannot write this output quantize (it requantizes per tensor)."""
+    if all(isinstance(a, tvm.ir.expr.Constant) for a in root.args[1:3]) and const_value(root.args[1]).size > 1:
+        # NNCF does this when the output feeds a depthwise conv (see _input_problem).
+        return "attribute: per-channel output quantization (the NPU conv requantizes per tensor)"
+    return per_tensor_problem(root)
+
+
+def weight_problem(dq_w, out_axis: int) -> str | None:
+    """Why these weights are not int8, symmetric, per tensor or per output channel (`out_axis`)."""
     w = const_value(dq_w.args[0])
     if w.dtype != np.int8:
         return f"dtype: {w.dtype} weights (the NPU takes int8)"
     if np.any(const_value(dq_w.args[2]) != 0):
         return "attribute: asymmetric weights (non-zero weight zero point)"
-    w_scale = const_value(dq_w.args[1])
-    if w_scale.size > 1 and int(dq_w.attrs.axis) % 4 != 0:
+    if const_value(dq_w.args[1]).size > 1 and int(dq_w.attrs.axis) % w.ndim != out_axis:
         return "attribute: weight scales not per output channel"
-    taps = int(np.prod(w.shape[1:]))
+    taps = int(np.prod(w.shape)) // w.shape[out_axis]
     if accumulator_overflows(taps):
         return f"shape: {taps} taps per output overflow the int32 accumulator"
-    out_scale = float(const_value(ann["root"].args[1]))
-    real = _input_scale(const_value(ann["x"].args[1]), conv) * w_scale.astype(np.float64) / out_scale
-    return scale_problem(real, BIAS_FRACTION_BITS)
+    return None
 
 
 def _input_scale(scale: np.ndarray, conv) -> np.ndarray | float:
@@ -99,30 +108,46 @@ def params(comp: Composite) -> KernelParams:
     conv = comp.call("relax.nn.conv2d")
     dq_x, dq_w = comp.value(conv.args[0]), comp.value(conv.args[1])
     sx, zx = comp.quant(dq_x)
-    sx, zx = _input_scale(sx, conv), int(zx.reshape(-1)[0])  # zero points are uniform (check)
-    sy, zy, dtype, lo, hi = comp.output()
     w = comp.const(dq_w.args[0]).astype(np.int8)
-    out_channels = w.shape[0]
-    acc_scale = sx * np.broadcast_to(comp.quant(dq_w)[0].reshape(-1), (out_channels,))
+    w_scale = np.broadcast_to(comp.quant(dq_w)[0].reshape(-1), (w.shape[0],))
+    return KernelParams(conv_attrs(comp, conv, int(zx.reshape(-1)[0])),  # zero points are uniform (check)
+                        [w, *epilogue(comp, _input_scale(sx, conv) * w_scale)])
+
+
+def conv_attrs(comp: Composite, conv, zx: int, upsample=(1, 1)) -> dict:
+    """The attributes of a conv2d-family call and its output quantization."""
+    _, zy, dtype, lo, hi = comp.output()
+    a = conv.attrs
+    return {
+        "strides": tuple(int(v) for v in a.strides),
+        "padding": tuple(int(v) for v in a.padding),
+        "dilation": tuple(int(v) for v in a.dilation),
+        "groups": int(a.groups),
+        "upsample": tuple(upsample),
+        "zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype,
+    }
+
+
+def epilogue(comp: Composite, acc_scale: np.ndarray) -> list[np.ndarray]:
+    """Bias (in accumulator units, BIAS_FRACTION_BITS below the point), multiplier and shift per output
+    channel, from the accumulator's real scale per output channel and the output quantize."""
+    sy = comp.output()[0]
     adds = comp.calls("relax.add")
-    bias = comp.const(adds[0].args[1]).reshape(-1) if adds else np.zeros(out_channels)
+    bias = comp.const(adds[0].args[1]).reshape(-1) if adds else np.zeros(acc_scale.size)
     bias_q = np.round(bias / acc_scale * (1 << BIAS_FRACTION_BITS)).astype(np.int64)
     mult, shift = multiplier(acc_scale / sy)
-    a = conv.attrs
-    return KernelParams(
-        attrs={
-            "strides": tuple(int(v) for v in a.strides),
-            "padding": tuple(int(v) for v in a.padding),
-            "dilation": tuple(int(v) for v in a.dilation),
-            "groups": int(a.groups),
-            "zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype,
-        },
-        consts=[w, bias_q, mult, shift + BIAS_FRACTION_BITS],
-    )
+    return [bias_q, mult, shift + BIAS_FRACTION_BITS]
+
+
+def upsampled(attrs: dict, height: int, width: int) -> tuple[int, int]:
+    """The height and width of the input with `upsample - 1` zero rows/columns between its own."""
+    uh, uw = attrs["upsample"]
+    return (height - 1) * uh + 1, (width - 1) * uw + 1
 
 
 def out_shape(attrs: dict, x_shape, w_shape) -> tuple[int, ...]:
     n, _, h, w = x_shape
+    h, w = upsampled(attrs, h, w)
     o, _, kh, kw = w_shape
     (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["strides"], attrs["padding"], attrs["dilation"]
     return (n, o, (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
@@ -148,15 +173,22 @@ def tensors(p: KernelParams, x: te.Tensor, tag: str = ""):
     shape = out_shape(a, tuple(int(d) for d in x.shape), w_np.shape)
     w = te.placeholder(w_np.shape, "int8", "W" + tag)
     bias, mult, shift = (te.placeholder((out_channels,), "int64", n + tag) for n in ("B", "M", "S"))
-    # The padded input stays 8-bit and pads with zx (real 0): it is the tile the SRAM schedule stages.
-    # It ends at the last row and column a window reads (window_span), not at the padded edge: rows past
+    # The padded (and upsampled) input stays 8-bit and pads with zx (real 0): it is the tile the SRAM
+    # schedule stages. It ends at the last row and column a window reads (window_span), not at the padded edge: rows past
     # the last window (a stride that does not divide the padded height) widen the short last row tile's
     # predicate beyond what the tile reads, and TVM then compacts Xp's SRAM buffer past tiling.footprint.
+    (uh, uw), (up_h, up_w) = a["upsample"], upsampled(a, height, width)
+
+    def inside(i, pad, up, extent):
+        """Whether padded index i reads an input element (not padding, not an inserted zero)."""
+        on_grid = [] if up == 1 else [tirx.floormod(i - pad, up) == 0]
+        return [i >= pad, i < pad + extent, *on_grid]
+
     xp = te.compute(
         (shape[0], c_in, window_span(shape[2], kh, sh, dh), window_span(shape[3], kw, sw, dw)),
         lambda n, c, h, w_: tirx.if_then_else(
-            tirx.all(h >= pt, h < pt + height, w_ >= pl, w_ < pl + width),
-            x[n, c, h - pt, w_ - pl],
+            tirx.all(*inside(h, pt, uh, up_h), *inside(w_, pl, uw, up_w)),
+            x[n, c, tirx.floordiv(h - pt, uh), tirx.floordiv(w_ - pl, uw)],
             tirx.const(a["zx"], x_dtype),
         ),
         name="Xp" + tag,
@@ -189,7 +221,9 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["strides"], a["padding"], a["dilation"]
     n, o, oh, ow = out_shape(a, x.shape, w.shape)
     groups, cg = a["groups"], w.shape[1]
-    xp = np.pad(x.astype(np.int64) - a["zx"], ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    (uh, uw), up = a["upsample"], np.zeros((*x.shape[:2], *upsampled(a, *x.shape[2:])), np.int64)
+    up[:, :, ::uh, ::uw] = x.astype(np.int64) - a["zx"]
+    xp = np.pad(up, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     acc = np.zeros((n, o, oh, ow), np.int64)
     per_group = o // groups
     for g in range(groups):
@@ -212,7 +246,7 @@ def geometry(p: KernelParams, inputs) -> Geometry:
 def conv_geometry(a: dict, x_shape, w_shape) -> Geometry:
     """The geometry of a convolution of these attributes and shapes (npu.conv2d_csr's too)."""
     n, o, oh, ow = out_shape(a, x_shape, w_shape)
-    return Geometry("conv2d", n, x_shape[1], x_shape[2], x_shape[3], o, oh, ow, tuple(w_shape[2:]),
+    return Geometry("conv2d", n, x_shape[1], *upsampled(a, *x_shape[2:]), o, oh, ow, tuple(w_shape[2:]),
                     tuple(a["strides"]), tuple(a["dilation"]), tuple(a["padding"]), a["groups"])
 
 

@@ -42,8 +42,9 @@ def check(ann) -> str | None:
     problem = per_tensor_problem(dq_x, ann["root"])
     if problem:
         return problem
-    if len(dq_x.ty.shape) != 2:
-        return f"shape: rank-{len(dq_x.ty.shape)} input (the NPU dense takes [N, K])"
+    shape = [int(d) for d in dq_x.ty.shape]
+    if len(shape) < 2 or any(d != 1 for d in shape[:-2]):
+        return f"shape: input {shape} (the NPU dense takes [N, K], or [1, ..., 1, N, K] as transformers' tokens)"
     w = const_value(dq_w.args[0])
     if w.dtype != np.int8 or w.ndim != 2:
         return f"dtype: {w.dtype} rank-{w.ndim} weights (the NPU takes 2-D int8)"
@@ -76,7 +77,8 @@ def params(comp: Composite) -> KernelParams:
     bias_q = np.round(bias / acc_scale * (1 << BIAS_FRACTION_BITS)).astype(np.int64)
     mult, shift = multiplier(acc_scale / sy)
     return KernelParams(
-        attrs={"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype},
+        # `lead`: unit dimensions before [N, K] (a transformer's [1, tokens, width]), kept in the output
+        attrs={"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, "lead": len(dq_x.ty.shape) - 2},
         consts=[w, bias_q, mult, shift + BIAS_FRACTION_BITS],
     )
 
@@ -89,15 +91,16 @@ def compute(p: KernelParams, inputs):
     w = te.placeholder((out_channels, depth), "int8", "W")
     bias, mult, shift = (te.placeholder((out_channels,), "int64", n) for n in ("B", "M", "S"))
     k = te.reduce_axis((0, depth), "k")
+    unit = (0,) * a["lead"]
     acc = te.compute(
-        (x_shape[0], out_channels),
-        lambda n, o: te.sum((x[n, k].astype("int32") - a["zx"]) * w[o, k].astype("int32"), axis=k),
+        (x_shape[-2], out_channels),
+        lambda n, o: te.sum((x[(*unit, n, k)].astype("int32") - a["zx"]) * w[o, k].astype("int32"), axis=k),
         name="acc",
     )
     y = te.compute(
-        (x_shape[0], out_channels),
-        lambda n, o: requantize_te((acc[n, o].astype("int64") << BIAS_FRACTION_BITS) + bias[o],
-                                   mult[o], shift[o], a["zy"], a["lo"], a["hi"], a["out_dtype"]),
+        (*x_shape[:-1], out_channels),
+        lambda *i: requantize_te((acc[i[-2], i[-1]].astype("int64") << BIAS_FRACTION_BITS) + bias[i[-1]],
+                                 mult[i[-1]], shift[i[-1]], a["zy"], a["lo"], a["hi"], a["out_dtype"]),
         name="Y",
     )
     return te.create_prim_func([x, w, bias, mult, shift, y])
@@ -107,7 +110,7 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     (x,) = inputs
     a = p.attrs
     w, bias, mult, shift = p.consts
-    acc = (x.astype(np.int64) - a["zx"]) @ w.astype(np.int64).T
+    acc = (x.astype(np.int64) - a["zx"]) @ w.astype(np.int64).T  # broadcasts over the unit dimensions
     return requantize_np((acc << BIAS_FRACTION_BITS) + bias, mult, shift, a["zy"], a["lo"], a["hi"], a["out_dtype"])
 
 
@@ -118,9 +121,9 @@ def geometry(p: KernelParams, inputs) -> Geometry:
 
 
 def dense_geometry(x_shape, w_shape) -> Geometry:
-    """The geometry of X [N, K] times weights [O, K] (npu.dense_csr's too)."""
+    """The geometry of X [N, K] (or [1, ..., 1, N, K]) times weights [O, K] (npu.dense_csr's too)."""
     out_channels, depth = w_shape
-    return Geometry("dense", 1, depth, x_shape[0], 1, out_channels, x_shape[0], 1)
+    return Geometry("dense", 1, depth, x_shape[-2], 1, out_channels, x_shape[-2], 1)
 
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
@@ -128,7 +131,7 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     tile loop double-buffered, the outer one parallel, the output vectorized for the host (`tiles`' knobs)."""
     sch = s_tir.Schedule(func)
     y, acc = sch.get_sblock("Y"), sch.get_sblock("acc")
-    n, o = sch.get_loops(y)
+    *units, n, o = sch.get_loops(y)
     no, ni = sch.split(n, [None, tiles.rows])
     oo, oi = sch.split(o, [None, tiles.channels])
     outer, inner = (oo, no) if tiles.order == "weights" else (no, oo)
@@ -137,12 +140,13 @@ def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
     x_s = sch.cache_read(acc, 0, SRAM_SCOPE)
     sch.compute_at(x_s, inner if tiles.order == "weights" else outer)
     loads = {sch.get(x_s).name_hint} if tiles.order == "weights" else {sch.get(b).name_hint for b in stationary}
-    return finish_tile_loops(sch, tiles, y, y_out, outer, inner, loads, tile_loops=2)
+    return finish_tile_loops(sch, tiles, y, y_out, outer, inner, loads, tile_loops=2 + len(units))
 
 
 def examples(rng):
     def dense(name, n, k, o, gemm=True, activation=None):
-        x = random_activation(rng, (n, k))
+        """`n` rows, or a tuple of leading dimensions (a transformer's [1, tokens])."""
+        x = random_activation(rng, (*np.atleast_1d(n), k))
         out_dtype = str(rng.choice(["int8", "uint8"]))
         if gemm:  # Gemm holds weights as [O, K] (transB) with a bias
             return quantized_operator(name, "Gemm", [x, random_weight(rng, (o, k)), Constant(rng.normal(0, 0.3, o))],
@@ -155,6 +159,7 @@ def examples(rng):
         dense("matmul_1x1", 1, 1, 1, gemm=False),
         dense("long_reduction_relu6", 2, 513, 7, activation="relu6"),
         dense("random_matmul", int(rng.integers(1, 5)), int(rng.integers(1, 300)), int(rng.integers(1, 40)), gemm=False),
+        dense("tokens_matmul_relu", (1, 11), 24, 17, gemm=False, activation="relu"),  # SVTR's MLP: [1, tokens, width]
     ]
 
 
@@ -170,7 +175,7 @@ KERNEL = NpuKernel(
     schedule=schedule,
     examples=examples,
     limits=(
-        "input [N, K]; weights a 2-D int8 constant, symmetric, per-tensor or per-output-channel scales",
+        "input [N, K] or [1, ..., 1, N, K]; weights a 2-D int8 constant, symmetric, per-tensor or per-output-channel scales",
         "activations and output per tensor",
         "at most 65 793 products per output (K): the int32 accumulator",
         "rescale factors (input x weight scale / output scale) within the fixed-point range",

@@ -26,7 +26,9 @@ from . import dense
 
 
 def check(base: KernelParams) -> str | None:
-    return None  # any dense layer has a CSR form
+    if base.attrs["lead"]:
+        return "an input with unit dimensions before [N, K]: it stays dense"
+    return None
 
 
 def compute(p: KernelParams, inputs):

@@ -277,13 +277,9 @@ def host_profile(files: dict, runtime: str, inputs: dict) -> dict:
     (one run on a shared machine can catch a preemption): the slowest calls, and totals per kind
     (NPU kernel family, TVM-generated CPU function, VM builtin)."""
     import tvm_npu
-    from tvm_npu.runtime import LayerTime
+    from tvm_npu.runtime import call_kind
 
-    model = tvm_npu.load(files[runtime])
-    model.run(inputs)  # warm
-    runs = [model.profile(inputs) for _ in range(PROFILE_RUNS)]
-    calls = [LayerTime(call.symbol, float(np.median([run[i].ms for run in runs])), call.shape)
-             for i, call in enumerate(runs[0])]
+    calls = tvm_npu.load(files[runtime]).median_profile(inputs, PROFILE_RUNS)
     kinds: dict[str, float] = {}
     for call in calls:
         kinds[call_kind(call.symbol)] = kinds.get(call_kind(call.symbol), 0.0) + call.ms
@@ -292,14 +288,6 @@ def host_profile(files: dict, runtime: str, inputs: dict) -> dict:
             "by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
             "top": [{"symbol": c.symbol, "kind": call_kind(c.symbol), "ms": c.ms, "output_shape": list(c.shape)}
                     for c in top]}
-
-
-def call_kind(symbol: str) -> str:
-    if symbol.startswith("vm.builtin."):
-        return "VM builtins (allocation, shape checks)"
-    if symbol.startswith("npu_"):
-        return "NPU kernel " + symbol.rsplit("_", 1)[0].replace("npu_", "npu.", 1)
-    return "CPU (TVM default lowering)"
 
 
 def npu_model_figures(files: dict) -> dict:
@@ -500,13 +488,14 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(text: str) -> None:
+def update_readme(text: str, begin: str = README_BEGIN, end: str = README_END) -> None:
+    """Puts `text` between README.md's `begin` and `end` markers (scripts/real_model_table.py uses it too)."""
     readme = README.read_text()
-    if README_BEGIN not in readme or README_END not in readme:
-        raise SystemExit(f"error: README.md has no {README_BEGIN!r} ... {README_END!r} markers; restore them")
-    head, rest = readme.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    write_atomic(README, f"{head}{README_BEGIN}\n{text}{README_END}{tail}".encode())
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"error: README.md has no {begin!r} ... {end!r} markers; restore them")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    write_atomic(README, f"{head}{begin}\n{text}{end}{tail}".encode())
 
 
 def _atomic(path: Path):

@@ -174,7 +174,23 @@ def channel_affine_case(rng, *, shape=None, x_dtype=None, y_dtype=None, per_chan
     return KernelParams(attrs, [mult, bias, shifts]), [_integers(rng, shape, x_dtype)]
 
 
+def example_case(name: str, index: int):
+    """A case drawn from the kernel's own example generator (with this test's seeds, not the harness's):
+    the kernels whose parameters come from tables or index maps the compiler computes."""
+    from tvm_npu.conformance import prepare
+
+    def case(rng):
+        found = prepare(kernel(name), kernel(name).examples(rng)[index])
+        return found.params, found.inputs
+
+    return case
+
+
+_FROM_EXAMPLES = {"npu.conv2d_transpose": 4, "npu.resize": 6, "npu.clamp": 3, "npu.move": 7, "npu.matmul": 4,
+                  "npu.softmax": 4}
+
 CASES = {
+    **{name: [example_case(name, i) for i in range(count)] for name, count in _FROM_EXAMPLES.items()},
     "npu.channel_affine": [
         *(lambda rng: channel_affine_case(rng) for _ in range(4)),
         lambda rng: channel_affine_case(rng, shape=(1, 7, 5, 3), x_dtype="uint8", y_dtype="int8"),

@@ -5,15 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
+from dataclasses import replace
 
+import numpy as np
 import onnx
-
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import tvm_npu
 from tvm_npu.cli import main
+from tvm_npu.frontend import import_onnx, load_onnx
 from tvm_npu.package import read_package
+from tvm_npu.partition import partition
+from tvm_npu.report import mac_share, measured_host_time, summary_text
+from tvm_npu.runtime import host_mismatch
 from test_int8_end_to_end import make_small_cnn
 
 
@@ -25,12 +32,13 @@ def cnn_package(tmp_path_factory):
 
 def test_metadata_holds_plan_and_estimates(cnn_package):
     extra = cnn_package.metadata.extra
-    npu = [layer for layer in extra["layers"] if layer["placement"] == "npu"]
+    # every kind is SRAM-tiled but npu.move (the flatten before the classifier), a DRAM-to-DRAM DMA copy
+    npu = [layer for layer in extra["layers"] if layer["placement"] == "npu" and layer["kernel"] != "npu.move"]
     assert {layer["kernel"] for layer in npu} >= {"npu.conv2d", "npu.pool", "npu.elementwise"}
-    assert all(layer["tiles"] and layer["sram_proven"] == layer["sram_planned"] for layer in npu)  # every kind tiled
+    assert all(layer["tiles"] and layer["sram_proven"] == layer["sram_planned"] for layer in npu)
     perf = extra["performance"]
     assert len(perf["layers"]) == len(extra["layers"])
-    assert not any(row["tiles"] == "not tiled" for row in perf["layers"])
+    assert {row["kernel"] for row in perf["layers"] if row["tiles"] == "not tiled"} <= {"npu.move"}
     for row in perf["layers"]:
         assert row["cycles"] >= row["roofline_cycles"] - 1e-9
     summary = perf["summary"]
@@ -72,8 +80,56 @@ def test_compile_prints_the_summary(tmp_path, capsys):
     assert main(["compile", str(model), "-o", str(tmp_path / "m.tar"), "--target", "npu/micro"]) == 0
     out = capsys.readouterr().out
     assert "Network summary" in out and "SRAM used (proven peak)" in out and "Total cycles" in out
+    assert "Conv/gemm MACs on the NPU" in out and "Host time per inference" in out
 
 
 def test_report_of_a_missing_package_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope.tar")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_conv_and_gemm_macs_are_counted_wherever_they_run(tmp_path):
+    """Grouped conv, transposed conv, Gemm and a MatMul of two activations, in float (all on the CPU):
+    each offload-report row carries its MACs, by the textbook formulas."""
+    rng = np.random.default_rng(0)
+    weights = {"w": (6, 2, 3, 3), "wt": (6, 3, 2, 2), "wg": (768, 10)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], group=2),  # [1,6,8,8]
+             helper.make_node("ConvTranspose", ["c", "wt"], ["t"], strides=[2, 2]),  # [1,3,16,16]
+             helper.make_node("MatMul", ["t", "t"], ["m"]),  # [1,3,16,16] x [1,3,16,16]
+             helper.make_node("Flatten", ["m"], ["f"]),
+             helper.make_node("Gemm", ["f", "wg"], ["y"])]
+    graph = helper.make_graph(nodes, "macs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                              [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "macs.onnx")
+    _, rows = partition(import_onnx(load_onnx(tmp_path / "macs.onnx")).mod)
+    counted = sorted(row["macs"] for row in rows if row["macs"])
+    expected = {"conv": 6 * 8 * 8 * (2 * 3 * 3), "conv_transpose": 6 * 8 * 8 * (3 * 2 * 2),
+                "matmul": 3 * 16 * 16 * 16, "gemm": 768 * 10}
+    assert counted == sorted(expected.values())
+    assert all(row["runs_on"] == "cpu" for row in rows)
+
+
+def test_summary_says_what_runs_where(cnn_package, tmp_path):
+    """MAC share from the offload report; the NPU throughput labelled as the NPU part while CPU operators
+    remain; host time measured on this host, by kind and per CPU function."""
+    metadata = cnn_package.metadata
+    share = mac_share(metadata)
+    rows = metadata.extra["operators"]
+    assert share["total_macs"] == sum(row["macs"] for row in rows) > 0
+    assert share["npu_macs"] == sum(row["macs"] for row in rows if row["runs_on"] == "npu") > 0
+    host = measured_host_time(cnn_package.package_path)
+    assert host["total_ms"] > 0 and abs(host["cpu_share"] + host["npu_share"] + host["vm_share"] - 1) < 1e-9
+    text = summary_text(metadata, host)
+    assert f"Conv/gemm MACs on the NPU    {math.floor(1000 * share['npu_share']) / 10:.1f} %" in text
+    assert "(NPU part only; " in text  # the small CNN's softmax and Gemm stay on the CPU
+    assert "Host time per inference" in text and "CPU operators by host time" in text
+
+
+def test_host_time_is_not_measured_for_a_library_built_for_another_cpu(cnn_package):
+    metadata = cnn_package.metadata
+    assert host_mismatch(metadata) is None
+    elsewhere = replace(metadata, target={**metadata.target, "mcpu": "some-other-cpu"})
+    reason = host_mismatch(elsewhere)
+    assert reason.startswith("the library was built for some-other-cpu, this host is ")
+    assert f"not measured: {reason}" in summary_text(elsewhere, reason)

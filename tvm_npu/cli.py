@@ -24,7 +24,7 @@ from .frontend import parse_input_shapes
 from .package import read_package
 from .pipeline import compile as compile_model
 from .quantize import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIXES, is_quantized
-from .report import FORMATS, plot, report, summary_text
+from .report import FORMATS, measured_host_time, plot, report, summary_text
 from .runtime import load, make_inputs, read_npz, write_npz
 from .sparse import SPARSE_MODES
 from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
@@ -186,7 +186,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.plot:
         check_output_path(args.plot)
     metadata = read_package(args.FILE, load_library=False).metadata
-    print(report(metadata, args.format))
+    print(report(metadata, args.format, measured_host_time(args.FILE) if args.format != "csv" else None))
     if args.plot:
         plot(metadata, args.plot)
     return EXIT_OK
@@ -280,7 +280,7 @@ def _compile(args: argparse.Namespace) -> int:
     for kind, specs in (("input", meta.inputs), ("output", meta.outputs)):
         for spec in specs:
             print(f"  {kind:<7}{spec.name}: {spec.dtype}{list(spec.shape)}")
-    print(summary_text(meta))
+    print(summary_text(meta, measured_host_time(result.package_path)))
     return EXIT_OK
 
 

@@ -69,3 +69,13 @@ def activation_bounds(dtype: str, zero_point: int, scale: float, relu: bool, cli
         if np.isfinite(clip[1]):
             hi = min(hi, int(np.clip(np.round(clip[1] / scale) + zero_point, info.min, info.max)))
     return lo, hi
+
+
+def requantization_table(function, sx: float, zx: int, sy: float, zy: int, in_dtype: str, out_dtype: str) -> np.ndarray:
+    """Q(function(DQ(q))) for every input integer q (at index q - qmin): what a QDQ graph computes from
+    one int8 value, in its own float32 arithmetic and rounding half to even as QuantizeLinear does. A
+    kernel that indexes it with the input integer equals the QDQ graph on every input."""
+    info, out = np.iinfo(in_dtype), np.iinfo(out_dtype)
+    real = (np.arange(info.min, info.max + 1, dtype=np.int64) - zx).astype(np.float32) * np.float32(sx)
+    q = np.round(function(real) / np.float32(sy)).astype(np.int64) + zy
+    return np.clip(q, out.min, out.max).astype(out_dtype)

@@ -1,7 +1,8 @@
 """Stages load and import: an ONNX file becomes a checked model, then a static-shaped Relax module.
 
 Entry points: `load_onnx(path, input_shapes)` (everything that can be wrong with a user's
-model file is found here, before TVM sees it, and reported as one NpuError line) and
+model file is found here, before TVM sees it, and reported as one NpuError line; the input shapes
+are fixed in the model and its shape computations folded to constants, `passes.fold_shapes`) and
 `import_onnx(model)`, which runs after quantization. The Relax module is not constant-folded:
 folding would turn int8 weight dequantizes into float constants before partitioning.
 
@@ -31,9 +32,11 @@ from tvm.relax.frontend.onnx import from_onnx
 
 from .errors import NpuError, first_line, one_line
 from .passes import run_onnx_passes
+from .passes.fold_shapes import SHAPE_READERS
 
 _NUMERIC_TYPES = {getattr(onnx.TensorProto, name) for name in (
     "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
+_DYNAMIC_DIM = -1  # how some exporters (Paddle's) store a dimension without a fixed size
 _SHAPE_ENTRY = re.compile(r"\s*(?P<name>[^\s\[\]]+?):(?P<shape>\[[^\]]*\])\s*")
 
 
@@ -105,13 +108,17 @@ def format_input_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
 
 
 def load_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> OnnxModel:
-    """Loads and checks an ONNX model, fixes every input shape and runs the ONNX rewrites (`passes.ONNX_PASSES`)."""
+    """Loads and checks an ONNX model, fixes every input shape in it and runs the ONNX rewrites
+    (`passes.ONNX_PASSES`), which fold every shape computation to constants at those shapes."""
     path = Path(path)
     model = read_onnx(path)
     inputs = _resolve_inputs(model, input_shapes or {})
     _check_operators(model)
+    model = _with_input_shapes(model, inputs)
     _check_shapes(model, inputs, path)
-    return OnnxModel(run_onnx_passes(model), inputs, path.stem)
+    model = run_onnx_passes(model)
+    _check_shapes_folded(model, path)
+    return OnnxModel(model, inputs, path.stem)
 
 
 def import_onnx(loaded: OnnxModel) -> ImportedModel:
@@ -299,7 +306,7 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
                     f"{_shape_str(declared)}; give a shape of rank {len(declared)} matching its fixed dimensions"
                 )
         else:
-            if any(isinstance(d, int) and d <= 0 for d in declared):
+            if any(isinstance(d, int) and d <= 0 and d != _DYNAMIC_DIM for d in declared):
                 raise NpuError(
                     f"input {value.name!r} declares shape {_shape_str(declared)} with a zero or negative dimension; "
                     f"re-export the model with positive dimensions or give them with --input-shapes"
@@ -315,25 +322,62 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
     return specs
 
 
-def _check_shapes(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> None:
-    """ONNX's strict shape inference at the fixed input shapes: inconsistent shapes, types and attributes
-    are named here, in ONNX's terms, before TVM's importer sees them."""
+def _with_input_shapes(model: onnx.ModelProto, inputs: list[TensorSpec]) -> onnx.ModelProto:
+    """`model` with each input's dimensions fixed as `inputs` says (a model already static is returned as is)."""
+    shapes = {spec.name: spec.shape for spec in inputs}
+    declared = {value.name: value.type.tensor_type.shape.dim for value in model.graph.input if value.name in shapes}
+    if all([d.dim_value if d.HasField("dim_value") else None for d in dims] == list(shapes[name])
+           for name, dims in declared.items()):
+        return model
     static = onnx.ModelProto()
     static.CopyFrom(model)
-    shapes = {spec.name: spec.shape for spec in inputs}
     for value in static.graph.input:
         if value.name in shapes:
             dims = value.type.tensor_type.shape.dim
             for dim, size in zip(dims, shapes[value.name]):
                 dim.Clear()
                 dim.dim_value = size
+    return static
+
+
+def _check_shapes(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> None:
+    """ONNX's strict shape inference at the fixed input shapes: inconsistent shapes, types and attributes
+    are named here, in ONNX's terms, before TVM's importer sees them."""
     try:
-        onnx.shape_inference.infer_shapes(static, check_type=True, strict_mode=True, data_prop=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, UnicodeDecodeError) as err:
+        shapes = {spec.name: spec.shape for spec in inputs}
         raise NpuError(
             f"{path} is inconsistent at input shapes {format_input_shapes(shapes)}: {one_line(err)}; "
             "fix or re-export the model"
         ) from None
+
+
+# Operands that give an operator's output shape: at fixed input shapes each must fold to a constant.
+_SHAPE_OPERANDS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
+                   "Resize": (1, 2, 3), "Upsample": (1,)}
+
+
+def _check_shapes_folded(model: onnx.ModelProto, path: Path) -> None:
+    """After `passes.fold_shapes`, a shape still computed at run time depends on the input's values
+    (NonZero, TopK's k, ...) or on a shape ONNX cannot infer. Nodes come in graph order, so the first
+    one named is where the dependence starts (a Shape node before the Reshape it feeds)."""
+    constants = {init.name for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        operands = [node.input[0]] if node.op_type in SHAPE_READERS else [
+            node.input[i] for i in _SHAPE_OPERANDS.get(node.op_type, ()) if i < len(node.input) and node.input[i]]
+        unfolded = [name for name in operands if name not in constants]
+        if not unfolded:
+            continue
+        what = "reads the shape of" if node.op_type in SHAPE_READERS else "takes its output shape from"
+        producer = producers.get(unfolded[0])
+        source = f"made by {producer.op_type} node {producer.name or producer.output[0]!r}" if producer else "a graph input"
+        raise NpuError(
+            f"{path}: {node.op_type} node {node.name or node.output[0]!r} {what} {unfolded[0]!r} ({source}), "
+            "which does not fold to a constant at the fixed input shapes; only static shapes compile: "
+            "re-export the model so that shapes depend on input shapes only"
+        )
 
 
 def _check_no_empty_tensors(mod: tvm.IRModule, name: str) -> None:
@@ -380,19 +424,26 @@ def _check_operators(model: onnx.ModelProto) -> None:
                 )
 
 
-def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, name: str) -> list[TensorSpec]:
+def _output_specs(model: onnx.ModelProto, mod: tvm.IRModule, model_name: str) -> list[TensorSpec]:
     ret = mod["main"].ret_ty
     types = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
-    names = [o.name for o in model.graph.output]
+    producers = {out: node for node in model.graph.node for out in node.output}
     specs = []
-    for name, ty in zip(names, types, strict=True):
+    for output, ty in zip(model.graph.output, types, strict=True):
+        name = output.name
+        producer = producers.get(name)
+        source = f" (from {producer.op_type} node {producer.name or name!r})" if producer else ""
         if not isinstance(ty, relax.TensorType) or ty.shape is None:
-            raise NpuError(f"{name}: output {name!r} is not a tensor of known rank; such models are not supported")
+            raise NpuError(
+                f"{model_name}: output {name!r}{source} has no known rank at the fixed input shapes: its rank depends "
+                "on values computed at run time; re-export the model so that output shapes depend on input shapes only"
+            )
         try:
             shape = tuple(int(d) for d in ty.shape)
         except TypeError:
             raise NpuError(
-                f"{name}: output {name!r} has a data-dependent shape {ty.shape}; only static shapes are supported"
+                f"{model_name}: output {name!r}{source} has a data-dependent shape {ty.shape}; only static shapes "
+                "compile: re-export the model so that output shapes depend on input shapes only"
             ) from None
         specs.append(TensorSpec(name, shape, str(ty.dtype)))
     return specs

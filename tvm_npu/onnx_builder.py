@@ -49,9 +49,10 @@ class Weight:
 
 @dataclass(frozen=True)
 class Constant:
-    """A float constant operand (a bias, a Clip bound)."""
+    """A constant operand: float (a bias, a Clip bound) or, with `dtype`, a shape-like operand (int64)."""
 
     values: np.ndarray | float
+    dtype: str = "float32"
 
 
 @dataclass
@@ -111,6 +112,7 @@ def quantized_operator(
     activation: str | None = None,
     opset: int = OPSET,
     gated: bool = False,
+    output_quantization: tuple[float, int] | None = None,
     **attributes,
 ) -> Example:
     """`QuantizeLinear(activation(op_type(operands...)))` over dequantized integer inputs.
@@ -119,6 +121,7 @@ def quantized_operator(
     `activation` is None, "relu" or "relu6" (a Clip to [0, 6]); `attributes` are the ONNX node's;
     `opset` is raised for operators newer than OPSET (Mish: 18, Gelu: 20); `gated` multiplies the first
     operand by the operator's result (SiLU is `x * Sigmoid(x)`).
+    `output_quantization` (scale, zero point) replaces the calibrated one (e.g. the input's, for a copy).
     """
     nodes, inits, graph_inputs, values = [], [], [], {}
 
@@ -142,7 +145,7 @@ def quantized_operator(
                                                                constant(scale, f"{label}_scale")],
                                           [f"{label}_real"], axis=item.axis))
             return f"{label}_real"
-        return constant(np.asarray(item.values, np.float32), label)
+        return constant(np.asarray(item.values, item.dtype), label)
 
     names = []
     for index, item in enumerate(operands):
@@ -164,7 +167,7 @@ def quantized_operator(
         real = "activated"
     elif activation is not None:
         raise ValueError(f"activation must be None, 'relu' or 'relu6', not {activation!r}")
-    scale, zero_point = _calibrate(nodes, graph_inputs, inits, real, values, out_dtype)
+    scale, zero_point = output_quantization or _calibrate(nodes, graph_inputs, inits, real, values, out_dtype)
     nodes.append(helper.make_node("QuantizeLinear", [real, constant(np.float32(scale), "y_scale"),
                                                      constant(np.array(zero_point, out_dtype), "y_zero_point")], ["y"]))
     output = helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype)), None)

@@ -1,9 +1,11 @@
 """Stage: report. The NPU performance model's figures for a compiled package, Vela-style.
 
-Entry point: `report(metadata, fmt="table") -> str` (table, json or csv) and
+Entry point: `report(metadata, fmt="table", host) -> str` (table, json or csv) and
 `plot(metadata, path)` (per-layer cycles against the roofline bound, PNG via matplotlib Agg).
 The figures themselves are computed at compile time (`tvm_npu.perf.estimate`) and stored in
-the package metadata (`extra["performance"]`, with the tiling plan in `extra["layers"]`).
+the package metadata (`extra["performance"]`, with the tiling plan in `extra["layers"]`), as is
+each operator's share of the conv/gemm MACs (`extra["operators"]`). Where host time goes is measured
+when asked (`measured_host_time`): it depends on the host, so no package stores it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 from .atomic import atomic_output
 from .errors import NpuError
-from .package import PackageMetadata
+from .package import PackageMetadata, read_package
+from .runtime import CPU_FUNCTIONS, VM_BUILTINS, CompiledModel, LayerTime, call_kind, host_mismatch, make_inputs
 
 FORMATS = ("table", "json", "csv")
+HOST_TOP = 5  # CPU functions the summary names
+HOST_RUNS = 3
 COLUMNS = ("name", "kernel", "placement", "shape", "tiles", "macs", "cycles", "roofline_cycles", "roofline_ratio",
            "utilization", "array_utilization", "weight_read", "activation_read", "activation_write", "dram_bytes",
            "compulsory_bytes", "sram_planned", "sram_proven", "weight_bytes_original", "weight_bytes_encoded")
@@ -36,11 +42,92 @@ def cpu_operator_counts(metadata: PackageMetadata) -> tuple[int, int]:
     return len(cpu) - boundaries, boundaries
 
 
-def summary_text(metadata: PackageMetadata) -> str:
+def mac_share(metadata: PackageMetadata) -> dict | None:
+    """The model's convolution and matrix-product MACs (`partition.conv_gemm_macs`) on the NPU and on the
+    CPU, from the compile's offload report; None for a package compiled before they were counted."""
+    rows = metadata.extra.get("operators", [])
+    if any("macs" not in row for row in rows):
+        return None
+    npu = sum(row["macs"] for row in rows if row["runs_on"] == "npu")
+    cpu = [row for row in rows if row["runs_on"] == "cpu" and row["macs"]]
+    total = npu + sum(row["macs"] for row in cpu)
+    return {"npu_macs": npu, "total_macs": total, "npu_share": npu / total if total else None,
+            "cpu_operators_with_macs": len(cpu)}
+
+
+def host_time(calls: list[LayerTime]) -> dict:
+    """Host time of one inference by kind (NPU kernels run emulated on the host) and the CPU functions' shares."""
+    total = sum(call.ms for call in calls)
+    kinds = {"npu": 0.0, "cpu": 0.0, "vm": 0.0}
+    cpu: dict[str, float] = {}
+    for call in calls:
+        kind = call_kind(call.symbol)
+        key = "vm" if kind == VM_BUILTINS else "cpu" if kind == CPU_FUNCTIONS else "npu"
+        kinds[key] += call.ms
+        if key == "cpu":
+            cpu[call.symbol] = cpu.get(call.symbol, 0.0) + call.ms
+    share = (lambda ms: ms / total) if total else (lambda ms: 0.0)
+    return {"total_ms": total, **{f"{key}_share": share(ms) for key, ms in kinds.items()},
+            "cpu_functions": [{"symbol": symbol, "ms": ms, "share": share(ms)}
+                              for symbol, ms in sorted(cpu.items(), key=lambda kv: -kv[1])]}
+
+
+def measured_host_time(path) -> dict | str:
+    """`host_time` of the package at `path`: the median of HOST_RUNS inferences on seeded random inputs, or
+    why it was not measured."""
+    package = read_package(path)
+    reason = host_mismatch(package.metadata)
+    if reason:
+        return reason
+    model = CompiledModel(package, str(path))
+    return host_time(model.median_profile(make_inputs(model.inputs, "random", seed=0), HOST_RUNS))
+
+
+def _mac_line(metadata: PackageMetadata) -> str:
+    share = mac_share(metadata)
+    if share is None:
+        return "unknown (compiled by an older tvm_npu: recompile)"
+    if not share["total_macs"]:
+        return "no convolutions or matrix products"
+    cpu_macs = share["total_macs"] - share["npu_macs"]
+    percent = math.floor(1000 * share["npu_share"]) / 10  # rounded down: 100 % means every MAC
+    return (f"{percent:.1f} % ({format_count(share['npu_macs'])} of {format_count(share['total_macs'])} MACs; "
+            f"{format_count(cpu_macs)} in {share['cpu_operators_with_macs']} CPU operators)")
+
+
+def format_count(n: int) -> str:
+    """A count with a k/M/G unit, to one decimal."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+def _host_lines(host: dict | str | None) -> list[str]:
+    if host is None:
+        return []
+    if isinstance(host, str):
+        return [f"  Host time per inference      not measured: {host}"]
+    lines = [f"  Host time per inference      {host['total_ms']:.2f} ms on this CPU: CPU operators "
+             f"{100 * host['cpu_share']:.1f} %, NPU kernels (emulated) {100 * host['npu_share']:.1f} %, "
+             f"VM builtins {100 * host['vm_share']:.1f} %"]
+    functions = host["cpu_functions"]
+    if functions:
+        top = ", ".join(f"{f['symbol']} {100 * f['share']:.1f} %" for f in functions[:HOST_TOP])
+        more = f" (top {HOST_TOP} of {len(functions)})" if len(functions) > HOST_TOP else ""
+        lines.append(f"  CPU operators by host time   {top}{more}")
+    return lines
+
+
+def summary_text(metadata: PackageMetadata, host: dict | str | None = None) -> str:
+    """The network summary; `host` adds where one inference's host time goes (`host_time`), or why it was
+    not measured."""
     s = performance(metadata)["summary"]
     cpu_operators, boundaries = cpu_operator_counts(metadata)
     config = metadata.npu_config
     kib = 1024
+    # The NPU model costs only NPU layers: with CPU operators left, the figure is not the model's rate.
+    npu_part = f" (NPU part only; {cpu_operators} CPU operators not included)" if cpu_operators else ""
     return "\n".join([
         f"Network summary for {metadata.model_name} on npu/{config.name} "
         f"({config.macs_per_cycle} MACs/cycle, {config.sram_kib} KiB SRAM, {config.clock_mhz:g} MHz)",
@@ -60,16 +147,19 @@ def summary_text(metadata: PackageMetadata) -> str:
         f"= {s['dram_over_compulsory']:.3f}x",
         f"  Total cycles                 {s['cycles']:.0f} (roofline bound {s['roofline_cycles']:.0f})",
         f"  MAC utilization              {100 * s['utilization']:.1f} % (conv layers {100 * s['conv_utilization']:.1f} %)",
-        f"  Inferences/s at {s['clock_mhz']:g} MHz      {s['inferences_per_second']:.1f}",
+        f"  Inferences/s at {s['clock_mhz']:g} MHz      {s['inferences_per_second']:.1f}{npu_part}",
+        f"  Conv/gemm MACs on the NPU    {_mac_line(metadata)}",
+        *_host_lines(host),
     ])
 
 
-def report(metadata: PackageMetadata, fmt: str = "table") -> str:
+def report(metadata: PackageMetadata, fmt: str = "table", host: dict | str | None = None) -> str:
     perf = performance(metadata)
     rows = perf["layers"]
     if fmt == "json":
         return json.dumps({"model": metadata.model_name, "npu_config": metadata.npu_config.to_dict(),
-                           "summary": perf["summary"], "layers": rows}, indent=2)
+                           "summary": perf["summary"], "mac_share": mac_share(metadata), "host_time": host,
+                           "layers": rows}, indent=2)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -82,7 +172,7 @@ def report(metadata: PackageMetadata, fmt: str = "table") -> str:
     width, tiles = (max([least] + [len(r[key]) + 2 for r in rows]) for key, least in (("name", 12), ("tiles", 32)))
     head = (f"{'layer':<{width}}{'kernel':<17}{'tiles':<{tiles}}{'cycles':>11}{'bound':>8}{'util':>7}{'DRAM KiB':>10}"
             f"{'SRAM KiB':>10}{'W KiB orig':>11}{'W KiB enc':>10}  shape")
-    lines = [summary_text(metadata), "", head]
+    lines = [summary_text(metadata, host), "", head]
     for r in rows:
         sram = "-" if r["sram_proven"] is None else f"{r['sram_proven'] / 1024:.1f}"
         lines.append(f"{r['name']:<{width}}{r['kernel']:<17}{r['tiles']:<{tiles}}{r['cycles']:>11.0f}"

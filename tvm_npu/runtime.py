@@ -128,12 +128,39 @@ class CompiledModel:
             self._vm.set_instrument(None)
         return calls
 
+    def median_profile(self, inputs: Mapping[str, np.ndarray], runs: int) -> list[LayerTime]:
+        """`profile` over `runs` inferences after a warm-up run, each call's median host time (one run on a
+        shared machine can catch a preemption)."""
+        self.run(inputs)
+        profiles = [self.profile(inputs) for _ in range(runs)]
+        return [LayerTime(call.symbol, float(np.median([p[i].ms for p in profiles])), call.shape)
+                for i, call in enumerate(profiles[0])]
+
     def _mismatch(self, detail: str) -> NpuError:
         return NpuError(f"{self.origin}: its metadata does not match its library ({detail}); tampered or corrupt, recompile it")
 
     def _to_device(self, inputs: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
         check_inputs(self.inputs, inputs)
         return [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec.name]), self.device) for spec in self.inputs]
+
+
+def call_kind(symbol: str) -> str:
+    """What a profiled VM call is: an NPU kernel (by family), a TVM-generated CPU function or a VM builtin."""
+    if symbol.startswith("vm.builtin."):
+        return VM_BUILTINS
+    if symbol.startswith("npu_"):
+        return "NPU kernel " + symbol.rsplit("_", 1)[0].replace("npu_", "npu.", 1)
+    return CPU_FUNCTIONS
+
+
+VM_BUILTINS = "VM builtins (allocation, shape checks)"
+CPU_FUNCTIONS = "CPU (TVM default lowering)"
+
+
+def host_mismatch(metadata) -> str | None:
+    """Why this host cannot run a package's library (built for another CPU), or None."""
+    built_for, here = metadata.target.get("mcpu"), tvm.target.codegen.llvm_get_system_cpu()
+    return None if built_for in (None, here) else f"the library was built for {built_for}, this host is {here}"
 
 
 def load(path: str | Path) -> CompiledModel:

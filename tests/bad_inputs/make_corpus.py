@@ -58,7 +58,7 @@ def _conv(opset: int = 13, **edits) -> onnx.ModelProto:
                                    helper.make_node("Relu", ["conv"], ["y"])]
     x = edits.get("x") or helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, edits.get("y_shape", [1, 8, 8, 8]))
-    graph = helper.make_graph(nodes, "corpus", [x], [y],
+    graph = helper.make_graph(nodes, "corpus", [x, *edits.get("extra_inputs", [])], [y],
                               edits.get("initializers", [numpy_helper.from_array(weight, "w")]))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -88,8 +88,17 @@ def _write_models(models: Path, valid: Path, rng: np.random.Generator) -> None:
                            ("external_missing", "missing.bin")):
         _save(_with_external_weight(_conv(), location), models / f"{name}.onnx")
     make_conv_model(models / "dynamic.onnx", batch="N")
-    for name, dim in (("zero_dim", 0), ("negative_dim", -3)):
+    for name, dim in (("zero_dim", 0), ("negative_dim", -3), ("minus_one_dim", -1)):
         _save(_conv(x=helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, dim, 8])), models / f"{name}.onnx")
+    # A reshape target read from NonZero's output shape: it depends on the input's values, not its shape.
+    _save(_conv(nodes=[helper.make_node("NonZero", ["x"], ["nonzero"], name="nonzero"),
+                       helper.make_node("Shape", ["nonzero"], ["target"], name="target_shape"),
+                       helper.make_node("Reshape", ["x", "target"], ["y"], name="reshape")],
+                initializers=[], y_shape=["a", "b"]), models / "data_dependent_shape.onnx")
+    # Squeeze's axes given at run time: TVM's importer cannot tell the output's rank.
+    _save(_conv(nodes=[helper.make_node("Squeeze", ["x", "axes"], ["y"], name="squeeze")], initializers=[],
+                extra_inputs=[helper.make_tensor_value_info("axes", TensorProto.INT64, [1])], y_shape=["a", "b", "c"]),
+          models / "rank_unknown_output.onnx")
     # Weights that need more than 1 KiB of SRAM in any tiling, pre-quantized (QDQ) so no calibration runs.
     _save(qdq_conv(rng), models / "wide_qdq.onnx")
 

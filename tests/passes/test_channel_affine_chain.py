@@ -14,7 +14,8 @@ def test_batch_norm_mul_add_chain_becomes_one_multiply_add(tmp_path):
     rng = np.random.default_rng(3)
     c = 5
     constants = {"s": np.float32(0.04), "z": np.uint8(90),
-                 "g": rng.uniform(0.5, 1.5, c), "be": rng.normal(0, 0.2, c), "m": rng.normal(0, 0.2, c), "v": rng.uniform(0.5, 2, c),
+                 "g": rng.uniform(0.5, 1.5, c), "be": rng.normal(0, 0.2, c),
+                 "m": rng.normal(0, 0.2, c), "v": rng.uniform(0.5, 2, c),
                  "k": rng.uniform(0.5, 1.5, (c, 1, 1)), "b": rng.normal(0, 0.2, (1, c, 1, 1))}
     constants = {n: v if n in ("s", "z") else v.astype(np.float32) for n, v in constants.items()}
     nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["f"]),

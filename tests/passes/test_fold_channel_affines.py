@@ -35,3 +35,24 @@ def test_per_channel_mul_and_add_after_conv_fold_into_it():
     assert [n.op_type for n in folded.graph.node] == ["Conv", "Mul"]
     x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(reference(folded, {"x": x})[0], reference(model, {"x": x})[0], rtol=1e-4, atol=1e-6)
+
+
+def test_bias_add_and_batch_norm_after_conv_transpose_fold_into_it():
+    """DBNet's head (Paddle export): ConvTranspose -> Add(bias) -> BatchNormalization; IOHW weights
+    scale along axis 1. A grouped ConvTranspose keeps its affine."""
+    rng = np.random.default_rng(2)
+    consts = {"w": rng.normal(0, 0.3, (4, 6, 2, 2)), "b": rng.normal(0, 0.1, (1, 6, 1, 1)),
+              "gamma": rng.uniform(0.5, 1.5, 6), "beta": rng.normal(0, 0.1, 6), "mean": rng.normal(0, 0.1, 6),
+              "var": rng.uniform(0.5, 1.5, 6), "wg": rng.normal(0, 0.3, (6, 1, 2, 2)), "s": rng.uniform(0.5, 1.5, (6, 1, 1))}
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Add", ["t", "b"], ["a"]),
+             helper.make_node("BatchNormalization", ["a", "gamma", "beta", "mean", "var"], ["n"]),
+             helper.make_node("ConvTranspose", ["n", "wg"], ["g"], kernel_shape=[2, 2], strides=[2, 2], group=6),
+             helper.make_node("Mul", ["g", "s"], ["y"])]
+    # opset 15: onnx.reference's BatchNormalization of opsets 9-14 computes batch statistics
+    model = onnx_model(nodes, {"x": (FLOAT, [1, 4, 5, 5])}, {"y": (FLOAT, [1, 6, 20, 20])},
+                       {k: v.astype(np.float32) for k, v in consts.items()}, opset=15)
+    folded = fold_channel_affines(model)
+    assert [n.op_type for n in folded.graph.node] == ["ConvTranspose", "ConvTranspose", "Mul"]
+    x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(reference(folded, {"x": x})[0], reference(model, {"x": x})[0], rtol=1e-4, atol=1e-5)

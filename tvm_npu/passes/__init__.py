@@ -27,13 +27,16 @@ from .concat_of_dequantized import concat_of_dequantized
 from .duplicate_shared_dequantize import duplicate_shared_dequantize
 from .fold_channel_affines import fold_channel_affines
 from .fold_constants import fold_constants
+from .fold_shapes import fold_shapes
 from .quantize_activations import quantize_activations
 from .requantize_value_preserving import requantize_value_preserving
 from .scalar_quantization_parameters import scalar_quantization_parameters
+from .split_as_slices import split_as_slices
 from .sum_as_add import sum_as_add
 
 ONNX_PASSES = [
-    fold_constants,  # first: the later rewrites read constants as initializers
+    fold_shapes,  # first: what folds at the fixed input shapes becomes constant
+    fold_constants,  # the later rewrites read constants as initializers
     fold_channel_affines,
     canonical_activations,  # after the folds: BatchNorm and scale layers no longer sit inside the functions
 ]
@@ -44,6 +47,7 @@ RELAX_PASSES = [
     scalar_quantization_parameters,  # first: every later rewrite reads per-tensor parameters as scalars
     clip_as_relax_op,
     sum_as_add,
+    split_as_slices,  # before requantize_value_preserving: it re-quantizes each part
     requantize_value_preserving,
     concat_of_dequantized,
     channel_affine_chain,  # after concat_of_dequantized: a BatchNorm after a concat reads its dequantize

@@ -42,7 +42,9 @@ def dequantize_along(expr, axis: int) -> bool:
     """An activation dequantize with constant parameters per tensor or per channel along `axis`."""
     if op_name(expr) != "relax.dequantize" or isinstance(expr.args[0], tvm.ir.expr.Constant):
         return False
-    if not all(isinstance(a, tvm.ir.expr.Constant) for a in expr.args[1:3]) or str(expr.args[0].ty.dtype) not in ("int8", "uint8"):
+    if not all(isinstance(a, tvm.ir.expr.Constant) for a in expr.args[1:3]):
+        return False
+    if str(expr.args[0].ty.dtype) not in ("int8", "uint8"):
         return False
     rank = len(expr.args[0].ty.shape)
     return all(a.value.numpy().size == 1 for a in expr.args[1:3]) or int(expr.attrs.axis) % rank == axis

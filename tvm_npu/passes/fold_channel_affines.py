@@ -1,4 +1,5 @@
-"""BatchNormalization and per-channel constant Mul/Add after a Conv fold into the Conv (ONNX).
+"""BatchNormalization and per-channel constant Mul/Add after a Conv (or an ungrouped ConvTranspose)
+fold into it (ONNX).
 
 NNCF's ONNX backend folds neither, and an affine left after a conv splits the NPU layer.
 """
@@ -13,9 +14,10 @@ from .common import copy_model, per_channel
 
 
 def fold_channel_affines(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A Conv followed by a per-output-channel affine map becomes one Conv with scaled weights
-    and bias: BatchNormalization (inference), or Mul / Add by a per-channel or scalar constant
-    (the scale layers of Caffe2-converted models such as DenseNet). Chains fold one by one."""
+    """A Conv (or ungrouped ConvTranspose) followed by a per-output-channel affine map becomes one
+    with scaled weights and bias: BatchNormalization (inference), or Mul / Add by a per-channel or
+    scalar constant (the scale layers of Caffe2-converted models such as DenseNet; the bias Add
+    Paddle exports after a ConvTranspose). Chains fold one by one."""
     model = copy_model(model)
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
@@ -26,8 +28,9 @@ def fold_channel_affines(model: onnx.ModelProto) -> onnx.ModelProto:
         bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
         w_name, b_name = (f"{conv.name or conv.output[0]}_folded{folds}_{kind}" for kind in ("w", "b"))
         folds += 1
+        out_axis = _OUTPUT_CHANNEL_AXIS[conv.op_type]
         for name, array in (
-            (w_name, weight.astype(np.float64) * factor.reshape(-1, *[1] * (weight.ndim - 1))),
+            (w_name, weight.astype(np.float64) * factor.reshape(-1, *[1] * (weight.ndim - 1 - out_axis))),
             (b_name, bias * factor + shift),
         ):
             inits[name] = numpy_helper.from_array(array.astype(weight.dtype), name)
@@ -43,6 +46,10 @@ def fold_channel_affines(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+# The weight axis of a layer's output channels: Conv weights are OIHW, ConvTranspose weights IOHW.
+_OUTPUT_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1}
+
+
 def _next_channel_affine(graph: onnx.GraphProto, inits: dict) -> tuple | None:
     """(conv, affine node, per-channel factor, per-channel shift) of the first foldable pair."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -52,12 +59,14 @@ def _next_channel_affine(graph: onnx.GraphProto, inits: dict) -> tuple | None:
     producers = {out: node for node in graph.node for out in node.output}
     for node in graph.node:
         conv = producers.get(_data_input(node, inits))
-        if (conv is None or conv.op_type != "Conv" or len(consumers.get(conv.output[0], [])) != 1
+        if (conv is None or conv.op_type not in _OUTPUT_CHANNEL_AXIS or len(consumers.get(conv.output[0], [])) != 1
                 or conv.input[1] not in inits or len(consumers.get(conv.input[1], [])) != 1
                 or len([o for o in node.output if o]) != 1):
             continue
+        if conv.op_type == "ConvTranspose" and any(a.name == "group" and a.i != 1 for a in conv.attribute):
+            continue  # a grouped ConvTranspose's weight axis 1 holds only one group's output channels
         weight = inits[conv.input[1]]
-        affine = _channel_affine(node, inits, weight.dims[0], len(weight.dims))
+        affine = _channel_affine(node, inits, weight.dims[_OUTPUT_CHANNEL_AXIS[conv.op_type]], len(weight.dims))
         if affine is not None:
             return conv, node, *affine
     return None
