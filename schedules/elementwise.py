@@ -6,9 +6,9 @@ per-channel scale held as a tensor), with a fused ReLU / ReLU6 / Clip, integer-o
          rescaled onto one shift, so neither loses precision to the other's scale
     mul: Y = clamp(((A - za) * (B - zb) * M) >> S (round half up) + zy)
 
-Tiled along the output's first dimension longer than 1: per tile, both input tiles (a broadcast
-operand's tile is the part of it the output tile reads) and the output tile in SRAM,
-double-buffered (`tvm_npu.sram.stream_tiles`).
+Tiled along the output's first dimension longer than 1: per tile, the full-size input tiles and
+the output tile in SRAM, double-buffered (`tvm_npu.sram.stream_tiles`); a broadcast operand is
+staged whole once per layer and stays resident, as a lookup table does.
 """
 
 from __future__ import annotations
@@ -160,13 +160,19 @@ def stream_geometry(kind: str, shape, label: str, operands: int = 1, table_bytes
 def geometry(p: KernelParams, inputs) -> Geometry | None:
     (a_shape, _), (b_shape, _) = inputs
     shape = _broadcast_shape(a_shape, b_shape)
-    # A broadcast operand is costed as a full-size one: an upper bound on its tiles and traffic.
+    # A broadcast operand (squeeze-excite's gate: one value per channel) is staged whole, once per layer,
+    # like a lookup table: its tiles would be a few bytes each; the full-size operands stream in tiles.
+    resident = sum(math.prod(s) for s, _ in inputs if tuple(s) != shape)
     return stream_geometry("elementwise", shape, f"{p.attrs['op']} {'x'.join(map(str, a_shape))} and "
-                           f"{'x'.join(map(str, b_shape))}", operands=2)
+                           f"{'x'.join(map(str, b_shape))}", operands=sum(tuple(s) == shape for s, _ in inputs),
+                           table_bytes=resident)
 
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
-    return stream_tiles(func, tiles, row_axis([int(d) for d in func.params[-1].shape]))
+    a, b, y = func.params  # TVM 0.27 TIR: the parameters are the buffers
+    shape = [int(d) for d in y.shape]
+    resident = frozenset(x.name for x in (a, b) if [int(d) for d in x.shape] != shape)
+    return stream_tiles(func, tiles, row_axis(shape), stationary=resident)
 
 
 KERNEL = NpuKernel(
@@ -180,6 +186,7 @@ KERNEL = NpuKernel(
     examples=examples,
     limits=(
         'Add (or a two-input Sum) and Mul of two activations (no constant operand); ONNX broadcasting of either operand',
+        'a broadcast operand stays resident in SRAM whole',
         'activations and output per tensor',
         "rescale factors (input scale / output scale; for Mul, product of input scales / output scale) "
         "within the fixed-point range",
