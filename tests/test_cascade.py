@@ -33,7 +33,7 @@ CONV = kernel("npu.conv2d")
 
 def _conv_params(rng, c_in, c_out, size, pad, stride=1, groups=1) -> KernelParams:
     return KernelParams(
-        {"strides": (stride, stride), "padding": (pad,) * 4, "dilation": (1, 1), "groups": groups,
+        {"strides": (stride, stride), "padding": (pad,) * 4, "dilation": (1, 1), "groups": groups, "upsample": (1, 1),
          "zx": int(rng.integers(-5, 5)), "zy": int(rng.integers(-5, 5)), "lo": -128, "hi": 127, "out_dtype": "int8"},
         [rng.integers(-128, 128, (c_out, c_in // groups, size, size)).astype(np.int8),
          rng.integers(-2000, 2000, c_out).astype(np.int64), rng.integers(2**30, 2**31, c_out).astype(np.int64),

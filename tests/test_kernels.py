@@ -59,7 +59,7 @@ def conv2d_case(rng, *, n=1, c=None, o=None, hw=None, k=None, stride=None, pad=N
     hw = hw or (max(reach - pad[0] - pad[2], 1) + int(rng.integers(0, 8)),
                 max(reach - pad[1] - pad[3], 1) + int(rng.integers(0, 8)))
     attrs, bias, mult, shift = _weighted(rng, o, c // groups * k * k, x_dtype, y_dtype)
-    attrs.update(strides=(stride, stride), padding=tuple(pad), dilation=(dilation, dilation), groups=groups)
+    attrs.update(strides=(stride, stride), padding=tuple(pad), dilation=(dilation, dilation), groups=groups, upsample=(1, 1))
     w = _integers(rng, (o, c // groups, k, k), "int8")
     return KernelParams(attrs, [w, bias, mult, shift]), [_integers(rng, (n, c) + tuple(hw), x_dtype)]
 
@@ -68,6 +68,7 @@ def dense_case(rng, *, n=None, k=None, o=None, x_dtype=None, y_dtype=None):
     n, k, o = n or int(rng.integers(1, 4)), k or int(rng.integers(1, 300)), o or int(rng.integers(1, 40))
     x_dtype = x_dtype or str(rng.choice(["int8", "uint8"]))
     attrs, bias, mult, shift = _weighted(rng, o, k, x_dtype, y_dtype or str(rng.choice(["int8", "uint8"])))
+    attrs["lead"] = 0  # a plain [n, k] input: no leading unit axes
     return KernelParams(attrs, [_integers(rng, (o, k), "int8"), bias, mult, shift]), [_integers(rng, (n, k), x_dtype)]
 
 
