@@ -9,6 +9,8 @@ rounding from test_validate (a one-step rounding bug in an NPU kernel).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 import tvm_npu
 from tvm_npu import cli
 from tvm_npu.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_VALIDATION_FAILED
-from tvm_npu.frontend import TensorSpec
+from tvm_npu.frontend import TensorSpec, parse_input_shapes
 from tvm_npu.runtime import ImageFill, make_inputs
 from tvm_npu.validate import float_tails, validate, wilson_interval
 
@@ -160,3 +162,74 @@ def test_wilson_interval_of_agreement():
     assert low == pytest.approx(0.4385, abs=1e-3) and high == 1.0  # three of three is not 100 %
     low, high = wilson_interval(95, 100)
     assert low == pytest.approx(0.8883, abs=1e-3) and high == pytest.approx(0.9785, abs=1e-3)
+
+
+# --- real trained models (slow) -------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_MODELS = ("ppocr_det", "orientation")  # a Sigmoid probability map; a 4-class Softmax classifier
+
+
+def real_models_module():
+    spec = importlib.util.spec_from_file_location("real_models", ROOT / "scripts" / "real_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def real_packages(tmp_path_factory) -> dict[str, tuple[Path, Path, str]]:
+    """name -> (QDQ ONNX, package, input shapes) of each real model, quantized as `tvmc compile` does."""
+    real = real_models_module()
+    folder = tmp_path_factory.mktemp("real")
+    built = {}
+    for name in REAL_MODELS:
+        model = real.MODELS[name]
+        qdq, package = folder / f"{name}_qdq.onnx", folder / f"{name}.tar"
+        tvm_npu.compile(real.fetch(name), output=package, target="npu", input_shapes=parse_input_shapes(model.input_shapes),
+                        save_quantized=qdq)
+        built[name] = (qdq, package, model.input_shapes)
+    return built
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REAL_MODELS)
+def test_real_model_validates_on_pictures(real_packages, name, tmp_path):
+    _, package, _ = real_packages[name]
+    result = run_tvmc("validate", package, "--fill-mode", "image", "--samples", "2", "--report-json", tmp_path / "r.json",
+                      timeout=1800)
+    print(result.stdout)
+    assert result.returncode == EXIT_OK, result.stdout + result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    (output,) = report["outputs"]
+    assert output["criterion"] == "float tail" and report["local"] and "--fill-mode image" in report["inputs"]
+
+
+@pytest.mark.slow
+def test_real_detector_with_a_wrong_sigmoid_fails(real_packages, tmp_path):
+    qdq, _, shapes = real_packages["ppocr_det"]
+    model = onnx.load(qdq)
+    sigmoid = next(n for n in model.graph.node if n.op_type == "Sigmoid")
+    model.graph.initializer.append(numpy_helper.from_array(np.float32(1.05), "tail_scale"))
+    scaled = helper.make_node("Mul", [sigmoid.input[0], "tail_scale"], ["tail_scaled"])
+    sigmoid.input[0] = "tail_scaled"
+    model.graph.node.insert(list(model.graph.node).index(sigmoid), scaled)
+    onnx.save(model, tmp_path / "wrong.onnx")
+    tvm_npu.compile(tmp_path / "wrong.onnx", output=tmp_path / "wrong.tar", target="npu",
+                    input_shapes=parse_input_shapes(shapes), quantize_model=False)
+    wrong = tvm_npu.load(tmp_path / "wrong.tar")
+    wrong.onnx_bytes = qdq.read_bytes()
+    report = validate(wrong, [make_inputs(wrong.inputs, "image", 0)], device="CPU")
+    print(report)
+    assert not report.passed and "propagated tolerance" in report.outputs[0].reason
+
+
+@pytest.mark.slow
+def test_real_classifier_with_a_rounding_bug_in_its_conv_kernel_fails(real_packages, tmp_path, monkeypatch):
+    qdq, _, shapes = real_packages["orientation"]
+    break_conv_kernel(monkeypatch)
+    tvm_npu.compile(qdq, output=tmp_path / "broken.tar", target="npu", input_shapes=parse_input_shapes(shapes))
+    broken = tvm_npu.load(tmp_path / "broken.tar")
+    report = validate(broken, [make_inputs(broken.inputs, "image", seed) for seed in range(2)], device="CPU")
+    print(report)
+    assert not report.passed and any("bias" in c.reason for c in report.local if not c.passed)
