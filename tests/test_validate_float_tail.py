@@ -9,7 +9,6 @@ rounding from test_validate (a one-step rounding bug in an NPU kernel).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -26,7 +25,7 @@ from tvm_npu.frontend import TensorSpec, parse_input_shapes
 from tvm_npu.runtime import ImageFill, make_inputs
 from tvm_npu.validate import float_tails, validate, wilson_interval
 
-from conftest import run_tvmc
+from conftest import run_tvmc, script_module
 from test_validate import break_conv_kernel
 
 SIGMOID_BIAS = -11.0  # every probability near exp(-11) = 1.7e-5
@@ -166,21 +165,13 @@ def test_wilson_interval_of_agreement():
 
 # --- real trained models (slow) -------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
 REAL_MODELS = ("ppocr_det", "orientation")  # a Sigmoid probability map; a 4-class Softmax classifier
-
-
-def real_models_module():
-    spec = importlib.util.spec_from_file_location("real_models", ROOT / "scripts" / "real_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
 def real_packages(tmp_path_factory) -> dict[str, tuple[Path, Path, str]]:
     """name -> (QDQ ONNX, package, input shapes) of each real model, quantized as `tvmc compile` does."""
-    real = real_models_module()
+    real = script_module("real_models")
     folder = tmp_path_factory.mktemp("real")
     built = {}
     for name in REAL_MODELS:

@@ -25,7 +25,17 @@ from .package import read_package
 from .pipeline import compile as compile_model
 from .quantize import is_quantized
 from .report import FORMATS, plot, report, summary_text
-from .runtime import DEFAULT_NORMALIZATION, FILL_MODES, IMAGE_NORMALIZATIONS, ImageFill, describe_fill, load, make_inputs, read_npz, write_npz
+from .runtime import (
+    DEFAULT_NORMALIZATION,
+    FILL_MODES,
+    IMAGE_NORMALIZATIONS,
+    ImageFill,
+    describe_fill,
+    load,
+    make_inputs,
+    read_npz,
+    write_npz,
+)
 from .sparse import SPARSE_MODES
 from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
 from .tune import RUNNERS, tune
@@ -122,11 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                               help="also compare every quantized intermediate tensor and name the first layer "
                                    "beyond tolerance (compiles a probed copy of the model)")
     validate_cmd.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                              help=f"relative tolerance for float outputs (default: {DEFAULT_RTOL})")
+                              help="relative tolerance for float outputs, also the float tail's slack on a quantized model "
+                                   f"(default: {DEFAULT_RTOL})")
     validate_cmd.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                               help=f"absolute tolerance for float outputs (default: {DEFAULT_ATOL})")
     validate_cmd.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
-                              help=f"minimum cosine similarity per output (default: {DEFAULT_MIN_COSINE})")
+                              help=f"minimum cosine similarity for float models' outputs (and a quantized model's float "
+                                   f"output whose float tail cannot be analysed) (default: {DEFAULT_MIN_COSINE})")
     validate_cmd.add_argument("--report-json", help="also write the report as JSON to this file")
     _add_compile_options(validate_cmd)
     validate_cmd.set_defaults(handler=_validate)
