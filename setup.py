@@ -5,7 +5,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-VERSION = re.search(r'__version__ = "([^"]+)"', Path("tvm_npu/__init__.py").read_text())[1]
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("tvm_npu/version.py").read_text())[1]
 
 setup(
     name="tvm_npu",
@@ -37,7 +37,7 @@ setup(
     ],
     extras_require={
         "validate": ["onnxruntime"],  # tvmc validate's fallback reference when OpenVINO cannot run a model
-        "test": ["pytest>=8", "onnxruntime", "scikit-learn"],
+        "test": ["pytest>=8", "onnxruntime", "scikit-learn", "ruff==0.17.6"],  # ruff: ruff.toml, run by scripts/test.sh
     },
     entry_points={
         "console_scripts": [

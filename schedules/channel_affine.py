@@ -21,7 +21,7 @@ from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import MAX_SHIFT, multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation
-from tvm_npu.perf import Geometry, Tiles
+from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,

@@ -27,7 +27,7 @@ from tvm.relax.dpl import is_const, is_op, is_tuple
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import Activation, quantized_operator, random_activation
-from tvm_npu.perf import Geometry, Tiles
+from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,

@@ -14,7 +14,7 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation, random_weight
-from tvm_npu.perf import Geometry, Tiles, window_span
+from tvm_npu.tiling import Geometry, Tiles, window_span
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -81,7 +81,8 @@ def check(ann) -> str | None:
     taps = int(np.prod(w.shape[1:]))
     if accumulator_overflows(taps):
         return f"shape: {taps} taps per output overflow the int32 accumulator"
-    real = _input_scale(const_value(ann["x"].args[1]), conv) * w_scale.astype(np.float64) / float(const_value(ann["root"].args[1]))
+    out_scale = float(const_value(ann["root"].args[1]))
+    real = _input_scale(const_value(ann["x"].args[1]), conv) * w_scale.astype(np.float64) / out_scale
     return scale_problem(real, BIAS_FRACTION_BITS)
 
 
@@ -150,7 +151,7 @@ def tensors(p: KernelParams, x: te.Tensor, tag: str = ""):
     # The padded input stays 8-bit and pads with zx (real 0): it is the tile the SRAM schedule stages.
     # It ends at the last row and column a window reads (window_span), not at the padded edge: rows past
     # the last window (a stride that does not divide the padded height) widen the short last row tile's
-    # predicate beyond what the tile reads, and TVM then compacts Xp's SRAM buffer past perf.footprint.
+    # predicate beyond what the tile reads, and TVM then compacts Xp's SRAM buffer past tiling.footprint.
     xp = te.compute(
         (shape[0], c_in, window_span(shape[2], kh, sh, dh), window_span(shape[3], kw, sw, dw)),
         lambda n, c, h, w_: tirx.if_then_else(
@@ -204,10 +205,14 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
 
 
 def geometry(p: KernelParams, inputs) -> Geometry:
-    ((x_shape, x_dtype),) = inputs
-    a, w = p.attrs, p.consts[0]
-    n, o, oh, ow = out_shape(a, x_shape, w.shape)
-    return Geometry("conv2d", n, x_shape[1], x_shape[2], x_shape[3], o, oh, ow, tuple(w.shape[2:]),
+    ((x_shape, _),) = inputs
+    return conv_geometry(p.attrs, x_shape, p.consts[0].shape)
+
+
+def conv_geometry(a: dict, x_shape, w_shape) -> Geometry:
+    """The geometry of a convolution of these attributes and shapes (npu.conv2d_csr's too)."""
+    n, o, oh, ow = out_shape(a, x_shape, w_shape)
+    return Geometry("conv2d", n, x_shape[1], x_shape[2], x_shape[3], o, oh, ow, tuple(w_shape[2:]),
                     tuple(a["strides"]), tuple(a["dilation"]), tuple(a["padding"]), a["groups"])
 
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
-from tvm_npu.perf import Tiles, window_span
+from tvm_npu.tiling import Tiles, buffer_slots, inner_trips, outer_trips
 from tvm_npu.registry import KernelParams
-from tvm_npu.sparse import buffer_slots, channel_loop, channel_tile_loop, csr_arguments, csr_layer, csr_variant, \
-    lanes, sram_buffer, stage_weight_tile, stream_tiles, tile_nonzeros
+from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_arguments, csr_layer, csr_variant, layer_geometry, \
+    lanes, sram_buffer, stage_weight_tile, stream_tiles
 
 from . import conv2d
 
@@ -43,16 +42,16 @@ def compute(p: KernelParams, inputs):
 
 
 def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
-    a, rowptr, (x_shape, x_dtype) = layer["attrs"], np.array(layer["rowptr"]), layer["input"]
+    a, (x_shape, x_dtype) = layer["attrs"], layer["input"]
     batch, c_in, height, width = x_shape
     out_channels, _, kh, kw = a["weight_shape"]
     _, _, out_h, out_w = y_shape = conv2d.out_shape(a, x_shape, a["weight_shape"])
-    (sh, sw), (pt, pl, pb, _), (dh, dw) = a["strides"], a["padding"], a["dilation"]
+    (sh, sw), (pt, pl, _, _), (dh, dw) = a["strides"], a["padding"], a["dilation"]
+    g = layer_geometry(layer, conv2d.conv_geometry(a, x_shape, a["weight_shape"]))
     r, c = tiles.rows, tiles.channels
-    rows_in = min(window_span(r, kh, sh, dh), height + pt + pb)  # as perf.Geometry.rows_in
-    cols_in = window_span(out_w, kw, sw, dw)
-    row_tiles, chan_tiles = -(-out_h // r), -(-out_channels // c)
-    slots = buffer_slots(tiles, row_tiles)
+    rows_in, cols_in = g.rows_in(r), g.cols_in
+    row_tiles, chan_tiles = inner_trips(g, tiles), outer_trips(g, tiles)
+    slots = buffer_slots(g, tiles)
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name("main")
@@ -60,7 +59,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
             with channel_tile_loop(chan_tiles, tiles) as ct, T.serial(0, batch) as n:
                 first = ct * c
                 rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
-                    csr, params, out_channels, first, c, max(1, tile_nonzeros(rowptr, c)))
+                    csr, params, out_channels, first, c, g.csr_tile_capacity(c))
                 x_s = sram_buffer((slots, c_in, rows_in, cols_in), x_dtype)
                 acc = sram_buffer((c, r, out_w), "int32")
                 out = sram_buffer((slots, c, r, out_w), a["out_dtype"])
@@ -104,4 +103,5 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
 
 
 KERNEL = csr_variant(conv2d.KERNEL, check, compute, _primfunc,
-                     ("a variant of npu.conv2d, chosen per layer by the model (--sparse auto|off|force)", "not grouped or depthwise (those stay dense)"))
+                     ("a variant of npu.conv2d, chosen per layer by the model (--sparse auto|off|force)",
+                      "not grouped or depthwise (those stay dense)"))

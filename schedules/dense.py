@@ -13,7 +13,7 @@ from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation, random_weight
-from tvm_npu.perf import Geometry, Tiles
+from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -62,7 +62,8 @@ def check(ann) -> str | None:
 def params(comp: Composite) -> KernelParams:
     matmul = comp.call("relax.matmul")
     dq_x = comp.value(matmul.args[0])
-    dq_w = comp.value(comp.calls("relax.permute_dims")[0].args[0]) if comp.calls("relax.permute_dims") else comp.value(matmul.args[1])
+    permuted = comp.calls("relax.permute_dims")
+    dq_w = comp.value(permuted[0].args[0]) if permuted else comp.value(matmul.args[1])
     sx, zx = comp.activation_input(dq_x)
     sy, zy, dtype, lo, hi = comp.output()
     w = comp.const(dq_w.args[0]).astype(np.int8)
@@ -113,7 +114,12 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
 def geometry(p: KernelParams, inputs) -> Geometry:
     """Dense as the planner sees it: a 1x1 convolution over the N rows of X (K in, O out channels)."""
     ((x_shape, _),) = inputs
-    out_channels, depth = p.consts[0].shape
+    return dense_geometry(x_shape, p.consts[0].shape)
+
+
+def dense_geometry(x_shape, w_shape) -> Geometry:
+    """The geometry of X [N, K] times weights [O, K] (npu.dense_csr's too)."""
+    out_channels, depth = w_shape
     return Geometry("dense", 1, depth, x_shape[0], 1, out_channels, x_shape[0], 1)
 
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
-from tvm_npu.perf import Tiles
+from tvm_npu.tiling import Tiles, buffer_slots, inner_trips, outer_trips
 from tvm_npu.registry import KernelParams
-from tvm_npu.sparse import buffer_slots, channel_loop, channel_tile_loop, csr_arguments, csr_layer, csr_variant, \
-    lanes, sram_buffer, stage_weight_tile, stream_tiles, tile_nonzeros
+from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_arguments, csr_layer, csr_variant, layer_geometry, \
+    lanes, sram_buffer, stage_weight_tile, stream_tiles
 
 from . import dense
 
@@ -36,11 +35,12 @@ def compute(p: KernelParams, inputs):
 
 
 def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
-    a, rowptr, (x_shape, x_dtype) = layer["attrs"], np.array(layer["rowptr"]), layer["input"]
+    a, (x_shape, x_dtype) = layer["attrs"], layer["input"]
     (rows_total, depth), (out_channels, _) = x_shape, a["weight_shape"]
+    g = layer_geometry(layer, dense.dense_geometry(x_shape, a["weight_shape"]))
     r, c = tiles.rows, tiles.channels
-    row_tiles, chan_tiles = -(-rows_total // r), -(-out_channels // c)
-    slots = buffer_slots(tiles, row_tiles)
+    row_tiles, chan_tiles = inner_trips(g, tiles), outer_trips(g, tiles)
+    slots = buffer_slots(g, tiles)
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name("main")
@@ -48,7 +48,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
             with channel_tile_loop(chan_tiles, tiles) as ct:
                 first = ct * c
                 rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
-                    csr, params, out_channels, first, c, max(1, tile_nonzeros(rowptr, c)))
+                    csr, params, out_channels, first, c, g.csr_tile_capacity(c))
                 x_s = sram_buffer((slots, depth, r), x_dtype)
                 acc = sram_buffer((c, r), "int32")
                 out = sram_buffer((slots, c, r), a["out_dtype"])

@@ -20,7 +20,7 @@ from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import quantized_operator, random_activation
-from tvm_npu.perf import Geometry, Tiles
+from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -156,7 +156,8 @@ KERNEL = NpuKernel(
     limits=(
         'Add (or a two-input Sum) and Mul of two activations of the same shape (no broadcasting, no constant operand)',
         'activations and output per tensor',
-        'rescale factors (input scale / output scale; for Mul, product of input scales / output scale) within the fixed-point range',
+        "rescale factors (input scale / output scale; for Mul, product of input scales / output scale) "
+        "within the fixed-point range",
     ),
     geometry=geometry,
     schedule=schedule,

@@ -25,7 +25,7 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from tvm_npu.fixed_point import scale_problem
 from tvm_npu.onnx_builder import quantized_operator, random_activation
-from tvm_npu.perf import Geometry, Tiles
+from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import (
     Composite,
     KernelParams,

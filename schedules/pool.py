@@ -21,7 +21,7 @@ from tvm.relax.dpl import is_const, is_op
 
 from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
 from tvm_npu.onnx_builder import quantized_operator, random_activation
-from tvm_npu.perf import Geometry, Tiles, window_span
+from tvm_npu.tiling import Geometry, Tiles, window_span
 from tvm_npu.registry import (
     Composite,
     KernelParams,
@@ -139,7 +139,8 @@ def compute(p: KernelParams, inputs):
         def average(n, c, i, j):
             count = tirx.Cast("int64", _count(a, x_shape, i, j, tirx.min, tirx.max))
             q = _rounded_divide(acc[n, c, i, j].astype("int64") * a["mult"], count << a["shift"], tirx.floordiv)
-            return tirx.max(tirx.min(q + a["zy"], tirx.const(a["hi"], "int64")), tirx.const(a["lo"], "int64")).astype(a["out_dtype"])
+            clamped = tirx.max(tirx.min(q + a["zy"], tirx.const(a["hi"], "int64")), tirx.const(a["lo"], "int64"))
+            return clamped.astype(a["out_dtype"])
 
         y = te.compute(shape, average, name="Y")
     return te.create_prim_func([x, y])

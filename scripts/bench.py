@@ -94,7 +94,7 @@ def source_hash() -> str:
 def fp32_model(name: str) -> onnx.ModelProto:
     """The FP32 model of the benchmark `name`, with seeded random weights and constants folded."""
     from tvm_npu import zoo
-    from tvm_npu.quantize import fold_constants
+    from tvm_npu.passes import fold_constants
 
     if name == "default":
         return onnx.load(zoo.default_model_path())
@@ -452,7 +452,8 @@ def markdown(results: dict) -> str:
         median = slowest["runtimes"]["tvm_npu_int8"]["median_ms"]
         lines += ["", f"Where the time goes in {slowest['model']} (furthest from OpenVINO INT8): tvm_npu INT8 makes "
                   f"{p['calls']} VM calls per inference, taking {_ms(p['total_ms'])} ms in sum (each call's median "
-                  f"over {p.get('runs', 1)} instrumented inferences; un-instrumented median {_ms(median)} ms).", "", "| kind | ms | share |", "|---|---:|---:|"]
+                  f"over {p.get('runs', 1)} instrumented inferences; un-instrumented median {_ms(median)} ms).", "",
+                  "| kind | ms | share |", "|---|---:|---:|"]
         lines += [f"| {kind} | {_ms(ms)} | {100 * ms / p['total_ms']:.1f} % |" for kind, ms in p["by_kind"].items()]
         lines += ["", "| slowest calls | kind | output shape | ms |", "|---|---|---|---:|"]
         lines += [f"| `{c['symbol']}` | {c['kind']} | {c['output_shape']} | {_ms(c['ms'])} |" for c in p["top"]]
@@ -463,7 +464,8 @@ def markdown(results: dict) -> str:
     settings = results["settings"]
     threads = settings["threads"] or "each runtime's default (all cores)"
     lines += ["", f"Latency: {settings['rounds']} interleaved rounds in one process; per round each runtime runs one "
-              f"untimed inference (when under {UNTIMED_BELOW_MS / 1000:g} s), then up to {math.ceil(settings['repeat'] / settings['rounds'])} timed synchronous "
+              f"untimed inference (when under {UNTIMED_BELOW_MS / 1000:g} s), then up to "
+              f"{math.ceil(settings['repeat'] / settings['rounds'])} timed synchronous "
               f"ones (a slow runtime takes fewer: at most {settings['budget_s']:g} s of timed inferences per model, at least "
               "one per round). "
               f"Threads: {threads}. Peak RSS: each runtime alone in a child process (Python, the runtime's "

@@ -12,10 +12,12 @@ import numpy as np
 import tvm
 
 from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier
-from tvm_npu.perf import footprint, layer_cost
+from tvm_npu.build import pass_context
+from tvm_npu.lower import lower_layer
+from tvm_npu.perf import layer_cost
+from tvm_npu.tiling import footprint
 from tvm_npu.plan import choose_tiles
 from tvm_npu.registry import KernelParams, kernel
-from tvm_npu.sram import prove_footprint
 from tvm_npu.target import resolve_target
 
 SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95)
@@ -54,10 +56,8 @@ def build(name: str, params: KernelParams, x: np.ndarray, config):
     inputs = [(x.shape, str(x.dtype))]
     g = npu_kernel.geometry(params, inputs)
     tiles, _ = choose_tiles(g, config)
-    prim = npu_kernel.schedule(npu_kernel.primfunc("k", params, inputs), tiles)
-    proven = prove_footprint(prim).total
-    assert proven <= sum(footprint(g, tiles).values())
-    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+    prim, _ = lower_layer(npu_kernel, params, inputs, tiles, sum(footprint(g, tiles).values()), symbol="k")
+    with pass_context():
         lib = tvm.compile(tvm.IRModule({"k": prim}), target=config.tvm_target())
     return lib, layer_cost(g, tiles, config).cycles, tiles
 

@@ -35,7 +35,7 @@ def figures(model: str, target: str, records: str | None = None) -> dict:
     for name, tuned, cascading in ways:
         layers = plan(mod, config, tuned=tuned_tiles(tuned))
         if cascading:
-            cascade(mod, layers, config, tuned)
+            layers = cascade(mod, layers, config, tuned)
         s = estimate(layers, config).summary()
         result[name] = {key: s[key] for key in (
             "conv_utilization", "utilization", "dram_bytes", "compulsory_bytes", "dram_over_compulsory", "cycles",

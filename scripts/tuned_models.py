@@ -83,7 +83,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             r = measure(log, args.repeat, Path(folder))
         print(f"| {r['model']} | {r['target']} | {r['runner']} | {r['default_cycles']:.0f} | {r['tuned_cycles']:.0f} | "
-              f"{r['default_cycles'] / r['tuned_cycles']:.2f}x | {r['roofline_cycles']:.0f} | {r['default_ms']:.2f} | {r['tuned_ms']:.2f} | "
+              f"{r['default_cycles'] / r['tuned_cycles']:.2f}x | {r['roofline_cycles']:.0f} | "
+              f"{r['default_ms']:.2f} | {r['tuned_ms']:.2f} | "
               f"{r['openvino_ms']:.2f} | {'yes' if r['exact'] else 'NO'} | `{r['command']}` |", flush=True)
 
 

@@ -65,11 +65,14 @@ def measure(name: str, samples: int, folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=["ppocr_det", "orientation"], choices=list(MODELS))
+    parser.add_argument("names", nargs="*", help=f"of {', '.join(MODELS)} (default: ppocr_det orientation)")
     parser.add_argument("--samples", type=int, default=2)
     args = parser.parse_args()
+    unknown = [name for name in args.names if name not in MODELS]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     with tempfile.TemporaryDirectory(prefix="tvm_npu_validate_real_") as folder:
-        rows = [measure(name, args.samples, Path(folder)) for name in args.names]
+        rows = [measure(name, args.samples, Path(folder)) for name in args.names or ["ppocr_det", "orientation"]]
     RESULTS.write_text(json.dumps({"openvino": ov.get_version(), "models": rows}, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 
 import tvm_npu
 import tvm_npu.cli
+from tvm_npu.validate import int8_path
 
 
 def run_tvmc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -115,3 +116,18 @@ def conv_package(conv_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("packages") / "conv.tar"
     tvm_npu.compile(conv_model, output=out, target="npu/micro", quantize_model=False)
     return out
+
+
+# The two int8 paths of a CPU reference: VNNI (exact int32 sums) and without VNNI (saturating int16
+# pair sums), taken here by capping OpenVINO's oneDNN at AVX2 (`reference_isa`, a child process).
+INT8_PATHS = {"vnni": None, "avx2": "AVX2"}
+
+
+@pytest.fixture(params=list(INT8_PATHS))
+def reference_isa(request) -> str | None:
+    """The oneDNN ISA cap for OpenVINO references: each test runs on both int8 paths. The VNNI path is
+    reported as not run (skipped) where this CPU, or this process's $ONEDNN_MAX_CPU_ISA, lacks it."""
+    path = int8_path("OpenVINO")
+    if request.param == "vnni" and not path.exact:
+        pytest.skip(f"the VNNI int8 path cannot run here: {path.reason}")
+    return INT8_PATHS[request.param]

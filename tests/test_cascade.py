@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -16,7 +18,8 @@ import tvm_npu
 from tvm_npu.cascade import Cascade, _best, primfunc
 from tvm_npu.cli import build_parser
 from tvm_npu.frontend import load_onnx
-from tvm_npu.perf import Geometry, cascade_footprint, estimate
+from tvm_npu.perf import estimate
+from tvm_npu.tiling import Geometry, cascade_footprint
 from tvm_npu.plan import LayerPlan, choose_tiles
 from tvm_npu.quantize import quantize
 from tvm_npu.registry import KernelParams, kernel
@@ -38,6 +41,12 @@ def _conv_params(rng, c_in, c_out, size, pad, stride=1, groups=1) -> KernelParam
     )
 
 
+def _planned(name: str, params: KernelParams, x_shape) -> LayerPlan:
+    """A planned conv layer as `cascade.primfunc` reads it: kernel, geometry, parameters and input."""
+    inputs = [(tuple(x_shape), "int8")]
+    return LayerPlan(name, f"f{name}", "npu.conv2d", geometry=CONV.geometry(params, inputs), params=params, inputs=inputs)
+
+
 # (input size, band rows, producer (in, out, kernel, pad, stride, groups), consumer (out, kernel, pad, stride, groups))
 PAIRS = [
     (9, 2, (4, 8, 1, 0, 1, 1), (8, 3, 1, 1, 1)),  # ResNet bottleneck 1x1 -> 3x3: the intermediate rolls
@@ -57,9 +66,8 @@ def test_cascade_is_bit_exact_and_its_sram_proof_equals_the_plan(index):
     x = rng.integers(-128, 128, (1, c_in, size, size)).astype(np.int8)
     middle = CONV.reference(first, [x])
     expected = CONV.reference(second, [middle])
-    producer = LayerPlan("a", "fa", "npu.conv2d", geometry=CONV.geometry(first, [(x.shape, "int8")]))
-    consumer = LayerPlan("b", "fb", "npu.conv2d", geometry=CONV.geometry(second, [(middle.shape, "int8")]))
-    fused = primfunc(Cascade(0, producer, consumer, rows, 0, 0), (first, second), (x.shape, "int8"))
+    producer, consumer = (_planned(name, p, shape) for name, p, shape in (("a", first, x.shape), ("b", second, middle.shape)))
+    fused = primfunc(producer, consumer, rows)
     proof = prove_footprint(fused)
     assert proof.total == sum(cascade_footprint(producer.geometry, consumer.geometry, rows).values()), proof.buffers
     assert {"Xp_p", "acc_p", "Xp_c", "acc_c", "Y_c"} <= {name.split("_global")[0] for name, _ in proof.buffers}
@@ -87,8 +95,9 @@ def test_cascade_sram_proof_equals_the_plan_on_random_same_padded_pairs():
         g1 = CONV.geometry(params[0], [(x_shape, "int8")])
         g2 = CONV.geometry(params[1], [((1, 4, g1.out_h, g1.out_w), "int8")])
         rows = int(rng.integers(1, g2.out_h + 1))
-        producer, consumer = (LayerPlan(n, f"f{n}", "npu.conv2d", geometry=g) for n, g in (("a", g1), ("b", g2)))
-        fused = primfunc(Cascade(0, producer, consumer, rows, 0, 0), tuple(params), (x_shape, "int8"))
+        producer, consumer = (_planned(n, p, shape) for n, p, shape in (("a", params[0], x_shape),
+                                                                       ("b", params[1], (1, 4, g1.out_h, g1.out_w))))
+        fused = primfunc(producer, consumer, rows)
         assert prove_footprint(fused).total == sum(cascade_footprint(g1, g2, rows).values()), (g1, g2, rows)
 
 
@@ -128,7 +137,7 @@ def test_cascading_never_increases_dram_traffic():
             rows, size, saved = best
             assert size <= config.sram_bytes
             fused = Cascade(0, *layers, rows, size, saved)
-            layers[0].cascade = layers[1].cascade = fused
+            layers = [replace(layer, cascade=fused, sram_planned=size) for layer in layers]
             together = estimate(layers, config).summary()
             assert together["dram_bytes"] <= apart["dram_bytes"], (g1.describe(), g2.describe(), config.name)
             assert apart["dram_bytes"] - together["dram_bytes"] == saved == together["dram_saved_by_cascades"]

@@ -14,9 +14,10 @@ def test_help_is_complete(command):
     assert result.returncode == 0
     for flag in {"compile": ["--target", "--input-shapes", "--target-npu-sram-kib", "--target-npu-config", "-o",
                              "--quantize", "--calibration-data", "--save-quantized", "--dump-offloads",
-                             "--allow-cpu-fallback", "--tuning-records"],
+                             "--allow-cpu-fallback", "--tuning-records", "--overflow-fix"],
                  "run": ["--inputs", "--outputs", "--fill-mode", "--print-time", "--repeat"],
-                 "validate": ["--device", "--report-json", "--min-cosine", "--atol-steps", "--per-layer", "--samples"],
+                 "validate": ["--device", "--report-json", "--min-cosine", "--atol-steps", "--per-layer", "--samples",
+                              "--reference-isa", "--max-exact-gmacs", "--overflow-fix"],
                  "report": ["--format", "--plot"],
                  "tune": ["-o", "--target", "--trials", "--runner", "--rpc-tracker", "--rpc-key", "--seed",
                           "--early-stopping", "--plot"]}.get(command[0] if command else "", []):

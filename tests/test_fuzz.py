@@ -1,7 +1,7 @@
 """A seeded mutation fuzzer: small valid ONNX models, mutated, compiled by `tvmc` for a bounded time.
 
 Every mutant must end in a clean error (exit 2, one line) or in a package whose outputs match
-ONNX Runtime on the same mutant. Compiles and runs happen in their own processes
+ONNX Runtime on the same mutant (or the exact reference, where ONNX Runtime's int8 products may saturate). Compiles and runs happen in their own processes
 (`forked_tvmc`), so a crash inside TVM shows up as a signal, and a hang as a timeout, instead of
 taking pytest down; each failing mutant is saved for reproduction and named in the failure.
 Mutant `i` of base `b` depends only on (SEED, b, i): a failure reproduces with
@@ -21,10 +21,10 @@ import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto
-from onnx.reference import ReferenceEvaluator
 
 from tvm_npu.errors import NpuError
 from tvm_npu.package import read_package
+from tvm_npu.validate import exact_reference_outputs, int8_path, saturation_risks
 
 from conftest import make_conv_model
 from test_bad_inputs import corpus_module
@@ -172,17 +172,25 @@ def mutate(base: bytes, rng: np.random.Generator) -> tuple[bytes, list[str]]:
 # --- the oracle ------------------------------------------------------------------------------------
 
 def _reference(model_path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray] | None:
-    """ONNX Runtime's outputs for the mutant, else onnx's ReferenceEvaluator's (ONNX Runtime refuses opsets
-    below 7, the evaluator lacks DequantizeLinear-13), or None when neither runs it."""
+    """The exact reference (onnx's evaluator, int8 products exact) for a mutant whose int8 products a CPU
+    without VNNI may saturate, on any CPU; else ONNX Runtime's outputs, else the exact reference's (ONNX
+    Runtime refuses opsets below 7); None when nothing trustworthy runs it."""
+    model = onnx.load(model_path)
     try:
-        session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        return [np.asarray(v) for v in session.run(None, inputs)]
-    except Exception:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph kinds
-        pass
-    try:
-        return [np.asarray(v) for v in ReferenceEvaluator(str(model_path)).run(None, inputs)]
-    except Exception:  # noqa: BLE001 - the evaluator raises whatever its operator implementations raise
-        return None
+        risky = bool(saturation_risks(model))
+    except Exception:  # noqa: BLE001 - a mutant's weights may be any shape; then trust no int8 runtime
+        risky = True
+    runtimes = ["exact"] + (["ort"] if not risky or int8_path("ONNX Runtime").exact else [])
+    for runtime in runtimes if risky else reversed(runtimes):
+        try:
+            if runtime == "exact":
+                (outputs,) = exact_reference_outputs(model.SerializeToString(), [inputs])
+                return [np.asarray(outputs[o.name]) for o in model.graph.output]
+            session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+            return [np.asarray(v) for v in session.run(None, inputs)]
+        except Exception:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph kinds, the evaluator any
+            continue
+    return None
 
 
 def judge(forked_tvmc, model_path: Path, folder: Path) -> str:

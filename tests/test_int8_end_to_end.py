@@ -1,4 +1,5 @@
-"""INT8 end to end: QDQ models compiled with NPU kernels against OpenVINO CPU on the same QDQ ONNX.
+"""INT8 end to end: QDQ models compiled with NPU kernels against OpenVINO CPU on the same QDQ ONNX, on
+both of its int8 paths (the `reference_isa` fixture).
 
 Outputs are compared in quantization steps on every activation DequantizeLinear of the model
 (exposed as extra graph outputs, "probes"): at most 2 steps off on at least 99.9 % of elements.
@@ -10,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import openvino as ov
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import tvm_npu
 from tvm_npu.quantize import quantize
-from tvm_npu.validate import probes, with_probes
+from tvm_npu.validate import (downstream_of, exact_reference_outputs, int8_path, openvino_outputs, probes,
+                              saturation_risks, with_probes)
 from tvm_npu.frontend import load_onnx
 from tvm_npu.zoo import default_model_path
 
@@ -43,13 +44,15 @@ def make_small_cnn(path: Path) -> Path:
         helper.make_node("Relu", ["bn"], ["r1"]),
         helper.make_node("Conv", ["r1", const("w2", rng.normal(0, 0.3, (16, 1, 3, 3)))], ["c2"], pads=[1, 1, 1, 1], group=16),
         helper.make_node("Clip", ["c2", const("lo", 0.0), const("hi", 6.0)], ["r2"]),
-        helper.make_node("Conv", ["r2", const("w3", rng.normal(0, 0.3, (16, 16, 1, 1))), const("b3", rng.normal(0, 0.1, 16))], ["c3"]),
+        helper.make_node("Conv", ["r2", const("w3", rng.normal(0, 0.3, (16, 16, 1, 1))), const("b3", rng.normal(0, 0.1, 16))],
+                         ["c3"]),
         helper.make_node("Add", ["c3", "r1"], ["a"]),
         helper.make_node("Relu", ["a"], ["r3"]),
         helper.make_node("MaxPool", ["r3"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["p"], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["f"]),
-        helper.make_node("Gemm", ["f", const("wf", rng.normal(0, 0.3, (10, 16))), const("bf", rng.normal(0, 0.1, 10))], ["logits"], transB=1),
+        helper.make_node("Gemm", ["f", const("wf", rng.normal(0, 0.3, (10, 16))), const("bf", rng.normal(0, 0.1, 10))],
+                         ["logits"], transB=1),
         helper.make_node("Softmax", ["logits"], ["y"], axis=1),
     ]
     graph = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
@@ -67,20 +70,24 @@ def quantized_probe_model(source: Path, folder: Path) -> Path:
     return path
 
 
-def step_errors(package: Path, qdq: Path, seeds=(1, 2)) -> np.ndarray:
-    """|ours - OpenVINO| in quantization steps over every probe and input."""
+def step_errors(package: Path, qdq: Path, reference_isa: str | None, seeds=(1, 2)) -> np.ndarray:
+    """|ours - reference| in quantization steps over every probe and input. The reference is OpenVINO CPU on
+    the int8 path `reference_isa` picks; where that path saturates (no VNNI), the probes computed from
+    products that may saturate are taken from the exact reference instead, as `tvmc validate` does."""
     compiled = tvm_npu.load(package)
     model = onnx.load(qdq)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     scale_of = {n.output[0]: float(inits[n.input[1]]) for n in model.graph.node
                 if n.op_type == "DequantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
-    core = ov.Core()
-    reference = core.compile_model(core.read_model(str(qdq)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    samples = [tvm_npu.runtime.make_inputs(compiled.inputs, "random", seed) for seed in seeds]
+    references = openvino_outputs(qdq.read_bytes(), samples, "CPU", reference_isa)
+    if not int8_path("OpenVINO", isa=reference_isa).exact:
+        at_risk = downstream_of(model, [risk.node for risk in saturation_risks(model)])
+        for reference, exact in zip(references, exact_reference_outputs(qdq.read_bytes(), samples)):
+            reference.update({name: exact[name] for name in at_risk & set(exact)})
     steps = []
-    for seed in seeds:
-        inputs = tvm_npu.runtime.make_inputs(compiled.inputs, "random", seed)
+    for inputs, ref in zip(samples, references):
         ours = compiled.run(inputs)
-        ref = {port.get_any_name(): value for port, value in reference(inputs).items()}
         for name, scale in scale_of.items():
             if name in ours:
                 steps.append(np.round(np.abs(ours[name].astype(np.float64) - ref[name]) / scale).ravel())
@@ -107,9 +114,9 @@ def small_cnn_package(small_cnn_qdq, tmp_path_factory) -> tuple[Path, dict]:
     return out, result.metadata
 
 
-def test_small_cnn_matches_openvino_in_steps(small_cnn_qdq, small_cnn_package):
+def test_small_cnn_matches_openvino_in_steps(small_cnn_qdq, small_cnn_package, reference_isa):
     package, _ = small_cnn_package
-    assert_within_two_steps(step_errors(package, small_cnn_qdq), "small_cnn")
+    assert_within_two_steps(step_errors(package, small_cnn_qdq, reference_isa), "small_cnn")
 
 
 def test_small_cnn_runs_its_operators_on_the_npu(small_cnn_package):
@@ -166,7 +173,8 @@ def make_activation_concat_model(path: Path) -> Path:
             nodes.append(node)
         if name not in dtypes:
             continue
-        lo, hi = min(0.0, min(float(r[tensors.index(name)].min()) for r in runs)), max(float(r[tensors.index(name)].max()) for r in runs)
+        column = [r[tensors.index(name)] for r in runs]
+        lo, hi = min(0.0, min(float(c.min()) for c in column)), max(float(c.max()) for c in column)
         info = np.iinfo(dtypes[name])
         scale = (hi - lo) / 255
         zp = np.array(np.clip(np.round(info.min - lo / scale), info.min, info.max), dtypes[name])
@@ -196,7 +204,7 @@ def make_activation_concat_model(path: Path) -> Path:
     return path
 
 
-def test_activations_and_concat_run_on_the_npu_and_match_openvino(tmp_path_factory):
+def test_activations_and_concat_run_on_the_npu_and_match_openvino(tmp_path_factory, reference_isa):
     folder = tmp_path_factory.mktemp("activation_concat")
     qdq = folder / "activation_concat_qdq_probed.onnx"
     model = onnx.load(make_activation_concat_model(folder / "model.onnx"))
@@ -206,7 +214,7 @@ def test_activations_and_concat_run_on_the_npu_and_match_openvino(tmp_path_facto
     on_npu = [row["kernel"] for row in operators if row["runs_on"] == "npu"]
     assert sorted(on_npu) == ["npu.concat", "npu.conv2d", "npu.conv2d", "npu.lut", "npu.lut"], operators
     assert all(row["ops"][0] in ("relax.quantize", "relax.dequantize") for row in operators if row["runs_on"] == "cpu")
-    assert_within_two_steps(step_errors(package, qdq, seeds=(1, 2, 3)), "activation_concat")
+    assert_within_two_steps(step_errors(package, qdq, reference_isa, seeds=(1, 2, 3)), "activation_concat")
 
 
 def test_unsupported_operator_falls_back_to_cpu_and_says_so(tmp_path):
@@ -253,10 +261,10 @@ def test_fp32_default_quantizes_with_warning_and_saves_qdq(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["squeezenet", "shufflenet", "inception_v1"])
-def test_light_model_matches_openvino_in_steps(name, tmp_path):
+def test_light_model_matches_openvino_in_steps(name, tmp_path, reference_isa):
     """Real architectures (constant-valued weights after folding) quantized by NNCF."""
     qdq = quantized_probe_model(LIGHT / f"light_{name}.onnx", tmp_path)
     package = tmp_path / f"{name}.tar"
     metadata = tvm_npu.compile(qdq, output=package, target="npu/micro").metadata
     assert sum(row["runs_on"] == "npu" for row in metadata.extra["operators"]) > 10
-    assert_within_two_steps(step_errors(package, qdq, seeds=(1,)), name)
+    assert_within_two_steps(step_errors(package, qdq, reference_isa, seeds=(1,)), name)

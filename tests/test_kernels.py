@@ -56,7 +56,8 @@ def conv2d_case(rng, *, n=1, c=None, o=None, hw=None, k=None, stride=None, pad=N
     groups = groups or 1
     o = o or groups * int(rng.integers(1, 6))
     reach = dilation * (k - 1) + 1
-    hw = hw or (max(reach - pad[0] - pad[2], 1) + int(rng.integers(0, 8)), max(reach - pad[1] - pad[3], 1) + int(rng.integers(0, 8)))
+    hw = hw or (max(reach - pad[0] - pad[2], 1) + int(rng.integers(0, 8)),
+                max(reach - pad[1] - pad[3], 1) + int(rng.integers(0, 8)))
     attrs, bias, mult, shift = _weighted(rng, o, c // groups * k * k, x_dtype, y_dtype)
     attrs.update(strides=(stride, stride), padding=tuple(pad), dilation=(dilation, dilation), groups=groups)
     w = _integers(rng, (o, c // groups, k, k), "int8")

@@ -1,7 +1,7 @@
 """The nine real architectures that ship in the onnx wheel, end to end through `tvmc`.
 
-These run in FP32 (`--no-quantize`): the host-execution baseline. Their shipped weights are constants, so matching the expected outputs proves little on
-its own; the same architectures with seeded random weights are checked against
+These run in FP32 (`--no-quantize`): the host-execution baseline. Their shipped weights are constants, so
+matching the expected outputs proves little on its own; the same architectures with seeded random weights are checked against
 OpenVINO CPU (FP32) on the same modified model.
 """
 

@@ -17,7 +17,7 @@ import tvm_npu
 from tvm_npu.frontend import import_onnx, load_onnx
 from tvm_npu.partition import partition
 from tvm_npu.registry import Composite, kernel
-from tvm_npu.validate import compare, openvino_outputs, quantization_steps
+from tvm_npu.validate import validate
 
 
 class _Graph:
@@ -86,8 +86,10 @@ def make_concat_affine_model(path: Path) -> Path:
                  rng.uniform(0.5, 2, channels)]
         norm = g.node("BatchNormalization", [x, *(g.const(f"{x}_bn{i}", v.astype(np.float32)) for i, v in enumerate(stats))],
                       f"{x}_bn")
-        scaled = g.node("Mul", [norm, g.const(f"{x}_mul_k", rng.uniform(0.5, 1.5, (channels, 1, 1)).astype(np.float32))], f"{x}_mul")
-        shifted = g.node("Add", [scaled, g.const(f"{x}_add_k", rng.normal(0, 0.2, (channels, 1, 1)).astype(np.float32))], f"{x}_add")
+        gain = rng.uniform(0.5, 1.5, (channels, 1, 1)).astype(np.float32)
+        scaled = g.node("Mul", [norm, g.const(f"{x}_mul_k", gain)], f"{x}_mul")
+        offset = rng.normal(0, 0.2, (channels, 1, 1)).astype(np.float32)
+        shifted = g.node("Add", [scaled, g.const(f"{x}_add_k", offset)], f"{x}_add")
         g.q(g.node("Relu", [shifted], f"{x}_relu"), scale, 0)
     inputs = [_uint8(name, (1, channels, 5, 6), TensorProto.INT8 if name == "c" else TensorProto.UINT8)
               for name, (channels, _, _) in parts.items()]
@@ -105,14 +107,10 @@ def _composites(path: Path, name: str) -> dict[str, object]:
     return found
 
 
-def _assert_matches_openvino(path: Path, inputs: dict, ours: dict):
-    """Every output within `tvmc validate`'s tolerances (2 steps, no bias) of OpenVINO CPU on the same file."""
-    onnx_bytes = path.read_bytes()
-    (reference,) = openvino_outputs(onnx_bytes, [inputs], "CPU")
-    _, steps = quantization_steps(onnx_bytes)
-    for name, value in ours.items():
-        result = compare(name, value, reference[name], quantized=True, step=steps.get(name))
-        assert result.passed, f"{name}: {result.reason}"
+def _assert_validates(package: Path, inputs: dict, reference_isa: str | None):
+    """`tvmc validate`'s verdict against OpenVINO CPU on the same file (on the int8 path `reference_isa` picks)."""
+    report = validate(tvm_npu.load(package), [inputs], device="CPU", reference_isa=reference_isa)
+    assert report.passed, str(report)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +125,7 @@ def compiled(tmp_path_factory):
     return {"sum": build(make_residual_sum_model), "affine": build(make_concat_affine_model)}
 
 
-def test_residual_sum_lands_on_elementwise_bit_exact(compiled):
+def test_residual_sum_lands_on_elementwise_bit_exact(compiled, reference_isa):
     path, package, operators = compiled["sum"]
     assert [row["kernel"] for row in operators if row["runs_on"] == "npu"] == ["npu.conv2d", "npu.conv2d", "npu.elementwise"]
     assert all(row["ops"][0] in ("relax.quantize", "relax.dequantize") for row in operators if row["runs_on"] == "cpu")
@@ -136,10 +134,10 @@ def test_residual_sum_lands_on_elementwise_bit_exact(compiled):
     out = tvm_npu.load(package).run(x)
     expected = kernel("npu.elementwise").reference(params, [out["conv1_q"], out["conv2_q"]])
     np.testing.assert_array_equal(out["relu_q"], expected)
-    _assert_matches_openvino(path, x, out)
+    _assert_validates(package, x, reference_isa)
 
 
-def test_concat_batchnorm_lands_on_channel_affine_bit_exact(compiled):
+def test_concat_batchnorm_lands_on_channel_affine_bit_exact(compiled, reference_isa):
     path, package, operators = compiled["affine"]
     assert [row["kernel"] for row in operators if row["runs_on"] == "npu"] == ["npu.channel_affine"] * 2
     concats = [row for row in operators if row["ops"] == ["relax.concat"]]
@@ -154,4 +152,4 @@ def test_concat_batchnorm_lands_on_channel_affine_bit_exact(compiled):
     np.testing.assert_array_equal(out["inner_relu_q"], affine.reference(params["inner_add"], [inner]))
     outer = np.concatenate([(inner.astype(np.int16) - 128).astype(np.int8), x["c"]], axis=1)  # int8 throughout
     np.testing.assert_array_equal(out["outer_relu_q"], affine.reference(params["outer_add"], [outer]))
-    _assert_matches_openvino(path, x, out)
+    _assert_validates(package, x, reference_isa)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tvm_npu.perf import Geometry, Tiles, footprint, layer_cost, layer_roofline, pipeline, roofline
+from tvm_npu.perf import layer_cost, layer_roofline, pipeline, roofline
+from tvm_npu.tiling import Geometry, Tiles, footprint
 from tvm_npu.plan import choose_tiles
 from tvm_npu.target import PRESETS, resolve_target
 

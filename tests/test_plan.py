@@ -11,8 +11,10 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_npu
-from tvm_npu.errors import NpuError
-from tvm_npu.perf import Geometry, Tiles, footprint
+from tvm_npu.build import pass_context
+from tvm_npu.errors import EXIT_INTERNAL_ERROR, NpuError
+from tvm_npu.lower import check_footprint, lower_layer
+from tvm_npu.tiling import Geometry, Tiles, footprint
 from tvm_npu.plan import LayerPlan, _choose, choose_tiles
 from tvm_npu.registry import kernel, kernels
 from tvm_npu.sram import prove_footprint
@@ -26,7 +28,7 @@ def _run_scheduled(name, params, inputs, tiles):
     npu_kernel = kernel(name)
     specs = [(x.shape, str(x.dtype)) for x in inputs]
     scheduled = npu_kernel.schedule(npu_kernel.primfunc("k", params, specs), tiles)
-    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+    with pass_context():
         lib = tvm.compile(tvm.IRModule({"k": scheduled}), target=TARGET)
     expected = npu_kernel.reference(params, inputs)
     out = tvm.runtime.empty(expected.shape, str(expected.dtype))
@@ -47,12 +49,32 @@ def test_scheduled_kernel_is_bit_exact_and_its_sram_proof_equals_the_plan(name, 
     rng = np.random.default_rng(1000 * index + len(name))  # the same cases as test_kernels
     params, inputs = CASES[name][index](rng)
     g = kernel(name).geometry(params, [(x.shape, str(x.dtype)) for x in inputs])
-    tiles = Tiles(max(1, g.out_h // 2), g.per_group * max(1, g.groups // 2) if g.groups > 1 else max(1, g.out_channels // 3), order)
+    channels = g.per_group * max(1, g.groups // 2) if g.groups > 1 else max(1, g.out_channels // 3)
+    tiles = Tiles(max(1, g.out_h // 2), channels, order)
     scheduled, ours, expected = _run_scheduled(name, params, inputs, tiles)
     np.testing.assert_array_equal(ours, expected)
     proof = prove_footprint(scheduled)
     assert proof.total == sum(footprint(g, tiles).values()), proof.buffers
     assert all(size > 0 for _, size in proof.buffers) and len(proof.buffers) >= len(footprint(g, tiles))
+
+
+def test_a_proof_that_differs_from_the_plan_or_finds_no_sram_is_an_internal_error():
+    """lower_layer's proof must be the plan exactly: more, less, or no SRAM at all each stop the build."""
+    rng = np.random.default_rng(3)
+    params, inputs = CASES["npu.conv2d"][0](rng)
+    npu_kernel, specs = kernel("npu.conv2d"), [(x.shape, str(x.dtype)) for x in inputs]
+    g = npu_kernel.geometry(params, specs)
+    tiles = Tiles(max(1, g.out_h // 2), g.out_channels, "weights")
+    planned = sum(footprint(g, tiles).values())
+    _, proof = lower_layer(npu_kernel, params, specs, tiles, planned)
+    assert proof.total == planned > 0
+    for wrong in (planned - 1, planned + 1):
+        with pytest.raises(NpuError, match=f"allocates {planned} B of SRAM .* promised {wrong} B") as err:
+            lower_layer(npu_kernel, params, specs, tiles, wrong)
+        assert err.value.exit_code == EXIT_INTERNAL_ERROR
+    untiled, _ = lower_layer(npu_kernel, params, specs, None)  # the default schedule: no SRAM buffer at all
+    with pytest.raises(NpuError, match="allocates 0 B of SRAM"):
+        check_footprint(untiled, 0, None, "npu.conv2d")
 
 
 # Stride 2 over a padded height of 8 reads rows 0-6 only (3 output rows), and 2-row tiles leave a short last one:
@@ -116,7 +138,7 @@ def test_no_tiling_fits_is_one_line_naming_layer_footprint_and_sram(g):
     _, smallest = choose_tiles(g, tiny)
     assert "\n" not in message and "lv7" in message and f"{smallest} B" in message and "1024 B" in message
     assert "--allow-cpu-fallback" in message
-    _choose(layer, tiny, allow_cpu_fallback=True)
+    layer = _choose(layer, tiny, allow_cpu_fallback=True)
     assert layer.placement == "cpu" and "sram" in layer.reason
 
 

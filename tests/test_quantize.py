@@ -1,4 +1,4 @@
-"""The quantize stage: graph folding keeps the model's function; QDQ models pass through; calibration files."""
+"""The quantize stage: QDQ models pass through; calibration files. (Its graph folding: tests/passes/.)"""
 
 from __future__ import annotations
 
@@ -6,54 +6,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from tvm_npu import NpuError
 from tvm_npu.frontend import TensorSpec
-from tvm_npu.quantize import fold_channel_affines, fold_constants, is_quantized, load_calibration, quantize
+from tvm_npu.quantize import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIXES, is_quantized, load_calibration, quantize
+from tvm_npu.validate import saturation_risks
 
-from test_int8_end_to_end import LIGHT, make_small_cnn
-
-
-def _run(model, x):
-    return ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x})[0]
-
-
-def test_folding_keeps_outputs_and_removes_batch_norm(tmp_path):
-    model = onnx.load(make_small_cnn(tmp_path / "cnn.onnx"))
-    folded = fold_channel_affines(fold_constants(model))
-    assert "BatchNormalization" not in {n.op_type for n in folded.graph.node}
-    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    np.testing.assert_allclose(_run(folded, x), _run(model, x), rtol=1e-4, atol=1e-6)
-
-
-def test_per_channel_mul_and_add_after_conv_fold_into_it():
-    """Caffe2-style scale layers (Conv -> Mul -> Add by per-channel constants, as in DenseNet)."""
-    rng = np.random.default_rng(1)
-    consts = {"w": rng.normal(0, 0.3, (6, 3, 3, 3)), "scale": rng.uniform(0.5, 1.5, (6, 1, 1)),
-              "shift": rng.normal(0, 0.1, (1, 6, 1, 1)), "gain": np.array(0.7), "mask": rng.uniform(0, 1, (1, 1, 8, 8))}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Mul", ["c", "scale"], ["m"]),
-             helper.make_node("Add", ["shift", "m"], ["a"]),
-             helper.make_node("Mul", ["a", "gain"], ["g"]),
-             helper.make_node("Mul", ["g", "mask"], ["y"])]  # per-pixel, not per-channel: stays
-    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    folded = fold_channel_affines(model)
-    assert [n.op_type for n in folded.graph.node] == ["Conv", "Mul"]
-    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
-    np.testing.assert_allclose(_run(folded, x), _run(model, x), rtol=1e-4, atol=1e-6)
-
-
-def test_constant_of_shape_weights_become_initializers():
-    model = onnx.load(LIGHT / "light_squeezenet.onnx")
-    folded = fold_constants(model)
-    assert "ConstantOfShape" not in {n.op_type for n in folded.graph.node}
-    conv = next(n for n in folded.graph.node if n.op_type == "Conv")
-    assert conv.input[1] in {i.name for i in folded.graph.initializer}
-    assert [i.name for i in folded.graph.input] == ["data_0"]
+from test_int8_end_to_end import make_small_cnn
 
 
 def test_qdq_model_passes_through_unchanged(tmp_path):
@@ -75,6 +34,21 @@ def test_quantize_with_calibration_data_is_deterministic(tmp_path):
     assert len(samples) == 8 and samples[0]["x"].shape == (1, 3, 32, 32)
     first, second = quantize(model, spec, samples), quantize(model, spec, samples)
     assert is_quantized(first) and first.SerializeToString() == second.SerializeToString()
+
+
+def test_overflow_fix_gives_weights_no_cpu_saturates(tmp_path):
+    """NNCF's overflow fix: `enable` leaves no Conv/Gemm whose int8 weight pairs can exceed int16 (7-bit
+    weights), `first_layer_only` (the default) fixes the first conv only, `disable` none (NNCF renames nodes)."""
+    model = onnx.load(make_small_cnn(tmp_path / "cnn.onnx"))
+    spec = [TensorSpec("x", (1, 3, 32, 32), "float32")]
+    samples = [{"x": np.random.default_rng(i).random((1, 3, 32, 32), dtype=np.float32)} for i in range(4)]
+    at_risk = {fix: [risk.node for risk in saturation_risks(quantize(model, spec, samples, overflow_fix=fix))]
+               for fix in OVERFLOW_FIXES}
+    print(at_risk)
+    assert at_risk["enable"] == []
+    assert set(at_risk["first_layer_only"]) < set(at_risk["disable"]) and len(at_risk["disable"]) >= 2
+    assert quantize(model, spec, samples).SerializeToString() == quantize(
+        model, spec, samples, overflow_fix=DEFAULT_OVERFLOW_FIX).SerializeToString()
 
 
 @pytest.mark.parametrize("arrays, fragment", [

@@ -18,7 +18,8 @@ import tvm_npu
 from tvm_npu.cli import main
 from tvm_npu.errors import NpuError
 from tvm_npu.package import read_package
-from tvm_npu.perf import Tiles, footprint
+from tvm_npu.build import pass_context
+from tvm_npu.tiling import Tiles, footprint
 from tvm_npu.registry import kernel, kernels, variants
 from tvm_npu.sparse import encode, index_dtype
 from tvm_npu.sram import prove_footprint
@@ -41,7 +42,7 @@ def _sparsify(rng, w: np.ndarray, sparsity: float, zero_row: bool) -> None:
 
 
 def _build(prim):
-    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+    with pass_context():
         return tvm.compile(tvm.IRModule({"k": prim.with_attr("global_symbol", "k")}), target=TARGET)
 
 

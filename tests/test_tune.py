@@ -21,7 +21,8 @@ from onnx import TensorProto, helper
 import tvm_npu
 from tvm_npu import cli
 from tvm_npu.cascade import band_heights, default_band
-from tvm_npu.perf import Geometry, Tiles, cascade_cost, cascade_footprint, footprint, inner_trips, layer_cost, outer_trips
+from tvm_npu.perf import cascade_cost, layer_cost
+from tvm_npu.tiling import Geometry, Tiles, cascade_footprint, footprint, inner_trips, outer_trips
 from tvm_npu.plan import feasible, task_key
 from tvm_npu.records import TuningLog, best_records, read_log
 from tvm_npu.report import report

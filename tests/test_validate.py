@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,10 @@ from onnx import numpy_helper
 from tvm import tirx
 
 import tvm_npu
+import tvm_npu.cli
 from tvm_npu import registry, validate as validate_module
-from tvm_npu.errors import EXIT_COULD_NOT_VALIDATE, EXIT_OK
+from tvm_npu.errors import EXIT_BAD_INPUT, EXIT_COULD_NOT_VALIDATE, EXIT_OK, EXIT_VALIDATION_FAILED
+from tvm_npu.onnx_builder import saturating_conv
 from tvm_npu.runtime import make_inputs
 from tvm_npu.schedules import conv2d
 from tvm_npu.validate import compare, probes, strip_qdq, validate
@@ -209,10 +212,10 @@ def test_strip_qdq_gives_the_fp32_model(ort_int8_output_model):
 
 # --- light models ---------------------------------------------------------------------------------
 
-def test_squeezenet_qdq_validates_with_every_layer(squeezenet):
+def test_squeezenet_qdq_validates_with_every_layer(squeezenet, reference_isa):
     qdq, package = squeezenet
     model = tvm_npu.load(package)
-    report = validate(model, samples(model), device="CPU", per_layer=True)
+    report = validate(model, samples(model), device="CPU", per_layer=True, reference_isa=reference_isa)
     print(report)
     print(table("squeezenet", report))
     assert report.passed, str(report)
@@ -252,16 +255,17 @@ def test_broken_conv_layer_is_named_by_per_layer(squeezenet, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_broken_conv_kernel_fails_validation_and_per_layer_names_the_first_conv(squeezenet, tmp_path, monkeypatch):
+def test_broken_conv_kernel_fails_validation_and_per_layer_names_the_first_conv(squeezenet, tmp_path, monkeypatch,
+                                                                                reference_isa):
     qdq, _ = squeezenet
     break_conv_kernel(monkeypatch)
     broken = tmp_path / "broken.tar"
     tvm_npu.compile(qdq, output=broken, target="npu")
     model = tvm_npu.load(broken)
-    plain = validate(model, samples(model), device="CPU")
+    plain = validate(model, samples(model), device="CPU", reference_isa=reference_isa)
     print(table("squeezenet+broken-conv", plain))
     assert not plain.passed  # caught on the model's own output
-    report = validate(model, samples(model), device="CPU", per_layer=True)
+    report = validate(model, samples(model), device="CPU", per_layer=True, reference_isa=reference_isa)
     first_conv = next(n for n in onnx.load(qdq).graph.node if n.op_type == "Conv")
     assert report.first_divergent_layer.layer == layer_of_conv(onnx.load(qdq), tuple(
         numpy_helper.to_array(next(i for i in onnx.load(qdq).graph.initializer if i.name == next(
@@ -316,3 +320,96 @@ def test_probes_name_layers_in_graph_order(squeezenet):
     found = probes(onnx.load(qdq))
     assert found[0].op_type == "input" and found[1].op_type == "Relu"
     assert len({p.tensor for p in found}) == len(found)
+
+
+# --- the reference's int8 path: CPUs without VNNI saturate, the exact reference judges --------------
+
+@pytest.fixture(scope="session")
+def saturation_case(tmp_path_factory) -> tuple[Path, Path]:
+    """(QDQ conv, inputs .npz): uint8 activations near 255 and full-range int8 weights (`saturating_conv`)."""
+    folder = tmp_path_factory.mktemp("saturation")
+    example = saturating_conv(np.random.default_rng(0))
+    onnx.save(example.model, folder / "conv.onnx")
+    np.savez(folder / "inputs.npz", **example.inputs)
+    return folder / "conv.onnx", folder / "inputs.npz"
+
+
+def tvmc_in_process(capsys, *args) -> tuple[int, str, str]:
+    """`tvmc ARGS` through the console entry point in this process (so a monkeypatched kernel applies):
+    exit code, stdout, stderr."""
+    code = tvm_npu.cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def isa_flags(reference_isa: str | None) -> list[str]:
+    return ["--reference-isa", reference_isa] if reference_isa else []
+
+
+def test_int8_path_follows_cpu_flags_and_the_isa_cap(monkeypatch):
+    monkeypatch.setattr(validate_module, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    monkeypatch.delenv(validate_module.ISA_CAP_VARIABLE, raising=False)
+    assert validate_module.int8_path("OpenVINO").exact
+    assert not validate_module.int8_path("OpenVINO", isa="AVX2").exact
+    assert validate_module.int8_path("OpenVINO", isa="avx512_core_vnni").exact
+    monkeypatch.setenv(validate_module.ISA_CAP_VARIABLE, "avx512_core")
+    capped = validate_module.int8_path("OpenVINO")
+    assert not capped.exact and "ONEDNN_MAX_CPU_ISA=AVX512_CORE" in capped.reason
+    assert validate_module.int8_path("ONNX Runtime").exact  # MLAS does not read oneDNN's cap
+    monkeypatch.setattr(validate_module, "cpu_flags", lambda: {"avx2", "fma"})
+    assert not validate_module.int8_path("ONNX Runtime").exact and "no VNNI" in validate_module.int8_path("OpenVINO").reason
+
+
+def test_saturation_risk_comes_from_the_weights(saturation_case):
+    model = onnx.load(saturation_case[0])
+    (risk,) = validate_module.saturation_risks(model)
+    assert risk.op_type == "Conv" and risk.pair_sum > validate_module.INT16_MAX
+    weight = next(i for i in model.graph.initializer if i.name.endswith("_int8"))
+    halved = numpy_helper.to_array(weight) // 2  # 7-bit weights (NNCF's overflow fix): 255 * (64 + 64) < 32768
+    weight.CopyFrom(numpy_helper.from_array(halved.astype(np.int8), weight.name))
+    assert validate_module.saturation_risks(model) == []
+
+
+def test_saturation_case_validates_and_names_the_judge(saturation_case, reference_isa, capsys):
+    model, inputs = saturation_case
+    code, out, _ = tvmc_in_process(capsys, "validate", model, "--inputs", inputs, *isa_flags(reference_isa))
+    print(out)
+    assert code == EXIT_OK, out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("reference: OpenVINO"))
+    if validate_module.int8_path("OpenVINO", isa=reference_isa).exact:
+        assert "judged by the exact reference" not in out and "accumulates int8 products in int32" in out
+    else:  # the second line names the judge, why, and how much OpenVINO got wrong
+        judged = lines[start + 1]
+        assert judged.startswith("judged by the exact reference") and "saturating int16 pairs" in judged
+        wrong, total = map(int, re.search(r"OpenVINO got (\d+) of (\d+)", judged).groups())
+        assert total == 16 * 12 * 12 and wrong > total // 2
+
+
+def test_one_step_rounding_bug_fails_validation_on_every_int8_path(saturation_case, reference_isa, monkeypatch,
+                                                                    capsys, tmp_path):
+    model, inputs = saturation_case
+    break_conv_kernel(monkeypatch)
+    broken = tmp_path / "broken.tar"
+    tvm_npu.compile(model, output=broken, target="npu")
+    x = dict(np.load(inputs))
+    (exact,) = validate_module.exact_reference_outputs(model.read_bytes(), [x])
+    off = tvm_npu.load(broken).run(x)["y"].astype(int) - exact["y"].astype(int)
+    assert set(np.unique(off)) <= {0, 1} and off.mean() > 0.2  # the compiled kernel rounds up where it should not
+    code, out, _ = tvmc_in_process(capsys, "validate", broken, "--inputs", inputs, *isa_flags(reference_isa))
+    print(out)
+    assert code == EXIT_VALIDATION_FAILED and "validation FAILED" in out and "bias" in out
+
+
+def test_untrusted_reference_and_no_exact_judge_could_not_validate(saturation_case, capsys):
+    model, inputs = saturation_case
+    code, out, _ = tvmc_in_process(capsys, "validate", model, "--inputs", inputs, "--reference-isa", "AVX2",
+                                "--max-exact-gmacs", "0")
+    print(out)
+    assert code == EXIT_COULD_NOT_VALIDATE, out
+    assert "exact reference not run" in out and "--max-exact-gmacs" in out and "UNDECIDED" in out
+
+
+def test_bad_reference_isa_is_one_line(capsys, saturation_case):
+    code, _, err = tvmc_in_process(capsys, "validate", saturation_case[0], "--reference-isa", "AVX2; rm")
+    assert code == EXIT_BAD_INPUT and len(err.strip().splitlines()) == 1 and "--reference-isa" in err

@@ -6,14 +6,14 @@
     outputs = model.run({"input": array})
 """
 
-__version__ = "0.1.0"
-
-from .errors import NpuError  # noqa: E402
-from .pipeline import CompileResult, compile  # noqa: E402
-from .runtime import CompiledModel, load  # noqa: E402
-from .target import PRESETS, NpuConfig, resolve_target  # noqa: E402
+from .errors import NpuError
+from .pipeline import CompileResult, compile
+from .runtime import CompiledModel, load
+from .target import PRESETS, NpuConfig, resolve_target
+from .version import __version__
 
 __all__ = [
+    "__version__",
     "PRESETS",
     "CompileResult",
     "CompiledModel",

@@ -1,7 +1,7 @@
 """Stage: build. A Relax module becomes a host-executable TVM Relax executable.
 
-Entry point: `build(mod, config)`. The NPU lowering stages hand this stage a module
-whose NPU operators are already `call_tir`s to SRAM-tiled PrimFuncs; what remains is
+Entry point: `build(mod, config)`; `pass_context()` is how anything NPU is compiled. The NPU
+lowering stages hand this stage a module whose NPU operators are already `call_tir`s to SRAM-tiled PrimFuncs; what remains is
 lowered by TVM's CPU pipeline (the CPU fallback) and compiled through LLVM.
 """
 
@@ -17,9 +17,7 @@ from .target import NpuConfig
 def build(mod: tvm.IRModule, config: NpuConfig) -> relax.Executable:
     target = config.tvm_target()
     try:
-        # StorageRewrite would merge the SRAM tile buffers of mixed dtypes into one allocation and
-        # misalign them (an InternalError in 0.27); each tile buffer stays its own allocation.
-        with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+        with pass_context():
             return tvm.compile(mod, target=target)
     except Exception as err:  # noqa: BLE001 - a TVM failure here is ours to report, not the user's
         raise NpuError(
@@ -27,3 +25,10 @@ def build(mod: tvm.IRModule, config: NpuConfig) -> relax.Executable:
             "(a tvm_npu bug: rerun with --debug and report it)",
             EXIT_INTERNAL_ERROR,
         ) from err
+
+
+def pass_context() -> tvm.transform.PassContext:
+    """How everything NPU is compiled (the model, a tuning candidate, a conformance kernel): StorageRewrite
+    would merge the SRAM tile buffers of mixed dtypes into one allocation and misalign them (an
+    InternalError in 0.27), so each tile buffer stays its own allocation."""
+    return tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True})

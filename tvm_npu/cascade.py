@@ -1,19 +1,19 @@
 """Stage: cascade (part of planning). Consecutive NPU convolutions fuse where that lowers DRAM traffic.
 
-Entry point: `cascade(mod, layers, config, tuned=None) -> list[Cascade]`, on the partitioned module
-and the `plan` stage's layers (it marks the layers it fuses). A producer conv whose only consumer is
-the next conv can run inside the consumer's loop over output row bands: per band it computes just
-the rows the consumer needs into an SRAM intermediate (the consumer's padded input, all channels,
-8-bit), a rolling buffer, so halo rows are computed once and the intermediate never goes to DRAM.
-Both layers' weights stay resident in SRAM. Each candidate band height whose footprint
-(`perf.cascade_footprint`) fits (`band_heights`) is costed with `perf.cascade_cost` against the two
-layers' own planned tilings; a pair fuses when its DRAM traffic drops (ties: fewer cycles).
-With tuning records (`tvmc tune --cascade`: one task per distinct pair, `task_key`, its knob the band
-height) the records decide instead where they cover the pair: it fuses, with the recorded band
-height, when its best cascade record costs less than the two layers' best records together. Records
-first, then pairs with the largest saving first; each layer in at most one cascade.
+Entry point: `cascade(mod, layers, config, tuned=None) -> layers`, on the partitioned module and the
+`plan` stage's layers: the layers it fuses come back with their `Cascade` and its footprint. A producer
+conv whose only consumer is the next conv can run inside the consumer's loop over output row bands: per
+band it computes just the rows the consumer needs into an SRAM intermediate (the consumer's padded
+input, all channels, 8-bit), a rolling buffer, so halo rows are computed once and the intermediate never
+goes to DRAM. Both layers' weights stay resident in SRAM. Each candidate band height whose footprint
+(`tiling.cascade_footprint`) fits (`band_heights`) is costed with `perf.cascade_cost` against the two
+layers' own planned tilings; a pair fuses when its DRAM traffic drops (ties: fewer cycles). With tuning
+records (`tvmc tune --cascade`: one task per distinct pair, `task_key`, its knob the band height) the
+records decide instead where they cover the pair: it fuses, with the recorded band height, when its best
+cascade record costs less than the two layers' best records together. Records first, then pairs with the
+largest saving first; each layer in at most one cascade.
 
-`primfunc` is the cascade's lowering (called by `lower`): the consumer's TE compute composed on
+`primfunc` is the cascade's lowering (`lower.lower_cascade` proves its footprint): the consumer's TE compute composed on
 the producer's output in ONE PrimFunc, the consumer scheduled in row bands, every producer stage
 `compute_at` the band loop in SRAM, and `s_tir.Schedule.rolling_buffer` on the buffers whose
 bands overlap.
@@ -21,50 +21,47 @@ bands overlap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tvm
 from tvm import relax, s_tir, te, tirx
 
-from .perf import (
-    Geometry,
-    LayerCost,
-    cascade_cost,
-    cascade_footprint,
-    cascade_rolls,
-    extended_producer,
-    layer_cost,
-)
+from .perf import LayerCost, cascade_cost, layer_cost
 from .plan import LayerPlan, task_key as layer_task_key
 from .records import CASCADE_TASK
 from .registry import KernelParams, kernel
 from .sram import SRAM_SCOPE, double_buffer
 from .target import NpuConfig
+from .tiling import Geometry, cascade_footprint, cascade_rolls, extended_producer
 
 KERNELS = ("npu.conv2d",)  # kernels with a `tensors` compute the cascade schedule below knows how to fuse
 
 
-@dataclass
+@dataclass(frozen=True)
 class Cascade:
     """A fused producer -> consumer pair: `rows` consumer output rows per band."""
 
     index: int
-    producer: LayerPlan
+    producer: LayerPlan  # the two layers as planned apart (geometry, tiles, params, inputs)
     consumer: LayerPlan
     rows: int
     sram_planned: int
     dram_saved: int  # DRAM bytes the two layers no longer move (their own tilings minus the cascade)
     tuned: bool = False  # fused and banded as tuning records say, not by the DRAM heuristic
 
+    def produces(self, layer: LayerPlan) -> bool:
+        """Whether `layer` is the pair's producer (computed inside the consumer's band loop)."""
+        return layer.function == self.producer.function
+
     def describe(self, layer: LayerPlan) -> dict:
-        role = "producer" if layer is self.producer else "consumer"
+        role = "producer" if self.produces(layer) else "consumer"
         return {"index": self.index, "role": role, "rows": self.rows, "dram_saved": self.dram_saved,
                 "producer": self.producer.row, "consumer": self.consumer.row, "tuned": self.tuned}
 
 
 def cascade(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig,
-            tuned: dict[str, dict] | None = None) -> list[Cascade]:
-    """`tuned`: the best tuning record per task (`records.tuned_records`)."""
+            tuned: dict[str, dict] | None = None) -> list[LayerPlan]:
+    """`layers` with the chosen pairs fused; `tuned`: the best tuning record per task (`records.tuned_records`)."""
     by_function = {layer.function: layer for layer in layers}
     options = []  # (rank, producer, consumer, rows, from records): records first, then the largest saving
     for producer, consumer in pairs(mod, by_function):
@@ -77,18 +74,16 @@ def cascade(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig,
             best = _best(producer, consumer, config)
             if best is not None:
                 options.append(((1, -best[2]), producer, consumer, best[0], False))
-    chosen: list[Cascade] = []
+    fused: dict[str, Cascade] = {}  # by the functions of both its layers
     for _, producer, consumer, rows, from_records in sorted(options, key=lambda o: o[0]):
-        if producer.cascade is None and consumer.cascade is None:
+        if producer.function not in fused and consumer.function not in fused:
             g1, g2 = producer.geometry, consumer.geometry
             apart = _dram(layer_cost(g1, producer.tiles, config), layer_cost(g2, consumer.tiles, config))
-            size = sum(cascade_footprint(g1, g2, rows).values())
-            fused = Cascade(len(chosen), producer, consumer, rows, size,
-                            apart - _dram(*cascade_cost(g1, g2, rows, config)), from_records)
-            producer.cascade = consumer.cascade = fused
-            producer.sram_planned = consumer.sram_planned = size
-            chosen.append(fused)
-    return chosen
+            pair = Cascade(len(fused) // 2, producer, consumer, rows, sum(cascade_footprint(g1, g2, rows).values()),
+                           apart - _dram(*cascade_cost(g1, g2, rows, config)), from_records)
+            fused[producer.function] = fused[consumer.function] = pair
+    return [replace(layer, cascade=fused[layer.function], sram_planned=fused[layer.function].sram_planned)
+            if layer.function in fused else layer for layer in layers]
 
 
 def task_key(producer: LayerPlan, consumer: LayerPlan) -> str:
@@ -177,19 +172,18 @@ def _best(producer: LayerPlan, consumer: LayerPlan, config: NpuConfig) -> tuple[
     return rows, sum(cascade_footprint(g1, g2, rows).values()), _dram(*apart) - _dram(*fused)
 
 
-def primfunc(fused: Cascade, params: tuple[KernelParams, KernelParams], x_spec: tuple[tuple[int, ...], str]) -> tvm.tirx.PrimFunc:
-    """The cascade as ONE scheduled PrimFunc(x, producer constants..., consumer constants..., out)."""
-    func = compute(fused.producer, fused.consumer, params, x_spec)
-    return schedule(func, fused.producer.geometry, fused.consumer.geometry, fused.rows)
+def primfunc(producer: LayerPlan, consumer: LayerPlan, rows: int) -> tvm.tirx.PrimFunc:
+    """The cascade as ONE PrimFunc(x, producer constants..., consumer constants..., out) in bands of `rows`."""
+    return schedule(compute(producer, consumer), producer.geometry, consumer.geometry, rows)
 
 
-def compute(producer: LayerPlan, consumer: LayerPlan, params: tuple[KernelParams, KernelParams],
-            x_spec: tuple[tuple[int, ...], str]) -> tvm.tirx.PrimFunc:
+def compute(producer: LayerPlan, consumer: LayerPlan) -> tvm.tirx.PrimFunc:
     """The pair's unscheduled PrimFunc: the consumer's TE compute on the producer's output."""
     producer_kernel, consumer_kernel = kernel(producer.kernel), kernel(consumer.kernel)
-    p1, p2 = params
+    p1, p2 = producer.params, consumer.params
+    (x_spec,) = producer.inputs
     g1, g2 = producer.geometry, consumer.geometry
-    # The producer runs over the consumer's padded rows (see perf.extended_producer); the consumer reads the
+    # The producer runs over the consumer's padded rows (see tiling.extended_producer); the consumer reads the
     # real rows through a row-shifted view, which inlines away, so its padded input indexes the producer rows 1:1.
     px = extended_producer(g1, g2)
     extended = KernelParams(p1.attrs | {"padding": px.padding}, p1.consts)

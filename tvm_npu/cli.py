@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import traceback
@@ -17,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import __version__
 from .atomic import atomic_output, check_output_path
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, NpuError, first_line
 from .frontend import parse_input_shapes
 from .package import read_package
 from .pipeline import compile as compile_model
-from .quantize import is_quantized
+from .quantize import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIXES, is_quantized
 from .report import FORMATS, plot, report, summary_text
 from .runtime import (
     DEFAULT_NORMALIZATION,
@@ -43,6 +43,7 @@ from .validate import (
     DEFAULT_ATOL,
     DEFAULT_ATOL_STEPS,
     DEFAULT_MAX_BIAS_STEPS,
+    DEFAULT_MAX_EXACT_GMACS,
     DEFAULT_MIN_COSINE,
     DEFAULT_RTOL,
     DEVICES,
@@ -50,6 +51,7 @@ from .validate import (
     MIN_WITHIN_STEPS,
     validate,
 )
+from .version import __version__
 
 EXIT_INTERRUPTED = 130
 
@@ -139,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
                               help=f"minimum cosine similarity for float models' outputs (and a quantized model's float "
                                    f"output whose float tail cannot be analysed) (default: {DEFAULT_MIN_COSINE})")
+    validate_cmd.add_argument("--reference-isa", metavar="ISA",
+                              help="run OpenVINO's CPU plugin as on a CPU with at most this oneDNN instruction set, "
+                                   "e.g. AVX2 (no VNNI: int8 products summed in saturating int16 pairs), in a child "
+                                   "process; outputs it gets wrong are judged by the exact reference")
+    validate_cmd.add_argument("--max-exact-gmacs", type=float, default=DEFAULT_MAX_EXACT_GMACS, metavar="G",
+                              help="largest model (10^9 multiply-accumulates over all samples) the exact reference "
+                                   "(onnx.reference, ~1 s per GMAC) runs on when the reference's int8 path cannot be "
+                                   f"trusted (default: {DEFAULT_MAX_EXACT_GMACS:g})")
     validate_cmd.add_argument("--report-json", help="also write the report as JSON to this file")
     _add_compile_options(validate_cmd)
     validate_cmd.set_defaults(handler=_validate)
@@ -215,6 +225,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="calibration samples: an .npz with one array per input, first axis = samples "
                              "(default: seeded random inputs, accuracy unknown)")
     parser.add_argument("--save-quantized", metavar="PATH", help="also write the quantized QDQ ONNX model here")
+    parser.add_argument("--overflow-fix", choices=OVERFLOW_FIXES, default=DEFAULT_OVERFLOW_FIX,
+                        help="NNCF's overflow fix: 7-bit weights for the first convolutions (first_layer_only), every "
+                             "Conv/MatMul (enable: the QDQ model then computes exactly on every INT8 CPU runtime, "
+                             "also without VNNI) or none (disable) (default: first_layer_only)")
     parser.add_argument("--allow-cpu-fallback", action="store_true",
                         help="run a layer no SRAM tiling fits on the CPU (and say so) instead of stopping")
     parser.add_argument("--sparse", choices=SPARSE_MODES, default="auto",
@@ -258,7 +272,7 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
         args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
         calibration_data=args.calibration_data, save_quantized=args.save_quantized,
         allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
-        cascade=args.cascade, tuning_records=args.tuning_records,
+        cascade=args.cascade, tuning_records=args.tuning_records, overflow_fix=args.overflow_fix,
     )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)
@@ -332,6 +346,8 @@ def _run(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     if args.report_json:
         check_output_path(args.report_json)
+    if args.reference_isa and not re.fullmatch(r"[A-Za-z0-9_]+", args.reference_isa):
+        raise NpuError(f"--reference-isa {args.reference_isa!r} is not a oneDNN ISA name; use e.g. AVX2 or AVX512_CORE")
     fp32_onnx = None
     with tempfile.TemporaryDirectory(prefix="tvm_npu_validate_") as folder:
         if Path(args.FILE).suffix == ".onnx":
@@ -350,14 +366,15 @@ def _validate(args: argparse.Namespace) -> int:
         samples = [make_inputs(model.inputs, args.fill_mode, args.seed + i, image) for i in range(args.samples)]
         described = describe_fill(args.fill_mode, args.seed, args.samples, image)
     report = validate(model, samples, args.device, args.rtol, args.atol, args.min_cosine, args.atol_steps,
-                      args.max_bias_steps, args.per_layer, fp32_onnx, inputs_description=described)
+                      args.max_bias_steps, args.per_layer, fp32_onnx, args.reference_isa, args.max_exact_gmacs,
+                      inputs_description=described)
     print(report)
     if not report.passed and not args.per_layer:
         print("hint: rerun with --per-layer to find the first layer that diverges")
     if args.report_json:
         with atomic_output(args.report_json) as stream:
             stream.write(json.dumps(report.to_dict(), indent=2).encode())
-    return EXIT_OK if report.passed else EXIT_VALIDATION_FAILED
+    return report.exit_code
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ each example the harness derives, with no per-kernel code:
    chosen tiling plus one that splits rows and channels unevenly: scheduled, footprint proven from
    the lowered TIR (<= planned <= the preset's SRAM), built, run, bit-exact.
 4. `check_openvino`: the whole example compiled by `tvm_npu.compile` against OpenVINO on the same
-   ONNX file, judged in quantization steps like `tvmc validate`.
+   ONNX file, judged by `tvmc validate`'s rules (`tvm_npu.validate.validate`), on OpenVINO's native int8
+   path and, capped at a oneDNN ISA without VNNI, on the saturating one.
 
 A failure raises `ConformanceError` naming the kernel, the example, its input shape and, for
 exactness, the first differing element (index, ours, reference).
@@ -31,15 +32,18 @@ import onnx
 import tvm
 from tvm import relax
 
+from .build import pass_context
+from .errors import NpuError
 from .frontend import import_onnx, load_onnx
-from .onnx_builder import Example, reference_outputs
+from .lower import lower_layer
+from .onnx_builder import Example
 from .partition import partition
-from .perf import Tiles, estimate, footprint, layer_cost, roofline
+from .perf import estimate, layer_cost, roofline
 from .plan import candidates, plan
 from .registry import Composite, KernelParams, NpuKernel, kernel, kernels
-from .sram import prove_footprint
 from .target import PRESETS, NpuConfig
-from .validate import compare, openvino_outputs, quantization_steps
+from .tiling import Tiles, footprint
+from .validate import compare, exact_reference_outputs, quantization_steps, validate
 
 # Seeds of the default run (tests/conformance) and of the sweep (`-m slow`).
 DEFAULT_SEEDS = (0,)
@@ -147,8 +151,7 @@ def first_difference(ours: np.ndarray, expected: np.ndarray) -> str | None:
 
 def run_primfunc(prim: tvm.tirx.PrimFunc, case: Case, config: NpuConfig) -> np.ndarray:
     """Builds one kernel PrimFunc for the host as `tvm_npu.build` does and runs it on the case's inputs."""
-    # As in tvm_npu.build: StorageRewrite would merge SRAM tile buffers of mixed dtypes.
-    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+    with pass_context():
         lib = tvm.compile(tvm.IRModule({"kernel": prim}), target=config.tvm_target())
     out = tvm.runtime.empty(case.expected.shape, str(case.expected.dtype))
     operands = [np.ascontiguousarray(a) for a in list(case.inputs) + list(case.params.consts)]
@@ -167,8 +170,8 @@ def check_exact(case: Case, prim: tvm.tirx.PrimFunc, config: NpuConfig, schedule
 
 
 def check_default(case: Case) -> None:
-    config = PRESETS["mid"]
-    check_exact(case, case.kernel.primfunc("kernel", case.params, _specs(case)), config, "default schedule")
+    prim, _ = lower_layer(case.kernel, case.params, _specs(case), None, symbol="kernel")
+    check_exact(case, prim, PRESETS["mid"], "default schedule")
 
 
 def uneven_tiles(geometry, config: NpuConfig) -> Tiles | None:
@@ -218,20 +221,23 @@ def _check_tiling(case: Case, configs: list[NpuConfig], geometry, tiles: Tiles) 
     presets = ", ".join(f"npu/{c.name}" for c in configs)
     what = f"tiles {tiles.describe()} ({presets})"
     planned = sum(footprint(geometry, tiles).values())
-    prim = case.kernel.schedule(case.kernel.primfunc("kernel", case.params, _specs(case)), tiles)
-    proof = prove_footprint(prim)
     smallest = min(c.sram_bytes for c in configs)
-    if not proof.total <= planned <= smallest:
-        raise ConformanceError(f"{case.where()}, {what}: the lowered TIR allocates {proof.total} B of SRAM "
-                               f"{dict(proof.buffers)}, planned {planned} B, the smallest SRAM is {smallest} B")
+    try:
+        prim, proof = lower_layer(case.kernel, case.params, _specs(case), tiles, planned, smallest, "kernel")
+    except NpuError as err:
+        raise ConformanceError(f"{case.where()}, {what}: {err}") from err
+    if planned > smallest:
+        raise ConformanceError(f"{case.where()}, {what}: planned {planned} B, the smallest SRAM is {smallest} B")
     check_exact(case, prim, configs[0], what)
     return f"{what}: exact, SRAM proven {proof.total} B <= planned {planned} B <= {smallest} B"
 
 
-def check_openvino(case: Case) -> str:
-    """The example compiled whole (tvm_npu.compile, npu/mid) against OpenVINO CPU on the same ONNX,
-    in quantization steps as `tvmc validate` judges; against onnx's reference evaluator where the
-    example declares an OpenVINO deviation (which must still show, or the declaration goes)."""
+def check_openvino(case: Case, isa: str | None = None) -> str:
+    """The example compiled whole (tvm_npu.compile, npu/mid) against OpenVINO CPU on the same ONNX file,
+    judged as `tvmc validate` judges it: in quantization steps, and where OpenVINO's int8 path is not
+    exact (on CPUs without VNNI, or under `isa`, e.g. AVX2), outputs it gets wrong by saturating are
+    judged by the exact reference. An example that declares an OpenVINO deviation is judged by the
+    exact reference, and OpenVINO must still deviate (or the declaration goes)."""
     from .pipeline import compile as compile_model  # the harness sits after the pipeline
     from .runtime import load
 
@@ -240,30 +246,24 @@ def check_openvino(case: Case) -> str:
         path = Path(folder) / f"{example.name}.onnx"
         onnx.save(example.model, path)
         compile_model(path, output=Path(folder) / "model.tar", target="npu", sparse=_sparse_mode(case))
-        ours = load(Path(folder) / "model.tar").run(example.inputs)
-    onnx_bytes = example.model.SerializeToString()
-    (openvino,) = openvino_outputs(onnx_bytes, [example.inputs], "CPU")
-    _, steps = quantization_steps(onnx_bytes)
-    if example.openvino_deviation:
-        if all(_compare(name, value, openvino, steps).passed for name, value in ours.items()):
-            raise ConformanceError(f"{case.where()}: OpenVINO now agrees; drop the example's openvino_deviation "
-                                   f"({example.openvino_deviation})")
-        reference, runtime = reference_outputs(example.model, example.inputs), "onnx.reference"
-    else:
-        reference, runtime = openvino, "OpenVINO"
+        model = load(Path(folder) / "model.tar")
+        report = validate(model, [example.inputs], device="CPU", reference_isa=isa)
+        if example.openvino_deviation:
+            if report.passed:
+                raise ConformanceError(f"{case.where()}: OpenVINO now agrees; drop the example's openvino_deviation "
+                                       f"({example.openvino_deviation})")
+            onnx_bytes = example.model.SerializeToString()
+            (exact,), (_, steps) = exact_reference_outputs(onnx_bytes, [example.inputs]), quantization_steps(onnx_bytes)
+            report.outputs = [compare(name, value, exact[name], quantized=True, step=steps.get(name))
+                              for name, value in model.run(example.inputs).items()]
+    judged_exactly = report.exact.outputs if report.exact else {}
     lines = []
-    for name, value in ours.items():
-        result = _compare(name, value, reference, steps)
-        if not result.passed:
-            far = np.argwhere(np.abs(value.astype(np.int64) - reference[name].astype(np.int64)) / (result.step or 1) > 2)
-            first = tuple(int(i) for i in far[0]) if len(far) else None
-            detail = f"; first element beyond 2 steps at {first}: ours {value[first]}, {runtime} {reference[name][first]}" \
-                if first is not None else ""
-            raise ConformanceError(f"{case.where()}: output {name} against {runtime}: {result.reason} "
-                                   f"(max {result.max_steps:g} steps, bias {result.bias_steps:+.3f}){detail}")
-        lines.append(f"{name} against {runtime}: max {result.max_steps:g} steps, {result.within_1_step:.1%} within 1 step")
+    for o in report.outputs:
+        judge = "the exact reference" if o.name in judged_exactly or example.openvino_deviation else "OpenVINO"
+        if not o.passed:
+            raise ConformanceError(f"{case.where()}: output {o.name} against {judge}: {o.reason} "
+                                   f"(max {o.max_steps:g} steps, bias {o.bias_steps:+.3f}); {report.int8_path}"
+                                   + (f"; {report.exact.describe(report.reference)}" if report.exact else ""))
+        wrong = f" (OpenVINO: {judged_exactly[o.name][0]} elements wrong)" if o.name in judged_exactly else ""
+        lines.append(f"{o.name} against {judge}{wrong}: max {o.max_steps:g} steps, {o.within_1_step:.1%} within 1 step")
     return "; ".join(lines)
-
-
-def _compare(name: str, ours: np.ndarray, reference: dict, steps: dict):
-    return compare(name, ours, reference[name], quantized=True, step=steps.get(name))

@@ -30,6 +30,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from .errors import NpuError, first_line, one_line
+from .passes import run_onnx_passes
 
 _NUMERIC_TYPES = {getattr(onnx.TensorProto, name) for name in (
     "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
@@ -104,13 +105,13 @@ def format_input_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
 
 
 def load_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> OnnxModel:
-    """Loads and checks an ONNX model and fixes every input shape."""
+    """Loads and checks an ONNX model, fixes every input shape and runs the ONNX rewrites (`passes.ONNX_PASSES`)."""
     path = Path(path)
     model = read_onnx(path)
     inputs = _resolve_inputs(model, input_shapes or {})
     _check_operators(model)
     _check_shapes(model, inputs, path)
-    return OnnxModel(model, inputs, path.stem)
+    return OnnxModel(run_onnx_passes(model), inputs, path.stem)
 
 
 def import_onnx(loaded: OnnxModel) -> ImportedModel:

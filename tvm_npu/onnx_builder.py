@@ -8,6 +8,8 @@ composite whose inputs are the graph inputs, and OpenVINO runs the very same fil
 The output quantization is calibrated on the example's own inputs (float min/max of the operator's
 result through onnx's reference evaluator), so the outputs span their integer range instead of
 saturating, as a quantizer would make them.
+
+Part of the kernel-contribution API (CONTRIBUTING.md): what a kernel's `examples` are written with.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class Example:
     model: onnx.ModelProto
     inputs: dict[str, np.ndarray]
     # Set when OpenVINO is known to compute this model differently from the ONNX specification: the
-    # harness then compares with onnx's reference evaluator and checks that OpenVINO still deviates.
+    # harness then compares with the exact reference (validate.exact_reference_outputs) and checks that
+    # OpenVINO still deviates.
     openvino_deviation: str | None = None
 
     @property
@@ -179,19 +182,21 @@ def pruned(example: Example, rng: np.random.Generator) -> Example:
     return Example(f"{example.name}_{round(sparsity * 100)}pct_zeros", model, example.inputs, example.openvino_deviation)
 
 
-def reference_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The ONNX specification's answer: onnx's reference evaluator on the model."""
-    spec = onnx.ModelProto()
-    spec.CopyFrom(model)
-    spec.opset_import[0].version = max(spec.opset_import[0].version, CALIBRATION_OPSET)
-    evaluator = ReferenceEvaluator(spec)
-    return dict(zip(evaluator.output_names, evaluator.run(None, inputs)))
+def saturating_conv(rng: np.random.Generator, channels: int = 16, size: int = 12) -> Example:
+    """A QDQ 3x3 convolution that CPUs without VNNI get wrong: uint8 activations near 255 and full-range
+    int8 weights of one sign per output channel pair up into int16 sums beyond 32767 (vpmaddubsw
+    saturates them), while the exact answer is well inside the output's range."""
+    x = rng.integers(240, 256, (1, channels, size, size)).astype(np.uint8)
+    w = (rng.choice([-1, 1], (channels, 1, 1, 1)) * rng.integers(100, 128, (channels, channels, 3, 3))).astype(np.int8)
+    return quantized_operator("saturating_conv", "Conv", [Activation(x.shape, "uint8", 0.02, 0, values=x),
+                                                          Weight(w, np.full(channels, 0.01, np.float32)),
+                                                          Constant(np.zeros(channels))], rng, pads=[1, 1, 1, 1])
 
 
 def _calibrate(nodes, graph_inputs, inits, real: str, values: dict, out_dtype: str) -> tuple[float, int]:
     """Scale and zero point covering the real result on these inputs (and 0, as quantizers keep it exact)."""
-    probe = helper.make_graph(nodes, "calibrate", graph_inputs, [helper.make_tensor_value_info(real, onnx.TensorProto.FLOAT, None)],
-                              inits)
+    output = helper.make_tensor_value_info(real, onnx.TensorProto.FLOAT, None)
+    probe = helper.make_graph(nodes, "calibrate", graph_inputs, [output], inits)
     evaluator = ReferenceEvaluator(helper.make_model(probe, opset_imports=[helper.make_opsetid("", CALIBRATION_OPSET)]))
     (result,) = evaluator.run(None, values)
     lo, hi = min(0.0, float(result.min())), max(0.0, float(result.max()))

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tvm
-from tvm import relax
 
-from . import __version__
 from .atomic import atomic_output, check_output_path
 from .build import build
 from .cascade import cascade as find_cascades
@@ -27,11 +25,13 @@ from .frontend import ImportedModel, OnnxModel, import_onnx, load_onnx
 from .lower import lower
 from .package import PackageMetadata, write_package
 from .partition import partition
+from .passes import LOWERED_PASSES, run_relax_passes
 from .perf import estimate
-from .plan import plan, task_key
-from .quantize import is_quantized, load_calibration, quantize
+from .plan import LayerPlan, plan, task_key
+from .quantize import DEFAULT_OVERFLOW_FIX, is_quantized, load_calibration, quantize
 from .records import tuned_records, tuned_tiles, warn_unmatched
 from .target import NpuConfig, resolve_target
+from .version import __version__
 
 
 @dataclass
@@ -56,13 +56,15 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     sparse: str = "auto",
     cascade: bool = False,
     tuning_records: str | Path | None = None,
+    overflow_fix: str = DEFAULT_OVERFLOW_FIX,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
 
     `target` is `"npu"`, `"npu/<preset>"` or an `NpuConfig` (see `tvm_npu.resolve_target`
     for overrides). `quantize_model` (default: when the model is not QDQ already) runs
     post-training quantization, calibrated on `calibration_data` (.npz, one array per input,
-    first axis = samples) or on `seed`ed random inputs. `save_quantized` writes the QDQ ONNX.
+    first axis = samples) or on `seed`ed random inputs; `overflow_fix` picks NNCF's 7-bit weights
+    (`tvm_npu.quantize.quantize`). `save_quantized` writes the QDQ ONNX.
     Raises `NpuError` with a one-line message for anything a user can fix; a layer no SRAM
     tiling fits is one, unless `allow_cpu_fallback` places it on the CPU (said in the report).
     `sparse` ("auto", "off", "force") decides where conv/dense layers use CSR weights (`tvm_npu.plan`).
@@ -77,18 +79,18 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     best = tuned_records(tuning_records, model, config) if tuning_records is not None else {}
     tuned = tuned_tiles(best)
     seconds: dict[str, float] = {}
-    front = partitioned(model, input_shapes, quantize_model, calibration_data, save_quantized, seed, seconds)
+    front, layers = planned(model, config, input_shapes, quantize_model, calibration_data, save_quantized, seed,
+                            allow_cpu_fallback, sparse, tuned, seconds, overflow_fix)
     loaded, imported, mod, operators = front.loaded, front.imported, front.mod, front.operators
-    with _timed(seconds, "plan"):
-        layers = plan(mod, config, allow_cpu_fallback, sparse, tuned)
     if tuned:
         keys = {task_key(layer.kernel, layer.geometry) for layer in layers if layer.geometry is not None}
         warn_unmatched(tuning_records, tuned, keys)
     if cascade:
         with _timed(seconds, "cascade"):
-            find_cascades(mod, layers, config, best)
+            layers = find_cascades(mod, layers, config, best)
     with _timed(seconds, "lower"):
-        mod = relax.transform.FoldConstant()(lower(mod, layers, config.sram_bytes))
+        mod, layers = lower(mod, layers, config.sram_bytes)
+        mod = run_relax_passes(mod, LOWERED_PASSES)
     for layer in layers:
         if layer.placement == "cpu":
             operators[layer.row].update(runs_on="cpu", reason=layer.reason)
@@ -121,8 +123,9 @@ class Partitioned:
 
 
 def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=None, save_quantized=None,
-                seed: int = 0, seconds: dict[str, float] | None = None) -> Partitioned:
-    """load -> quantize -> import -> partition, as `compile` runs them (`tvmc tune` plans from here too)."""
+                seed: int = 0, seconds: dict[str, float] | None = None,
+                overflow_fix: str = DEFAULT_OVERFLOW_FIX) -> Partitioned:
+    """load -> quantize -> import -> partition, as `compile` runs them."""
     seconds = {} if seconds is None else seconds
     if save_quantized is not None:
         save_quantized = check_output_path(save_quantized)
@@ -133,7 +136,8 @@ def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=
     if quantize_model:
         with _timed(seconds, "quantize"):
             samples = load_calibration(calibration_data, loaded.inputs) if calibration_data else None
-            loaded = OnnxModel(quantize(loaded.model, loaded.inputs, samples, seed), loaded.inputs, loaded.name)
+            loaded = OnnxModel(quantize(loaded.model, loaded.inputs, samples, seed, overflow_fix), loaded.inputs,
+                               loaded.name)
     if save_quantized is not None:
         with atomic_output(save_quantized) as stream:
             stream.write(loaded.model.SerializeToString())
@@ -142,6 +146,18 @@ def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=
     with _timed(seconds, "partition"):
         mod, operators = partition(imported.mod)
     return Partitioned(loaded, imported, mod, operators)
+
+
+def planned(model, config: NpuConfig, input_shapes=None, quantize_model=None, calibration_data=None,
+            save_quantized=None, seed: int = 0, allow_cpu_fallback: bool = False, sparse: str = "auto",
+            tuned: dict | None = None, seconds: dict[str, float] | None = None,
+            overflow_fix: str = DEFAULT_OVERFLOW_FIX) -> tuple[Partitioned, list[LayerPlan]]:
+    """The pipeline up to the plan, as `compile` runs it: what `tvmc tune` tunes (with `allow_cpu_fallback`)."""
+    seconds = {} if seconds is None else seconds
+    front = partitioned(model, input_shapes, quantize_model, calibration_data, save_quantized, seed, seconds,
+                        overflow_fix)
+    with _timed(seconds, "plan"):
+        return front, plan(front.mod, config, allow_cpu_fallback, sparse, tuned)
 
 
 @contextlib.contextmanager

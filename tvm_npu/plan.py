@@ -3,7 +3,7 @@
 Entry point: `plan(mod, config, allow_cpu_fallback=False) -> list[LayerPlan]`, on the
 partitioned module (before `lower`). For a kernel with a `geometry`, it enumerates tilings
 (output rows x output channels per tile, weights-outer or rows-outer loop order), keeps those
-whose double-buffered footprint (`perf.footprint`) fits `config.sram_bytes`, and picks the one
+whose double-buffered footprint (`tiling.footprint`) fits `config.sram_bytes`, and picks the one
 with the least modelled DRAM traffic, then the fewest modelled cycles (traffic first makes
 "a larger SRAM never increases DRAM traffic" hold by construction: a larger SRAM only adds
 candidates). Tuning records (`tvmc tune`, `tvm_npu.tune`) replace that choice per task
@@ -22,19 +22,27 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import tvm
 from tvm import relax
 
 from .errors import NpuError
-from .perf import Geometry, Tiles, footprint, inner_trips, layer_cost, outer_trips
-from .registry import Composite, kernel, variants
+from .perf import layer_cost
+from .registry import Composite, KernelParams, TensorSpec, kernel, variants
 from .sparse import SPARSE_MODES, zero_fraction
 from .target import NpuConfig
+from .tiling import Geometry, Tiles, footprint, inner_trips, outer_trips
+
+if TYPE_CHECKING:
+    from .cascade import Cascade
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerPlan:
+    """One NPU layer as the stages hand it forward: `plan` makes it, `cascade` and `lower` return
+    updated copies (`dataclasses.replace`) with their decisions (a fusion, the proven footprint)."""
+
     name: str  # the operator's name in the offload report (its binding in main)
     function: str  # the composite function `lower` replaces
     kernel: str
@@ -43,13 +51,16 @@ class LayerPlan:
     geometry: Geometry | None = None
     tiles: Tiles | None = None  # None: the kernel has no SRAM schedule ("not tiled")
     sram_planned: int | None = None
-    sram_proven: int | None = None  # set by lower from the lowered TIR
+    sram_proven: int | None = None  # lower's, read back from the lowered TIR
     stream: dict = field(default_factory=dict)  # bytes read/written, ops, shape: for untiled layers
     row: int = -1  # index of this operator in the offload report (binding names repeat across blocks)
     weights: dict = field(default_factory=dict)  # weight bytes original/encoded, zeros, dense-vs-variant choice
-    cascade: object = None  # tvm_npu.cascade.Cascade fusing this layer with its neighbour, if any
+    cascade: Cascade | None = None  # the cascade fusing this layer with its neighbour, if any
     label: str = ""  # what reports call the layer: its ONNX node, else kind and index ("pool_2")
     tuned: bool = False  # tiles from tuning records instead of the planner's choice
+    # What `lower` builds the kernel from: its integer parameters (of the chosen variant) and its inputs.
+    params: KernelParams | None = field(default=None, compare=False, repr=False)
+    inputs: list[TensorSpec] = field(default_factory=list, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -85,13 +96,13 @@ def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False,
             kind = npu_kernel.name.removeprefix("npu.")
             per_kind[kind] = per_kind.get(kind, -1) + 1
             layer = LayerPlan(binding.var.name, call.op.name_hint, npu_kernel.name, row=row,
-                              stream=_stream(params, inputs, call),
-                              label=composite.onnx_name() or f"{kind}_{per_kind[kind]}")
-            if npu_kernel.geometry is not None:
-                layer.geometry = npu_kernel.geometry(params, inputs)  # None: this instance cannot be tiled
+                              stream=_stream(params, inputs, call), params=params, inputs=inputs,
+                              label=composite.onnx_name() or f"{kind}_{per_kind[kind]}",
+                              # None: this instance cannot be tiled
+                              geometry=None if npu_kernel.geometry is None else npu_kernel.geometry(params, inputs))
             if layer.geometry is not None:
-                _choose_variant(layer, npu_kernel, params, inputs, config, sparse)
-                _choose(layer, config, allow_cpu_fallback, (tuned or {}).get(task_key(layer.kernel, layer.geometry)))
+                layer = _choose_variant(layer, npu_kernel, config, sparse)
+                layer = _choose(layer, config, allow_cpu_fallback, (tuned or {}).get(task_key(layer.kernel, layer.geometry)))
             plans.append(layer)
     return plans
 
@@ -157,37 +168,37 @@ def choose_tiles(g: Geometry, config: NpuConfig) -> tuple[Tiles | None, int]:
     return best, int(smallest)
 
 
-def _choose_variant(layer: LayerPlan, base, params, inputs, config: NpuConfig, sparse: str) -> None:
-    """Switches the layer to a variant kernel (CSR) when `sparse` and the model say so; records why."""
+def _choose_variant(layer: LayerPlan, base, config: NpuConfig, sparse: str) -> LayerPlan:
+    """The layer on a variant kernel (CSR) when `sparse` and the model say so, else on `base`; it records why."""
     if not variants(base.name):
-        return
-    weights = params.consts[0]
-    layer.weights = {"original": int(weights.nbytes), "encoded": int(weights.nbytes), "zeros": zero_fraction(weights),
-                     "kernel": base.name, "reason": "--sparse off" if sparse == "off" else ""}
+        return layer
+    weights = layer.params.consts[0]
+    record = {"original": int(weights.nbytes), "encoded": int(weights.nbytes), "zeros": zero_fraction(weights),
+              "kernel": base.name, "reason": "--sparse off" if sparse == "off" else ""}
     if sparse == "off":
-        return
+        return replace(layer, weights=record)
     dense_tiles, _ = choose_tiles(layer.geometry, config)
     dense_key = _key(layer.geometry, dense_tiles, config)
     for variant in variants(base.name):
-        refusal = variant.check(params)
+        refusal = variant.check(layer.params)
         if refusal:
-            layer.weights["reason"] = refusal
+            record["reason"] = refusal
             continue
-        own = variant.params(params)
-        geometry = variant.geometry(own, inputs)
+        own = variant.params(layer.params)
+        geometry = variant.geometry(own, layer.inputs)
         tiles, _ = choose_tiles(geometry, config)
         key = _key(geometry, tiles, config)
-        layer.weights.update({f"{base.name}_cycles": _finite(dense_key[0]), f"{variant.name}_cycles": _finite(key[0]),
-                              f"{variant.name}_bytes": int(sum(c.nbytes for c in own.consts[:3]))})
+        record.update({f"{base.name}_cycles": _finite(dense_key[0]), f"{variant.name}_cycles": _finite(key[0]),
+                       f"{variant.name}_bytes": int(sum(c.nbytes for c in own.consts[:3]))})
         if tiles is None:
-            layer.weights["reason"] = f"{variant.name}: no tiling fits the SRAM"
+            record["reason"] = f"{variant.name}: no tiling fits the SRAM"
         elif sparse == "force" or key < dense_key:
-            layer.kernel, layer.geometry = variant.name, geometry
-            layer.weights.update(kernel=variant.name, encoded=layer.weights[f"{variant.name}_bytes"],
-                                 reason=f"--sparse {sparse}" if sparse == "force" else "modelled win")
-            return
+            record.update(kernel=variant.name, encoded=record[f"{variant.name}_bytes"],
+                          reason=f"--sparse {sparse}" if sparse == "force" else "modelled win")
+            return replace(layer, kernel=variant.name, geometry=geometry, params=own, weights=record)
         else:
-            layer.weights["reason"] = f"the model predicts no win for {variant.name}"
+            record["reason"] = f"the model predicts no win for {variant.name}"
+    return replace(layer, weights=record)
 
 
 def _finite(cycles: float) -> float | None:
@@ -202,19 +213,16 @@ def _key(g: Geometry, tiles: Tiles | None, config: NpuConfig) -> tuple[float, fl
     return cost.cycles, cost.dram_bytes
 
 
-def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool, tuned: Tiles | None = None) -> None:
+def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool, tuned: Tiles | None = None) -> LayerPlan:
+    """The layer with its tiles (tuned, else the planner's choice), or placed on the CPU when none fit."""
     if tuned is not None and sum(footprint(layer.geometry, tuned).values()) <= config.sram_bytes:
-        layer.tiles, layer.tuned = tuned, True
-        layer.sram_planned = sum(footprint(layer.geometry, tuned).values())
-        return
+        return replace(layer, tiles=tuned, tuned=True, sram_planned=sum(footprint(layer.geometry, tuned).values()))
     tiles, smallest = choose_tiles(layer.geometry, config)
     if tiles is not None:
-        layer.tiles = tiles
-        layer.sram_planned = sum(footprint(layer.geometry, tiles).values())
-        return
+        return replace(layer, tiles=tiles, sram_planned=sum(footprint(layer.geometry, tiles).values()))
     problem = (f"layer {layer.label or layer.name} ({layer.geometry.describe()}) needs at least {smallest} B of SRAM in its "
                f"smallest tiling, but npu/{config.name} has {config.sram_bytes} B")
     if not allow_cpu_fallback:
         raise NpuError(f"{problem}; raise --target-npu-sram-kib or pass --allow-cpu-fallback to run it on the CPU")
-    layer.placement = "cpu"
-    layer.reason = f"sram: needs at least {smallest} B, the NPU has {config.sram_bytes} B (--allow-cpu-fallback)"
+    return replace(layer, placement="cpu",
+                   reason=f"sram: needs at least {smallest} B, the NPU has {config.sram_bytes} B (--allow-cpu-fallback)")

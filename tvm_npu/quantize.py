@@ -1,9 +1,9 @@
 """Stage: quantize. An FP32 ONNX model becomes a QDQ INT8 ONNX model; a QDQ model passes through.
 
-Entry point: `quantize(model, inputs, calibration, seed)`. The graph is first made
-quantizable (constant subgraphs folded to initializers; BatchNormalization and per-channel
-constant Mul/Add folded into the preceding Conv: NNCF's ONNX backend folds neither), then NNCF, OpenVINO's own
-post-training quantizer, calibrates it. The result is ONNX, so the package embeds exactly
+Entry point: `quantize(model, inputs, calibration, seed)`, on the model as the load stage left it
+(its ONNX rewrites, `passes.ONNX_PASSES`, have folded constant subgraphs into initializers and
+BatchNormalization and per-channel constant Mul/Add into the preceding Conv: NNCF's ONNX backend folds
+neither). NNCF, OpenVINO's own post-training quantizer, calibrates it. The result is ONNX, so the package embeds exactly
 the model the reference runtime runs.
 """
 
@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from .errors import NpuError, first_line
 from .frontend import TensorSpec
@@ -26,7 +24,9 @@ QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
 RANDOM_SAMPLES = 16
 MAX_SAMPLES = 300  # NNCF's default subset size: more samples add time, not accuracy
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
-_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+# NNCF's AdvancedQuantizationParameters.overflow_fix values: which weights get 7 bits (half the int8 range).
+OVERFLOW_FIXES = ("disable", "first_layer_only", "enable")
+DEFAULT_OVERFLOW_FIX = "first_layer_only"  # NNCF's default for 8-bit quantization
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
@@ -38,8 +38,12 @@ def quantize(
     inputs: Sequence[TensorSpec],
     calibration: list[dict[str, np.ndarray]] | None = None,
     seed: int = 0,
+    overflow_fix: str = DEFAULT_OVERFLOW_FIX,
 ) -> onnx.ModelProto:
-    """The QDQ model: `model` itself when already quantized, else NNCF post-training quantization."""
+    """The QDQ model: `model` itself when already quantized, else NNCF post-training quantization.
+    `overflow_fix` (one of OVERFLOW_FIXES, NNCF's OverflowFix) quantizes the weights of the first
+    convolutions ("first_layer_only", NNCF's default), of every Conv/MatMul ("enable") or of none ("disable")
+    to 7 bits, so that no pair of int8 products exceeds int16 on CPUs without VNNI."""
     if is_quantized(model):
         return model
     if calibration is None:
@@ -48,8 +52,7 @@ def quantize(
             "the INT8 model's accuracy is unknown"
         )
         calibration = [make_inputs(list(inputs), "random", seed + i) for i in range(RANDOM_SAMPLES)]
-    model = fold_channel_affines(fold_constants(_with_min_opset(model)))
-    return _nncf_quantize(model, calibration[:MAX_SAMPLES])
+    return _nncf_quantize(_with_min_opset(model), calibration[:MAX_SAMPLES], overflow_fix)
 
 
 def load_calibration(path: str | Path, inputs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
@@ -60,7 +63,8 @@ def load_calibration(path: str | Path, inputs: Sequence[TensorSpec]) -> list[dic
         raise NpuError(f"--calibration-data {path} holds arrays {sorted(arrays)}; it needs exactly one per input: {names}")
     counts = {len(a) if a.ndim else 0 for a in arrays.values()}
     if len(counts) != 1 or 0 in counts:
-        raise NpuError(f"--calibration-data {path}: every array needs the same number (at least 1) of samples along its first axis")
+        raise NpuError(f"--calibration-data {path}: every array needs the same number (at least 1) of samples "
+                       "along its first axis")
     samples = [{} for _ in range(counts.pop())]
     for spec in inputs:
         array = arrays[spec.name]
@@ -89,140 +93,9 @@ def _with_min_opset(model: onnx.ModelProto) -> onnx.ModelProto:
                        f"({first_line(err)}); export it with opset {MIN_OPSET} or newer") from None
 
 
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Evaluates every node whose inputs are all constant into an initializer.
-
-    Graph inputs that have an initializer count as constants: their value is what the model
-    was exported with, and a compiled model cannot take them as inputs anyway.
-    """
-    model = _copy(model)
-    model.ir_version = max(model.ir_version, 4)  # IR 4+: initializers need not be graph inputs
-    graph = model.graph
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    kept_inputs = [i for i in graph.input if i.name not in values]
-    del graph.input[:]
-    graph.input.extend(kept_inputs)
-    opsets = list(model.opset_import)
-    kept_nodes = []
-    for node in graph.node:
-        operands = [name for name in node.input if name]
-        if node.op_type in _NONDETERMINISTIC or not all(name in values for name in operands) or node.attribute and any(
-            a.type == onnx.AttributeProto.GRAPH for a in node.attribute
-        ):
-            kept_nodes.append(node)
-            continue
-        single = onnx.helper.make_model(
-            onnx.helper.make_graph(
-                [node], "fold",
-                [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(values[n].dtype), values[n].shape)
-                 for n in dict.fromkeys(operands)],
-                [onnx.helper.make_empty_tensor_value_info(n) for n in node.output if n],
-            ),
-            opset_imports=opsets,
-        )
-        results = ReferenceEvaluator(single).run(None, {n: values[n] for n in dict.fromkeys(operands)})
-        values.update(zip([n for n in node.output if n], (np.asarray(r) for r in results)))
-    used = {name for node in kept_nodes for name in node.input} | {o.name for o in graph.output}
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in values.items() if name in used)
-    kept_info = [v for v in graph.value_info if v.name not in values]
-    del graph.value_info[:]
-    graph.value_info.extend(kept_info)
-    return model
-
-
-def fold_channel_affines(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A Conv followed by a per-output-channel affine map becomes one Conv with scaled weights
-    and bias: BatchNormalization (inference), or Mul / Add by a per-channel or scalar constant
-    (the scale layers of Caffe2-converted models such as DenseNet). Chains fold one by one."""
-    model = _copy(model)
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    folds = 0
-    while (found := _next_channel_affine(graph, inits)) is not None:
-        conv, node, factor, shift = found
-        weight = numpy_helper.to_array(inits[conv.input[1]])
-        bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
-        w_name, b_name = (f"{conv.name or conv.output[0]}_folded{folds}_{kind}" for kind in ("w", "b"))
-        folds += 1
-        for name, array in (
-            (w_name, weight.astype(np.float64) * factor.reshape(-1, *[1] * (weight.ndim - 1))),
-            (b_name, bias * factor + shift),
-        ):
-            inits[name] = numpy_helper.from_array(array.astype(weight.dtype), name)
-            graph.initializer.append(inits[name])
-        del conv.input[1:]
-        conv.input.extend([w_name, b_name])
-        conv.output[0] = node.output[0]
-        graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used or init.name in {o.name for o in graph.output}]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return model
-
-
-def _next_channel_affine(graph: onnx.GraphProto, inits: dict) -> tuple | None:
-    """(conv, affine node, per-channel factor, per-channel shift) of the first foldable pair."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    producers = {out: node for node in graph.node for out in node.output}
-    for node in graph.node:
-        conv = producers.get(_data_input(node, inits))
-        if (conv is None or conv.op_type != "Conv" or len(consumers.get(conv.output[0], [])) != 1
-                or conv.input[1] not in inits or len(consumers.get(conv.input[1], [])) != 1
-                or len([o for o in node.output if o]) != 1):
-            continue
-        weight = inits[conv.input[1]]
-        affine = _channel_affine(node, inits, weight.dims[0], len(weight.dims))
-        if affine is not None:
-            return conv, node, *affine
-    return None
-
-
-def _data_input(node: onnx.NodeProto, inits: dict) -> str | None:
-    """The tensor an affine node transforms: BatchNorm's input, or a Mul/Add's non-constant operand."""
-    if node.op_type == "BatchNormalization":
-        return node.input[0]
-    if node.op_type in ("Mul", "Add") and len(node.input) == 2:
-        variable = [name for name in node.input if name not in inits]
-        return variable[0] if len(variable) == 1 else None
-    return None
-
-
-def _channel_affine(node: onnx.NodeProto, inits: dict, channels: int, rank: int):
-    """(factor, shift) per output channel when `node` is one, else None."""
-    if node.op_type == "BatchNormalization":
-        if not all(n in inits for n in node.input[1:5]):
-            return None
-        gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in node.input[1:5])
-        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        factor = gamma / np.sqrt(var + eps)
-        return factor, beta - mean * factor
-    (constant_name,) = [name for name in node.input if name in inits]
-    constant = per_channel(numpy_helper.to_array(inits[constant_name]).astype(np.float64), channels, rank)
-    if constant is None:
-        return None
-    return (constant, np.zeros(channels)) if node.op_type == "Mul" else (np.ones(channels), constant)
-
-
-def per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
-    """`constant` as one value per channel of a rank-`rank` NCHW tensor, if it broadcasts that way."""
-    if constant.ndim > rank:
-        return None
-    shape = (1,) * (rank - constant.ndim) + constant.shape
-    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
-        return None
-    return np.broadcast_to(constant.reshape(-1), (channels,)).astype(np.float64)
-
-
-def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
+def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], overflow_fix: str) -> onnx.ModelProto:
     import nncf  # a slow import, needed only here
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix, QuantizationParameters
 
     nncf.set_log_level(logging.ERROR)
     try:
@@ -234,15 +107,10 @@ def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]])
             # OpenVINO's CPU preset quantizes depthwise-conv inputs per channel; an integer NPU
             # needs one scale per activation tensor, since channels are summed in one accumulator.
             advanced_parameters=AdvancedQuantizationParameters(
-                activations_quantization_params=QuantizationParameters(per_channel=False)
+                activations_quantization_params=QuantizationParameters(per_channel=False),
+                overflow_fix=OverflowFix(overflow_fix),
             ),
         )
     except Exception as err:  # noqa: BLE001 - NNCF raises many kinds on models it cannot handle
         raise NpuError(f"NNCF could not quantize the model ({first_line(err)}); "
                        "quantize it yourself to QDQ ONNX, or compile with --no-quantize") from None
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy

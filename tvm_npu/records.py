@@ -2,7 +2,7 @@
 
 A log is JSON lines. Line 1 is a header naming what the records are valid for (tvm_npu
 version, the model file's SHA-256, the NPU config, runner and seed); every other line is one
-measured candidate of one task: a layer's (`tvm_npu.plan.task_key`) with its tiles (`perf.Tiles`' knobs),
+measured candidate of one task: a layer's (`tvm_npu.plan.task_key`) with its tiles (`tiling.Tiles`' knobs),
 or a conv -> conv pair's cascade (`tvm_npu.cascade.task_key`, "cascade <producer task> -> <consumer
 task>") with its band height in rows; its cost in seconds (NPU-model cycles / clock, or measured host
 seconds) and its NPU-model cycles.
@@ -22,10 +22,10 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__
 from .errors import NpuError
-from .perf import Tiles
+from .tiling import Tiles
 from .target import NpuConfig
+from .version import __version__
 
 FORMAT = "tvm_npu-tuning-log/1"
 KNOBS = {f.name for f in dataclasses.fields(Tiles)}

@@ -27,6 +27,9 @@ from tvm import relax
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 
 from .fixed_point import activation_bounds
+from .tiling import Geometry, Tiles
+
+TensorSpec = tuple[tuple[int, ...], str]  # a kernel input as the kernel sees it: (shape, dtype)
 
 
 @dataclass
@@ -46,14 +49,13 @@ class NpuKernel:
     params: Callable[[Composite], KernelParams]
     # compute(params, input (shape, dtype) list) -> PrimFunc(inputs..., consts..., out): the plain TE
     # compute is the default schedule; SRAM tiling schedules this PrimFunc next.
-    compute: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], tvm.tirx.PrimFunc]
+    compute: Callable[[KernelParams, list[TensorSpec]], tvm.tirx.PrimFunc]
     reference: Callable[[KernelParams, list[np.ndarray]], np.ndarray]  # integer-exact twin of compute
     # SRAM tiling (optional; a kernel without them runs untiled and the report says "not tiled"):
-    # geometry(params, inputs) -> tvm_npu.perf.Geometry, what the planner tiles and the model costs
-    # (None for an instance that cannot be tiled, e.g. a rank-0 tensor);
-    # schedule(primfunc, tiles: tvm_npu.perf.Tiles) -> the PrimFunc with its SRAM-tiled schedule.
-    geometry: Callable[[KernelParams, list[tuple[tuple[int, ...], str]]], object] | None = None
-    schedule: Callable[[tvm.tirx.PrimFunc, object], tvm.tirx.PrimFunc] | None = None
+    # geometry(params, inputs): what the planner tiles and the model costs (None for an instance that
+    # cannot be tiled, e.g. a rank-0 tensor); schedule(primfunc, tiles): the PrimFunc with its SRAM-tiled schedule.
+    geometry: Callable[[KernelParams, list[TensorSpec]], Geometry | None] | None = None
+    schedule: Callable[[tvm.tirx.PrimFunc, Tiles], tvm.tirx.PrimFunc] | None = None
     # A variant is another implementation of the layers of kernel `variant_of` (e.g. CSR weights for
     # npu.dense): no patterns or anchors of its own; the planner picks it per layer. Its `check`
     # takes the base kernel's KernelParams (why it cannot implement that instance, or None) and its

@@ -24,7 +24,7 @@ from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from .onnx_builder import pruned
-from .perf import Geometry
+from .tiling import Geometry
 from .registry import KernelParams, NpuKernel
 from .sram import SRAM_SCOPE
 
@@ -87,13 +87,6 @@ def encode(weights: np.ndarray) -> Csr:
     indices = np.zeros(padded, index_dtype(w.shape[1]))
     indices[: rows.size] = cols
     return Csr(values, indices, rowptr, w.shape[1])
-
-
-def tile_nonzeros(rowptr: np.ndarray, channels: int) -> int:
-    """The most non-zeros any tile of `channels` consecutive rows holds (its SRAM value/index buffers)."""
-    starts = np.arange(0, rowptr.size - 1, channels)
-    ends = np.minimum(starts + channels, rowptr.size - 1)
-    return int(np.max(rowptr[ends] - rowptr[starts]))
 
 
 # ---- TIR shared by the CSR kernels (IRBuilder; called inside `with IRBuilder()` and a T.prim_func) ----
@@ -177,11 +170,15 @@ def dense_params(p: KernelParams) -> KernelParams:
     return KernelParams(attrs, [w, *rest])
 
 
-def sparse_geometry(base_geometry: Geometry, p: KernelParams) -> Geometry:
+def sparse_geometry(base_geometry: Geometry, rowptr, index_dtype) -> Geometry:
     """The dense geometry with the CSR weights' non-zeros per output channel and index width."""
-    _, indices, rowptr, *_ = p.consts
     return replace(base_geometry, row_nonzeros=tuple(int(n) for n in np.diff(rowptr)),
-                   index_bytes=indices.dtype.itemsize)
+                   index_bytes=np.dtype(index_dtype).itemsize)
+
+
+def layer_geometry(layer: dict, base_geometry: Geometry) -> Geometry:
+    """The geometry of a `csr_layer`, given the dense geometry of its shapes: what its TIR tiles by."""
+    return sparse_geometry(base_geometry, layer["rowptr"], layer["csr"][1][1])
 
 
 def csr_layer(p: KernelParams, inputs) -> dict:
@@ -198,11 +195,6 @@ def retile(func: tirx.PrimFunc, tiles, generate) -> tirx.PrimFunc:
     for key, value in func.attrs.items():
         tiled = tiled.with_attr(key, value)
     return tiled
-
-
-def buffer_slots(tiles, row_tiles: int) -> int:
-    """SRAM slots of a streamed buffer (as perf.footprint counts them)."""
-    return 2 if tiles.double_buffer and row_tiles > 1 else 1
 
 
 def channel_tile_loop(chan_tiles: int, tiles):
@@ -232,7 +224,7 @@ def csr_variant(base: NpuKernel, check, compute, generate, limits: tuple[str, ..
         params=csr_params,
         compute=compute,
         reference=lambda p, inputs: base.reference(dense_params(p), inputs),
-        geometry=lambda p, inputs: sparse_geometry(base.geometry(dense_params(p), inputs), p),
+        geometry=lambda p, inputs: sparse_geometry(base.geometry(dense_params(p), inputs), p.consts[2], p.consts[1].dtype),
         schedule=lambda func, tiles: retile(func, tiles, generate),
         variant_of=base.name,
         examples=lambda rng: [pruned(example, rng) for example in base.examples(rng)],

@@ -60,7 +60,7 @@ def stage_matrix_tiles(sch: s_tir.Schedule, y, acc, outer, inner, weights_outer:
 
 def finish_tile_loops(sch: s_tir.Schedule, tiles, y, y_out, outer, inner, loads: set[str],
                       tile_loops: int) -> tirx.PrimFunc:
-    """Applies the tiling's loop knobs (`perf.Tiles`): vectorizes the output's innermost loops,
+    """Applies the tiling's loop knobs (`tiling.Tiles`): vectorizes the output's innermost loops,
     double-buffers the inner tile loop, runs the outer one in parallel on the host. `tile_loops`
     counts the loops enclosing one tile."""
     for block in (y, y_out) if tiles.vectorize else ():

@@ -3,13 +3,13 @@
 Entry point: `tune(model, output, target, trials, runner, ...) -> TuneResult` (`tvmc tune`).
 
 Tasks are the distinct tiled NPU layers (`plan.task_key`: kernel + geometry); layers that
-share one are tuned once. A task's knobs are its kernel's tiling (`perf.Tiles`: output rows,
+share one are tuned once. A task's knobs are its kernel's tiling (`tiling.Tiles`: output rows,
 output channels, loop order, double buffering on/off; and, measured on the host only, the
 host's parallel outer loop and SIMD lanes on/off), and its search space is `plan.feasible`:
 only tilings whose footprint fits the SRAM, so an infeasible candidate is never sampled, built
-or measured. The builder schedules each candidate and proves its footprint on the lowered TIR
-as `lower` does; one that needs more than planned is recorded as failed, never scored or
-measured (the planned footprint undercounts some strided tilings with a short last row tile).
+or measured. The builder lowers each candidate as `lower` does (`lower.lower_layer`, `lower_cascade`):
+one whose lowered TIR does not allocate exactly the planned footprint is recorded as failed, never
+scored or measured.
 In the meta_schedule trace the knob is one `sample_categorical` decision (an
 index into that list) bound to a block annotation, which trace replay and mutation
 reproduce; the builder applies the kernel's own `schedule(primfunc, tiles)` for that index.
@@ -57,14 +57,16 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.logging import get_logging_func
 
 from .atomic import atomic_output, check_output_path
+from .build import pass_context
+from .lower import lower_cascade, lower_layer
 from .errors import NpuError, first_line
 from . import cascade
-from .perf import Geometry, Tiles, cascade_cost, cascade_footprint, cascade_rolls, footprint, layer_cost
-from .plan import LayerPlan, feasible, plan, task_key
+from .perf import cascade_cost, layer_cost
+from .plan import LayerPlan, feasible, task_key
 from .records import TuningLog, best_records, file_sha256, header
-from .sram import prove_footprint
-from .registry import Composite, NpuKernel, kernel
+from .registry import kernel
 from .target import NpuConfig, resolve_target
+from .tiling import Geometry, Tiles, cascade_footprint, cascade_rolls, footprint
 
 RUNNERS = ("npu-model", "local", "rpc")
 TILING = "npu_tiling"  # the block annotation that carries the sampled index into a task's space
@@ -79,19 +81,24 @@ class Task:
     record fields, neighbours for the mutator and features for XGBoost."""
 
     key: str
-    kernel: NpuKernel
-    geometry: Geometry
+    layer: LayerPlan  # the first layer of the task (the others differ in constants only)
     layers: list[str]
-    func: tirx.PrimFunc  # the unscheduled kernel of the first layer (the others differ in constants only)
+    func: tirx.PrimFunc  # the first layer's unscheduled kernel: what the trace annotates
     default: Tiles  # the planner's choice
     space: list[Tiles]  # every tiling that fits the SRAM (with the host's knobs when measured on the host)
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.layer.geometry
 
     @property
     def name(self) -> str:
         return self.geometry.describe()
 
-    def schedule(self, index: int) -> tirx.PrimFunc:
-        return self.kernel.schedule(self.func, self.space[index])
+    def lower(self, index: int) -> tirx.PrimFunc:
+        """Candidate `index` scheduled, its footprint proven against the plan (`lower.lower_layer`)."""
+        layer = self.layer
+        return lower_layer(kernel(layer.kernel), layer.params, layer.inputs, self.space[index], self.planned(index))[0]
 
     def planned(self, index: int) -> int:
         return sum(footprint(self.geometry, self.space[index]).values())
@@ -153,8 +160,9 @@ class CascadeTask:
     def name(self) -> str:
         return f"cascade {self.producer.geometry.describe()} => {self.consumer.geometry.describe()}"
 
-    def schedule(self, index: int) -> tirx.PrimFunc:
-        return cascade.schedule(self.func, self.producer.geometry, self.consumer.geometry, self.space[index])
+    def lower(self, index: int) -> tirx.PrimFunc:
+        """Candidate `index` in bands, its footprint proven against the plan (`lower.lower_cascade`)."""
+        return lower_cascade(self.producer, self.consumer, self.space[index], self.planned(index))[0]
 
     def planned(self, index: int) -> int:
         return sum(cascade_footprint(self.producer.geometry, self.consumer.geometry, self.space[index]).values())
@@ -290,11 +298,12 @@ def tune(
     tracker = _tracker(rpc_tracker, rpc_key) if runner == "rpc" else None
     if not Path(model).is_file():
         raise NpuError(f"model file {model} does not exist")
-    from .pipeline import partitioned  # the pipeline imports records, not tune: no cycle
+    from .pipeline import planned  # the pipeline imports records, not tune: no cycle
 
     # The log is locked (and checked against this run) before the long work starts.
     with TuningLog(output, header(file_sha256(model), Path(model).stem, config, runner, seed)) as log:
-        tasks = _tasks(partitioned(model, input_shapes).mod, config, host=runner != "npu-model", cascades=cascade)
+        front, layers = planned(model, config, input_shapes, allow_cpu_fallback=True)
+        tasks = _tasks(front.mod, layers, config, host=runner != "npu-model", cascades=cascade)
         measure = _measuring_runner(runner, tracker)
         try:
             results = _tune_all(tasks, log, config, runner, measure, trials, seed, early_stopping, progress)
@@ -326,12 +335,12 @@ def _measuring_runner(runner: str, tracker) -> ms.runner.Runner | None:
     return None
 
 
-def _tasks(mod: tvm.IRModule, config: NpuConfig, host: bool, cascades: bool) -> list[Task | CascadeTask]:
+def _tasks(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig, host: bool,
+           cascades: bool) -> list[Task | CascadeTask]:
     """One task per distinct (kernel, geometry) among the layers the planner tiles on the NPU; `host`:
     the runner measures on the host, so the host's loop knobs are searched too. With `cascades`, then one
     per distinct pair of those layers `tvm_npu.cascade` could fuse with a band height that fits."""
     tasks: dict[str, Task | CascadeTask] = {}
-    layers = plan(mod, config, allow_cpu_fallback=True)
     for layer in layers:
         if layer.tiles is None or layer.placement != "npu":
             continue
@@ -339,12 +348,8 @@ def _tasks(mod: tvm.IRModule, config: NpuConfig, host: bool, cascades: bool) -> 
         if key in tasks:
             tasks[key].layers.append(layer.name)
             continue
-        func = mod[layer.function]
-        npu_kernel = kernel(layer.kernel)
-        inputs = [(tuple(int(d) for d in p.ty.shape), str(p.ty.dtype)) for p in func.params]
-        prim = npu_kernel.primfunc("main", npu_kernel.params(Composite(func)), inputs)
-        tasks[key] = Task(key, npu_kernel, layer.geometry, [layer.name], prim, layer.tiles,
-                         feasible(layer.geometry, config, host))
+        prim, _ = lower_layer(kernel(layer.kernel), layer.params, layer.inputs, None)
+        tasks[key] = Task(key, layer, [layer.name], prim, layer.tiles, feasible(layer.geometry, config, host))
     for producer, consumer in cascade.pairs(mod, {layer.function: layer for layer in layers}) if cascades else ():
         key = cascade.task_key(producer, consumer)
         if key in tasks:
@@ -353,11 +358,8 @@ def _tasks(mod: tvm.IRModule, config: NpuConfig, host: bool, cascades: bool) -> 
         space = cascade.band_heights(producer.geometry, consumer.geometry, config)
         if not space:
             continue
-        funcs = [mod[layer.function] for layer in (producer, consumer)]
-        params = tuple(kernel(layer.kernel).params(Composite(f)) for layer, f in zip((producer, consumer), funcs))
-        x = funcs[0].params[0].ty
-        prim = cascade.compute(producer, consumer, params, (tuple(int(d) for d in x.shape), str(x.dtype)))
-        tasks[key] = CascadeTask(key, producer, consumer, [f"{producer.name}+{consumer.name}"], prim,
+        tasks[key] = CascadeTask(key, producer, consumer, [f"{producer.name}+{consumer.name}"],
+                                 cascade.compute(producer, consumer),
                                  cascade.default_band(producer.geometry, consumer.geometry, config), space)
     return list(tasks.values())
 
@@ -616,14 +618,11 @@ class _Builder(ms.builder.PyBuilder):
         s = self.session
         if index in s.measured:
             return _candidate_file(folder, index, cached=True, cost=s.measured[index])
-        func = s.task.schedule(index)
         # The planned footprint admitted the candidate; the lowered TIR has the last word (as in `lower`).
-        proven, planned = prove_footprint(func).total, s.task.planned(index)
-        if proven > planned:
-            raise NpuError(f"sram: the lowered TIR allocates {proven} B, the plan {planned} B")
+        func = s.task.lower(index)
         if s.runner == "npu-model":
             return _candidate_file(folder, index, cached=False)
-        with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):  # as tvm_npu.build
+        with pass_context():
             library = tvm.compile(tvm.IRModule({"main": func}), target=s.target)
         path = folder / "kernel.tar"
         library.export_library(str(path))
@@ -699,7 +698,8 @@ class _Recorder(ms.measure_callback.PyMeasureCallback):
 
 def _tune_context(mod, target, space, strategy, name: str, seed: int) -> ms.TuneContext:
     """ms.TuneContext without its constructor's `import tvm.s_tir.tensor_intrin`: that parses every
-    tensor intrinsic of every GPU/CPU backend (30-60 s here), and a tiling space uses none."""
+    tensor intrinsic of every GPU/CPU backend (30-78 s measured here, per process), and a tiling space
+    uses none. The public constructor does nothing else: it calls these same two FFI functions."""
     context = ms.TuneContext.__new__(ms.TuneContext)
     context.__init_handle_by_constructor__(
         ms._ffi_api.TuneContext, mod, target, space, strategy, name, 1, seed,  # noqa: SLF001

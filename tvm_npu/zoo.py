@@ -4,6 +4,8 @@ The nine light models are real architectures shipped inside the onnx wheel, so t
 and examples never download anything. Their weights are constant (`ConstantOfShape`),
 which makes every output nearly uniform; `randomize_weights` gives them seeded random
 weights so that comparisons between runtimes actually mean something.
+
+Part of the kernel-contribution API (CONTRIBUTING.md): the models a kernel is checked in.
 """
 
 from __future__ import annotations

@@ -74,7 +74,9 @@ def _write_models(models: Path, valid: Path, rng: np.random.Generator) -> None:
     _save(_conv(nodes=[helper.make_node("NoSuchOp", ["x", "w"], ["y"])]), models / "unknown_operator.onnx")
     _save(_conv(nodes=[helper.make_node("Fancy", ["x", "w"], ["y"], domain="com.example")]), models / "foreign_domain.onnx")
     # Det is a valid ONNX operator that TVM's importer does not implement.
-    _save(_conv(nodes=[helper.make_node("Det", ["x"], ["y"])], initializers=[], x=helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3]), y_shape=[2]), models / "unsupported_operator.onnx")
+    _save(_conv(nodes=[helper.make_node("Det", ["x"], ["y"])], initializers=[],
+                x=helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3]), y_shape=[2]),
+          models / "unsupported_operator.onnx")
     cycle = [helper.make_node("Add", ["x", "b"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
              helper.make_node("Identity", ["a"], ["y"])]
     _save(_conv(nodes=cycle, initializers=[], y_shape=[1, 4, 8, 8]), models / "cycle.onnx")
