@@ -58,9 +58,9 @@ samples and reported as k/n with its 95 % Wilson interval: one sample's top-1 is
 When ours and the reference disagree (an output fails, or the last quantized tensors before a float
 output are beyond the --per-layer criterion), a third opinion (`third_opinion`): onnx's reference
 evaluator (`exact_reference_outputs`) judges ours and the reference the same way; it names the
-side that is off (or the side closer to it), and when it ran on every sample within
-THIRD_OPINION_BUDGET_S and ours passes against it, the outputs' verdict is the evaluator's (the
-ONNX specification's answer).
+side that is off (or the side closer to it), and when it ran (within `max_exact_gmacs`, as the
+local checks) and ours passes against it, the outputs' verdict is the evaluator's (the ONNX
+specification's answer).
 
 `per_layer=True` compiles a copy of the QDQ model whose activation DequantizeLinear outputs are
 extra graph outputs ("probes"), runs it on both sides and judges every probe in graph order (by
@@ -112,9 +112,6 @@ LAYER_MIN_COSINE = 0.995
 # Against the FP32 model (the last fallback) INT8 quantization error is part of the difference:
 # only cosine similarity is judged, at this wider threshold.
 FP32_MIN_COSINE = 0.98
-# The third opinion (onnx's reference evaluator, NumPy per operator: ~1 s per sample for a MobileNetV3
-# at 224x224, ~8 s for PP-OCRv4's detector at 320x320 here) stops after the sample that exceeds this.
-THIRD_OPINION_BUDGET_S = 120.0
 WILSON_Z = 1.96  # 95 % interval of an agreement rate
 
 # The exact reference (onnx's reference evaluator, NumPy) runs about 1 GMAC per second: beyond this it
@@ -740,6 +737,14 @@ def downstream_of(model: onnx.ModelProto, nodes: Sequence[str]) -> set[str]:
     return tainted
 
 
+def exact_cost_note(onnx_bytes: bytes, samples: Sequence[Mapping[str, np.ndarray]], max_gmacs: float) -> str:
+    """Why the exact reference may not run on these samples (beyond `max_gmacs`), or ""."""
+    gmacs = exact_reference_gmacs(onnx_bytes, samples[0]) * len(samples)
+    if gmacs <= max_gmacs:
+        return ""
+    return f"{gmacs:.1f} GMAC is beyond --max-exact-gmacs {max_gmacs:g} (about one second per GMAC); raise it to judge"
+
+
 def exact_reference_gmacs(onnx_bytes: bytes, sample: Mapping[str, np.ndarray]) -> float:
     """Multiply-accumulates (10^9) of the model's Conv/ConvTranspose/MatMul/Gemm nodes on `sample`'s
     shapes: what the exact reference's run time follows (about 1 s per GMAC measured)."""
@@ -1085,11 +1090,8 @@ class _ExactJudge:
         if not names:
             return {}
         judgement = self.report.exact = self.report.exact or ExactJudgement(self.path.reason)
-        gmacs = exact_reference_gmacs(onnx_bytes, self.samples[0]) * len(self.samples)
-        if gmacs > self.max_gmacs:
-            judgement.note = (f"{gmacs:.1f} GMAC is beyond --max-exact-gmacs {self.max_gmacs:g} "
-                              "(about one second per GMAC); raise it to judge")
-        else:
+        judgement.note = exact_cost_note(onnx_bytes, self.samples, self.max_gmacs)
+        if not judgement.note:
             try:
                 exact = exact_reference_outputs(onnx_bytes, self.samples)
             except ReferenceFailure as err:
@@ -1295,8 +1297,6 @@ class _Side:
     outputs: list[dict[str, np.ndarray]]
     probed: list[dict[str, np.ndarray]] | None
 
-    def first(self, count: int) -> _Side:
-        return _Side(self.outputs[:count], None if self.probed is None else self.probed[:count])
 
 
 def _judge_outputs(model: CompiledModel, samples, ours: _Side, theirs: _Side, run_tail, tails: Mapping[str, FloatTail],
@@ -1356,16 +1356,16 @@ class ThirdOpinion:
     """onnx's reference evaluator on the same model and samples, asked when ours and the reference
     disagreed: ours and the reference are each judged against it as ours is against the reference."""
 
-    samples: int  # samples it ran on
+    samples: int  # samples it ran on (all or none)
     total: int  # samples validated
     seconds: float
     ours: list[OutputComparison] = field(default_factory=list)  # ours against the evaluator
     reference: list[OutputComparison] = field(default_factory=list)  # the reference against the evaluator
-    note: str = ""  # why it did not run, or stopped early
+    note: str = ""  # why it did not run
 
     @property
     def decides(self) -> bool:
-        """It ran on every sample, so its verdict on ours stands for the outputs."""
+        """It ran (on every sample), so its verdict on ours stands for the outputs."""
         return bool(self.ours) and self.samples == self.total
 
     @property
@@ -1389,14 +1389,11 @@ class ThirdOpinion:
         if not self.ours:
             return [f"{head}: not available ({self.note})"]
         note = f"; {self.note}" if self.note else ""
-        lines = [f"{head} on {self.samples} of {self.total} sample(s), {self.seconds:.0f} s{note}"]
+        lines = [f"{head} on {self.samples} sample(s), {self.seconds:.0f} s{note}"]
         for (name, finding), mine, theirs in zip(self.findings().items(), self.ours, self.reference):
             lines.append(f"  {name}: {finding} (ours: {'PASS' if mine.passed else mine.reason}; "
                          f"reference: {'PASS' if theirs.passed else theirs.reason})")
-        if self.decides:
-            lines.append("  outputs judged against it: " + ("ours PASS" if self.ours_passed else "ours FAIL"))
-        else:
-            lines.append("  it did not run on every sample: it names the side but does not decide the verdict")
+        lines.append("  outputs judged against it: " + ("ours PASS" if self.ours_passed else "ours FAIL"))
         return lines
 
     def to_dict(self) -> dict:
@@ -1408,23 +1405,21 @@ class ThirdOpinion:
 
 def third_opinion(model: CompiledModel, samples, ours: _Side, ref: _Side, program: bytes, tails: Mapping[str, FloatTail],
                   steps: Mapping[str, float | np.ndarray], unprobed: str, tolerances: Tolerances,
-                  judge_frontier: bool) -> ThirdOpinion:
-    """Runs `program` (the package's model, or its probed copy) with onnx's reference evaluator, a sample at a
-    time until THIRD_OPINION_BUDGET_S is spent, and judges both sides against it."""
-    started, exact, note = time.perf_counter(), [], ""
-    for sample in samples:
-        try:
-            exact += exact_reference_outputs(program, [sample])
-        except ReferenceFailure as err:
-            return ThirdOpinion(0, len(samples), time.perf_counter() - started, note=str(err))
-        if time.perf_counter() - started > THIRD_OPINION_BUDGET_S and len(exact) < len(samples):
-            note = f"stopped after {len(exact)} sample(s): over its {THIRD_OPINION_BUDGET_S:g} s budget"
-            break
-    count, seconds = len(exact), time.perf_counter() - started
+                  judge_frontier: bool, max_gmacs: float) -> ThirdOpinion:
+    """Runs `program` (the package's model, or its probed copy) with onnx's reference evaluator, unless it
+    is beyond `max_gmacs`, and judges both sides against it."""
+    started = time.perf_counter()
+    note = exact_cost_note(model.onnx_bytes, samples, max_gmacs)
+    try:
+        exact = [] if note else exact_reference_outputs(program, samples)
+    except ReferenceFailure as err:
+        exact, note = [], str(err)
+    if note:
+        return ThirdOpinion(0, len(samples), time.perf_counter() - started, note=note)
     evaluator = _Side(exact, exact if ours.probed is not None else None)
-    judged = [_judge_outputs(model, samples[:count], side.first(count), evaluator, exact_reference_outputs, tails, steps,
-                             unprobed, True, tolerances, judge_frontier=judge_frontier) for side in (ours, ref)]
-    return ThirdOpinion(count, len(samples), seconds, judged[0], judged[1], note)
+    judged = [_judge_outputs(model, samples, side, evaluator, exact_reference_outputs, tails, steps, unprobed, True,
+                             tolerances, judge_frontier=judge_frontier) for side in (ours, ref)]
+    return ThirdOpinion(len(samples), len(samples), time.perf_counter() - started, judged[0], judged[1])
 
 
 # --- entry point ----------------------------------------------------------------------------------
@@ -1481,10 +1476,13 @@ def validate(
         except ReferenceFailure as err:
             unprobed = f"{ref.runtime} could not run the probed model: {err}"
     if probed is not None and tails:
+        report.local_note = exact_cost_note(model.onnx_bytes, samples, max_exact_gmacs)
         try:
-            report.local = local_checks(probed, samples, wanted, steps, tolerances)
+            report.local = None if report.local_note else local_checks(probed, samples, wanted, steps, tolerances)
         except ReferenceFailure as err:
-            report.local_note = f"not run ({err}); the frontier is judged against the reference instead"
+            report.local_note = str(err)
+        if report.local is None:
+            report.local_note = f"not run ({report.local_note}); the frontier is judged against the reference instead"
     judge_frontier = report.local is None
     ours_side = _Side(ours, None if probed is None else probed.ours)
     ref_side = _Side(ref.outputs, None if probed is None else probed.ref)
@@ -1511,5 +1509,5 @@ def validate(
     if (drifted or not all(o.passed for o in report.outputs)) and not fp32:  # ask which side is off
         program = model.onnx_bytes if probed is None else probed.model.SerializeToString()
         report.third_opinion = third_opinion(model, samples, ours_side, ref_side, program, tails, steps, unprobed, tolerances,
-                                             judge_frontier)
+                                             judge_frontier, max_exact_gmacs)
     return report
