@@ -83,6 +83,7 @@ def script_module(name: str):
     """scripts/NAME.py imported by path (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
