@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -86,6 +87,15 @@ def forked_tvmc(tmp_path_factory):
         return subprocess.CompletedProcess(["tvmc", *argv], process.exitcode, stdout.read_text(), stderr.read_text())
 
     return run
+
+
+def script_module(name: str):
+    """scripts/NAME.py imported by path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_conv_model(path: Path, batch: int | str = 1, channels: int = 4) -> Path:

@@ -3,7 +3,6 @@ same network quantized by onnxruntime's quantizer (ReLU folded into Q, int32 bia
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +12,13 @@ import pytest
 
 import tvm_npu
 
-from conftest import run_tvmc
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _train_digits_module():
-    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "scripts" / "train_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import run_tvmc, script_module
 
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """The trained FP32 model, its calibration images (training split) and the held-out split."""
-    train_digits = _train_digits_module()
+    train_digits = script_module("train_digits")
     model, (train_x, _, test_x, test_y) = train_digits.train(seed=0)
     folder = tmp_path_factory.mktemp("digits")
     onnx.save(train_digits.to_onnx(model), folder / "digits_cnn.onnx")

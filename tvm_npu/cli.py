@@ -27,7 +27,17 @@ from .package import read_package
 from .pipeline import compile as compile_model
 from .quantize import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIXES, is_quantized
 from .report import FORMATS, measured_host_time, plot, report, summary_text
-from .runtime import load, make_inputs, read_npz, write_npz
+from .runtime import (
+    DEFAULT_NORMALIZATION,
+    FILL_MODES,
+    IMAGE_NORMALIZATIONS,
+    ImageFill,
+    describe_fill,
+    load,
+    make_inputs,
+    read_npz,
+    write_npz,
+)
 from .sparse import SPARSE_MODES
 from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
 from .tune import RUNNERS, tune
@@ -113,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd.add_argument("FILE", help="a package (.tar) or an ONNX model (.onnx)")
     _add_input_options(validate_cmd)
     validate_cmd.add_argument("--samples", type=int, default=1, metavar="N",
-                              help="with --fill-mode: validate on N input samples (seeds --seed .. --seed+N-1; default: 1)")
+                              help="with --fill-mode: validate on N input samples (seeds --seed .. --seed+N-1; default: 1); "
+                                   "classifier top-1/top-5 agreement is reported as k/N with a 95%% Wilson interval")
     validate_cmd.add_argument("--device", choices=DEVICES, default="AUTO",
                               help="OpenVINO device: AUTO uses the NPU when present, else the CPU")
     validate_cmd.add_argument("--atol-steps", type=float, default=DEFAULT_ATOL_STEPS,
@@ -125,11 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                               help="also compare every quantized intermediate tensor and name the first layer "
                                    "beyond tolerance (compiles a probed copy of the model)")
     validate_cmd.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                              help=f"relative tolerance for float outputs (default: {DEFAULT_RTOL})")
+                              help="relative tolerance for float outputs, also the float tail's slack on a quantized model "
+                                   f"(default: {DEFAULT_RTOL})")
     validate_cmd.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                               help=f"absolute tolerance for float outputs (default: {DEFAULT_ATOL})")
     validate_cmd.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
-                              help=f"minimum cosine similarity per output (default: {DEFAULT_MIN_COSINE})")
+                              help=f"minimum cosine similarity for float models' outputs (and a quantized model's float "
+                                   f"output whose float tail cannot be analysed) (default: {DEFAULT_MIN_COSINE})")
     validate_cmd.add_argument("--reference-isa", metavar="ISA",
                               help="run OpenVINO's CPU plugin as on a CPU with at most this oneDNN instruction set, "
                                    "e.g. AVX2 (no VNNI: int8 products summed in saturating int16 pairs), in a child "
@@ -253,9 +266,17 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--inputs", help="an .npz file with one array per model input")
-    parser.add_argument("--fill-mode", choices=["zeros", "ones", "random"], default="random",
-                        help="fill inputs when --inputs is not given (default: random)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for --fill-mode random")
+    parser.add_argument("--fill-mode", choices=FILL_MODES, default="random",
+                        help="fill inputs when --inputs is not given (default: random); image: a natural picture "
+                             "resized to each image input (NCHW/NHWC, 1 or 3 channels) and normalised as below")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for --fill-mode random and image (image: seed 0 is the whole picture, others "
+                             "seeded crops, mirrors and noise of it)")
+    parser.add_argument("--image", metavar="FILE",
+                        help="--fill-mode image: this PNG/JPEG instead of matplotlib's sample photograph with a caption")
+    parser.add_argument("--image-normalize", choices=list(IMAGE_NORMALIZATIONS), default=DEFAULT_NORMALIZATION,
+                        help="--fill-mode image, float inputs: imagenet (pixel/255 - ImageNet mean) / std, unit [0, 1], "
+                             f"symmetric [-1, 1], raw 0..255 (default: {DEFAULT_NORMALIZATION})")
 
 
 def _target_from_args(args: argparse.Namespace):
@@ -316,10 +337,19 @@ def _compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _image_fill(args: argparse.Namespace) -> ImageFill | None:
+    """The --fill-mode image settings; None for the other modes, which --image does not combine with."""
+    if args.fill_mode != "image":
+        if args.image:
+            raise NpuError("--image needs --fill-mode image; add it or drop --image")
+        return None
+    return ImageFill(Path(args.image) if args.image else None, args.image_normalize)
+
+
 def _inputs_from_args(args: argparse.Namespace, model) -> dict[str, np.ndarray]:
     if args.inputs:
         return read_npz(args.inputs)
-    return make_inputs(model.inputs, args.fill_mode, args.seed)
+    return make_inputs(model.inputs, args.fill_mode, args.seed, _image_fill(args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -362,11 +392,14 @@ def _validate(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise NpuError(f"--samples must be at least 1, got {args.samples}")
     if args.inputs:
-        samples = [read_npz(args.inputs)]
+        samples, described = [read_npz(args.inputs)], f"--inputs {args.inputs}"
     else:
-        samples = [make_inputs(model.inputs, args.fill_mode, args.seed + i) for i in range(args.samples)]
+        image = _image_fill(args)
+        samples = [make_inputs(model.inputs, args.fill_mode, args.seed + i, image) for i in range(args.samples)]
+        described = describe_fill(args.fill_mode, args.seed, args.samples, image)
     report = validate(model, samples, args.device, args.rtol, args.atol, args.min_cosine, args.atol_steps,
-                      args.max_bias_steps, args.per_layer, fp32_onnx, args.reference_isa, args.max_exact_gmacs)
+                      args.max_bias_steps, args.per_layer, fp32_onnx, args.reference_isa, args.max_exact_gmacs,
+                      inputs_description=described)
     print(report)
     if not report.passed and not args.per_layer:
         print("hint: rerun with --per-layer to find the first layer that diverges")

@@ -7,6 +7,7 @@ package's interface (names, shapes, dtypes) before anything reaches TVM.
 
 from __future__ import annotations
 
+import functools
 import time
 import zipfile
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from .errors import NpuError, first_line
 from .frontend import TensorSpec
 from .package import Package, read_package
 
-FILL_MODES = ("zeros", "ones", "random")
+FILL_MODES = ("zeros", "ones", "random", "image")
 MAX_FILL_BYTES = 4 << 30  # generated inputs beyond this are a mistake (or a tampered package), not a test input
 
 
@@ -188,8 +189,10 @@ def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> N
             )
 
 
-def make_inputs(specs: list[TensorSpec], fill_mode: str = "random", seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs filled like tvmc's --fill-mode (random: uniform [0, 1) floats, full-range integers)."""
+def make_inputs(specs: list[TensorSpec], fill_mode: str = "random", seed: int = 0,
+                image: ImageFill | None = None) -> dict[str, np.ndarray]:
+    """Inputs filled like tvmc's --fill-mode (random: uniform [0, 1) floats, full-range integers;
+    image: a picture as models see one, see `ImageFill`)."""
     if fill_mode not in FILL_MODES:
         raise NpuError(f"unknown fill mode {fill_mode!r}; choose one of {', '.join(FILL_MODES)}")
     rng = np.random.default_rng(seed)
@@ -205,6 +208,8 @@ def make_inputs(specs: list[TensorSpec], fill_mode: str = "random", seed: int = 
             inputs[spec.name] = np.zeros(spec.shape, dtype)
         elif fill_mode == "ones":
             inputs[spec.name] = np.ones(spec.shape, dtype)
+        elif fill_mode == "image":
+            inputs[spec.name] = (image or ImageFill()).fill(spec, seed)
         elif dtype.kind == "f":
             inputs[spec.name] = rng.random(spec.shape, dtype=np.float32).astype(dtype)
         elif dtype.kind == "b":
@@ -213,6 +218,133 @@ def make_inputs(specs: list[TensorSpec], fill_mode: str = "random", seed: int = 
             info = np.iinfo(dtype)
             inputs[spec.name] = rng.integers(info.min, info.max, spec.shape, dtype=dtype, endpoint=True)
     return inputs
+
+
+def describe_fill(fill_mode: str, seed: int, count: int, image: ImageFill | None = None) -> str:
+    """One line for a report: what `make_inputs(specs, fill_mode, seed .. seed + count - 1)` filled in."""
+    seeds = f"seed {seed}" if count == 1 else f"seeds {seed}..{seed + count - 1}"
+    if fill_mode == "image":
+        return f"--fill-mode image, {seeds}: {(image or ImageFill()).describe()}"
+    if fill_mode == "random":
+        return f"--fill-mode random, {seeds}: floats uniform in [0, 1), integers over their whole range"
+    return f"--fill-mode {fill_mode}: every element {1 if fill_mode == 'ones' else 0}"
+
+
+# --fill-mode image. Pixel normalisations (RGB order, pixel values 0..255): (pixel / 255 - mean) / std.
+IMAGE_NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet-trained CNNs, PaddleOCR's detector
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # [0, 1]
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # [-1, 1]: PaddleOCR's recogniser and text-direction classifier
+    "raw": ((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)),  # 0..255 as floats
+}
+DEFAULT_NORMALIZATION = "imagenet"
+CROP_SIDE = (0.6, 1.0)  # a seeded sample's crop keeps this fraction of each side ...
+NOISE_SIGMA = 4.0  # ... and gets Gaussian noise of this many pixel levels (of 255)
+
+
+@dataclass(frozen=True)
+class ImageFill:
+    """--fill-mode image: a natural picture resized to each input's H x W, as a model sees one.
+
+    The picture is `picture`, or by default matplotlib's sample photograph (sample_data/grace_hopper.jpg)
+    with matplotlib's logo (sample_data/logo2.png) as a white caption label across its lower part, so
+    that classifiers see a photograph and text detectors see a line of text. Seed 0 is the whole
+    picture; any other seed is a seeded crop (60-100 % of each side), mirrored half the time, with
+    Gaussian noise. Float inputs are normalised with `normalization` (IMAGE_NORMALIZATIONS); uint8
+    inputs get the pixels, int8 inputs the pixels - 128. Inputs are NCHW or NHWC with 1 or 3 channels.
+    """
+
+    picture: Path | None = None
+    normalization: str = DEFAULT_NORMALIZATION
+
+    def __post_init__(self):
+        if self.normalization not in IMAGE_NORMALIZATIONS:
+            raise NpuError(f"unknown image normalisation {self.normalization!r}; choose one of "
+                           f"{', '.join(IMAGE_NORMALIZATIONS)}")
+        if self.picture is not None and not Path(self.picture).is_file():
+            raise NpuError(f"image file {self.picture} does not exist; check the --image path")
+
+    def describe(self) -> str:
+        source = (f"picture {self.picture}" if self.picture else
+                  "matplotlib's sample photograph grace_hopper.jpg with its logo2.png as a caption")
+        mean, std = IMAGE_NORMALIZATIONS[self.normalization]
+        scale = ("pixels 0..255" if self.normalization == "raw" else
+                 f"(pixel/255 - {list(mean)}) / {list(std)} ({self.normalization})")
+        return (f"{source}, RGB, resized to each input's H x W, float inputs {scale}; "
+                f"seed 0 the whole picture, other seeds a crop of {CROP_SIDE[0]:.0%}-{CROP_SIDE[1]:.0%} a side, "
+                f"mirrored half the time, noise sigma {NOISE_SIGMA:g}/255")
+
+    def fill(self, spec: TensorSpec, seed: int) -> np.ndarray:
+        layout = _image_layout(spec.shape)
+        dtype = np.dtype(spec.dtype)
+        if layout is None or dtype.kind not in "fui" or (dtype.kind in "ui" and dtype.itemsize != 1):
+            raise NpuError(f"input {spec.name!r} ({spec.dtype}{list(spec.shape)}) is not an image (NCHW or NHWC, "
+                           "1 or 3 channels, float, uint8 or int8); use --fill-mode random or give --inputs")
+        batch, channels, height, width = (spec.shape[i] for i in ((0, 1, 2, 3) if layout == "NCHW" else (0, 3, 1, 2)))
+        rng = np.random.default_rng(seed)
+        picture = _picture(self.picture)
+        if channels == 1:
+            picture = picture.convert("L")
+        views = [_view(picture, rng, seed == 0 and b == 0, height, width) for b in range(batch)]
+        pixels = np.stack([v.reshape(height, width, channels) for v in views])  # NHWC, 0..255
+        if dtype.kind == "f":
+            mean, std = (np.array(v, np.float64) for v in IMAGE_NORMALIZATIONS[self.normalization])
+            if channels == 1:  # a grey picture: the channels' average normalisation
+                mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+            pixels = (pixels / 255 - mean) / std
+        else:
+            pixels = np.round(pixels) - (128 if dtype.kind == "i" else 0)
+        if layout == "NCHW":
+            pixels = pixels.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(pixels.astype(dtype))
+
+
+def _image_layout(shape: tuple[int, ...]) -> str | None:
+    if len(shape) != 4:
+        return None
+    if shape[1] in (1, 3):
+        return "NCHW"
+    return "NHWC" if shape[3] in (1, 3) else None
+
+
+@functools.lru_cache(maxsize=4)
+def _picture(path: Path | None):
+    """The picture as a PIL image (RGB), read once per process."""
+    from PIL import Image, UnidentifiedImageError  # pillow comes with matplotlib
+
+    if path is not None:
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise NpuError(f"cannot read image {path} ({first_line(err)}); give a PNG or JPEG picture") from None
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "sample_data"
+    with Image.open(folder / "grace_hopper.jpg") as photo, Image.open(folder / "logo2.png") as logo:
+        photo = photo.convert("RGB")
+        width = photo.width * 3 // 4
+        logo = logo.convert("RGBA").resize((width, logo.height * width // logo.width), Image.BILINEAR)
+        label = Image.new("RGB", logo.size, "white")
+        label.paste(logo, (0, 0), logo)
+        photo.paste(label, ((photo.width - width) // 2, photo.height - label.height - photo.height // 20))
+    return photo
+
+
+def _view(picture, rng: np.random.Generator, whole: bool, height: int, width: int) -> np.ndarray:
+    """The whole picture, or a seeded crop / mirror / noise of it, resized to height x width (floats 0..255)."""
+    from PIL import Image
+
+    if not whole:
+        crop_w, crop_h = (int(side * rng.uniform(*CROP_SIDE)) for side in picture.size)
+        left, top = int(rng.integers(0, picture.width - crop_w + 1)), int(rng.integers(0, picture.height - crop_h + 1))
+        picture = picture.crop((left, top, left + crop_w, top + crop_h))
+        if rng.random() < 0.5:
+            picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pixels = np.asarray(picture.resize((width, height), Image.BILINEAR), np.float64)
+    if not whole:
+        pixels = np.clip(pixels + rng.normal(0, NOISE_SIGMA, pixels.shape), 0, 255)
+    return pixels
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
