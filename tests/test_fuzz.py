@@ -2,7 +2,8 @@
 
 Every mutant must end in a clean error (exit 2, one line) or in a package whose outputs match
 ONNX Runtime on the same mutant (or the exact reference, where ONNX Runtime's int8 products may
-saturate). Compiles and runs happen in their own processes (`forked_tvmc`), so a crash inside TVM shows up as a signal, and a hang as a timeout, instead of
+saturate). Compiles and runs happen in their own processes (`forked_tvmc`), so a crash inside TVM
+shows up as a signal, and a hang as a timeout, instead of
 taking pytest down; each failing mutant is saved for reproduction and named in the failure.
 Mutant `i` of base `b` depends only on (SEED, b, i): a failure reproduces with
 TVM_NPU_FUZZ_SECONDS long enough to reach it.
