@@ -323,11 +323,15 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
 
 
 def _with_input_shapes(model: onnx.ModelProto, inputs: list[TensorSpec]) -> onnx.ModelProto:
-    """`model` with each input's dimensions fixed as `inputs` says (a model already static is returned as is)."""
+    """`model` with each input's dimensions fixed as `inputs` says, and every other dimension stored as a
+    negative number (exporters write -1 for "dynamic") made unknown, so that shape inference at the fixed
+    shapes fills it in instead of calling it a conflict (a model already static is returned as is)."""
     shapes = {spec.name: spec.shape for spec in inputs}
     declared = {value.name: value.type.tensor_type.shape.dim for value in model.graph.input if value.name in shapes}
+    annotated = [*model.graph.output, *model.graph.value_info]
     if all([d.dim_value if d.HasField("dim_value") else None for d in dims] == list(shapes[name])
-           for name, dims in declared.items()):
+           for name, dims in declared.items()) and not any(
+            d.HasField("dim_value") and d.dim_value < 0 for v in annotated for d in v.type.tensor_type.shape.dim):
         return model
     static = onnx.ModelProto()
     static.CopyFrom(model)
@@ -337,6 +341,10 @@ def _with_input_shapes(model: onnx.ModelProto, inputs: list[TensorSpec]) -> onnx
             for dim, size in zip(dims, shapes[value.name]):
                 dim.Clear()
                 dim.dim_value = size
+    for value in [*static.graph.output, *static.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.Clear()
     return static
 
 
