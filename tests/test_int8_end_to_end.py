@@ -66,7 +66,7 @@ def quantized_probe_model(source: Path, folder: Path) -> Path:
     loaded = load_onnx(source)
     path = folder / f"{source.stem}_qdq_probed.onnx"
     quantized = quantize(loaded.model, loaded.inputs, None, seed=0)
-    onnx.save(with_probes(quantized, probes(quantized)), path)
+    onnx.save(with_probes(quantized, [p.tensor for p in probes(quantized)]), path)
     return path
 
 
@@ -209,7 +209,7 @@ def test_activations_and_concat_run_on_the_npu_and_match_openvino(tmp_path_facto
     folder = tmp_path_factory.mktemp("activation_concat")
     qdq = folder / "activation_concat_qdq_probed.onnx"
     model = onnx.load(make_activation_concat_model(folder / "model.onnx"))
-    onnx.save(with_probes(model, probes(model)), qdq)
+    onnx.save(with_probes(model, [p.tensor for p in probes(model)]), qdq)
     package = folder / "activation_concat.tar"
     operators = tvm_npu.compile(qdq, output=package, target="npu/micro").metadata.extra["operators"]
     on_npu = [row["kernel"] for row in operators if row["runs_on"] == "npu"]

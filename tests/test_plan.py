@@ -39,8 +39,14 @@ def _run_scheduled(name, params, inputs, tiles):
 TILED = [k.name for k in kernels() if k.schedule is not None and k.variant_of is None]  # variants: tests/test_sparse.py
 
 
-def test_every_kernel_is_tiled():
-    assert sorted(TILED) == sorted(CASES)
+# Kernels without an SRAM-tiled schedule yet (whole tensors staged; the report says "not tiled"): a new
+# kernel is tiled unless it is added here, and one that gains a schedule must leave this list.
+UNTILED = ["npu.matmul", "npu.move", "npu.resize", "npu.softmax"]
+
+
+def test_every_kernel_is_tiled_or_declared_untiled():
+    assert sorted(TILED) == sorted(set(CASES) - set(UNTILED))
+    assert sorted(k.name for k in kernels() if k.schedule is None) == UNTILED
 
 
 @pytest.mark.parametrize("name, index", [(n, i) for n in TILED for i in range(len(CASES[n]))])

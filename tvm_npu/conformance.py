@@ -249,7 +249,8 @@ def check_openvino(case: Case, isa: str | None = None) -> str:
         model = load(Path(folder) / "model.tar")
         report = validate(model, [example.inputs], device="CPU", reference_isa=isa)
         if example.openvino_deviation:
-            if report.passed:
+            # OpenVINO's own outputs, not the verdict: validate's third opinion may pass ours on the exact answer
+            if all(o.passed for o in report.outputs):
                 raise ConformanceError(f"{case.where()}: OpenVINO now agrees; drop the example's openvino_deviation "
                                        f"({example.openvino_deviation})")
             onnx_bytes = example.model.SerializeToString()
