@@ -40,4 +40,8 @@ def test_readme_real_model_table_is_the_committed_results():
     section = readme.split(real_model_table.README_BEGIN, 1)[1].split(real_model_table.README_END, 1)[0]
     assert section == "\n" + real_model_table.markdown(results)
     assert (REPO / "results" / "real_models.md").read_text() == real_model_table.markdown(results)
-    assert sorted(results["models"]) == sorted(MODELS)
+    assert set(results["models"]) <= set(MODELS)
+    # a model the last run did not measure is named in the README's text beside the table, never left out silently
+    intro = readme.split(real_model_table.README_BEGIN, 1)[0].rsplit("### Real trained models", 1)[1]
+    for name in sorted(set(MODELS) - set(results["models"])):
+        assert f"{name}'s compile did not finish" in intro, name
