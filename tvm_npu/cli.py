@@ -21,6 +21,7 @@ import onnx
 from . import cache as compile_cache
 from . import progress
 from .atomic import atomic_output, check_output_path
+from .buckets import parse_valid_length, require_fixed
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, NpuError, first_line
 from .frontend import parse_input_shapes
 from .package import read_package
@@ -31,6 +32,7 @@ from .runtime import (
     DEFAULT_NORMALIZATION,
     FILL_MODES,
     IMAGE_NORMALIZATIONS,
+    BucketedModel,
     ImageFill,
     describe_fill,
     load,
@@ -203,6 +205,7 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     config, shapes = _target_from_args(args)
+    require_fixed(shapes, "tvmc tune")
     result = tune(args.FILE, args.output, config, args.trials, args.runner, args.rpc_tracker, args.rpc_key,
                   args.seed, args.early_stopping, shapes, args.plot, cascade=args.cascade)
     print(result.table())
@@ -229,7 +232,11 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         kind = int if name in ("sram_kib", "mac_rows", "mac_cols") else float
         parser.add_argument(f"--target-npu-{name.replace('_', '-')}", dest=name, type=kind, metavar="N",
                             help=f"override the preset's {name}")
-    parser.add_argument("--input-shapes", help='fix input shapes, e.g. "input:[1,3,224,224] other:[1,10]"')
+    parser.add_argument("--input-shapes",
+                        help='fix input shapes, e.g. "input:[1,3,224,224] other:[1,10]"; compile: a set of sizes for a '
+                             'dimension, e.g. "x:[1,3,48,{160,320,640}]", makes shape buckets (one plan per size in '
+                             'one package; run pads an input to the smallest bucket that holds it, README "Variable '
+                             'input sizes")')
 
 
 def _add_compile_options(parser: argparse.ArgumentParser) -> None:
@@ -257,6 +264,12 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="list every operator with where it runs (NPU kernel or CPU) and why")
     parser.add_argument("--tuning-records", metavar="JSON",
                         help="apply a `tvmc tune` log: each tuned layer uses its best measured tiling")
+    parser.add_argument("--pad-value", type=float, default=0.0, metavar="V",
+                        help="shape buckets: the value inputs are padded with up to their bucket (default: 0, zero after "
+                             "the model's normalisation)")
+    parser.add_argument("--valid-length", action="append", default=[], metavar="NAME=INPUT:DIM",
+                        help="shape buckets: the model input NAME (an integer of one element) receives the unpadded "
+                             "size of INPUT's dimension DIM, for a model that masks or slices the padding itself")
     parser.add_argument("--no-cache", dest="cache", action="store_false",
                         help="compile from scratch and leave the compile cache alone (`tvmc cache --help`)")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -265,6 +278,8 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--truncate", action="store_true",
+                        help="shape buckets: crop an input larger than the largest bucket to it (default: an error)")
     parser.add_argument("-i", "--inputs", help="an .npz file with one array per model input")
     parser.add_argument("--fill-mode", choices=FILL_MODES, default="random",
                         help="fill inputs when --inputs is not given (default: random); image: a natural picture "
@@ -293,7 +308,8 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
             args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
             calibration_data=args.calibration_data, save_quantized=args.save_quantized,
             allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
-            cascade=args.cascade, tuning_records=args.tuning_records, overflow_fix=args.overflow_fix, cache=args.cache,
+            cascade=args.cascade, tuning_records=args.tuning_records, overflow_fix=args.overflow_fix,
+            pad_value=args.pad_value, valid_length=dict(map(_valid_length, args.valid_length)), cache=args.cache,
         )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)
@@ -303,6 +319,11 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
     if args.print_pass_times:
         print(format_pass_times(result.stage_seconds))
     return result
+
+
+def _valid_length(text: str) -> tuple[str, tuple[str, int]]:
+    name, source, dim = parse_valid_length(text)
+    return name, (source, dim)
 
 
 def format_pass_times(stage_seconds: dict[str, float]) -> str:
@@ -359,7 +380,9 @@ def _run(args: argparse.Namespace) -> int:
         raise NpuError(f"--print-top must be at least 1, got {args.print_top}")
     model = load(args.FILE)
     inputs = _inputs_from_args(args, model)
-    outputs = model.run(inputs)
+    if args.truncate and not isinstance(model, BucketedModel):
+        raise NpuError(f"--truncate is for packages of shape buckets; {args.FILE} has one fixed shape: drop --truncate")
+    outputs = model.run(inputs, truncate=True) if args.truncate else model.run(inputs)
     if args.print_top:
         for name, value in outputs.items():
             scores = value.reshape(-1)

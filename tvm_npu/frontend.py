@@ -77,30 +77,35 @@ class ImportedModel:
     name: str
 
 
-def parse_input_shapes(text: str) -> dict[str, tuple[int, ...]]:
-    """Parses tvmc's `--input-shapes "name:[1,3,224,224] other:[1,10]"` syntax."""
-    shapes: dict[str, tuple[int, ...]] = {}
+def parse_input_shapes(text: str) -> dict[str, tuple]:
+    """Parses tvmc's `--input-shapes "name:[1,3,224,224] other:[1,10]"` syntax. A dimension may be a set of
+    sizes, `x:[1,3,48,{160,320,640}]`: shape buckets (`tvm_npu.buckets`), returned as a sorted tuple."""
+    shapes: dict[str, tuple] = {}
     pos = 0
     while pos < len(text.strip()):
         match = _SHAPE_ENTRY.match(text, pos)
         if match is None:
             raise NpuError(
                 f"cannot parse --input-shapes {text!r}: expected space-separated entries "
-                f"like \"input:[1,3,224,224] other:[1,10]\""
+                f"like \"input:[1,3,224,224] other:[1,10]\" (a set of sizes for a bucketed dimension: {{160,320}})"
             )
         name, shape_text = match["name"], match["shape"]
         try:
-            shape = tuple(ast.literal_eval(shape_text))
-        except (ValueError, SyntaxError):
+            shape = tuple(tuple(sorted(d)) if isinstance(d, set) else d for d in ast.literal_eval(shape_text))
+        except (ValueError, SyntaxError, TypeError):
             shape = ()
-        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        if not shape or not all(_positive(d) or (isinstance(d, tuple) and d and all(map(_positive, d))) for d in shape):
             raise NpuError(
-                f"invalid shape {shape_text} for input {name!r} in --input-shapes: "
-                f"dimensions must be positive integers, e.g. {name}:[1,3,224,224]"
+                f"invalid shape {shape_text} for input {name!r} in --input-shapes: dimensions must be positive "
+                f"integers, or sets of them for shape buckets, e.g. {name}:[1,3,224,224] or {name}:[1,3,48,{{160,320}}]"
             )
         shapes[name] = shape
         pos = match.end()
     return shapes
+
+
+def _positive(dim) -> bool:
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
 
 
 def format_input_shapes(shapes: dict[str, tuple[int, ...]]) -> str:

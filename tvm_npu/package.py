@@ -9,6 +9,7 @@ against the metadata, so a package is data and is never trusted blindly.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 import tempfile
@@ -23,11 +24,14 @@ from .errors import NpuError, first_line
 from .frontend import TensorSpec
 from .target import NpuConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a single-shape package; still written and read
+BUCKETS_FORMAT_VERSION = 2  # shape buckets: one library and model per bucket under buckets/<i>/
 LIBRARY_NAME = "mod.so"
 METADATA_NAME = "metadata.json"
 MODEL_NAME = "model.onnx"  # the ONNX the library was compiled from, for reference runs
 MEMBERS = (METADATA_NAME, LIBRARY_NAME, MODEL_NAME)
+SOURCE_NAME = "source.onnx"  # bucketed packages: the model as given, for reference runs at unpadded sizes
+BUCKETS_FOLDER = "buckets"
 
 
 @dataclass
@@ -95,11 +99,48 @@ def write_package(
 
 @dataclass
 class Package:
-    """An opened package: its metadata, the loaded library and the embedded ONNX model."""
+    """An opened package: its metadata, the loaded library and the embedded ONNX model. A bucketed package
+    (format 2) has no library of its own: `buckets` holds one such package per bucket, and `source_onnx`
+    the model as the user gave it (validation's reference at unpadded sizes)."""
 
     metadata: PackageMetadata
     library: tvm.runtime.Module | None  # None when read with load_library=False
     onnx_bytes: bytes
+    buckets: list[Package] = field(default_factory=list)
+    source_onnx: bytes | None = None
+
+
+def write_bucket_package(path: str | Path, bucket_packages: list[Path], source_onnx: bytes, bucketing: dict) -> Path:
+    """Writes one format-2 package from the packages compiled for each bucket (smallest first): their files
+    under `buckets/<i>/`, the source model, and metadata whose top level describes the largest bucket."""
+    path = Path(path)
+    buckets = []
+    with atomic_output(path) as stream, tarfile.open(fileobj=stream, mode="w") as out:
+        for index, bucket_path in enumerate(bucket_packages):
+            with tarfile.open(bucket_path) as tar:
+                buckets.append(json.loads(tar.extractfile(METADATA_NAME).read()))
+                for name in (LIBRARY_NAME, MODEL_NAME):
+                    _add_bytes(out, f"{BUCKETS_FOLDER}/{index}/{name}", tar.extractfile(name).read())
+        _add_bytes(out, SOURCE_NAME, source_onnx)
+        metadata = {**buckets[-1], "format_version": BUCKETS_FORMAT_VERSION, "library_sha256": "",
+                    "model_sha256": hashlib.sha256(source_onnx).hexdigest(),
+                    "extra": {**buckets[-1]["extra"], "bucketing": bucketing, "buckets": buckets}}
+        _add_bytes(out, METADATA_NAME, json.dumps(metadata, indent=2).encode())
+    return path
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _members(version: int, metadata: dict) -> set[str]:
+    if version != BUCKETS_FORMAT_VERSION:
+        return set(MEMBERS)
+    count = len(metadata["extra"]["buckets"])
+    return {METADATA_NAME, SOURCE_NAME} | {f"{BUCKETS_FOLDER}/{i}/{name}" for i in range(count)
+                                           for name in (LIBRARY_NAME, MODEL_NAME)}
 
 
 def read_package(path: str | Path, load_library: bool = True) -> Package:
@@ -110,33 +151,51 @@ def read_package(path: str | Path, load_library: bool = True) -> Package:
     try:
         with tarfile.open(path, mode="r:*") as tar, tempfile.TemporaryDirectory(prefix="tvm_npu_run_") as folder:
             members = {m.name: m for m in tar.getmembers()}
-            if set(members) != set(MEMBERS):
-                raise NpuError(
-                    f"{path} is not a tvm_npu package: it must hold exactly the regular files "
-                    f"{', '.join(MEMBERS)}, found {sorted(members)}; recompile it"
-                )
             special = sorted(name for name, member in members.items() if not member.isfile())
             if special:
                 raise NpuError(
                     f"{path} is not a tvm_npu package: {', '.join(special)} must be regular files, not links "
                     "or devices; recompile it"
                 )
+            if METADATA_NAME not in members:
+                raise NpuError(f"{path} is not a tvm_npu package: it holds no {METADATA_NAME}; recompile it")
             # Copy the checked members by name: nothing in the archive decides where bytes land.
-            for name, member in members.items():
-                (Path(folder) / name).write_bytes(tar.extractfile(member).read())
+            (Path(folder) / METADATA_NAME).write_bytes(tar.extractfile(members[METADATA_NAME]).read())
             metadata = _read_metadata(Path(folder) / METADATA_NAME, path)
-            library_path = Path(folder) / LIBRARY_NAME
-            model_path = Path(folder) / MODEL_NAME
-            if (_sha256(library_path), _sha256(model_path)) != (metadata.library_sha256, metadata.model_sha256):
-                raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); recompile it")
-            onnx_bytes = model_path.read_bytes()
-            library = _load_library(library_path, path) if load_library else None
+            expected = _members(metadata.format_version, metadata.to_dict())
+            if set(members) != expected:
+                raise NpuError(
+                    f"{path} is not a tvm_npu package: it must hold exactly the regular files "
+                    f"{', '.join(sorted(expected))}, found {sorted(members)}; recompile it"
+                )
+            if metadata.format_version == BUCKETS_FORMAT_VERSION:
+                source = tar.extractfile(members[SOURCE_NAME]).read()
+                if hashlib.sha256(source).hexdigest() != metadata.model_sha256:
+                    raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); "
+                                   "recompile it")
+                buckets = [_bucket(tar, members, i, PackageMetadata.from_dict(data), folder, path, load_library)
+                           for i, data in enumerate(metadata.extra["buckets"])]
+                return Package(metadata, None, buckets[-1].onnx_bytes, buckets, source)
+            return _bucket(tar, members, None, metadata, folder, path, load_library)
     except tarfile.ReadError:
         raise NpuError(
             f"{path} is not a tvm_npu package (not a tar archive, or truncated); create it with `tvmc compile`"
         ) from None
     except (tarfile.TarError, EOFError, OSError) as err:
         raise NpuError(f"{path} is not a readable package ({first_line(err)}); recompile it with `tvmc compile`") from None
+
+
+def _bucket(tar: tarfile.TarFile, members: dict, index: int | None, metadata: PackageMetadata, folder: str,
+            path: Path, load_library: bool) -> Package:
+    """The library and model of a single-shape package, or of bucket `index` of a bucketed one."""
+    prefix = "" if index is None else f"{BUCKETS_FOLDER}/{index}/"
+    library_path = Path(folder) / f"{index or 0}_{LIBRARY_NAME}"
+    library_path.write_bytes(tar.extractfile(members[prefix + LIBRARY_NAME]).read())
+    onnx_bytes = tar.extractfile(members[prefix + MODEL_NAME]).read()
+    if (_sha256(library_path), hashlib.sha256(onnx_bytes).hexdigest()) != (metadata.library_sha256,
+                                                                           metadata.model_sha256):
+        raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); recompile it")
+    library = _load_library(library_path, path) if load_library else None
     return Package(metadata, library, onnx_bytes)
 
 
@@ -155,10 +214,10 @@ def _load_library(library_path: Path, package_path: Path) -> tvm.runtime.Module:
 def _read_metadata(metadata_path: Path, package_path: Path) -> PackageMetadata:
     try:
         data = json.loads(metadata_path.read_text())
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in (FORMAT_VERSION, BUCKETS_FORMAT_VERSION):
             raise NpuError(
                 f"{package_path} has package format {data.get('format_version')!r}, this tvm_npu reads "
-                f"format {FORMAT_VERSION}; recompile it with this version"
+                f"formats {FORMAT_VERSION} and {BUCKETS_FORMAT_VERSION}; recompile it with this version"
             )
         metadata = PackageMetadata.from_dict(data)
         for spec in metadata.inputs + metadata.outputs:

@@ -12,25 +12,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import tvm
 
 from . import cache as compile_cache
 from . import progress
 from .atomic import atomic_output, check_output_path
+from .buckets import Bucketing, crop_tables, dynamic_dims, expand, is_bucketed
 from .build import build
+from .errors import NpuError
 from .cascade import cascade as find_cascades
 from .frontend import ImportedModel, OnnxModel, import_onnx, load_onnx
 from .lower import lower
-from .package import PackageMetadata, read_package, write_package
+from .package import PackageMetadata, read_package, write_bucket_package, write_package
 from .partition import partition
 from .passes import LOWERED_PASSES, run_relax_passes
 from .perf import estimate
 from .plan import LayerPlan, plan, task_key
 from .quantize import DEFAULT_OVERFLOW_FIX, is_quantized, load_calibration, quantize
+from .runtime import read_npz
 from .records import tuned_records, tuned_tiles, warn_unmatched
 from .target import NpuConfig, resolve_target
 from .version import __version__
@@ -59,6 +64,8 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     cascade: bool = False,
     tuning_records: str | Path | None = None,
     overflow_fix: str = DEFAULT_OVERFLOW_FIX,
+    pad_value: float = 0.0,
+    valid_length: dict[str, tuple[str, int]] | None = None,
     cache: bool = False,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
@@ -78,13 +85,22 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     records of another model or NPU config are ignored with a warning.
     `cache` copies the package of an earlier compile of the same inputs, or stores this one (`tvm_npu.cache`);
     off by default for library calls, as the cache key holds tvm_npu's code but not in-process patches of it.
+    A dimension of `input_shapes` given as a tuple of sizes makes shape buckets (`tvm_npu.buckets`): one plan
+    per combination in one package, padded at run time with `pad_value`; `valid_length` maps an extra
+    model input to the (input, dimension) whose unpadded size the runtime fills it with.
     """
     arguments = dict(locals())  # first: every argument, so a new one joins the cache key
     del arguments["cache"]
     output = check_output_path(output)
+    run = _compile_buckets if is_bucketed(input_shapes) else _compile
+    if not is_bucketed(input_shapes):
+        if pad_value != 0.0 or valid_length:
+            raise NpuError("--pad-value and --valid-length are for shape buckets; give a size set such as "
+                           "x:[1,3,48,{160,320}] in --input-shapes, or drop them")
+        del arguments["pad_value"], arguments["valid_length"]
     if not cache:
-        return _compile(**arguments)
-    seconds = compile_cache.cached(arguments, lambda staged: _compile(**{**arguments, "output": staged}).stage_seconds)
+        return run(**arguments)
+    seconds = compile_cache.cached(arguments, lambda staged: run(**{**arguments, "output": staged}).stage_seconds)
     return CompileResult(output, read_package(output, load_library=False).metadata, seconds)
 
 
@@ -126,6 +142,51 @@ def _compile(model, output, target, input_shapes, quantize_model, calibration_da
     with _timed(seconds, "package"):
         write_package(output, executable, metadata, imported.onnx_bytes)
     return CompileResult(output, metadata, seconds)
+
+
+def _compile_buckets(model, output, input_shapes, pad_value, valid_length, save_quantized, calibration_data,
+                     **arguments) -> CompileResult:
+    """One plan per bucket (`_compile` at each fixed shape), then one package holding them all."""
+    if save_quantized is not None:
+        raise NpuError("--save-quantized writes one model; compile shape buckets without it (each bucket's "
+                       "quantized model is inside the package as buckets/<i>/model.onnx)")
+    valid_length = dict(valid_length or {})
+    shapes, dynamic = expand(input_shapes), dynamic_dims(input_shapes)
+    for extra, (name, dim) in valid_length.items():
+        if dim not in dynamic.get(name, []):
+            raise NpuError(f"--valid-length {extra}={name}:{dim}: dimension {dim} of {name!r} is not bucketed; "
+                           f"name a dimension given as a size set in --input-shapes")
+    source = Path(model).read_bytes()
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="tvm_npu_buckets_") as folder:
+        packages = []
+        for index, bucket in enumerate(shapes):
+            progress.stage(f"bucket {index + 1}/{len(shapes)}: " + " ".join(f"{n}:{list(s)}" for n, s in bucket.items()))
+            calibration = (None if calibration_data is None else
+                           _bucket_calibration(calibration_data, bucket, pad_value, Path(folder) / f"{index}.npz"))
+            result = _compile(model, Path(folder) / f"{index}.tar", input_shapes=bucket, calibration_data=calibration,
+                              save_quantized=None, **arguments)
+            for stage, spent in result.stage_seconds.items():
+                seconds[stage] = seconds.get(stage, 0.0) + spent
+            packages.append(result.package_path)
+        with _timed(seconds, "crop tables"):
+            crops = crop_tables(source, shapes, dynamic)
+        bucketing = Bucketing(shapes, dynamic, crops, float(pad_value), valid_length)
+        with _timed(seconds, "package"):
+            write_bucket_package(output, packages, source, bucketing.to_dict())
+    return CompileResult(output, read_package(output, load_library=False).metadata, seconds)
+
+
+def _bucket_calibration(path, bucket: dict[str, tuple[int, ...]], pad_value: float, out: Path) -> Path:
+    """The calibration samples padded (with the pad value) or cropped to one bucket's shapes."""
+    arrays = read_npz(path)
+    for name, shape in bucket.items():
+        if name in arrays and arrays[name].ndim == len(shape) + 1:
+            value = arrays[name][(slice(None), *(slice(0, s) for s in shape))]
+            widths = [(0, 0)] + [(0, s - v) for s, v in zip(shape, value.shape[1:])]
+            arrays[name] = np.pad(value, widths, constant_values=np.asarray(pad_value).astype(value.dtype))
+    np.savez(out, **arrays)
+    return out
 
 
 @dataclass

@@ -76,6 +76,8 @@ def measured_host_time(path) -> dict | str:
     """`host_time` of the package at `path`: the median of HOST_RUNS inferences on seeded random inputs, or
     why it was not measured."""
     package = read_package(path)
+    if package.buckets:
+        package = package.buckets[-1]  # the largest bucket, which the top-level figures describe
     reason = host_mismatch(package.metadata)
     if reason:
         return reason
@@ -153,13 +155,58 @@ def summary_text(metadata: PackageMetadata, host: dict | str | None = None) -> s
     ])
 
 
+def bucket_rows(metadata: PackageMetadata) -> list[dict]:
+    """Per bucket of a bucketed package (smallest first): its shapes and modelled cycles, DRAM traffic and
+    SRAM peak; and the padding an input just past the previous bucket pays (the worst case at that boundary:
+    a 161-wide input runs in the 320 bucket). Empty for a single-shape package."""
+    bucketing = metadata.extra.get("bucketing")
+    if not bucketing:
+        return []
+    rows = []
+    for index, data in enumerate(metadata.extra["buckets"]):
+        summary = data["extra"]["performance"]["summary"]
+        row = {"bucket": index, "shapes": data_shapes(data), "cycles": summary["cycles"],
+               "dram_bytes": summary["dram_bytes"], "sram_peak": summary["sram_peak_proven"]}
+        if index:
+            previous = rows[-1]
+            sizes = [(name, dim, bucketing["shapes"][index - 1][name][dim], bucketing["shapes"][index][name][dim])
+                     for name, dims in bucketing["dynamic"].items() for dim in dims]
+            grown = [(name, dim, low + 1, high) for name, dim, low, high in sizes if high > low]
+            row["boundary"] = {"input": [f"{name}[{dim}]={first}" for name, dim, first, _ in grown],
+                               "padded_share": 1 - math.prod(first / high for _, _, first, high in grown),
+                               "cycles_over_previous": row["cycles"] / previous["cycles"],
+                               "dram_over_previous": row["dram_bytes"] / previous["dram_bytes"]}
+        rows.append(row)
+    return rows
+
+
+def data_shapes(metadata: dict) -> str:
+    return " ".join(f"{spec['name']}:[{','.join(map(str, spec['shape']))}]" for spec in metadata["inputs"])
+
+
+def buckets_text(rows: list[dict]) -> str:
+    """`bucket_rows` as two tables: each bucket's figures, and the padding cost at each bucket boundary."""
+    width = max(len(r["shapes"]) for r in rows) + 2
+    lines = [f"Shape buckets ({len(rows)}; an input runs in the smallest that holds it, padded)",
+             f"  {'bucket':<{width}}{'cycles':>12}{'DRAM KiB':>11}{'SRAM peak KiB':>15}"]
+    lines += [f"  {r['shapes']:<{width}}{r['cycles']:>12.0f}{r['dram_bytes'] / 1024:>11.1f}{r['sram_peak'] / 1024:>15.1f}"
+              for r in rows]
+    lines += ["", "Padding cost at bucket boundaries (the first size past the previous bucket)",
+              f"  {'input':<18}{'runs in':<{width}}{'padded':>8}{'cycles vs previous bucket':>27}"]
+    for r in rows[1:]:
+        b = r["boundary"]
+        lines.append(f"  {' '.join(b['input']):<18}{r['shapes']:<{width}}{100 * b['padded_share']:>7.1f}%"
+                     f"{b['cycles_over_previous']:>26.2f}x")
+    return "\n".join(lines)
+
+
 def report(metadata: PackageMetadata, fmt: str = "table", host: dict | str | None = None) -> str:
     perf = performance(metadata)
     rows = perf["layers"]
     if fmt == "json":
         return json.dumps({"model": metadata.model_name, "npu_config": metadata.npu_config.to_dict(),
                            "summary": perf["summary"], "mac_share": mac_share(metadata), "host_time": host,
-                           "layers": rows}, indent=2)
+                           "layers": rows, "buckets": bucket_rows(metadata)}, indent=2)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -172,7 +219,8 @@ def report(metadata: PackageMetadata, fmt: str = "table", host: dict | str | Non
     width, tiles = (max([least] + [len(r[key]) + 2 for r in rows]) for key, least in (("name", 12), ("tiles", 32)))
     head = (f"{'layer':<{width}}{'kernel':<17}{'tiles':<{tiles}}{'cycles':>11}{'bound':>8}{'util':>7}{'DRAM KiB':>10}"
             f"{'SRAM KiB':>10}{'W KiB orig':>11}{'W KiB enc':>10}  shape")
-    lines = [summary_text(metadata, host), "", head]
+    buckets = bucket_rows(metadata)
+    lines = [summary_text(metadata, host), "", *([buckets_text(buckets), "", "Largest bucket"] if buckets else []), head]
     for r in rows:
         sram = "-" if r["sram_proven"] is None else f"{r['sram_proven'] / 1024:.1f}"
         lines.append(f"{r['name']:<{width}}{r['kernel']:<17}{r['tiles']:<{tiles}}{r['cycles']:>11.0f}"

@@ -19,6 +19,7 @@ import tvm
 from tvm import relax
 
 from .atomic import atomic_output
+from .buckets import Bucketing
 from .errors import NpuError, first_line
 from .frontend import TensorSpec
 from .package import Package, read_package
@@ -164,9 +165,48 @@ def host_mismatch(metadata) -> str | None:
     return None if built_for in (None, here) else f"the library was built for {built_for}, this host is {here}"
 
 
-def load(path: str | Path) -> CompiledModel:
+def load(path: str | Path) -> CompiledModel | BucketedModel:
     """Opens a package written by `tvm_npu.compile` / `tvmc compile`."""
-    return CompiledModel(read_package(path), str(path))
+    package = read_package(path)
+    return BucketedModel(package, str(path)) if package.buckets else CompiledModel(package, str(path))
+
+
+class BucketedModel:
+    """A loaded package of shape buckets (`tvm_npu.buckets`): `run` takes inputs of any size up to the
+    largest bucket, runs the smallest bucket that holds them, padded, and returns the outputs cropped to
+    the unpadded size. `inputs`/`outputs` are the largest bucket's; `buckets` are the single-shape models."""
+
+    def __init__(self, package: Package, origin: str = "the package"):
+        self.metadata = package.metadata
+        self.onnx_bytes = package.onnx_bytes
+        self.source_onnx = package.source_onnx
+        self.origin = origin
+        self.bucketing = Bucketing.from_dict(package.metadata.extra["bucketing"])
+        self.buckets = [CompiledModel(bucket, f"{origin} bucket {i}") for i, bucket in enumerate(package.buckets)]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.bucketing.fill_specs(self.metadata.inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.metadata.outputs
+
+    def choose(self, inputs: Mapping[str, np.ndarray], truncate: bool = False) -> tuple[int, dict[str, np.ndarray]]:
+        """The bucket `run` picks for `inputs`, and the inputs padded to it."""
+        return self.bucketing.choose(inputs, truncate)
+
+    def run(self, inputs: Mapping[str, np.ndarray], truncate: bool = False) -> dict[str, np.ndarray]:
+        """Runs one inference in the smallest bucket that holds `inputs`; an input larger than every bucket is
+        an error unless `truncate` crops it to the largest (said, never silent: the caller asked)."""
+        index, padded = self.choose(inputs, truncate)
+        outputs = self.buckets[index].run(padded)
+        return self.bucketing.crop(outputs, self.bucketing.valid_sizes(inputs, index))
+
+    def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 10, number: int = 1) -> Timings:
+        """Times the bucket `run` picks, on the padded inputs."""
+        index, padded = self.choose(inputs)
+        return self.buckets[index].benchmark(padded, repeat, number)
 
 
 def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> None:

@@ -1,0 +1,186 @@
+"""Shape buckets: one package, one compiled plan per input size, for a static-shape NPU.
+
+`--input-shapes "x:[1,3,48,{160,320,640}]"` names a set of sizes for a dynamic dimension; every
+combination of the sets is a bucket, compiled like a fixed shape. At run time an input goes to the
+smallest bucket that holds it, is padded up to it with the package's pad value (the end of each bucketed
+dimension: zero by default, the "zero after normalisation" that text recognisers are trained with), and
+each output dimension that follows a bucketed input dimension is cropped to the length the model gives
+at the unpadded size. Those lengths are not a fixed ratio (a stride-2 convolution rounds up, a pooling
+down), so the compile records them for every size up to the largest bucket, from OpenVINO's shape
+inference on the source model (`crop_tables`).
+
+A model that wants the valid size itself (to mask attention or slice its own output) declares an extra
+input, `--valid-length NAME=INPUT:DIM`: the runtime fills NAME (an integer input of one element) with
+the unpadded size of INPUT's dimension DIM, unless the caller gives it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import NpuError
+from .frontend import TensorSpec
+
+
+def is_bucketed(shapes: Mapping[str, tuple] | None) -> bool:
+    return any(isinstance(d, tuple) for shape in (shapes or {}).values() for d in shape)
+
+
+def require_fixed(shapes: Mapping[str, tuple] | None, what: str) -> None:
+    if is_bucketed(shapes):
+        raise NpuError(f"{what} takes one fixed shape per input, not size sets {{...}}; give one size per dimension")
+
+
+def expand(shapes: Mapping[str, tuple]) -> list[dict[str, tuple[int, ...]]]:
+    """Every combination of the size sets, smallest first: one fixed shape dict per bucket."""
+    dims = [(name, i, d if isinstance(d, tuple) else (d,)) for name, shape in shapes.items() for i, d in enumerate(shape)]
+    buckets = []
+    for sizes in itertools.product(*(choices for _, _, choices in dims)):
+        bucket = {name: [] for name in shapes}
+        for (name, _, _), size in zip(dims, sizes):
+            bucket[name].append(size)
+        buckets.append({name: tuple(shape) for name, shape in bucket.items()})
+    return sorted(buckets, key=_volume)
+
+
+def dynamic_dims(shapes: Mapping[str, tuple]) -> dict[str, list[int]]:
+    """Which dimensions of which inputs are bucketed."""
+    return {name: [i for i, d in enumerate(shape) if isinstance(d, tuple)] for name, shape in shapes.items()
+            if any(isinstance(d, tuple) for d in shape)}
+
+
+def parse_valid_length(text: str) -> tuple[str, str, int]:
+    """`--valid-length NAME=INPUT:DIM` -> (NAME, INPUT, DIM)."""
+    try:
+        name, target = text.split("=", 1)
+        source, dim = target.rsplit(":", 1)
+        if name and source:
+            return name, source, int(dim)
+    except ValueError:
+        pass
+    raise NpuError(f"cannot parse --valid-length {text!r}; expected NAME=INPUT:DIM, e.g. x_width=x:3")
+
+
+def _volume(bucket: Mapping[str, tuple[int, ...]]) -> int:
+    return sum(int(np.prod(shape)) for shape in bucket.values())
+
+
+def crop_tables(source_onnx: bytes, buckets: list[dict[str, tuple[int, ...]]],
+                dynamic: dict[str, list[int]]) -> list[dict]:
+    """For each output dimension that follows a bucketed input dimension: its length at every size of that
+    dimension from 1 to the largest bucket (None where the model does not take that size), from OpenVINO's
+    shape inference on the source model with the other dimensions at the largest bucket."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(source_onnx, b"")
+    largest = buckets[-1]
+    tables: dict[tuple[str, int], dict] = {}
+    for name, dims in dynamic.items():
+        for dim in dims:
+            lengths: dict[str, list] = {}
+            for size in range(1, largest[name][dim] + 1):
+                shape = {n: list(s) for n, s in largest.items()}
+                shape[name][dim] = size
+                try:
+                    model.reshape(shape)
+                    outputs = {out.get_any_name(): list(out.get_partial_shape().to_shape()) for out in model.outputs}
+                except RuntimeError:
+                    outputs = None
+                for out in model.outputs:
+                    lengths.setdefault(out.get_any_name(), []).append(None if outputs is None else
+                                                                        outputs[out.get_any_name()])
+            for output, shapes in lengths.items():
+                known = [s for s in shapes if s is not None]
+                if not known:
+                    raise NpuError(f"OpenVINO cannot reshape the model's {name!r} dimension {dim} to any size up to "
+                                   f"{largest[name][dim]}; bucket another dimension or compile fixed shapes")
+                for axis in range(len(known[0])):
+                    if len({s[axis] for s in known}) == 1:
+                        continue
+                    if (output, axis) in tables:
+                        raise NpuError(f"output {output!r} dimension {axis} follows two bucketed dimensions; "
+                                       "bucket only one of them")
+                    tables[(output, axis)] = {"output": output, "dim": axis, "input": name, "input_dim": dim,
+                                              "lengths": [None if s is None else s[axis] for s in shapes]}
+    return list(tables.values())
+
+
+@dataclass
+class Bucketing:
+    """What the runtime needs to choose, pad and crop (the metadata's `extra["bucketing"]`)."""
+
+    shapes: list[dict[str, tuple[int, ...]]]  # per bucket, smallest first
+    dynamic: dict[str, list[int]]
+    crops: list[dict] = field(default_factory=list)
+    pad_value: float = 0.0
+    valid_length: dict[str, tuple[str, int]] = field(default_factory=dict)  # extra input -> (input, dim)
+
+    def to_dict(self) -> dict:
+        return {"shapes": [{n: list(s) for n, s in b.items()} for b in self.shapes], "dynamic": self.dynamic,
+                "crops": self.crops, "pad_value": self.pad_value,
+                "valid_length": {n: list(v) for n, v in self.valid_length.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Bucketing:
+        return cls([{n: tuple(s) for n, s in b.items()} for b in data["shapes"]], data["dynamic"], data["crops"],
+                   float(data["pad_value"]), {n: (v[0], int(v[1])) for n, v in data["valid_length"].items()})
+
+    def describe(self, index: int) -> str:
+        return " ".join(f"{name}:[{','.join(map(str, shape))}]" for name, shape in self.shapes[index].items())
+
+    def choose(self, inputs: Mapping[str, np.ndarray], truncate: bool = False) -> tuple[int, dict[str, np.ndarray]]:
+        """The smallest bucket that holds every input, and the inputs padded to it (the valid-length inputs
+        filled in). An input larger than every bucket is an error unless `truncate` crops it to the largest."""
+        sizes = {name: [np.shape(inputs[name])[d] for d in dims] for name, dims in self.dynamic.items() if name in inputs}
+        index = next((i for i, bucket in enumerate(self.shapes)
+                      if all(s <= bucket[name][d] for name, dims in self.dynamic.items() if name in sizes
+                             for d, s in zip(dims, sizes[name]))), None)
+        if index is None:
+            index = len(self.shapes) - 1
+            if not truncate:
+                name, dim, size = next((n, d, s) for n, dims in self.dynamic.items() if n in sizes
+                                       for d, s in zip(dims, sizes[n]) if s > self.shapes[index][n][d])
+                raise NpuError(f"input {name!r} has size {size} in dimension {dim}, larger than the largest bucket "
+                               f"{self.describe(index)}; compile a larger bucket, or pass --truncate to crop it")
+        bucket = self.shapes[index]
+        padded = dict(inputs)
+        for name, dims in self.dynamic.items():
+            if name not in inputs:
+                continue
+            value = np.asarray(inputs[name])[tuple(slice(0, bucket[name][d]) if d in dims else slice(None)
+                                                   for d in range(np.ndim(inputs[name])))]
+            widths = [(0, bucket[name][d] - value.shape[d]) if d in dims else (0, 0) for d in range(value.ndim)]
+            padded[name] = np.pad(value, widths, constant_values=np.asarray(self.pad_value).astype(value.dtype))
+        for extra, (name, dim) in self.valid_length.items():
+            if extra not in inputs and name in inputs:
+                padded[extra] = np.array(min(np.shape(inputs[name])[dim], bucket[name][dim]))
+        return index, padded
+
+    def valid_sizes(self, inputs: Mapping[str, np.ndarray], index: int) -> dict[tuple[str, int], int]:
+        bucket = self.shapes[index]
+        return {(name, d): min(np.shape(inputs[name])[d], bucket[name][d])
+                for name, dims in self.dynamic.items() if name in inputs for d in dims}
+
+    def crop(self, outputs: dict[str, np.ndarray], valid: Mapping[tuple[str, int], int]) -> dict[str, np.ndarray]:
+        """Each output cut to the part the unpadded input gives; a size the model does not take is an error."""
+        outputs = dict(outputs)
+        for table in self.crops:
+            size = valid[(table["input"], table["input_dim"])]
+            length = table["lengths"][size - 1]
+            if length is None:
+                smallest = 1 + next(i for i, n in enumerate(table["lengths"]) if n is not None)
+                raise NpuError(f"input {table['input']!r} has size {size} in dimension {table['input_dim']}, below "
+                               f"the smallest the model takes ({smallest}); pad it to at least {smallest}")
+            value = outputs[table["output"]]
+            outputs[table["output"]] = value[tuple(slice(0, length) if d == table["dim"] else slice(None)
+                                                   for d in range(value.ndim))]
+        return outputs
+
+    def fill_specs(self, inputs: list[TensorSpec]) -> list[TensorSpec]:
+        """The inputs a caller gives: the valid-length inputs are optional and left out."""
+        return [spec for spec in inputs if spec.name not in self.valid_length]
