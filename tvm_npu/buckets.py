@@ -184,3 +184,53 @@ class Bucketing:
     def fill_specs(self, inputs: list[TensorSpec]) -> list[TensorSpec]:
         """The inputs a caller gives: the valid-length inputs are optional and left out."""
         return [spec for spec in inputs if spec.name not in self.valid_length]
+
+
+def reference_model(source_onnx: bytes, bucket_onnx: bytes, bucket: Mapping[str, tuple[int, ...]],
+                    sizes: Mapping[str, tuple[int, ...]]) -> bytes:
+    """The bucket's quantized model at unpadded `sizes`: what the reference runs on the input as given.
+
+    The load stage folds shape computations to constants at the bucket's shapes; loading the source model at
+    both shapes tells which folded constants depend on the size, and those (only those) are replaced in the
+    bucket's QDQ model, whose scales and weights stay the bucket's. A constant the two loads name differently
+    is not found: the reference then fails on shapes, and validation says it could not validate."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+
+    from .frontend import load_onnx
+
+    with tempfile.TemporaryDirectory(prefix="tvm_npu_reference_") as folder:
+        path = Path(folder) / "source.onnx"
+        path.write_bytes(source_onnx)
+        at_bucket, at_size = (load_onnx(path, dict(shapes)).model for shapes in (bucket, sizes))
+    before = {**{i.name: i for i in at_bucket.graph.initializer}, **_constants(at_bucket)}
+    after = {**{i.name: i for i in at_size.graph.initializer}, **_constants(at_size)}
+    changed = {name: after[name] for name in before.keys() & after.keys() if before[name] != after[name]}
+    model = onnx.load_from_string(bucket_onnx)
+    for init in model.graph.initializer:
+        if init.name in changed:
+            init.CopyFrom(changed[init.name])
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] in changed:
+            node.attribute[0].t.CopyFrom(changed[node.output[0]])
+            node.attribute[0].t.name = ""
+    for value in model.graph.input:
+        if value.name in sizes:
+            for dim, size in zip(value.type.tensor_type.shape.dim, sizes[value.name]):
+                dim.dim_value = size
+    del model.graph.value_info[:]
+    for value in model.graph.output:  # the reference infers them at the new sizes
+        for index, dim in enumerate(value.type.tensor_type.shape.dim):
+            dim.dim_param = f"{value.name}_{index}"
+    return model.SerializeToString()
+
+
+def _constants(model) -> dict:
+    """Constant nodes' tensors, by output name (as initializers are by name)."""
+    import onnx
+
+    return {node.output[0]: onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(node.attribute[0].t),
+                                                          node.output[0])
+            for node in model.graph.node if node.op_type == "Constant" and node.attribute[0].name == "value"}

@@ -21,7 +21,7 @@ import onnx
 from . import cache as compile_cache
 from . import progress
 from .atomic import atomic_output, check_output_path
-from .buckets import parse_valid_length, require_fixed
+from .buckets import expand, parse_valid_length, require_fixed
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, NpuError, first_line
 from .frontend import parse_input_shapes
 from .package import read_package
@@ -279,7 +279,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truncate", action="store_true",
-                        help="shape buckets: crop an input larger than the largest bucket to it (default: an error)")
+                        help="shape buckets (run): crop an input larger than the largest bucket to it (default: an error)")
+    parser.add_argument("--fill-shapes", metavar="SHAPES",
+                        help='shape buckets: the unpadded shapes --fill-mode fills, e.g. "x:[1,3,48,161]" (default: the '
+                             'largest bucket); validate takes size sets, "x:[1,3,48,{100,161,500}]", one check per size')
     parser.add_argument("-i", "--inputs", help="an .npz file with one array per model input")
     parser.add_argument("--fill-mode", choices=FILL_MODES, default="random",
                         help="fill inputs when --inputs is not given (default: random); image: a natural picture "
@@ -370,7 +373,20 @@ def _image_fill(args: argparse.Namespace) -> ImageFill | None:
 def _inputs_from_args(args: argparse.Namespace, model) -> dict[str, np.ndarray]:
     if args.inputs:
         return read_npz(args.inputs)
-    return make_inputs(model.inputs, args.fill_mode, args.seed, _image_fill(args))
+    (specs,) = _fill_specs(args, model, "tvmc run")
+    return make_inputs(specs, args.fill_mode, args.seed, _image_fill(args))
+
+
+def _fill_specs(args: argparse.Namespace, model, command: str) -> list[list]:
+    """The input specs --fill-mode fills: the package's, or per --fill-shapes size for shape buckets."""
+    if args.fill_shapes is None:
+        return [model.inputs]
+    if not isinstance(model, BucketedModel):
+        raise NpuError(f"--fill-shapes is for packages of shape buckets; {args.FILE} has one fixed shape: drop it")
+    shapes = parse_input_shapes(args.fill_shapes)
+    if command == "tvmc run":
+        require_fixed(shapes, "tvmc run --fill-shapes")
+    return [model.specs(sizes) for sizes in expand(shapes)]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -414,22 +430,34 @@ def _validate(args: argparse.Namespace) -> int:
         model = load(package)
     if args.samples < 1:
         raise NpuError(f"--samples must be at least 1, got {args.samples}")
+    if args.truncate:
+        raise NpuError("validate compares the inputs as given; crop them to the largest bucket yourself, drop --truncate")
     if args.inputs:
-        samples, described = [read_npz(args.inputs)], f"--inputs {args.inputs}"
+        groups, described = [[read_npz(args.inputs)]], f"--inputs {args.inputs}"
     else:
         image = _image_fill(args)
-        samples = [make_inputs(model.inputs, args.fill_mode, args.seed + i, image) for i in range(args.samples)]
+        groups = [[make_inputs(specs, args.fill_mode, args.seed + i, image) for i in range(args.samples)]
+                  for specs in _fill_specs(args, model, "tvmc validate")]
         described = describe_fill(args.fill_mode, args.seed, args.samples, image)
-    report = validate(model, samples, args.device, args.rtol, args.atol, args.min_cosine, args.atol_steps,
-                      args.max_bias_steps, args.per_layer, fp32_onnx, args.reference_isa, args.max_exact_gmacs,
-                      inputs_description=described)
-    print(report)
-    if not report.passed and not args.per_layer:
-        print("hint: rerun with --per-layer to find the first layer that diverges")
+    reports = []
+    for samples in groups:
+        checked = model
+        if isinstance(model, BucketedModel):  # each size against the reference at that size, unpadded
+            checked = model.view({name: value.shape for name, value in samples[0].items()})
+            print(f"== {checked.describe()}")
+            fp32_onnx = None if is_quantized(onnx.load_from_string(model.source_onnx)) else model.source_onnx
+        report = validate(checked, samples, args.device, args.rtol, args.atol, args.min_cosine, args.atol_steps,
+                          args.max_bias_steps, args.per_layer, fp32_onnx, args.reference_isa, args.max_exact_gmacs,
+                          inputs_description=described)
+        print(report)
+        if not report.passed and not args.per_layer:
+            print("hint: rerun with --per-layer to find the first layer that diverges")
+        reports.append(report)
     if args.report_json:
+        data = reports[0].to_dict() if len(reports) == 1 else [report.to_dict() for report in reports]
         with atomic_output(args.report_json) as stream:
-            stream.write(json.dumps(report.to_dict(), indent=2).encode())
-    return report.exit_code
+            stream.write(json.dumps(data, indent=2).encode())
+    return max(report.exit_code for report in reports)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 
 from .atomic import atomic_output
-from .buckets import Bucketing
+from .buckets import Bucketing, reference_model
 from .errors import NpuError, first_line
 from .frontend import TensorSpec
 from .package import Package, read_package
@@ -207,6 +207,44 @@ class BucketedModel:
         """Times the bucket `run` picks, on the padded inputs."""
         index, padded = self.choose(inputs)
         return self.buckets[index].benchmark(padded, repeat, number)
+
+    def specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[TensorSpec]:
+        """The inputs a caller gives, at `shapes` (the largest bucket's where not given)."""
+        return [TensorSpec(spec.name, tuple(shapes.get(spec.name, spec.shape)), spec.dtype) for spec in self.inputs]
+
+    def view(self, shapes: Mapping[str, tuple[int, ...]]) -> BucketView:
+        """This model at one unpadded input size, as `validate` takes a model: `run` pads into the bucket and
+        crops, `onnx_bytes` is that bucket's quantized model at the unpadded size (`buckets.reference_model`)."""
+        inputs = self.specs(shapes)
+        index, _ = self.choose({spec.name: np.empty(spec.shape, spec.dtype) for spec in inputs})
+        sizes = {spec.name: spec.shape for spec in inputs}
+        reference = reference_model(self.source_onnx, self.buckets[index].onnx_bytes, self.bucketing.shapes[index], sizes)
+        return BucketView(self, index, inputs, reference)
+
+
+@dataclass
+class BucketView:
+    """A `BucketedModel` at one unpadded input size (see `BucketedModel.view`)."""
+
+    model: BucketedModel
+    index: int
+    inputs: list[TensorSpec]
+    onnx_bytes: bytes
+
+    @property
+    def metadata(self):
+        return self.model.buckets[self.index].metadata
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.model.outputs
+
+    def describe(self) -> str:
+        sizes = " ".join(f"{spec.name}:[{','.join(map(str, spec.shape))}]" for spec in self.inputs)
+        return f"input {sizes} in bucket {self.model.bucketing.describe(self.index)}"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.model.run(inputs)
 
 
 def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> None:
