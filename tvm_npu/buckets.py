@@ -134,8 +134,7 @@ class Bucketing:
         return " ".join(f"{name}:[{','.join(map(str, shape))}]" for name, shape in self.shapes[index].items())
 
     def choose(self, inputs: Mapping[str, np.ndarray], truncate: bool = False) -> tuple[int, dict[str, np.ndarray]]:
-        """The smallest bucket that holds every input, and the inputs padded to it (the valid-length inputs
-        filled in). An input larger than every bucket is an error unless `truncate` crops it to the largest."""
+        """The smallest bucket that holds every input, and the inputs padded to it. An input larger than every bucket is an error unless `truncate` crops it to the largest."""
         sizes = {name: [np.shape(inputs[name])[d] for d in dims] for name, dims in self.dynamic.items() if name in inputs}
         index = next((i for i, bucket in enumerate(self.shapes)
                       if all(s <= bucket[name][d] for name, dims in self.dynamic.items() if name in sizes
@@ -156,9 +155,6 @@ class Bucketing:
                                                    for d in range(np.ndim(inputs[name])))]
             widths = [(0, bucket[name][d] - value.shape[d]) if d in dims else (0, 0) for d in range(value.ndim)]
             padded[name] = np.pad(value, widths, constant_values=np.asarray(self.pad_value).astype(value.dtype))
-        for extra, (name, dim) in self.valid_length.items():
-            if extra not in inputs and name in inputs:
-                padded[extra] = np.array(min(np.shape(inputs[name])[dim], bucket[name][dim]))
         return index, padded
 
     def valid_sizes(self, inputs: Mapping[str, np.ndarray], index: int) -> dict[tuple[str, int], int]:

@@ -9,7 +9,9 @@ in $TVM_NPU_COMPILE_CACHE if set, else $XDG_CACHE_HOME/tvm_npu/compile (default 
 incomplete). A compile holds `<key>.lock`
 (fcntl.flock) while it looks up or fills its entry: a concurrent compile of the same model waits and
 then copies the entry the first one wrote. An entry whose bytes no longer match its hash is removed and
-rebuilt, never copied.
+rebuilt, never copied. The quantize stage of a cached compile caches its QDQ model the same way, under
+`quantize/`, keyed by the model at its fixed shapes and the calibration data's hash (`cached_quantization`):
+a compile that misses (another target, new tuning records, one more shape bucket) skips NNCF.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import tvm
 
 from .atomic import atomic_output
@@ -36,7 +39,6 @@ from .target import NpuConfig, resolve_target
 # Arguments naming input files: keyed by their bytes. `output` only says where the copy goes.
 FILE_ARGUMENTS = ("model", "calibration_data", "tuning_records")
 NOT_IN_KEY = ("output",)
-_BLOCK = 1 << 20
 
 
 # Names the cache folder outright (a shared CI cache; the test suite's own folder), else the XDG default.
@@ -115,14 +117,46 @@ def _jsonable(value):
     return str(value)  # Path and other plain values
 
 
+def cached_quantization(model: onnx.ModelProto, calibration_data: str | Path | None, settings: dict,
+                        quantize: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
+    """The quantized (QDQ) model of `quantize()`, from the cache when the same model (by its bytes at the fixed
+    shapes) was quantized before with the same calibration data (by its SHA-256; None: seeded random inputs)
+    and `settings` (seed, overflow fix) by this tvm_npu; entries live in the `quantize/` folder of the cache."""
+    keyed = {"model": hashlib.sha256(model.SerializeToString()).hexdigest(), "settings": settings,
+             "calibration": None if calibration_data is None else file_sha256(Path(calibration_data)),
+             "versions": {"tvm": tvm.__version__, "tvm_npu_code": code_digest()}}
+    entry = Entry(cache_dir() / QUANTIZE_FOLDER, hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest(),
+                  ".onnx")
+    try:
+        entry.folder.mkdir(parents=True, exist_ok=True)
+        entry.lock_path.touch()
+    except OSError as err:
+        print(f"warning: cannot use the quantization cache {entry.folder} ({first_line(err)}); quantizing without it",
+              file=sys.stderr)
+        return quantize()
+    with entry.locked():
+        data = entry.read()
+        if data is not None:
+            return onnx.load_from_string(data)
+        quantized = quantize()
+        with atomic_output(entry.package) as stream:
+            stream.write(quantized.SerializeToString())
+        entry.seal({"model": model.graph.name, "target": "-"})
+        return quantized
+
+
+QUANTIZE_FOLDER = "quantize"  # quantized models, beside the packages
+
+
 @dataclass(frozen=True)
 class Entry:
     folder: Path
     key: str
+    suffix: str = ".tar"  # the package; ".onnx": a quantized model
 
     @property
     def package(self) -> Path:
-        return self.folder / f"{self.key}.tar"
+        return self.folder / f"{self.key}{self.suffix}"
 
     @property
     def seal_path(self) -> Path:
@@ -159,26 +193,28 @@ class Entry:
         with atomic_output(self.seal_path) as stream:
             stream.write(json.dumps(info, indent=2).encode())
 
-    def copy_to(self, output: Path) -> bool:
-        """Copies the package to `output` atomically if the entry is complete and its bytes match its hash;
-        otherwise removes the entry (saying so if it was corrupt) and returns False."""
+    def read(self) -> bytes | None:
+        """The entry's bytes if it is complete and they match its hash; otherwise None, the entry removed
+        (saying so if it was corrupt)."""
         info = self.info()
         if info is None or not self.package.is_file():
             self.remove()
-            return False
-        digest = hashlib.sha256()
-        try:
-            with atomic_output(output) as stream, open(self.package, "rb") as source:
-                for block in iter(lambda: source.read(_BLOCK), b""):
-                    digest.update(block)
-                    stream.write(block)
-                if digest.hexdigest() != info.get("sha256"):
-                    raise _CorruptEntry
-        except _CorruptEntry:
+            return None
+        data = self.package.read_bytes()
+        if hashlib.sha256(data).hexdigest() != info.get("sha256"):
             print(f"warning: compile cache entry {self.package} is corrupt (its hash does not match); rebuilding it",
                   file=sys.stderr)
             self.remove()
+            return None
+        return data
+
+    def copy_to(self, output: Path) -> bool:
+        """Copies the package to `output` atomically if `read` finds it whole; False otherwise."""
+        data = self.read()
+        if data is None:
             return False
+        with atomic_output(output) as stream:
+            stream.write(data)
         return True
 
     def remove(self) -> None:
@@ -186,14 +222,14 @@ class Entry:
             path.unlink(missing_ok=True)
 
 
-class _CorruptEntry(Exception):
-    pass
-
-
 def entries(folder: Path | None = None) -> list[Entry]:
+    """The packages in `folder` (default: the cache), then the quantized models in its `quantize/`."""
     folder = cache_dir() if folder is None else folder
-    keys = {path.stem for path in folder.glob("*.tar")} | {path.stem for path in folder.glob("*.json")}
-    return [Entry(folder, key) for key in sorted(keys)]
+    found = []
+    for where, suffix in ((folder, ".tar"), (folder / QUANTIZE_FOLDER, ".onnx")):
+        keys = {path.stem for path in where.glob(f"*{suffix}")} | {path.stem for path in where.glob("*.json")}
+        found += [Entry(where, key, suffix) for key in sorted(keys)]
+    return found
 
 
 def list_text() -> str:
@@ -206,7 +242,8 @@ def list_text() -> str:
         size = entry.package.stat().st_size if entry.package.is_file() else 0
         total += size
         state = "" if info else "  (incomplete)"
-        lines.append(f"{entry.key[:16]}  {size / 1e6:7.2f} MB  {info.get('created', '?'):<19}  "
+        kind = "quantized" if entry.suffix == ".onnx" else "package"
+        lines.append(f"{entry.key[:16]}  {kind:<9}  {size / 1e6:7.2f} MB  {info.get('created', '?'):<19}  "
                      f"npu/{info.get('target', '?'):<6}  {info.get('model', '?')}{state}")
     lines.append(f"{len(lines)} entries, {total / 1e6:.2f} MB in {folder}")
     return "\n".join(lines)

@@ -444,6 +444,7 @@ def _validate(args: argparse.Namespace) -> int:
         checked = model
         if isinstance(model, BucketedModel):  # each size against the reference at that size, unpadded
             checked = model.view({name: value.shape for name, value in samples[0].items()})
+            samples = [model.complete(sample) for sample in samples]  # the reference takes the valid lengths too
             print(f"== {checked.describe()}")
             fp32_onnx = None if is_quantized(onnx.load_from_string(model.source_onnx)) else model.source_onnx
         report = validate(checked, samples, args.device, args.rtol, args.atol, args.min_cosine, args.atol_steps,

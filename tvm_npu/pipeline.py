@@ -100,19 +100,21 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
         del arguments["pad_value"], arguments["valid_length"]
     if not cache:
         return run(**arguments)
-    seconds = compile_cache.cached(arguments, lambda staged: run(**{**arguments, "output": staged}).stage_seconds)
+    seconds = compile_cache.cached(arguments, lambda staged: run(**{**arguments, "output": staged},
+                                                                 cache_quantization=True).stage_seconds)
     return CompileResult(output, read_package(output, load_library=False).metadata, seconds)
 
 
 def _compile(model, output, target, input_shapes, quantize_model, calibration_data, save_quantized, seed,
-             allow_cpu_fallback, sparse, cascade, tuning_records, overflow_fix) -> CompileResult:
+             allow_cpu_fallback, sparse, cascade, tuning_records, overflow_fix,
+             cache_quantization: bool = False) -> CompileResult:
     config = resolve_target(target)
     output = check_output_path(output)
     best = tuned_records(tuning_records, model, config) if tuning_records is not None else {}
     tuned = tuned_tiles(best)
     seconds: dict[str, float] = {}
     front, layers = planned(model, config, input_shapes, quantize_model, calibration_data, save_quantized, seed,
-                            allow_cpu_fallback, sparse, tuned, seconds, overflow_fix)
+                            allow_cpu_fallback, sparse, tuned, seconds, overflow_fix, cache_quantization)
     loaded, imported, mod, operators = front.loaded, front.imported, front.mod, front.operators
     if tuned:
         keys = {task_key(layer.kernel, layer.geometry) for layer in layers if layer.geometry is not None}
@@ -201,8 +203,9 @@ class Partitioned:
 
 def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=None, save_quantized=None,
                 seed: int = 0, seconds: dict[str, float] | None = None,
-                overflow_fix: str = DEFAULT_OVERFLOW_FIX) -> Partitioned:
-    """load -> quantize -> import -> partition, as `compile` runs them."""
+                overflow_fix: str = DEFAULT_OVERFLOW_FIX, cache_quantization: bool = False) -> Partitioned:
+    """load -> quantize -> import -> partition, as `compile` runs them (`cache_quantization`: the quantized
+    model from the cache, `tvm_npu.cache.cached_quantization`)."""
     seconds = {} if seconds is None else seconds
     if save_quantized is not None:
         save_quantized = check_output_path(save_quantized)
@@ -212,9 +215,14 @@ def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=
         quantize_model = not is_quantized(loaded.model)
     if quantize_model:
         with _timed(seconds, "quantize"):
-            samples = load_calibration(calibration_data, loaded.inputs) if calibration_data else None
-            loaded = OnnxModel(quantize(loaded.model, loaded.inputs, samples, seed, overflow_fix), loaded.inputs,
-                               loaded.name)
+            def quantized():
+                samples = load_calibration(calibration_data, loaded.inputs) if calibration_data else None
+                return quantize(loaded.model, loaded.inputs, samples, seed, overflow_fix)
+
+            settings = {"seed": seed, "overflow_fix": overflow_fix}
+            qdq = (compile_cache.cached_quantization(loaded.model, calibration_data, settings, quantized)
+                   if cache_quantization else quantized())
+            loaded = OnnxModel(qdq, loaded.inputs, loaded.name)
     if save_quantized is not None:
         with atomic_output(save_quantized) as stream:
             stream.write(loaded.model.SerializeToString())
@@ -228,11 +236,11 @@ def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=
 def planned(model, config: NpuConfig, input_shapes=None, quantize_model=None, calibration_data=None,
             save_quantized=None, seed: int = 0, allow_cpu_fallback: bool = False, sparse: str = "auto",
             tuned: dict | None = None, seconds: dict[str, float] | None = None,
-            overflow_fix: str = DEFAULT_OVERFLOW_FIX) -> tuple[Partitioned, list[LayerPlan]]:
+            overflow_fix: str = DEFAULT_OVERFLOW_FIX, cache_quantization: bool = False) -> tuple[Partitioned, list[LayerPlan]]:
     """The pipeline up to the plan, as `compile` runs it: what `tvmc tune` tunes (with `allow_cpu_fallback`)."""
     seconds = {} if seconds is None else seconds
     front = partitioned(model, input_shapes, quantize_model, calibration_data, save_quantized, seed, seconds,
-                        overflow_fix)
+                        overflow_fix, cache_quantization)
     with _timed(seconds, "plan"):
         return front, plan(front.mod, config, allow_cpu_fallback, sparse, tuned)
 

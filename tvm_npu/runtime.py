@@ -196,17 +196,30 @@ class BucketedModel:
         """The bucket `run` picks for `inputs`, and the inputs padded to it."""
         return self.bucketing.choose(inputs, truncate)
 
+    def complete(self, inputs: Mapping[str, np.ndarray], index: int | None = None) -> dict[str, np.ndarray]:
+        """`inputs` with each valid-length input (`--valid-length`) the caller left out filled with the unpadded
+        size (at most bucket `index`'s, where given)."""
+        specs = {spec.name: spec for spec in self.metadata.inputs}
+        completed = dict(inputs)
+        for extra, (name, dim) in self.bucketing.valid_length.items():
+            if extra not in inputs and name in inputs:
+                size = np.shape(inputs[name])[dim]
+                if index is not None:
+                    size = min(size, self.bucketing.shapes[index][name][dim])
+                completed[extra] = np.full(specs[extra].shape, size, specs[extra].dtype)
+        return completed
+
     def run(self, inputs: Mapping[str, np.ndarray], truncate: bool = False) -> dict[str, np.ndarray]:
         """Runs one inference in the smallest bucket that holds `inputs`; an input larger than every bucket is
         an error unless `truncate` crops it to the largest (said, never silent: the caller asked)."""
         index, padded = self.choose(inputs, truncate)
-        outputs = self.buckets[index].run(padded)
+        outputs = self.buckets[index].run({**self.complete(inputs, index), **padded})
         return self.bucketing.crop(outputs, self.bucketing.valid_sizes(inputs, index))
 
     def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 10, number: int = 1) -> Timings:
         """Times the bucket `run` picks, on the padded inputs."""
         index, padded = self.choose(inputs)
-        return self.buckets[index].benchmark(padded, repeat, number)
+        return self.buckets[index].benchmark({**self.complete(inputs, index), **padded}, repeat, number)
 
     def specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[TensorSpec]:
         """The inputs a caller gives, at `shapes` (the largest bucket's where not given)."""
