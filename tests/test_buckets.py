@@ -73,7 +73,8 @@ def bucketed(tmp_path_factory):
 def unmasked(tmp_path_factory):
     folder = tmp_path_factory.mktemp("unmasked")
     model = make_dynamic_width_model(folder / "unmasked.onnx")
-    return model, tvm_npu.compile(model, folder / "unmasked.tar", input_shapes=parse_input_shapes("x:[1,3,8,{16,32}]")).package_path
+    shapes = parse_input_shapes("x:[1,3,8,{16,32}]")
+    return model, tvm_npu.compile(model, folder / "unmasked.tar", input_shapes=shapes).package_path
 
 
 def test_size_sets_parse_into_buckets():

@@ -134,7 +134,8 @@ class Bucketing:
         return " ".join(f"{name}:[{','.join(map(str, shape))}]" for name, shape in self.shapes[index].items())
 
     def choose(self, inputs: Mapping[str, np.ndarray], truncate: bool = False) -> tuple[int, dict[str, np.ndarray]]:
-        """The smallest bucket that holds every input, and the inputs padded to it. An input larger than every bucket is an error unless `truncate` crops it to the largest."""
+        """The smallest bucket that holds every input, and the inputs padded to it. An input larger than every
+        bucket is an error unless `truncate` crops it to the largest."""
         sizes = {name: [np.shape(inputs[name])[d] for d in dims] for name, dims in self.dynamic.items() if name in inputs}
         index = next((i for i, bucket in enumerate(self.shapes)
                       if all(s <= bucket[name][d] for name, dims in self.dynamic.items() if name in sizes
