@@ -18,6 +18,7 @@ from tvm_npu.buckets import is_bucketed
 from tvm_npu.cache import cache_dir, entries
 from tvm_npu.errors import NpuError
 from tvm_npu.frontend import parse_input_shapes
+from tvm_npu.package import read_package
 from tvm_npu.report import bucket_rows, report
 from tvm_npu.runtime import BucketedModel, make_inputs
 from tvm_npu.validate import validate
@@ -98,6 +99,11 @@ def test_package_lists_buckets_and_report_shows_each(bucketed):
     assert rows[1]["boundary"]["input"] == ["x[3]=17"] and rows[1]["boundary"]["padded_share"] == pytest.approx(15 / 32)
     text = report(model.metadata)
     assert "Padding cost at bucket boundaries" in text and "x[3]=33" in text
+    # The int8 weights agree across buckets (per-channel scales come from the weights alone): stored once.
+    lifted = [set(data["extra"]["weights"]) for data in model.metadata.extra["buckets"]]
+    assert len(set.intersection(*lifted)) >= 2
+    stored = read_package(package, load_library=False).weights
+    assert set(stored) == set.union(*lifted) and len(stored) < sum(map(len, lifted))
 
 
 @pytest.mark.parametrize("width, bucket", [(16, 0), (17, 1), (64, 2)])

@@ -231,3 +231,47 @@ def _constants(model) -> dict:
     return {node.output[0]: onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(node.attribute[0].t),
                                                           node.output[0])
             for node in model.graph.node if node.op_type == "Constant" and node.attribute[0].name == "value"}
+
+
+LIFTED_MIN_BYTES = 64  # smaller constants (zero points, shifts) stay in the library: not worth a lookup
+
+
+def lift_weights(mod):
+    """The NPU kernels' constant operands (weights, biases, multipliers) of at least LIFTED_MIN_BYTES become
+    parameters of `main` after the model's inputs, named `w_<sha256 prefix of dtype, shape and bytes>`; returns
+    the module and those arrays by name. Buckets whose kernels take the same array name the same parameter,
+    so a package stores it once (`weights.npz`) and the runtime uploads it once."""
+    import hashlib
+
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    lifted: dict[str, tuple] = {}
+
+    def lift(arg):
+        if not isinstance(arg, tvm.ir.expr.Constant):
+            return arg
+        array = arg.value.numpy()
+        if array.nbytes < LIFTED_MIN_BYTES:
+            return arg
+        key = "w_" + hashlib.sha256(f"{array.dtype}{array.shape}".encode() + array.tobytes()).hexdigest()[:20]
+        if key not in lifted:
+            lifted[key] = (relax.Var(key, arg.ty), array)
+        return lifted[key][0]
+
+    @relax.expr_functor.mutator
+    class _Lift(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op != call_tir or not call.args[0].name_hint.startswith("npu_"):
+                return call
+            operands = relax.Tuple([lift(arg) for arg in call.args[1].fields])
+            return relax.Call(call.op, [call.args[0], operands, *call.args[2:]], call.attrs, call.ty_args)
+
+    main = mod["main"]
+    body = _Lift(mod).visit_expr(main.body)
+    params = list(main.params) + [var for var, _ in lifted.values()]
+    mod = mod.clone()
+    mod.update_func(mod.get_global_var("main"), relax.Function(params, body, main.ret_ty, main.is_pure, main.attrs))
+    return mod, {key: array for key, (_, array) in lifted.items()}

@@ -27,7 +27,7 @@ from .frontend import parse_input_shapes
 from .package import read_package
 from .pipeline import compile as compile_model
 from .quantize import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIXES, is_quantized
-from .report import FORMATS, measured_host_time, plot, report, summary_text
+from .report import FORMATS, bucket_rows, buckets_text, measured_host_time, plot, report, summary_text
 from .runtime import (
     DEFAULT_NORMALIZATION,
     FILL_MODES,
@@ -358,6 +358,8 @@ def _compile(args: argparse.Namespace) -> int:
         for spec in specs:
             print(f"  {kind:<7}{spec.name}: {spec.dtype}{list(spec.shape)}")
     print(summary_text(meta, measured_host_time(result.package_path)))
+    if bucket_rows(meta):
+        print(buckets_text(bucket_rows(meta)))
     return EXIT_OK
 
 

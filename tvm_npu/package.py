@@ -30,6 +30,7 @@ LIBRARY_NAME = "mod.so"
 METADATA_NAME = "metadata.json"
 MODEL_NAME = "model.onnx"  # the ONNX the library was compiled from, for reference runs
 MEMBERS = (METADATA_NAME, LIBRARY_NAME, MODEL_NAME)
+WEIGHTS_NAME = "weights.npz"  # bucketed packages: kernel constants, each stored once for every bucket
 SOURCE_NAME = "source.onnx"  # bucketed packages: the model as given, for reference runs at unpadded sizes
 BUCKETS_FOLDER = "buckets"
 
@@ -108,11 +109,14 @@ class Package:
     onnx_bytes: bytes
     buckets: list[Package] = field(default_factory=list)
     source_onnx: bytes | None = None
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # the buckets' shared kernel constants
 
 
-def write_bucket_package(path: str | Path, bucket_packages: list[Path], source_onnx: bytes, bucketing: dict) -> Path:
+def write_bucket_package(path: str | Path, bucket_packages: list[Path], source_onnx: bytes, bucketing: dict,
+                         weights: dict[str, np.ndarray]) -> Path:
     """Writes one format-2 package from the packages compiled for each bucket (smallest first): their files
-    under `buckets/<i>/`, the source model, and metadata whose top level describes the largest bucket."""
+    under `buckets/<i>/`, the source model, the kernels' constants lifted out of their libraries (by content:
+    `tvm_npu.buckets.lift_weights`; each stored once) and metadata whose top level describes the largest bucket."""
     path = Path(path)
     buckets = []
     with atomic_output(path) as stream, tarfile.open(fileobj=stream, mode="w") as out:
@@ -122,9 +126,13 @@ def write_bucket_package(path: str | Path, bucket_packages: list[Path], source_o
                 for name in (LIBRARY_NAME, MODEL_NAME):
                     _add_bytes(out, f"{BUCKETS_FOLDER}/{index}/{name}", tar.extractfile(name).read())
         _add_bytes(out, SOURCE_NAME, source_onnx)
+        arrays = io.BytesIO()
+        np.savez(arrays, **weights)
+        _add_bytes(out, WEIGHTS_NAME, arrays.getvalue())
         metadata = {**buckets[-1], "format_version": BUCKETS_FORMAT_VERSION, "library_sha256": "",
                     "model_sha256": hashlib.sha256(source_onnx).hexdigest(),
-                    "extra": {**buckets[-1]["extra"], "bucketing": bucketing, "buckets": buckets}}
+                    "extra": {**buckets[-1]["extra"], "bucketing": bucketing, "buckets": buckets,
+                              "weights_sha256": hashlib.sha256(arrays.getvalue()).hexdigest()}}
         _add_bytes(out, METADATA_NAME, json.dumps(metadata, indent=2).encode())
     return path
 
@@ -139,7 +147,7 @@ def _members(version: int, metadata: dict) -> set[str]:
     if version != BUCKETS_FORMAT_VERSION:
         return set(MEMBERS)
     count = len(metadata["extra"]["buckets"])
-    return {METADATA_NAME, SOURCE_NAME} | {f"{BUCKETS_FOLDER}/{i}/{name}" for i in range(count)
+    return {METADATA_NAME, SOURCE_NAME, WEIGHTS_NAME} | {f"{BUCKETS_FOLDER}/{i}/{name}" for i in range(count)
                                            for name in (LIBRARY_NAME, MODEL_NAME)}
 
 
@@ -170,12 +178,16 @@ def read_package(path: str | Path, load_library: bool = True) -> Package:
                 )
             if metadata.format_version == BUCKETS_FORMAT_VERSION:
                 source = tar.extractfile(members[SOURCE_NAME]).read()
-                if hashlib.sha256(source).hexdigest() != metadata.model_sha256:
+                arrays = tar.extractfile(members[WEIGHTS_NAME]).read()
+                if (hashlib.sha256(source).hexdigest(), hashlib.sha256(arrays).hexdigest()) != (
+                        metadata.model_sha256, metadata.extra["weights_sha256"]):
                     raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); "
                                    "recompile it")
                 buckets = [_bucket(tar, members, i, PackageMetadata.from_dict(data), folder, path, load_library)
                            for i, data in enumerate(metadata.extra["buckets"])]
-                return Package(metadata, None, buckets[-1].onnx_bytes, buckets, source)
+                with np.load(io.BytesIO(arrays), allow_pickle=False) as archive:
+                    weights = {name: archive[name] for name in archive.files}
+                return Package(metadata, None, buckets[-1].onnx_bytes, buckets, source, weights)
             return _bucket(tar, members, None, metadata, folder, path, load_library)
     except tarfile.ReadError:
         raise NpuError(

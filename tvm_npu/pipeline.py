@@ -23,7 +23,7 @@ import tvm
 from . import cache as compile_cache
 from . import progress
 from .atomic import atomic_output, check_output_path
-from .buckets import Bucketing, crop_tables, dynamic_dims, expand, is_bucketed
+from .buckets import Bucketing, crop_tables, dynamic_dims, expand, is_bucketed, lift_weights
 from .build import build
 from .errors import NpuError
 from .cascade import cascade as find_cascades
@@ -48,6 +48,7 @@ class CompileResult:
     package_path: Path
     metadata: PackageMetadata
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # lifted out of the library (shape buckets)
 
 
 def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
@@ -107,7 +108,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
 
 def _compile(model, output, target, input_shapes, quantize_model, calibration_data, save_quantized, seed,
              allow_cpu_fallback, sparse, cascade, tuning_records, overflow_fix,
-             cache_quantization: bool = False) -> CompileResult:
+             cache_quantization: bool = False, lift: bool = False) -> CompileResult:
     config = resolve_target(target)
     output = check_output_path(output)
     best = tuned_records(tuning_records, model, config) if tuning_records is not None else {}
@@ -125,6 +126,7 @@ def _compile(model, output, target, input_shapes, quantize_model, calibration_da
     with _timed(seconds, "lower"):
         mod, layers = lower(mod, layers, config.sram_bytes)
         mod = run_relax_passes(mod, LOWERED_PASSES)
+        mod, weights = lift_weights(mod) if lift else (mod, {})
     for layer in layers:
         if layer.placement == "cpu":
             operators[layer.row].update(runs_on="cpu", reason=layer.reason)
@@ -139,11 +141,11 @@ def _compile(model, output, target, input_shapes, quantize_model, calibration_da
         versions={"tvm_npu": __version__, "tvm": tvm.__version__},
         extra={"quantized": is_quantized(loaded.model), "operators": operators,
                "layers": [layer.to_dict() for layer in layers],
-               "performance": estimate(layers, config).to_dict()},
+               "performance": estimate(layers, config).to_dict(), **({"weights": list(weights)} if lift else {})},
     )
     with _timed(seconds, "package"):
         write_package(output, executable, metadata, imported.onnx_bytes)
-    return CompileResult(output, metadata, seconds)
+    return CompileResult(output, metadata, seconds, weights)
 
 
 def _compile_buckets(model, output, input_shapes, pad_value, valid_length, save_quantized, calibration_data,
@@ -160,6 +162,7 @@ def _compile_buckets(model, output, input_shapes, pad_value, valid_length, save_
                            f"name a dimension given as a size set in --input-shapes")
     source = Path(model).read_bytes()
     seconds: dict[str, float] = {}
+    weights: dict[str, np.ndarray] = {}  # by content: an array two buckets share is stored once
     with tempfile.TemporaryDirectory(prefix="tvm_npu_buckets_") as folder:
         packages = []
         for index, bucket in enumerate(shapes):
@@ -167,7 +170,8 @@ def _compile_buckets(model, output, input_shapes, pad_value, valid_length, save_
             calibration = (None if calibration_data is None else
                            _bucket_calibration(calibration_data, bucket, pad_value, Path(folder) / f"{index}.npz"))
             result = _compile(model, Path(folder) / f"{index}.tar", input_shapes=bucket, calibration_data=calibration,
-                              save_quantized=None, **arguments)
+                              save_quantized=None, lift=True, **arguments)
+            weights.update(result.weights)
             for stage, spent in result.stage_seconds.items():
                 seconds[stage] = seconds.get(stage, 0.0) + spent
             packages.append(result.package_path)
@@ -175,7 +179,7 @@ def _compile_buckets(model, output, input_shapes, pad_value, valid_length, save_
             crops = crop_tables(source, shapes, dynamic)
         bucketing = Bucketing(shapes, dynamic, crops, float(pad_value), valid_length)
         with _timed(seconds, "package"):
-            write_bucket_package(output, packages, source, bucketing.to_dict())
+            write_bucket_package(output, packages, source, bucketing.to_dict(), weights)
     return CompileResult(output, read_package(output, load_library=False).metadata, seconds)
 
 

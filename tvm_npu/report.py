@@ -18,7 +18,7 @@ import math
 from .atomic import atomic_output
 from .errors import NpuError
 from .package import PackageMetadata, read_package
-from .runtime import CPU_FUNCTIONS, VM_BUILTINS, CompiledModel, LayerTime, call_kind, host_mismatch, make_inputs
+from .runtime import CPU_FUNCTIONS, VM_BUILTINS, BucketedModel, CompiledModel, LayerTime, call_kind, host_mismatch, make_inputs
 
 FORMATS = ("table", "json", "csv")
 HOST_TOP = 5  # CPU functions the summary names
@@ -76,12 +76,11 @@ def measured_host_time(path) -> dict | str:
     """`host_time` of the package at `path`: the median of HOST_RUNS inferences on seeded random inputs, or
     why it was not measured."""
     package = read_package(path)
-    if package.buckets:
-        package = package.buckets[-1]  # the largest bucket, which the top-level figures describe
     reason = host_mismatch(package.metadata)
     if reason:
         return reason
-    model = CompiledModel(package, str(path))
+    # A bucketed package: its largest bucket, which the top-level figures describe.
+    model = BucketedModel(package, str(path)).buckets[-1] if package.buckets else CompiledModel(package, str(path))
     return host_time(model.median_profile(make_inputs(model.inputs, "random", seed=0), HOST_RUNS))
 
 

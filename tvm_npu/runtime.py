@@ -63,14 +63,20 @@ class LayerTime:
 class CompiledModel:
     """A loaded package, ready to run on the host CPU."""
 
-    def __init__(self, package: Package, origin: str = "the package"):
+    def __init__(self, package: Package, origin: str = "the package",
+                 weights: Mapping[str, tvm.runtime.Tensor] | None = None):
         self.metadata = package.metadata
         self.onnx_bytes = package.onnx_bytes  # the model the library was compiled from
         self.origin = origin
         self.device = tvm.cpu()
         self._vm = relax.VirtualMachine(package.library, self.device)
+        # A bucket's library takes its kernels' constants after the inputs, shared with the other buckets.
+        names = self.metadata.extra.get("weights", [])
+        if any(name not in (weights or {}) for name in names):
+            raise self._mismatch("its weights are missing from the package")
+        self._weights = [weights[name] for name in names]
         params = [self._vm._get_function_param_name("main", i) for i in range(self._vm._get_function_arity("main"))]
-        if params != [spec.name for spec in self.inputs]:
+        if params != [spec.name for spec in self.inputs] + names:
             raise self._mismatch(f"its library takes inputs {params}, its metadata names {[s.name for s in self.inputs]}")
 
     @property
@@ -143,7 +149,8 @@ class CompiledModel:
 
     def _to_device(self, inputs: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
         check_inputs(self.inputs, inputs)
-        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec.name]), self.device) for spec in self.inputs]
+        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec.name]), self.device)
+                for spec in self.inputs] + self._weights
 
 
 def call_kind(symbol: str) -> str:
@@ -182,7 +189,8 @@ class BucketedModel:
         self.source_onnx = package.source_onnx
         self.origin = origin
         self.bucketing = Bucketing.from_dict(package.metadata.extra["bucketing"])
-        self.buckets = [CompiledModel(bucket, f"{origin} bucket {i}") for i, bucket in enumerate(package.buckets)]
+        weights = {name: tvm.runtime.tensor(array, tvm.cpu()) for name, array in package.weights.items()}  # once
+        self.buckets = [CompiledModel(bucket, f"{origin} bucket {i}", weights) for i, bucket in enumerate(package.buckets)]
 
     @property
     def inputs(self) -> list[TensorSpec]:
