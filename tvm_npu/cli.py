@@ -312,7 +312,7 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
             calibration_data=args.calibration_data, save_quantized=args.save_quantized,
             allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
             cascade=args.cascade, tuning_records=args.tuning_records, overflow_fix=args.overflow_fix,
-            pad_value=args.pad_value, valid_length=dict(map(_valid_length, args.valid_length)), cache=args.cache,
+            pad_value=args.pad_value, valid_length=dict(map(_valid_length, args.valid_length)) or None, cache=args.cache,
         )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)

@@ -93,17 +93,19 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     arguments = dict(locals())  # first: every argument, so a new one joins the cache key
     del arguments["cache"]
     output = check_output_path(output)
-    run = _compile_buckets if is_bucketed(input_shapes) else _compile
-    if not is_bucketed(input_shapes):
-        if pad_value != 0.0 or valid_length:
-            raise NpuError("--pad-value and --valid-length are for shape buckets; give a size set such as "
-                           "x:[1,3,48,{160,320}] in --input-shapes, or drop them")
-        del arguments["pad_value"], arguments["valid_length"]
+    run = _compile_buckets if is_bucketed(input_shapes) else _compile_fixed
     if not cache:
         return run(**arguments)
     seconds = compile_cache.cached(arguments, lambda staged: run(**{**arguments, "output": staged},
                                                                  cache_quantization=True).stage_seconds)
     return CompileResult(output, read_package(output, load_library=False).metadata, seconds)
+
+
+def _compile_fixed(pad_value, valid_length, **arguments) -> CompileResult:
+    if pad_value != 0.0 or valid_length:
+        raise NpuError("--pad-value and --valid-length are for shape buckets; give a size set such as "
+                       "x:[1,3,48,{160,320}] in --input-shapes, or drop them")
+    return _compile(**arguments)
 
 
 def _compile(model, output, target, input_shapes, quantize_model, calibration_data, save_quantized, seed,
