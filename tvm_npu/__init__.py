@@ -8,13 +8,14 @@
 
 from .errors import NpuError
 from .pipeline import CompileResult, compile
-from .runtime import CompiledModel, load
+from .runtime import BucketedModel, CompiledModel, load
 from .target import PRESETS, NpuConfig, resolve_target
 from .version import __version__
 
 __all__ = [
     "__version__",
     "PRESETS",
+    "BucketedModel",
     "CompileResult",
     "CompiledModel",
     "NpuConfig",
