@@ -18,6 +18,7 @@ FIGURES = {
     "results/resnet50_stem.md": "scripts/model_figures.py",
     "results/pruned_resnet50.md": "scripts/model_figures.py",
     "results/tuned_models.md": "scripts/tuned_models.py",
+    "results/buckets.md": "scripts/bench_buckets.py",
 }
 BLOCK = re.compile(r"<!-- (results/[\w./-]+\.md) -->\n(.*?)<!-- /\1 -->", re.DOTALL)
 
