@@ -26,14 +26,17 @@ from tvm_npu.runtime import ImageFill, make_inputs
 from tvm_npu.validate import float_tails, validate, wilson_interval
 
 from conftest import run_tvmc, script_module
-from test_validate import break_conv_kernel
+from test_validate import break_conv_kernel, break_kernel, kernels_of
 
 SIGMOID_BIAS = -11.0  # every probability near exp(-11) = 1.7e-5
 
 
-def sigmoid_tail_model(path: Path, sigmoid_input_scale: float | None = None) -> Path:
+def sigmoid_tail_model(path: Path, sigmoid_input_scale: float | None = None, output_step: float | None = None,
+                       size: int = 16) -> Path:
     """x -> Q/DQ -> Conv(4->8) + ReLU -> Q/DQ -> Conv(8->1) + bias -> Sigmoid: a QDQ model whose output
-    is float. `sigmoid_input_scale` inserts a Mul before the Sigmoid (the wrong tail)."""
+    is float. `sigmoid_input_scale` inserts a Mul before the Sigmoid (the wrong tail). `output_step`
+    quantizes the logits (step 0.1) and the Sigmoid (uint8, this step) instead: a quantized output, as
+    a quantizer calibrated on such maps makes it (PP-OCRv4's detector: a step of about 1e-6). `size`: H = W."""
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(np.float32(1 / 255), "x_scale"), numpy_helper.from_array(np.uint8(0), "x_zero"),
@@ -60,9 +63,18 @@ def sigmoid_tail_model(path: Path, sigmoid_input_scale: float | None = None) -> 
     if sigmoid_input_scale is not None:
         inits.append(numpy_helper.from_array(np.float32(sigmoid_input_scale), "tail_scale"))
         nodes.append(helper.make_node("Mul", ["logits", "tail_scale"], ["logits_scaled"]))
-    nodes.append(helper.make_node("Sigmoid", [nodes[-1].output[0]], ["probability"]))
-    graph = helper.make_graph(nodes, "sigmoid_tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
-                              [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1, 1, 16, 16])], inits)
+    if output_step is not None:
+        inits += [numpy_helper.from_array(np.float32(0.1), "l_scale"), numpy_helper.from_array(np.int8(0), "l_zero"),
+                  numpy_helper.from_array(np.float32(output_step), "p_scale"), numpy_helper.from_array(np.uint8(0), "p_zero")]
+        nodes += [helper.make_node("QuantizeLinear", [nodes[-1].output[0], "l_scale", "l_zero"], ["l_q"]),
+                  helper.make_node("DequantizeLinear", ["l_q", "l_scale", "l_zero"], ["l_dq"]),
+                  helper.make_node("Sigmoid", ["l_dq"], ["p"]),
+                  helper.make_node("QuantizeLinear", ["p", "p_scale", "p_zero"], ["p_q"]),
+                  helper.make_node("DequantizeLinear", ["p_q", "p_scale", "p_zero"], ["probability"])]
+    else:
+        nodes.append(helper.make_node("Sigmoid", [nodes[-1].output[0]], ["probability"]))
+    graph = helper.make_graph(nodes, "sigmoid_tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, size, size])],
+                              [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1, 1, size, size])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
@@ -130,6 +142,82 @@ def test_one_step_rounding_bug_in_a_kernel_fails_with_exit_1(sigmoid_tail, tmp_p
     print(out)
     assert code == EXIT_VALIDATION_FAILED
     assert "local check failed" in out and re.search(r"h_dq .* FAIL \(bias \+0\.\d+ steps beyond 0.1\)", out)
+
+
+# --- a quantized near-constant output: decided by the local checks where OpenVINO is off ------------
+
+OUTPUT_STEP = 2e-7  # probabilities near exp(-11) = 1.7e-5 are about 80 steps
+
+
+def near_ties(seed: int) -> dict[str, np.ndarray]:
+    """Pixels (k + 0.5) / 255 in float32: x / scale lands next to a rounding tie of the input QuantizeLinear,
+    which OpenVINO (multiplying by 1 / scale) rounds the other way from the ONNX specification (x / scale,
+    half to even; our package and the evaluator) on about a third of them: a real disagreement, amplified
+    by the tiny output step."""
+    k = np.random.default_rng(seed).integers(0, 255, (1, 4, 32, 32))
+    return {"x": ((k + 0.5) / np.float32(255)).astype(np.float32)}
+
+
+@pytest.fixture(scope="session")
+def quantized_sigmoid(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(QDQ ONNX, package, near-tie inputs .npz) of the model whose Sigmoid output is quantized."""
+    folder = tmp_path_factory.mktemp("quantized_sigmoid")
+    source = sigmoid_tail_model(folder / "quantized_sigmoid.onnx", output_step=OUTPUT_STEP, size=32)
+    package = folder / "quantized_sigmoid.tar"
+    tvm_npu.compile(source, output=package, target="npu", quantize_model=False)
+    np.savez(folder / "ties.npz", **near_ties(0))
+    return source, package, folder / "ties.npz"
+
+
+def test_quantized_output_openvino_is_off_and_the_local_checks_decide(quantized_sigmoid, reference_isa):
+    _, package, _ = quantized_sigmoid
+    model = tvm_npu.load(package)
+    report = validate(model, [near_ties(seed) for seed in range(2)], device="CPU", reference_isa=reference_isa)
+    print(report)
+    (output,) = report.outputs
+    assert report.exit_code == EXIT_OK and not float_tails(onnx.load(quantized_sigmoid[0]))
+    if report.exact is not None:  # OpenVINO's saturating int8 path is off by more: the exact reference judged
+        assert output.passed and output.name in report.exact.outputs and output.local_verdict is None
+        return
+    assert output.criterion == "steps" and not output.passed and output.local_verdict is True  # OpenVINO is off ...
+    assert output.cosine > 0.999  # ... by up to tens of steps on a near-constant map, where cosine says nothing
+    assert report.local and all(c.passed for c in report.local) and output.name in {c.name for c in report.local}
+    assert "OpenVINO is the one off" in str(report) and "PASS by local checks (reference: FAIL" in str(report)
+    assert report.third_opinion.findings()[output.name] == "the reference is off"
+
+
+def test_one_step_fault_in_any_kernel_of_the_quantized_output_model_fails(quantized_sigmoid, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Each NPU kernel of the package in turn adds one step to half of its output (`break_kernel`)."""
+    source, package, _ = quantized_sigmoid
+    kernels = kernels_of(package)
+    assert kernels == ["npu.conv2d", "npu.lut"]
+    for kernel in kernels:
+        with monkeypatch.context() as patch:
+            break_kernel(patch, kernel)
+            broken = tmp_path / f"{kernel}.tar"
+            tvm_npu.compile(source, output=broken, target="npu", quantize_model=False)
+            code = cli.main(["validate", str(broken), "--fill-mode", "random"])  # OpenVINO agrees with the model here
+            out = capsys.readouterr().out
+            print(kernel, out)
+            assert code == EXIT_VALIDATION_FAILED and "FAIL by local checks" in out, kernel
+
+
+def test_quantized_output_of_a_wrong_sigmoid_fails(quantized_sigmoid, tmp_path):
+    """Our package computes Sigmoid(1.05 x): its output is not what the probed copy (compiled from the
+    model) computes, so the local checks cannot speak for it, and both OpenVINO and the evaluator fail it."""
+    correct, _, _ = quantized_sigmoid
+    wrong = tmp_path / "wrong.tar"
+    tvm_npu.compile(sigmoid_tail_model(tmp_path / "wrong.onnx", 1.05, OUTPUT_STEP, 32), output=wrong, target="npu",
+                    quantize_model=False)
+    model = tvm_npu.load(wrong)
+    model.onnx_bytes = correct.read_bytes()
+    report = validate(model, samples(model, 2), device="CPU")
+    print(report)
+    (output,) = report.outputs
+    assert report.exit_code == EXIT_VALIDATION_FAILED and output.local_verdict is None
+    assert "the probed copy's output is not the package's" in output.local_reason
+    assert report.third_opinion.findings()[output.name] == "ours is off"
 
 
 # --- inputs ---------------------------------------------------------------------------------------
