@@ -48,7 +48,9 @@ of every quantized tensor, and
    to the element and to the output's dynamic range. So a near-constant output (probabilities all below 1e-4) can
    neither fail on cosine alone nor pass on it alone, and a changed tail fails.
 The frontier against the reference's is reported in steps (and judged like a --per-layer probe
-only when the local checks cannot run); cosine and top-k are reported, not judged.
+only when the local checks cannot run); cosine and top-k are reported, not judged. When the tail
+cannot be analysed (the evaluator cannot run it) the output is judged by cosine >= `min_cosine`,
+and the report says why.
 
 A quantized output (a DequantizeLinear or integer output, e.g. a quantized Sigmoid map with a step of
 1e-6) that the reference disagrees on, after the exact reference judged what it may saturate, is
@@ -56,9 +58,7 @@ decided by the local checks too (`decide_locally`): it passes when every local c
 among them, and the probed copy computes the package's output (so the checks speak for this
 package); the reference's comparison is reported beside it, and the report says the reference is
 the one off. Step differences between two correct runtimes compound through a deep network (PP-OCRv4's
-detector on a picture: OpenVINO up to 255 steps from ours at the output, every local check within 1). When the tail
-cannot be analysed (the evaluator cannot run it) the output is judged by cosine >= `min_cosine`,
-and the report says why.
+detector on a picture: OpenVINO up to 255 steps from ours at the output, every local check within 1).
 
 Classifier agreement (top-1; top-5: the reference's top-1 class among ours) is counted over all
 samples and reported as k/n with its 95 % Wilson interval: one sample's top-1 is not a percentage.
@@ -67,8 +67,8 @@ When ours and the reference disagree (an output fails, or the last quantized ten
 output are beyond the --per-layer criterion), a third opinion (`third_opinion`): onnx's reference
 evaluator (`exact_reference_outputs`) judges ours and the reference the same way; it names the
 side that is off (or the side closer to it), and when it ran (within `max_exact_gmacs`, as the
-local checks) and ours passes against it, the outputs' verdict is the evaluator's (the ONNX
-specification's answer).
+local checks) and ours passes against it, the verdict of the outputs the local checks did not
+decide is the evaluator's (the ONNX specification's answer).
 
 `per_layer=True` compiles a copy of the QDQ model whose activation DequantizeLinear outputs are
 extra graph outputs ("probes"), runs it on both sides and judges every probe in graph order (by
@@ -1386,7 +1386,11 @@ def decide_locally(report: ValidationReport, disputed: Sequence[OutputComparison
         own = checks.get(o.name)
         if own is None:
             continue
-        against = f"{report.reference} disagrees ({o.reason}, max {o.max_steps:g} steps, bias {o.bias_steps:+.3f})"
+        exact = report.exact is not None and o.name in report.exact.outputs  # judged for an untrusted reference
+        judge = "the exact reference (onnx's evaluator on the whole model)" if exact else report.reference
+        against = f"{judge} disagrees ({o.reason}, max {o.max_steps:g} steps, bias {o.bias_steps:+.3f})"
+        off = ("the difference is step differences compounding through the network" if exact
+               else f"{report.reference} is the one off")
         same = compare(o.name, _stacked(ours, o.name), _stacked(probed.ours, o.name), step=steps[o.name],
                        quantized=True, tolerances=tolerances)
         if not same.passed:
@@ -1400,8 +1404,7 @@ def decide_locally(report: ValidationReport, disputed: Sequence[OutputComparison
         else:
             o.local_reason = (f"PASS by local checks: every quantized tensor up to it (itself: max {own.max_steps:g} "
                               f"steps, bias {own.bias_steps:+.3f}) is what onnx's reference evaluator computes from our "
-                              f"own inputs, so our integer arithmetic is right and {report.reference} is the one off: "
-                              f"{against}")
+                              f"own inputs, so our integer arithmetic is right and {off}: {against}")
 
 
 @dataclass
