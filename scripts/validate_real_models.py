@@ -97,12 +97,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"of {', '.join(MODELS)} (default: ppocr_det orientation)")
     parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--update", action="store_true", help="replace only these models' rows in the results file")
     args = parser.parse_args()
     unknown = [name for name in args.names if name not in MODELS]
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     with tempfile.TemporaryDirectory(prefix="tvm_npu_validate_real_") as folder:
         rows = [measure(name, args.samples, Path(folder)) for name in args.names or ["ppocr_det", "orientation"]]
+    if args.update:  # the other models' rows as the last run wrote them
+        fresh = {row["model"]: row for row in rows}
+        rows = [fresh.pop(row["model"], row) for row in json.loads(RESULTS.read_text())["models"]] + list(fresh.values())
     results = {"openvino": ov.get_version(), "models": rows}
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}\n{summary(results)}")

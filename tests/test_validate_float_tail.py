@@ -109,7 +109,7 @@ def test_near_constant_sigmoid_output_passes_judged_where_integer(sigmoid_tail):
     (output,) = report.outputs
     assert report.passed, str(report)
     assert output.criterion == "float tail" and output.tail.frontier[0].name == "h_dq"
-    assert output.tail.within_tolerance == 1.0 and output.tail.ours_tail_error < 1e-9
+    assert output.tail.within_tolerance == 1.0 and output.tail.ours_tail_error < 1e-9 and output.tail.ours_tail_within == 1.0
     assert float(np.max(model.run(samples(model)[0])["probability"])) < 1e-3  # near constant: cosine is no verdict
     assert report.local and all(c.passed for c in report.local) and {c.name for c in report.local} >= {"x_dq", "h_dq"}
     text = str(report)

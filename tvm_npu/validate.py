@@ -46,7 +46,9 @@ of every quantized tensor, and
    the tail subgraph on each side's frontier values: OpenVINO CPU's own run of a Gemm tail on float
    inputs is 8e-4 off in Softmax probabilities on the bundled model), plus float rounding relative
    to the element and to the output's dynamic range. So a near-constant output (probabilities all below 1e-4) can
-   neither fail on cosine alone nor pass on it alone, and a changed tail fails.
+   neither fail on cosine alone nor pass on it alone, and a changed tail fails; and our own tail, locally:
+   MIN_WITHIN_STEPS of the elements satisfy |ours - tail(ours_f)| <= atol + rtol * |tail(ours_f)| (a
+   one-step fault in an NPU layer inside the tail, e.g. a Flatten moved as integers, fails here).
 The frontier against the reference's is reported in steps (and judged like a --per-layer probe
 only when the local checks cannot run); cosine and top-k are reported, not judged. When the tail
 cannot be analysed (the evaluator cannot run it) the output is judged by cosine >= `min_cosine`,
@@ -199,6 +201,7 @@ class FloatTailJudgement:
     within_tolerance: float  # fraction of elements within their tolerance
     ours_tail_error: float  # largest |ours - tail(ours_f)|: our tail against the evaluator's on our tensors
     ref_tail_error: float  # largest |ref - tail(ref_f)|: the reference's tail against its own rerun
+    ours_tail_within: float = 1.0  # fraction of elements with |ours - tail(ours_f)| <= atol + rtol * |tail(ours_f)|
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in self.__dict__.items() if k != "frontier"},
@@ -210,7 +213,8 @@ class FloatTailJudgement:
         inputs = f"; graph inputs {', '.join(self.graph_inputs)}" if self.graph_inputs else ""
         return (f"last quantized tensors vs reference: {frontier or 'none'}{inputs}; float tail {self.ops}: tolerance up to "
                 f"{self.tolerance_max:.3g} (propagated {self.propagated_max:.3g} + rtol), {self.within_tolerance:.2%} "
-                f"within; ours vs tail(ours) {self.ours_tail_error:.3g}, reference vs tail(reference) "
+                f"within; ours vs tail(ours) {self.ours_tail_error:.3g} ({self.ours_tail_within:.2%} within atol + rtol), "
+                f"reference vs tail(reference) "
                 f"{self.ref_tail_error:.3g}")
 
 
@@ -1057,18 +1061,23 @@ def compare_float_tail(name: str, ours: np.ndarray, ref: np.ndarray, tail_of_our
     magnitude = np.maximum(np.abs(ref64), np.abs(tail_ours64))  # float rounding scales with either side's value
     tolerance = propagated + t.rtol * (magnitude + magnitude.max(initial=0.0))
     within = float(np.mean(np.abs(ours64 - ref64) <= tolerance)) if ref64.size else 1.0
+    # our tail, locally: what the evaluator computes from our own frontier, as a float model's output must be
+    ours_within = float(np.mean(np.abs(ours64 - tail_ours64) <= t.atol + t.rtol * np.abs(tail_ours64))) if ref64.size else 1.0
     c.criterion = "float tail"
     c.tail = FloatTailJudgement(
         ops=tail.ops, frontier=frontier, graph_inputs=list(tail.graph_inputs),
         propagated_max=float(propagated.max(initial=0.0)), tolerance_max=float(tolerance.max(initial=0.0)),
         within_tolerance=within, ours_tail_error=float(np.abs(ours64 - tail_ours64).max(initial=0.0)),
-        ref_tail_error=float(np.abs(ref64 - tail_ref64).max(initial=0.0)))
+        ref_tail_error=float(np.abs(ref64 - tail_ref64).max(initial=0.0)), ours_tail_within=ours_within)
     failed = next((f for f in frontier if not f.passed), None) if judge_frontier else None
     c.reason = ""
     if failed is not None:
         c.reason = f"its quantized input {failed.name}: {failed.reason}"
     elif within < t.min_within_steps:
         c.reason = f"{within:.2%} within the propagated tolerance < {t.min_within_steps:.1%}"
+    elif ours_within < t.min_within_steps:
+        c.reason = (f"our float tail on our own quantized tensors: {ours_within:.2%} within atol + rtol of the "
+                    f"evaluator's < {t.min_within_steps:.1%}")
     c.passed = not c.reason
     return c
 
