@@ -347,8 +347,9 @@ class _FlatModel:
         return bytes(b.Output())
 
 
-def write_tflite(name) -> bytes:
-    """The writer's INT8 TFLite file for NETWORKS[name]."""
+def write_tflite(name, quantized=True, replace_ops=None) -> bytes:
+    """The writer's INT8 TFLite file for NETWORKS[name]; `quantized=False` writes the float32 network instead, and
+    `replace_ops` ({"ADD": "SQUARED_DIFFERENCE"}) swaps operator codes: both make bad inputs for the tests."""
     import tflite
     from tflite.ActivationFunctionType import ActivationFunctionType as Act
     from tflite.BuiltinOperator import BuiltinOperator as Op
@@ -361,17 +362,25 @@ def write_tflite(name) -> bytes:
     fb.run(network, calibration_inputs(shape))
     acts = {None: Act.NONE, "relu": Act.RELU, "relu6": Act.RELU6}
     m = _FlatModel()
-    qparams = [_activation_qparams(v) for v in fb.values]
-    ids = [m.tensor("input", shape, T.INT8, scale=qparams[0][0], zero_point=qparams[0][1])]
+    act_type = T.INT8 if quantized else T.FLOAT32
+    qparams = [_activation_qparams(v) if quantized else (None, None) for v in fb.values]
+    ids = [m.tensor("input", shape, act_type, scale=qparams[0][0], zero_point=qparams[0][1])]
 
-    def activation(index, params_from=None):
-        scale, zp = qparams[params_from if params_from is not None else index]
-        return m.tensor(f"t{index}", (1, *fb.values[index].shape[1:]), T.INT8, scale=scale, zero_point=zp)
+    def activation(index):
+        scale, zp = qparams[index]
+        return m.tensor(f"t{index}", (1, *fb.values[index].shape[1:]), act_type, scale=scale, zero_point=zp)
 
-    def weights(q, w_scale, axis):
-        return m.tensor(f"w{len(m.tensors)}", q.shape, T.INT8, q, w_scale, np.zeros(len(w_scale), np.int64), axis)
+    def weights(kernel, axis):
+        """The kernel (float, in TFLite's layout) as a tensor, and its per-channel scales (None in float)."""
+        if not quantized:
+            return m.tensor(f"w{len(m.tensors)}", kernel.shape, T.FLOAT32, kernel.astype(np.float32)), None
+        q, w_scale = _per_channel(kernel, axis)
+        zeros = np.zeros(len(w_scale), np.int64)
+        return m.tensor(f"w{len(m.tensors)}", q.shape, T.INT8, q, w_scale, zeros, axis), w_scale
 
     def bias(index, b, w_scale):
+        if not quantized:
+            return m.tensor(f"b{len(m.tensors)}", b.shape, T.FLOAT32, b.astype(np.float32))
         scale = (qparams[index][0][0] * w_scale.astype(np.float64)).astype(np.float32)
         q = np.round(b / scale).astype(np.int32)
         return m.tensor(f"b{len(m.tensors)}", q.shape, T.INT32, q, scale, np.zeros(len(scale), np.int64), 0)
@@ -379,8 +388,8 @@ def write_tflite(name) -> bytes:
     for kind, inputs, out, p in fb.layers:
         x = ids[inputs[0]]
         if kind == "conv":
-            q, s = _per_channel(p["kernel"].transpose(3, 0, 1, 2), 0)  # TFLite conv weights are OHWI
-            ins = [x, weights(q, s, 0), bias(inputs[0], p["bias"], s)]
+            w, s = weights(p["kernel"].transpose(3, 0, 1, 2), 0)  # TFLite conv weights are OHWI
+            ins = [x, w, bias(inputs[0], p["bias"], s)]
             ids.append(activation(out))
 
             def options(b, p=p):
@@ -394,8 +403,8 @@ def write_tflite(name) -> bytes:
                 return tflite.Conv2DOptionsEnd(b)
             m.op(Op.CONV_2D, 3, ins, [ids[-1]], Opt.Conv2DOptions, options)
         elif kind == "dwconv":
-            q, s = _per_channel(p["kernel"][None], 3)  # TFLite depthwise weights are 1HWC
-            ins = [x, weights(q, s, 3), bias(inputs[0], p["bias"], s)]
+            w, s = weights(p["kernel"][None], 3)  # TFLite depthwise weights are 1HWC
+            ins = [x, w, bias(inputs[0], p["bias"], s)]
             ids.append(activation(out))
 
             def options(b, p=p):
@@ -421,7 +430,7 @@ def write_tflite(name) -> bytes:
             # TFLite's int8 average pool keeps its input's quantization; the pool is 4-D, a reshape drops H, W.
             n, h, w, c = fb.values[inputs[0]].shape
             scale, zp = qparams[inputs[0]]
-            pooled = m.tensor(f"t{out}_pool", (1, 1, 1, c), T.INT8, scale=scale, zero_point=zp)
+            pooled = m.tensor(f"t{out}_pool", (1, 1, 1, c), act_type, scale=scale, zero_point=zp)
 
             def options(b, h=h, w=w):
                 tflite.Pool2DOptionsStart(b)
@@ -433,14 +442,14 @@ def write_tflite(name) -> bytes:
                 return tflite.Pool2DOptionsEnd(b)
             m.op(Op.AVERAGE_POOL_2D, 2, [x], [pooled], Opt.Pool2DOptions, options)
             qparams[out] = (scale, zp)
-            ids.append(_reshape(m, pooled, out, (1, c), scale, zp))
+            ids.append(_reshape(m, pooled, out, (1, c), act_type, scale, zp))
         elif kind == "flatten":
             scale, zp = qparams[inputs[0]]
             qparams[out] = (scale, zp)  # a reshape keeps its input's quantization
-            ids.append(_reshape(m, x, out, (1, fb.values[out].shape[1]), scale, zp))
+            ids.append(_reshape(m, x, out, (1, fb.values[out].shape[1]), act_type, scale, zp))
         elif kind == "fc":
-            q, s = _per_channel(p["kernel"].T, 0)  # TFLite FC weights are [out, in]; per-channel scales
-            ins = [x, weights(q, s, 0), bias(inputs[0], p["bias"], s)]
+            w, s = weights(p["kernel"].T, 0)  # TFLite FC weights are [out, in]; per-channel scales
+            ins = [x, w, bias(inputs[0], p["bias"], s)]
             ids.append(activation(out))
 
             def options(b, p=p):
@@ -448,17 +457,19 @@ def write_tflite(name) -> bytes:
                 tflite.FullyConnectedOptionsAddFusedActivationFunction(b, acts[p["act"]])
                 return tflite.FullyConnectedOptionsEnd(b)
             m.op(Op.FULLY_CONNECTED, 5, ins, [ids[-1]], Opt.FullyConnectedOptions, options)
+    for old, new in (replace_ops or {}).items():
+        m.opcodes = [(getattr(Op, new) if code == getattr(Op, old) else code, version) for code, version in m.opcodes]
     return m.serialize([ids[0]], [ids[-1]], f"tvm_npu scripts/make_tflite_models.py writer: {name}")
 
 
-def _reshape(m, x, out, shape, scale, zp):
+def _reshape(m, x, out, shape, act_type, scale, zp):
     import tflite
     from tflite.BuiltinOperator import BuiltinOperator as Op
     from tflite.BuiltinOptions import BuiltinOptions as Opt
     from tflite.TensorType import TensorType as T
 
     new_shape = m.tensor(f"t{out}_shape", (len(shape),), T.INT32, np.array(shape, np.int32))
-    result = m.tensor(f"t{out}", shape, T.INT8, scale=scale, zero_point=zp)
+    result = m.tensor(f"t{out}", shape, act_type, scale=scale, zero_point=zp)
 
     def options(b):
         b.StartVector(4, len(shape), 4)

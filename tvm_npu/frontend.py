@@ -217,8 +217,9 @@ def model_format(path: Path, data: bytes, requested: str | None = None) -> str:
     """"tflite" or "onnx", as read_onnx will read the file; `requested` (tvmc's --model-format) must agree."""
     found = "tflite" if is_tflite(path, data) else "onnx"
     if requested is not None and requested != found:
-        raise NpuError(f"{path} is a {found} model, not {requested}; drop --model-format {requested} or give a "
-                       f"{requested} file")
+        names = {"onnx": "an ONNX", "tflite": "a TFLite"}
+        raise NpuError(f"{path} is {names[found]} model, not {names[requested][2:].strip()}; drop --model-format "
+                       f"{requested} or give {names[requested]} file")
     return found
 
 
