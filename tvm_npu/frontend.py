@@ -34,7 +34,8 @@ from tvm.relax.frontend.onnx import from_onnx
 from .errors import NpuError, first_line, one_line
 from .passes import run_onnx_passes
 from .passes.fold_shapes import SHAPE_READERS
-from .tflite_onnx import is_tflite, tflite_to_onnx
+from .fixed_point import ARITHMETIC_ATTR, TFLITE
+from .tflite_onnx import SOURCE_KEY, is_tflite, tflite_to_onnx
 
 _NUMERIC_TYPES = {getattr(onnx.TensorProto, name) for name in (
     "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
@@ -146,6 +147,8 @@ def import_onnx(loaded: OnnxModel) -> ImportedModel:
     _check_no_empty_tensors(mod, loaded.name)
     outputs = _output_specs(loaded.model, mod, loaded.name)
     mod = _name_quantizations(mod, loaded.model)
+    if any(p.key == SOURCE_KEY for p in loaded.model.metadata_props):  # computed as TFLite computes (fixed_point)
+        mod = mod.with_attr(ARITHMETIC_ATTR, TFLITE)
     return ImportedModel(mod, loaded.model, loaded.model.SerializeToString(), loaded.inputs, outputs, loaded.name)
 
 
