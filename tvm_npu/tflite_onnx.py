@@ -128,6 +128,7 @@ class _Converter:
         self.nchw = set()  # TFLite tensor indices whose ONNX tensor is NCHW
         self.dequantized = {}  # TFLite tensor index -> its shared DequantizeLinear output
         self.counter = 0
+        self.outputs = {int(i) for i in self.graph.OutputsAsNumpy()}
 
     # -- helpers --------------------------------------------------------------------------------------------
     def fresh(self, hint):
@@ -180,12 +181,13 @@ class _Converter:
         t = self.tensors[out_index]
         if nchw:
             self.nchw.add(out_index)
+        # A graph output in TFLite's layout is written under its own name (validate reads its quantization there).
+        target = t.name if out_index in self.outputs and not nchw else self.fresh(t.name)
         if not t.quantized:
-            self.onnx_name[out_index] = self.node("Identity", [value], [self.fresh(t.name)], name=name)
+            self.onnx_name[out_index] = self.node("Identity", [value], [target], name=name)
             return
         scale, zp = self.qparams(t)
-        self.onnx_name[out_index] = self.node("QuantizeLinear", [value, scale, zp], [self.fresh(t.name)],
-                                              name=f"{name}_quantize")
+        self.onnx_name[out_index] = self.node("QuantizeLinear", [value, scale, zp], [target], name=f"{name}_quantize")
 
     def activation(self, value, code, name):
         act = _activation_name(code)
@@ -230,13 +232,12 @@ class _Converter:
         graph_outputs = []
         for index in self.graph.OutputsAsNumpy():
             t = self.tensors[index]
-            value = self.onnx_name[index]
-            if index in self.nchw:
+            if index in self.nchw:  # back into TFLite's layout, under the output's name
                 back = self.node("Transpose", [self.dequantize(index)], perm=list(_TO_NHWC), name=f"{t.name}_to_nhwc")
-                scale, zp = self.qparams(t) if t.quantized else (None, None)
-                value = self.node("QuantizeLinear", [back, scale, zp], name=f"{t.name}_to_nhwc_quantize") \
-                    if t.quantized else back
-            self.nodes.append(helper.make_node("Identity", [value], [t.name], name=f"{t.name}_output"))
+                if t.quantized:
+                    self.node("QuantizeLinear", [back, *self.qparams(t)], [t.name], name=f"{t.name}_to_nhwc_quantize")
+                else:
+                    self.node("Identity", [back], [t.name], name=f"{t.name}_output")
             elem = helper.np_dtype_to_tensor_dtype(np.dtype({"INT8": "int8", "UINT8": "uint8"}.get(t.type, "float32")))
             graph_outputs.append(helper.make_tensor_value_info(t.name, elem, list(t.shape)))
         graph = helper.make_graph(self.nodes, self.path.stem, graph_inputs, graph_outputs, self.inits)
