@@ -15,7 +15,14 @@ import tvm
 from tvm import s_tir, te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.fixed_point import (
+    BIAS_FRACTION_BITS,
+    arithmetic_attrs,
+    epilogue_consts,
+    epilogue_np,
+    epilogue_te,
+    scale_problem,
+)
 from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation, random_weight
 from tvm_npu.tiling import Geometry, Tiles, window_span
 from tvm_npu.registry import (
@@ -124,19 +131,16 @@ def conv_attrs(comp: Composite, conv, zx: int, upsample=(1, 1)) -> dict:
         "dilation": tuple(int(v) for v in a.dilation),
         "groups": int(a.groups),
         "upsample": tuple(upsample),
-        "zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype,
+        "zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, **arithmetic_attrs(),
     }
 
 
 def epilogue(comp: Composite, acc_scale: np.ndarray) -> list[np.ndarray]:
-    """Bias (in accumulator units, BIAS_FRACTION_BITS below the point), multiplier and shift per output
-    channel, from the accumulator's real scale per output channel and the output quantize."""
-    sy = comp.output()[0]
+    """Bias (in accumulator units), multiplier and shift per output channel (`fixed_point.epilogue_consts`),
+    from the accumulator's real scale per output channel and the output quantize."""
     adds = comp.calls("relax.add")
     bias = comp.const(adds[0].args[1]).reshape(-1) if adds else np.zeros(acc_scale.size)
-    bias_q = np.round(bias / acc_scale * (1 << BIAS_FRACTION_BITS)).astype(np.int64)
-    mult, shift = multiplier(acc_scale / sy)
-    return [bias_q, mult, shift + BIAS_FRACTION_BITS]
+    return epilogue_consts(bias, acc_scale, comp.output()[0])
 
 
 def upsampled(attrs: dict, height: int, width: int) -> tuple[int, int]:
@@ -205,10 +209,7 @@ def tensors(p: KernelParams, x: te.Tensor, tag: str = ""):
     )
     y = te.compute(
         shape,
-        lambda n, o, i, j: requantize_te(
-            (acc[n, o, i, j].astype("int64") << BIAS_FRACTION_BITS) + bias[o],
-            mult[o], shift[o], a["zy"], a["lo"], a["hi"], a["out_dtype"],
-        ),
+        lambda n, o, i, j: epilogue_te(acc[n, o, i, j], bias[o], mult[o], shift[o], a),
         name="Y" + tag,
     )
     return [w, bias, mult, shift], y
@@ -234,8 +235,7 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
                 tap = xg[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
                 acc[:, g * per_group:(g + 1) * per_group] += np.einsum("nchw,oc->nohw", tap, wg[:, :, i, j])
     col = (slice(None), None, None)
-    return requantize_np((acc << BIAS_FRACTION_BITS) + bias[col], mult[col], shift[col],
-                         a["zy"], a["lo"], a["hi"], a["out_dtype"])
+    return epilogue_np(acc, bias[col], mult[col], shift[col], a)
 
 
 def geometry(p: KernelParams, inputs) -> Geometry:

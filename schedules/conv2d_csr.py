@@ -20,7 +20,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
+from tvm_npu.fixed_point import epilogue_te
 from tvm_npu.tiling import Tiles, buffer_slots, inner_trips, outer_trips
 from tvm_npu.registry import KernelParams
 from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_arguments, csr_layer, csr_variant, layer_geometry, \
@@ -87,9 +87,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                                     acc[i, h, w] = acc[i, h, w] + weight * (
                                         x_s[slot, ch, h * sh + tap_h * dh, w * sw + tap_w * dw].astype("int32") - a["zx"])
                         with T.grid(r, out_w) as (h, w):
-                            out[slot, i, h, w] = requantize_te(
-                                (acc[i, h, w].astype("int64") << BIAS_FRACTION_BITS) + bias[i], mult[i], shift[i],
-                                a["zy"], a["lo"], a["hi"], a["out_dtype"])
+                            out[slot, i, h, w] = epilogue_te(acc[i, h, w], bias[i], mult[i], shift[i], a)
 
                 def store(t, slot):
                     row = t * r

@@ -11,7 +11,14 @@ import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.relax.dpl import is_const, is_op
 
-from tvm_npu.fixed_point import BIAS_FRACTION_BITS, multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.fixed_point import (
+    BIAS_FRACTION_BITS,
+    arithmetic_attrs,
+    epilogue_consts,
+    epilogue_np,
+    epilogue_te,
+    scale_problem,
+)
 from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation, random_weight
 from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import (
@@ -74,12 +81,11 @@ def params(comp: Composite) -> KernelParams:
     acc_scale = sx * np.broadcast_to(comp.quant(dq_w)[0].reshape(-1), (out_channels,))
     adds = comp.calls("relax.add")
     bias = np.broadcast_to(comp.const(adds[0].args[1]).reshape(-1), (out_channels,)) if adds else np.zeros(out_channels)
-    bias_q = np.round(bias / acc_scale * (1 << BIAS_FRACTION_BITS)).astype(np.int64)
-    mult, shift = multiplier(acc_scale / sy)
     return KernelParams(
         # `lead`: unit dimensions before [N, K] (a transformer's [1, tokens, width]), kept in the output
-        attrs={"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, "lead": len(dq_x.ty.shape) - 2},
-        consts=[w, bias_q, mult, shift + BIAS_FRACTION_BITS],
+        attrs={"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, "lead": len(dq_x.ty.shape) - 2,
+               **arithmetic_attrs()},
+        consts=[w, *epilogue_consts(bias, acc_scale, sy)],
     )
 
 
@@ -99,8 +105,7 @@ def compute(p: KernelParams, inputs):
     )
     y = te.compute(
         (*x_shape[:-1], out_channels),
-        lambda *i: requantize_te((acc[i[-2], i[-1]].astype("int64") << BIAS_FRACTION_BITS) + bias[i[-1]],
-                                 mult[i[-1]], shift[i[-1]], a["zy"], a["lo"], a["hi"], a["out_dtype"]),
+        lambda *i: epilogue_te(acc[i[-2], i[-1]], bias[i[-1]], mult[i[-1]], shift[i[-1]], a),
         name="Y",
     )
     return te.create_prim_func([x, w, bias, mult, shift, y])
@@ -111,7 +116,7 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     a = p.attrs
     w, bias, mult, shift = p.consts
     acc = (x.astype(np.int64) - a["zx"]) @ w.astype(np.int64).T  # broadcasts over the unit dimensions
-    return requantize_np((acc << BIAS_FRACTION_BITS) + bias, mult, shift, a["zy"], a["lo"], a["hi"], a["out_dtype"])
+    return epilogue_np(acc, bias, mult, shift, a)
 
 
 def geometry(p: KernelParams, inputs) -> Geometry:

@@ -16,7 +16,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from tvm_npu.fixed_point import BIAS_FRACTION_BITS, requantize_te
+from tvm_npu.fixed_point import epilogue_te
 from tvm_npu.tiling import Tiles, buffer_slots, inner_trips, outer_trips
 from tvm_npu.registry import KernelParams
 from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_arguments, csr_layer, csr_variant, layer_geometry, \
@@ -68,9 +68,7 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                                 acc[i, n] = acc[i, n] + (x_s[slot, indices_s[j], n].astype("int32") - a["zx"]) * \
                                     values_s[j].astype("int32")
                         with lanes(r, tiles) as n:
-                            out[slot, i, n] = requantize_te(
-                                (acc[i, n].astype("int64") << BIAS_FRACTION_BITS) + bias[i], mult[i], shift[i],
-                                a["zy"], a["lo"], a["hi"], a["out_dtype"])
+                            out[slot, i, n] = epilogue_te(acc[i, n], bias[i], mult[i], shift[i], a)
 
                 def store(t, slot):
                     with T.grid(r, c) as (n, i):

@@ -6,6 +6,10 @@ per-channel scale held as a tensor), with a fused ReLU / ReLU6 / Clip, integer-o
          rescaled onto one shift, so neither loses precision to the other's scale
     mul: Y = clamp(((A - za) * (B - zb) * M) >> S (round half up) + zy)
 
+A TFLite model's ADD and MUL compute as TFLite's reference kernels do, bit for bit: ADD rescales each input
+((A - za) << 20) by its own Q31 multiplier, sums and rescales the sum (three MultiplyByQuantizedMultiplier
+roundings); MUL rescales the product once.
+
 Tiled along the output's first dimension longer than 1: per tile, the full-size input tiles and
 the output tile in SRAM, double-buffered (`tvm_npu.sram.stream_tiles`); a broadcast operand is
 staged whole once per layer and stays resident, as a lookup table does.
@@ -20,7 +24,17 @@ import tvm
 from tvm import te, tirx
 from tvm.relax.dpl import is_const, is_op
 
-from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.fixed_point import (
+    TFLITE,
+    arithmetic_attrs,
+    multiplier,
+    requantize_np,
+    requantize_te,
+    scale_problem,
+    tflite_multiplier,
+    tflite_requantize_np,
+    tflite_requantize_te,
+)
 from tvm_npu.onnx_builder import quantized_operator, random_activation
 from tvm_npu.tiling import Geometry, Tiles
 from tvm_npu.registry import (
@@ -85,13 +99,37 @@ def params(comp: Composite) -> KernelParams:
     op = _OPS[op_name(anchor)]
     (sa, za), (sb, zb) = (comp.activation_input(comp.value(a)) for a in anchor.args)
     sy, zy, dtype, lo, hi = comp.output()
+    attrs = {"op": op, "za": za, "zb": zb, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, **arithmetic_attrs()}
+    if attrs.get("arithmetic") == TFLITE:
+        twice_max = 2.0 * max(sa, sb)
+        reals = [sa / twice_max, sb / twice_max, twice_max / ((1 << _TFLITE_ADD_SHIFT) * sy)] if op == "add" \
+            else [sa * sb / sy]
+        mults, exponents = tflite_multiplier(np.array(reals))
+        return KernelParams(attrs={**attrs, "mults": tuple(int(m) for m in mults),
+                                   "exponents": tuple(int(e) for e in exponents)})
     reals = _scales(sa, sb, sy, op)
     _, shift = multiplier(reals.max())  # one shift for both inputs: the larger scale sets it
     mults = np.round(reals * 2.0 ** int(shift)).astype(np.int64)
-    return KernelParams(attrs={
-        "op": op, "za": za, "zb": zb, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype,
-        "mults": tuple(int(m) for m in mults), "shift": int(shift),
-    })
+    return KernelParams(attrs={**attrs, "mults": tuple(int(m) for m in mults), "shift": int(shift)})
+
+
+_TFLITE_ADD_SHIFT = 20  # TFLite's left shift of int8 ADD inputs before rescaling
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
+def _tflite_value(a, b, attrs, cast, requantize):
+    """TFLite's ADD / MUL (module doc) up to the output rescale; `requantize` is the TE or NumPy MBQM."""
+    da, db = cast(a) - attrs["za"], cast(b) - attrs["zb"]
+    if attrs["op"] == "mul":
+        return da * db
+    m, e = attrs["mults"], attrs["exponents"]
+    return (requantize(da * (1 << _TFLITE_ADD_SHIFT), m[0], e[0], 0, *_INT32, "int64")
+            + requantize(db * (1 << _TFLITE_ADD_SHIFT), m[1], e[1], 0, *_INT32, "int64"))
+
+
+def _tflite_output(value, attrs, requantize):
+    return requantize(value, attrs["mults"][-1], attrs["exponents"][-1], attrs["zy"], attrs["lo"], attrs["hi"],
+                      attrs["out_dtype"])
 
 
 def _value(a, b, attrs, cast):
@@ -106,6 +144,11 @@ def compute(p: KernelParams, inputs):
     attrs = p.attrs
     shape = _broadcast_shape(a_shape, b_shape)
     a, b = te.placeholder(a_shape, a_dtype, "A"), te.placeholder(b_shape, b_dtype, "B")
+    if attrs.get("arithmetic") == TFLITE:
+        y = te.compute(shape, lambda *i: _tflite_output(
+            _tflite_value(a[_broadcast_index(a_shape, shape, i)], b[_broadcast_index(b_shape, shape, i)], attrs,
+                          lambda v: v.astype("int64"), tflite_requantize_te), attrs, tflite_requantize_te), name="Y")
+        return te.create_prim_func([a, b, y])
     y = te.compute(
         shape,
         lambda *i: requantize_te(_value(a[_broadcast_index(a_shape, shape, i)], b[_broadcast_index(b_shape, shape, i)],
@@ -119,6 +162,9 @@ def compute(p: KernelParams, inputs):
 def reference(p: KernelParams, inputs) -> np.ndarray:
     a, b = inputs
     attrs = p.attrs
+    if attrs.get("arithmetic") == TFLITE:
+        value = _tflite_value(a, b, attrs, lambda v: v.astype(np.int64), tflite_requantize_np)
+        return _tflite_output(value, attrs, tflite_requantize_np)
     value = _value(a, b, attrs, lambda v: v.astype(np.int64))
     return requantize_np(value, 1, attrs["shift"], attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"])
 

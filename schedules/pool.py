@@ -4,6 +4,8 @@
          (M >> S is exactly 1 when input and output share their quantization)
     avg: Y = clamp(round(sum (X - zx) * M / (count * 2^S)) + zy)   integer division, half up;
          count = window taps, or only the taps inside the image without count_include_pad
+         (a TFLite model's AVERAGE_POOL_2D, which keeps its input's quantization: TFLite's
+         round(sum X / count), half away from zero, so that it is bit-exact to TFLite's interpreter)
 
 Tiled like a depthwise conv without weights: padded 8-bit input rows with halo (padding
 generated on chip: the dtype's minimum for max, zx for avg), an int32 accumulator and the
@@ -19,7 +21,15 @@ import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.relax.dpl import is_const, is_op
 
-from tvm_npu.fixed_point import multiplier, requantize_np, requantize_te, scale_problem
+from tvm_npu.fixed_point import (
+    arithmetic_attrs,
+    multiplier,
+    requantize_np,
+    requantize_te,
+    scale_problem,
+    tflite_divide_np,
+    tflite_divide_te,
+)
 from tvm_npu.onnx_builder import quantized_operator, random_activation
 from tvm_npu.tiling import Geometry, Tiles, window_span
 from tvm_npu.registry import (
@@ -81,6 +91,8 @@ def params(comp: Composite) -> KernelParams:
             dilation=tuple(int(v) for v in a.dilation), padding=tuple(int(v) for v in a.padding),
             include_pad=bool(a.count_include_pad),
         )
+        if attrs["mode"] == "avg" and (sx, zx) == (sy, zy):  # TFLite's AVERAGE_POOL_2D (its MEAN computes in float)
+            attrs.update(arithmetic_attrs())
     return KernelParams(attrs)
 
 
@@ -138,7 +150,10 @@ def compute(p: KernelParams, inputs):
     else:
         def average(n, c, i, j):
             count = tirx.Cast("int64", _count(a, x_shape, i, j, tirx.min, tirx.max))
-            q = _rounded_divide(acc[n, c, i, j].astype("int64") * a["mult"], count << a["shift"], tirx.floordiv)
+            if a.get("arithmetic"):  # TFLite: the raw sum (padding taps add nothing) over the valid taps
+                q = tflite_divide_te(acc[n, c, i, j].astype("int64") + count * a["zx"], count) - a["zx"]
+            else:
+                q = _rounded_divide(acc[n, c, i, j].astype("int64") * a["mult"], count << a["shift"], tirx.floordiv)
             clamped = tirx.max(tirx.min(q + a["zy"], tirx.const(a["hi"], "int64")), tirx.const(a["lo"], "int64"))
             return clamped.astype(a["out_dtype"])
 
@@ -161,7 +176,10 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     if a["mode"] == "max":
         return requantize_np(taps.max(0), a["mult"], a["shift"], a["zy"], a["lo"], a["hi"], a["out_dtype"])
     count = np.array([[_count(a, x.shape, i, j, min, max) for j in range(ow)] for i in range(oh)], np.int64)
-    q = _rounded_divide(taps.sum(0) * a["mult"], count << a["shift"], np.floor_divide)
+    if a.get("arithmetic"):
+        q = tflite_divide_np(taps.sum(0) + count * a["zx"], count) - a["zx"]
+    else:
+        q = _rounded_divide(taps.sum(0) * a["mult"], count << a["shift"], np.floor_divide)
     return np.clip(q + a["zy"], a["lo"], a["hi"]).astype(a["out_dtype"])
 
 

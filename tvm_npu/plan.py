@@ -28,6 +28,7 @@ import tvm
 from tvm import relax
 
 from .errors import NpuError
+from .fixed_point import arithmetic_of
 from .perf import layer_cost
 from .registry import Composite, KernelParams, TensorSpec, kernel, variants
 from .sparse import SPARSE_MODES, zero_fraction
@@ -75,9 +76,15 @@ class LayerPlan:
 
 def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False, sparse: str = "auto",
          tuned: dict[str, Tiles] | None = None) -> list[LayerPlan]:
-    """`tuned` maps `task_key`s to the tiles tuning found best for them."""
+    """`tuned` maps `task_key`s to the tiles tuning found best for them. The kernels read their parameters in
+    the module's arithmetic (`fixed_point.arithmetic_of`: TFLite's for a model compiled from a TFLite file)."""
     if sparse not in SPARSE_MODES:
         raise NpuError(f"unknown sparse mode {sparse!r}; choose one of {', '.join(SPARSE_MODES)}")
+    with arithmetic_of(mod):
+        return _plan(mod, config, allow_cpu_fallback, sparse, tuned)
+
+
+def _plan(mod, config, allow_cpu_fallback, sparse, tuned) -> list[LayerPlan]:
     plans = []
     per_kind: dict[str, int] = {}
     row = -1  # the offload report's row: it lists every call binding of main, in order
