@@ -10,10 +10,11 @@ Every NPU layer is a loop over tiles (conv2d, dense, pool, elementwise, lut, con
                 (fold_i = max(1, mac_cols // c_i): a tile narrower than the array folds output
                  pixels onto its spare column groups)
               = ceil(elements_i / mac_cols)                             elementwise, lut, concat (vector unit)
-    sram_i    = (input tile + weight tile + parameters + table reads
-                 + accumulator (4 B) and output writes per output) / sram_bytes_per_cycle
+    sram_i    = (input tile + weight tile + parameters + table reads + output writes)
+                / sram_bytes_per_cycle   (int32 accumulators stay in the MAC array, as Ethos-U's do)
     compute_i = max(array_i, sram_i)      the array cannot outrun the SRAM traffic it needs
-    in_i      = bytes DMA'd in for the tile (input rows with halo, or a weight tile) / dram_bytes_per_cycle
+    in_i      = latency + bytes DMA'd in for the tile (input rows with halo, or a weight tile) / bandwidth
+                (weights at weight_bandwidth from their own memory where the config has one)
     out_i     = output tile bytes / dram_bytes_per_cycle
 
 The outer tile loop loads its stationary operand (the weight tile, or the input rows) once
@@ -21,13 +22,14 @@ per outer step, exposed; the inner loop is double-buffered, so tile i+1's DMA-in
 i-1's DMA-out (one shared DMA engine) overlap tile i's compute:
 
     inner = in_1 + sum_i max(compute_i, in_{i+1} + out_{i-1}) + out_m
-    layer = batch * sum over outer steps (stationary / dram_bytes_per_cycle + inner)
+    layer = batch * sum over outer steps (latency + stationary / bandwidth + inner)
             + table / dram_bytes_per_cycle                  (a lookup table, loaded once)
 
-Roofline bound = max(compulsory bytes / dram_bytes_per_cycle, MACs / macs_per_cycle), where
-compulsory bytes = inputs + weights (+ per-channel parameters, tables) + output, each moved
-once; for pools the window operations stand in for MACs, for elementwise kinds the elements
-over the mac_cols vector lanes. Since every max() above is at least its DMA term and at
+Roofline bound = max(activation bytes / dram_bytes_per_cycle + weight bytes / weight_bandwidth,
+MACs / macs_per_cycle), where the bytes are the compulsory ones: inputs, weights (+ per-channel
+parameters, tables) and output, each moved once (one DMA engine moves both); for pools the
+window operations stand in for MACs, for elementwise kinds the elements over the mac_cols
+vector lanes. Since every max() above is at least its DMA term and at
 least its compute term, cycles >= bound always holds.
 """
 
@@ -41,7 +43,6 @@ import numpy as np
 
 from .target import NpuConfig
 from .tiling import (
-    ACC_BYTES,
     PARAM_BYTES_PER_CHANNEL,
     WINDOWED,
     Geometry,
@@ -79,15 +80,16 @@ def pipeline(dma_in: np.ndarray, compute: np.ndarray, dma_out: np.ndarray, overl
 
 def tile_sram_bytes(g: Geometry, order: str, channels, rows) -> np.ndarray:
     """SRAM bytes a tile's compute moves: its input (with halo), weights and parameters and table
-    lookups read once each, and its accumulator and output written once each."""
+    lookups read once each, and its output written once. The int32 accumulators are not SRAM traffic:
+    the MAC array accumulates in its own registers (Ethos-U's accumulators are in the MAC units; the
+    SRAM footprint still holds our kernels' accumulator tile, which TVM allocates there)."""
     channels, rows = np.asarray(channels, float), np.asarray(rows, float)
     rows_in = np.array([g.rows_in(int(r)) for r in np.atleast_1d(rows)], float).reshape(rows.shape)
     outputs = channels * rows * g.out_w
     x = g.operands * g.tile_in_channels(order, channels) * rows_in * g.cols_in * g.in_bytes
     w = channels * (g.taps + PARAM_BYTES_PER_CHANNEL) if g.weighted else 0.0
-    acc = ACC_BYTES * outputs if g.kind in WINDOWED else 0.0
     lookups = outputs if g.table_bytes else 0.0
-    return x + w + lookups + acc + outputs * g.out_bytes
+    return x + w + lookups + outputs * g.out_bytes
 
 
 def tile_compute_cycles(g: Geometry, order: str, channels, rows, config: NpuConfig) -> np.ndarray:
@@ -121,6 +123,15 @@ def csr_tile_compute_cycles(g: Geometry, first: int, channels: int, rows, config
     return g.csr_steps(first, channels, config.mac_cols) * np.ceil(pixels / config.mac_rows) * step
 
 
+def load_cycles(nbytes, config: NpuConfig, weights: bool = False):
+    """Cycles of DMA loads of `nbytes` each (array or scalar): the memory's read latency per transfer,
+    then the bytes at its bandwidth (weights from their own memory where the config has one)."""
+    nbytes = np.asarray(nbytes, float)
+    bw, latency = ((config.weight_bandwidth, config.weight_latency) if weights
+                   else (config.dram_bytes_per_cycle, config.dram_latency_cycles))
+    return nbytes / bw + latency * (nbytes > 0)
+
+
 def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
     bw = config.dram_bytes_per_cycle
     row_tiles = splits(g.out_h, t.rows)
@@ -139,7 +150,8 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
                 else tile_compute_cycles(g, "weights", ch, rows, config)
             out = ch * rows * g.out_w * g.out_bytes
             weights = g.weight_bytes(ch, first)
-            cycles += count * (weights / bw + pipeline(x_in / bw, c, out / bw, t.double_buffer))
+            cycles += count * (float(load_cycles(weights, config, weights=True))
+                               + pipeline(load_cycles(x_in, config), c, out / bw, t.double_buffer))
             compute += count * float(c.sum())
             weight_read += count * weights
             input_read += count * int(x_in.sum())
@@ -150,13 +162,15 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
         chans = np.array([c for _, c in splits(g.out_channels, t.channels)], float)
         for (r, real), count in Counter((r, g.real_rows(f, r)) for f, r in row_tiles).items():
             x_in = g.operands * real * g.real_cols * g.tile_in_channels("rows", chans) * g.in_bytes
-            if g.input_stationary("rows"):  # input rows stay, weight tiles stream
+            streams_weights = g.input_stationary("rows")
+            if streams_weights:  # input rows stay, weight tiles stream
                 stationary, streamed = float(x_in), chans * (g.taps + PARAM_BYTES_PER_CHANNEL)
             else:  # nothing to keep: input tiles stream
                 stationary, streamed = 0.0, x_in * np.ones_like(chans)
             c = tile_compute_cycles(g, "rows", chans, r, config)
             out = chans * r * g.out_w * g.out_bytes
-            cycles += count * (stationary / bw + pipeline(streamed / bw, c, out / bw, t.double_buffer))
+            cycles += count * (float(load_cycles(stationary, config)) + pipeline(
+                load_cycles(streamed, config, weights=streams_weights), c, out / bw, t.double_buffer))
             compute += count * float(c.sum())
             if g.input_stationary("rows"):
                 input_read, weight_read = input_read + count * int(x_in), weight_read + count * int(streamed.sum())
@@ -165,7 +179,7 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
             output_write += count * int(out.sum())
     n, table = g.batch, g.table_bytes  # a lookup table is loaded once, before the tile loops
     tiles = len(row_tiles) * sum(chan_tiles.values())
-    return LayerCost(n * cycles + table / bw, n * compute, n * weight_read + table, n * input_read,
+    return LayerCost(n * cycles + float(load_cycles(table, config)), n * compute, n * weight_read + table, n * input_read,
                      n * output_write, n * tiles)
 
 def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuConfig) -> tuple[LayerCost, LayerCost]:
@@ -187,11 +201,11 @@ def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuC
     compute_c = np.array([float(tile_compute_cycles(consumer, "weights", consumer.out_channels, b.rows, config)) for b in bands])
     compute = compute_p + compute_c
     if input_rolls:
-        body = dma_in.sum() / bw + pipeline(np.zeros(len(bands)), compute, dma_out / bw)
+        body = float(load_cycles(dma_in, config).sum()) + pipeline(np.zeros(len(bands)), compute, dma_out / bw)
     else:
-        body = pipeline(dma_in / bw, compute, dma_out / bw)
+        body = pipeline(load_cycles(dma_in, config), compute, dma_out / bw)
     w_p, w_c = producer.weight_bytes(), consumer.weight_bytes()
-    cycles = (w_p + w_c) / bw + n * body
+    cycles = float(load_cycles(np.array([w_p, w_c]), config, weights=True).sum()) + n * body
     share = compute_p.sum() / compute.sum() if compute.sum() else 0.5
     return (LayerCost(share * cycles, n * float(compute_p.sum()), w_p, n * int(dma_in.sum()), 0, n * len(bands)),
             LayerCost((1 - share) * cycles, n * float(compute_c.sum()), w_c, 0, n * int(dma_out.sum()), n * len(bands)))
@@ -301,12 +315,15 @@ class ModelEstimate:
         return {"summary": self.summary(), "layers": [layer.to_dict(self.config) for layer in self.layers]}
 
 
-def roofline(compulsory_bytes: int, macs: int, config: NpuConfig) -> float:
-    return max(compulsory_bytes / config.dram_bytes_per_cycle, macs / config.macs_per_cycle)
+def roofline(compulsory_bytes: int, macs: int, config: NpuConfig, weight_bytes: int = 0) -> float:
+    """The bound: compulsory bytes through the one DMA engine (`weight_bytes` of them from the weights'
+    memory), or the MACs on the array."""
+    dma = (compulsory_bytes - weight_bytes) / config.dram_bytes_per_cycle + weight_bytes / config.weight_bandwidth
+    return max(dma, macs / config.macs_per_cycle)
 
 
 def layer_roofline(g: Geometry, config: NpuConfig) -> float:
-    return max(g.compulsory_bytes / config.dram_bytes_per_cycle, compute_bound(g, config))
+    return max(roofline(g.compulsory_bytes, 0, config, g.weight_bytes()), compute_bound(g, config))
 
 
 def estimate(layers, config: NpuConfig) -> ModelEstimate:
@@ -320,7 +337,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             costs = cascade_cost(g1, g2, fused.rows, config)
             compulsory = cascade_compulsory(g1, g2)
             share = costs[0].compute_cycles / (costs[0].compute_cycles + costs[1].compute_cycles)
-            bound = roofline(sum(compulsory), g1.macs + g2.macs, config)
+            bound = roofline(sum(compulsory), g1.macs + g2.macs, config, g1.weight_bytes() + g2.weight_bytes())
             first = fused.produces(p)
             cost, neighbour = (costs[0], fused.consumer) if first else (costs[1], fused.producer)
             g = p.geometry

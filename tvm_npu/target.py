@@ -39,8 +39,16 @@ class NpuConfig:
     sram_bytes_per_cycle: float  # on-chip bandwidth between SRAM and the MAC array
     clock_mhz: float
     dtypes: tuple[str, ...] = SUPPORTED_DTYPES
+    # Where the weights live when not beside the activations (Vela's Shared_Sram: activations in
+    # system SRAM, weights in flash on the other AXI port); 0 = the same memory, at dram_bytes_per_cycle.
+    weight_bytes_per_cycle: float = 0.0
+    # Read latency of one DMA transfer (Vela's <memory>_read_latency, in NPU cycles); 0 = not modelled.
+    dram_latency_cycles: float = 0.0
+    weight_latency_cycles: float = 0.0  # 0 with weight_bytes_per_cycle 0: dram_latency_cycles
     description: str = ""
     source: str = ""  # where the figures come from
+    # The Vela configuration this preset twins, as its CLI flags (scripts/compare_vela.py runs it).
+    vela: str = ""
 
     @property
     def sram_bytes(self) -> int:
@@ -56,12 +64,26 @@ class NpuConfig:
         return 2 * self.macs_per_cycle * self.clock_mhz * 1e6 / 1e12
 
     @property
+    def weight_bandwidth(self) -> float:
+        """Bytes/cycle the DMA reads weights at (their own memory, else DRAM's)."""
+        return self.weight_bytes_per_cycle or self.dram_bytes_per_cycle
+
+    @property
+    def weight_latency(self) -> float:
+        return self.weight_latency_cycles if self.weight_bytes_per_cycle else self.dram_latency_cycles
+
+    @property
     def target_model(self) -> str:
         """The TVM target's `model` attribute that names this description."""
         return f"npu-{self.name}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"dtypes": list(self.dtypes)}
+
+    def hardware(self) -> dict:
+        """The fields the performance model reads: two configs equal here plan and cost alike
+        (names, descriptions, citations and the Vela twin do not count)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("description", "source", "vela")}
 
     @classmethod
     def from_dict(cls, data: dict) -> NpuConfig:
@@ -93,6 +115,12 @@ class NpuConfig:
                 raise NpuError(
                     f"invalid NPU config from {origin}: {name} must be a positive number, got {value!r}"
                 )
+        for name in ("weight_bytes_per_cycle", "dram_latency_cycles", "weight_latency_cycles"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise NpuError(
+                    f"invalid NPU config from {origin}: {name} must be a number >= 0, got {value!r}"
+                )
         bad = [d for d in self.dtypes if d not in SUPPORTED_DTYPES]
         if not self.dtypes or bad:
             raise NpuError(
@@ -117,7 +145,8 @@ class NpuConfig:
         return tvm.target.Target(tag)
 
 
-# Figures are rounded public numbers used for modelling, not claims about any product.
+# micro/mid/large: rounded public numbers used for modelling, not claims about any product; the
+# ethos-u* presets take every constant from Vela's configuration files (scripts/compare_vela.py).
 PRESETS: dict[str, NpuConfig] = {
     config.name: config
     for config in (
@@ -133,7 +162,8 @@ PRESETS: dict[str, NpuConfig] = {
             source=(
                 "Arm Ethos-U55 product brief: 256 INT8 MACs/cycle configuration, 64-bit AXI "
                 "(8 B/cycle); Vela's Ethos_U55_High_End_Embedded system config: 500 MHz core clock; "
-                "384 KiB is a typical Cortex-M55 tensor-arena SRAM"
+                "384 KiB is our choice (Vela's Dedicated_Sram_384KB size); 16 B/cycle SRAM is our "
+                "assumption (twice the AXI width; no public figure). The Vela-checked twin is ethos-u55-256"
             ),
         ),
         NpuConfig(
@@ -147,7 +177,9 @@ PRESETS: dict[str, NpuConfig] = {
             description="embedded NPU in the spirit of Arm Ethos-U65-512",
             source=(
                 "Arm Ethos-U65 product brief: 512 INT8 MACs/cycle, 128-bit AXI (16 B/cycle), "
-                "up to 1 GHz; 1 MiB of on-chip SRAM as in Vela's Dedicated_Sram memory mode"
+                "up to 1 GHz; 1 MiB of SRAM and 32 B/cycle from it are our choices (Vela's Dedicated_Sram "
+                "modes size the SRAM at 256, 384 or 512 KiB; no public bandwidth figure). "
+                "The Vela-checked twin is ethos-u65-512"
             ),
         ),
         NpuConfig(
@@ -162,8 +194,55 @@ PRESETS: dict[str, NpuConfig] = {
             source=(
                 "Intel Core Ultra (Meteor Lake) NPU overviews: 2 neural compute engines of 2048 INT8 "
                 "MACs (4096/cycle), ~1.4 GHz (~11 INT8 TOPS), 4 MiB on-chip scratchpad (CMX); "
-                "64 B/cycle (~90 GB/s) is a share of the LPDDR5x system bandwidth"
+                "64 B/cycle (~90 GB/s) is a share of the LPDDR5x system bandwidth; 256 B/cycle SRAM is "
+                "our assumption (no public figure)"
             ),
+        ),
+        # Twins of Vela configurations (ethos-u-vela 5.2.0: ethosu/config_files/Arm/vela.ini and
+        # ethosu/vela/architecture_features.py). Vela's memory bandwidth is its AXI port width
+        # (U55: 8 B/cycle, U65: 16 B/cycle) times the system config's <memory>_clock_scale.
+        NpuConfig(
+            name="ethos-u55-256",
+            sram_kib=48,
+            mac_rows=16,
+            mac_cols=16,
+            dram_bytes_per_cycle=8.0,
+            sram_bytes_per_cycle=32.0,
+            clock_mhz=500.0,
+            weight_bytes_per_cycle=1.0,
+            dram_latency_cycles=32.0,
+            weight_latency_cycles=64.0,
+            description="Arm Ethos-U55-256 in Vela's Ethos_U55_High_End_Embedded system, Shared_Sram memory mode",
+            source=(
+                "Vela 5.2.0: accelerator ethos-u55-256 (256 MACs/cycle; 48 SHRAM banks of 1 KiB, the "
+                "on-chip buffer tiles live in); Ethos_U55_High_End_Embedded: core_clock 500e6, axi0 Sram "
+                "(clock_scale 1.0: 8 B/cycle, read latency 32), axi1 OffChipFlash (clock_scale 0.125: "
+                "1 B/cycle, read latency 64); Shared_Sram: activations (arena) in Sram, weights (const) in "
+                "flash, so 'DRAM' here is the system SRAM. sram_bytes_per_cycle 32 is Vela's IFM "
+                "micro-block (2x2x8 int8 per cycle per core); Vela sets no SHRAM bandwidth"
+            ),
+            vela="--accelerator-config ethos-u55-256 --system-config Ethos_U55_High_End_Embedded "
+                 "--memory-mode Shared_Sram",
+        ),
+        NpuConfig(
+            name="ethos-u65-512",
+            sram_kib=512,
+            mac_rows=16,
+            mac_cols=32,
+            dram_bytes_per_cycle=3.75,
+            sram_bytes_per_cycle=64.0,
+            clock_mhz=1000.0,
+            dram_latency_cycles=500.0,
+            description="Arm Ethos-U65-512 in Vela's Ethos_U65_High_End system, Dedicated_Sram_512KB memory mode",
+            source=(
+                "Vela 5.2.0: accelerator ethos-u65-512 (2 cores of 256 MACs/cycle); Ethos_U65_High_End: "
+                "core_clock 1e9, axi1 Dram (clock_scale 0.234375 x 16 B/cycle = 3.75 B/cycle, read latency "
+                "500), axi0 Sram (16 B/cycle); Dedicated_Sram_512KB: activations and weights in DRAM, a "
+                "512 KiB SRAM (arena_cache_size 524288) caching them. sram_bytes_per_cycle 64 is Vela's IFM "
+                "micro-block (2x2x8 int8 per cycle) times 2 cores"
+            ),
+            vela="--accelerator-config ethos-u65-512 --system-config Ethos_U65_High_End "
+                 "--memory-mode Dedicated_Sram_512KB",
         ),
     )
 }
