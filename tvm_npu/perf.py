@@ -6,7 +6,8 @@ this module is their only implementation.
 
 Every NPU layer is a loop over tiles (conv2d, dense, pool, elementwise, lut, concat). Per tile i:
 
-    array_i   = ceil(c_i / mac_cols) * ceil(rows_i * out_w / (mac_rows * fold_i)) * taps   conv, dense, pool
+    array_i   = ceil(c_i / mac_cols) * ceil(rows_i * out_w / (mac_rows * fold_i))
+                * ceil(group input channels / mac_depth) * k_h * k_w                  conv, dense, pool
                 (fold_i = max(1, mac_cols // c_i): a tile narrower than the array folds output
                  pixels onto its spare column groups)
               = ceil(elements_i / mac_cols)                             elementwise, lut, concat (vector unit)
@@ -94,13 +95,15 @@ def tile_sram_bytes(g: Geometry, order: str, channels, rows) -> np.ndarray:
 
 def tile_compute_cycles(g: Geometry, order: str, channels, rows, config: NpuConfig) -> np.ndarray:
     """Cycles of a tile's compute: the MAC array's (output channels on its columns, output pixels on its
-    rows, one tap per cycle; a tile narrower than the array folds more pixels onto the spare column
-    groups) or the vector unit's (one element per column per cycle), and never less than the tile's SRAM
-    traffic at sram_bytes_per_cycle."""
+    rows, mac_depth input channels of one kernel position per cycle, so a depthwise conv or a pool with
+    one input channel per output uses 1 of them, as Ethos-U's does; a tile narrower than the array folds
+    more pixels onto the spare column groups) or the vector unit's (one element per column per cycle),
+    and never less than the tile's SRAM traffic at sram_bytes_per_cycle."""
     channels, rows = np.asarray(channels, float), np.asarray(rows, float)
     if g.kind in WINDOWED:
         fold = np.maximum(1.0, np.floor(config.mac_cols / channels))
-        array = np.ceil(channels / config.mac_cols) * np.ceil(rows * g.out_w / (config.mac_rows * fold)) * g.taps
+        reduction = math.ceil(g.group_channels / config.mac_depth) * g.kernel[0] * g.kernel[1]
+        array = np.ceil(channels / config.mac_cols) * np.ceil(rows * g.out_w / (config.mac_rows * fold)) * reduction
     else:
         array = np.ceil(channels * rows * g.out_w / config.mac_cols)
     return np.maximum(array, tile_sram_bytes(g, order, channels, rows) / config.sram_bytes_per_cycle)

@@ -33,12 +33,15 @@ class NpuConfig:
 
     name: str
     sram_kib: int  # on-chip scratchpad holding every tile's working set
-    mac_rows: int  # the MAC array: mac_rows x mac_cols INT8 MACs per cycle
+    mac_rows: int  # the MAC array: mac_rows output pixels x mac_cols output channels
     mac_cols: int
     dram_bytes_per_cycle: float  # off-chip (DRAM/flash) bandwidth seen by the DMA
     sram_bytes_per_cycle: float  # on-chip bandwidth between SRAM and the MAC array
     clock_mhz: float
     dtypes: tuple[str, ...] = SUPPORTED_DTYPES
+    # Input channels each MAC array cell reduces per cycle (Ethos-U: 8, its IFM micro-block depth); a
+    # depthwise conv or pool has one input channel per output and uses 1 of them. 1: one tap per cycle.
+    mac_depth: int = 1
     # Where the weights live when not beside the activations (Vela's Shared_Sram: activations in
     # system SRAM, weights in flash on the other AXI port); 0 = the same memory, at dram_bytes_per_cycle.
     weight_bytes_per_cycle: float = 0.0
@@ -56,7 +59,7 @@ class NpuConfig:
 
     @property
     def macs_per_cycle(self) -> int:
-        return self.mac_rows * self.mac_cols
+        return self.mac_rows * self.mac_cols * self.mac_depth
 
     @property
     def peak_tops(self) -> float:
@@ -103,7 +106,7 @@ class NpuConfig:
                 f"invalid NPU config from {origin}: name must be letters, digits, '_', '.' or '-', "
                 f"got {self.name!r}"
             )
-        for name in ("sram_kib", "mac_rows", "mac_cols"):
+        for name in ("sram_kib", "mac_rows", "mac_cols", "mac_depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise NpuError(
@@ -204,8 +207,9 @@ PRESETS: dict[str, NpuConfig] = {
         NpuConfig(
             name="ethos-u55-256",
             sram_kib=48,
-            mac_rows=16,
-            mac_cols=16,
+            mac_rows=4,
+            mac_cols=8,
+            mac_depth=8,
             dram_bytes_per_cycle=8.0,
             sram_bytes_per_cycle=32.0,
             clock_mhz=500.0,
@@ -214,8 +218,10 @@ PRESETS: dict[str, NpuConfig] = {
             weight_latency_cycles=64.0,
             description="Arm Ethos-U55-256 in Vela's Ethos_U55_High_End_Embedded system, Shared_Sram memory mode",
             source=(
-                "Vela 5.2.0: accelerator ethos-u55-256 (256 MACs/cycle; 48 SHRAM banks of 1 KiB, the "
-                "on-chip buffer tiles live in); Ethos_U55_High_End_Embedded: core_clock 500e6, axi0 Sram "
+                "Vela 5.2.0: accelerator ethos-u55-256 (256 MACs/cycle: OFM micro-block 2x2 pixels x 8 "
+                "channels, IFM micro-block depth 8, so 4 x 8 x 8; elem_units 8, our vector lanes = mac_cols; "
+                "48 SHRAM banks of 1 KiB, the on-chip buffer tiles live in); "
+                "Ethos_U55_High_End_Embedded: core_clock 500e6, axi0 Sram "
                 "(clock_scale 1.0: 8 B/cycle, read latency 32), axi1 OffChipFlash (clock_scale 0.125: "
                 "1 B/cycle, read latency 64); Shared_Sram: activations (arena) in Sram, weights (const) in "
                 "flash, so 'DRAM' here is the system SRAM. sram_bytes_per_cycle 32 is Vela's IFM "
@@ -227,15 +233,18 @@ PRESETS: dict[str, NpuConfig] = {
         NpuConfig(
             name="ethos-u65-512",
             sram_kib=512,
-            mac_rows=16,
-            mac_cols=32,
+            mac_rows=4,
+            mac_cols=16,
+            mac_depth=8,
             dram_bytes_per_cycle=3.75,
             sram_bytes_per_cycle=64.0,
             clock_mhz=1000.0,
             dram_latency_cycles=500.0,
             description="Arm Ethos-U65-512 in Vela's Ethos_U65_High_End system, Dedicated_Sram_512KB memory mode",
             source=(
-                "Vela 5.2.0: accelerator ethos-u65-512 (2 cores of 256 MACs/cycle); Ethos_U65_High_End: "
+                "Vela 5.2.0: accelerator ethos-u65-512 (2 cores of 256 MACs/cycle, each 2x2 pixels x 8 "
+                "channels x IFM depth 8, so 4 x 16 x 8 side by side on output channels; elem_units 8 per "
+                "core); Ethos_U65_High_End: "
                 "core_clock 1e9, axi1 Dram (clock_scale 0.234375 x 16 B/cycle = 3.75 B/cycle, read latency "
                 "500), axi0 Sram (16 B/cycle); Dedicated_Sram_512KB: activations and weights in DRAM, a "
                 "512 KiB SRAM (arena_cache_size 524288) caching them. sram_bytes_per_cycle 64 is Vela's IFM "
@@ -252,6 +261,7 @@ OVERRIDABLE_FIELDS = (
     "sram_kib",
     "mac_rows",
     "mac_cols",
+    "mac_depth",
     "dram_bytes_per_cycle",
     "sram_bytes_per_cycle",
     "clock_mhz",
