@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .energy import energy
 from .target import NpuConfig
 from .tiling import (
     PARAM_BYTES_PER_CHANNEL,
@@ -63,6 +64,7 @@ class LayerCost:
     input_read: int
     output_write: int
     tiles: int
+    sram_traffic: float = 0.0  # bytes compute moves to and from SRAM (`tile_sram_bytes`), DMA excluded
 
     @property
     def dram_bytes(self) -> int:
@@ -139,7 +141,7 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
     bw = config.dram_bytes_per_cycle
     row_tiles = splits(g.out_h, t.rows)
     chan_tiles = Counter(size for _, size in splits(g.out_channels, t.channels))
-    cycles = compute = 0.0
+    cycles = compute = sram = 0.0
     weight_read = input_read = output_write = 0
     if g.sparse:  # CSR tiles differ by their non-zeros: one entry per channel tile
         chan_tiles = Counter(splits(g.out_channels, t.channels))
@@ -156,6 +158,7 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
             cycles += count * (float(load_cycles(weights, config, weights=True))
                                + pipeline(load_cycles(x_in, config), c, out / bw, t.double_buffer))
             compute += count * float(c.sum())
+            sram += count * float(tile_sram_bytes(g, "weights", ch, rows).sum())
             weight_read += count * weights
             input_read += count * int(x_in.sum())
             output_write += count * int(out.sum())
@@ -175,6 +178,7 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
             cycles += count * (float(load_cycles(stationary, config)) + pipeline(
                 load_cycles(streamed, config, weights=streams_weights), c, out / bw, t.double_buffer))
             compute += count * float(c.sum())
+            sram += count * float(tile_sram_bytes(g, "rows", chans, r).sum())
             if g.input_stationary("rows"):
                 input_read, weight_read = input_read + count * int(x_in), weight_read + count * int(streamed.sum())
             else:
@@ -183,7 +187,7 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
     n, table = g.batch, g.table_bytes  # a lookup table is loaded once, before the tile loops
     tiles = len(row_tiles) * sum(chan_tiles.values())
     return LayerCost(n * cycles + float(load_cycles(table, config)), n * compute, n * weight_read + table, n * input_read,
-                     n * output_write, n * tiles)
+                     n * output_write, n * tiles, n * sram)
 
 def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuConfig) -> tuple[LayerCost, LayerCost]:
     """(producer, consumer) costs of a cascade. The intermediate never touches DRAM; weights and parameters
@@ -203,6 +207,8 @@ def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuC
                           for b in bands])
     compute_c = np.array([float(tile_compute_cycles(consumer, "weights", consumer.out_channels, b.rows, config)) for b in bands])
     compute = compute_p + compute_c
+    sram_p = sum(float(tile_sram_bytes(px, "weights", producer.out_channels, b.new_intermediate)) for b in bands)
+    sram_c = sum(float(tile_sram_bytes(consumer, "weights", consumer.out_channels, b.rows)) for b in bands)
     if input_rolls:
         body = float(load_cycles(dma_in, config).sum()) + pipeline(np.zeros(len(bands)), compute, dma_out / bw)
     else:
@@ -210,8 +216,10 @@ def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuC
     w_p, w_c = producer.weight_bytes(), consumer.weight_bytes()
     cycles = float(load_cycles(np.array([w_p, w_c]), config, weights=True).sum()) + n * body
     share = compute_p.sum() / compute.sum() if compute.sum() else 0.5
-    return (LayerCost(share * cycles, n * float(compute_p.sum()), w_p, n * int(dma_in.sum()), 0, n * len(bands)),
-            LayerCost((1 - share) * cycles, n * float(compute_c.sum()), w_c, 0, n * int(dma_out.sum()), n * len(bands)))
+    return (LayerCost(share * cycles, n * float(compute_p.sum()), w_p, n * int(dma_in.sum()), 0, n * len(bands),
+                      n * sram_p),
+            LayerCost((1 - share) * cycles, n * float(compute_c.sum()), w_c, 0, n * int(dma_out.sum()), n * len(bands),
+                      n * sram_c))
 
 
 def cascade_compulsory(producer: Geometry, consumer: Geometry) -> tuple[int, int]:
@@ -252,14 +260,20 @@ class LayerEstimate:
     weight_bytes_original: int = 0  # the layer's int8 weights, dense (0: a layer without weights)
     weight_bytes_encoded: int = 0  # as the package stores them (CSR: values + indices + row pointers)
     cascade: dict | None = None  # tvm_npu.cascade.Cascade.describe: index, role, rows, dram_saved
+    sram_traffic: float = 0.0  # SRAM bytes the compute reads and writes (LayerCost.sram_traffic)
 
     @property
     def dram_bytes(self) -> int:
         return self.weight_read + self.activation_read + self.activation_write
 
+    def energy(self, config: NpuConfig) -> dict:
+        """tvm_npu.energy's split; every DRAM byte also passes through SRAM once (the DMA's end)."""
+        return energy(self.macs, self.sram_traffic + self.dram_bytes, self.activation_read + self.activation_write,
+                      self.weight_read, config)
+
     def to_dict(self, config: NpuConfig) -> dict:
         peak = config.macs_per_cycle
-        return asdict(self) | {
+        return asdict(self) | self.energy(config) | {
             "dram_bytes": self.dram_bytes,
             "utilization": self.macs / (self.cycles * peak) if self.cycles else 0.0,
             "array_utilization": self.macs / (self.compute_cycles * peak) if self.compute_cycles else 0.0,
@@ -312,7 +326,9 @@ class ModelEstimate:
             "conv_utilization": conv_macs / (conv_cycles * peak) if conv_cycles else 0.0,
             "inferences_per_second": self.config.clock_mhz * 1e6 / cycles if cycles else math.inf,
             "clock_mhz": self.config.clock_mhz,
-        }
+        } | energy(macs, sum(x.sram_traffic + x.dram_bytes for x in npu),
+                   sum(x.activation_read + x.activation_write for x in npu), sum(x.weight_read for x in npu),
+                   self.config)
 
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "layers": [layer.to_dict(self.config) for layer in self.layers]}
@@ -351,6 +367,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 compulsory[0 if first else 1], bound * (share if first else 1 - share), p.sram_planned, p.sram_proven,
                 p.weights.get("original", 0), p.weights.get("encoded", 0), cascade=fused.describe(p),
+                sram_traffic=cost.sram_traffic,
             ))
         elif p.geometry is not None and p.tiles is not None and p.placement == "npu":
             g, cost = p.geometry, layer_cost(p.geometry, p.tiles, config)
@@ -358,7 +375,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
                 p.label, p.kernel, p.placement, g.describe(), p.tiles.describe(g.weighted) + (" (tuned)" if p.tuned else ""),
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 g.compulsory_bytes, layer_roofline(g, config), p.sram_planned, p.sram_proven,
-                p.weights.get("original", 0), p.weights.get("encoded", 0),
+                p.weights.get("original", 0), p.weights.get("encoded", 0), sram_traffic=cost.sram_traffic,
             ))
         else:
             # Untiled (elementwise, pools) or on the CPU: the NPU streams its operands once; its vector unit
@@ -373,5 +390,6 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
                 p.label, p.kernel, p.placement, s["shape"], "not tiled" if on_npu else f"cpu: {p.reason}",
                 0, cycles, compute if on_npu else 0.0, 0, s["read"] if on_npu else 0, s["write"] if on_npu else 0,
                 compulsory if on_npu else 0, bound if on_npu else 0.0, None, None,
+                sram_traffic=compulsory if on_npu else 0.0,  # the vector unit reads and writes each byte once
             ))
     return result

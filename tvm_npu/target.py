@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tvm
 
+from .energy import DRAM_PJ_PER_BYTE, SRAM_PJ_PER_BYTE
 from .errors import NpuError
 
 DEFAULT_PRESET = "mid"
@@ -48,6 +49,10 @@ class NpuConfig:
     # Read latency of one DMA transfer (Vela's <memory>_read_latency, in NPU cycles); 0 = not modelled.
     dram_latency_cycles: float = 0.0
     weight_latency_cycles: float = 0.0  # 0 with weight_bytes_per_cycle 0: dram_latency_cycles
+    # Energy of a byte moved from/to the activations' memory and the weights' (0: as dram_pj_per_byte);
+    # tvm_npu/energy.py cites the figures.
+    dram_pj_per_byte: float = DRAM_PJ_PER_BYTE
+    weight_pj_per_byte: float = 0.0
     description: str = ""
     source: str = ""  # where the figures come from
     # The Vela configuration this preset twins, as its CLI flags (scripts/compare_vela.py runs it).
@@ -74,6 +79,11 @@ class NpuConfig:
     @property
     def weight_latency(self) -> float:
         return self.weight_latency_cycles if self.weight_bytes_per_cycle else self.dram_latency_cycles
+
+    @property
+    def weight_energy(self) -> float:
+        """pJ per weight byte read from the weights' memory."""
+        return self.weight_pj_per_byte or self.dram_pj_per_byte
 
     @property
     def target_model(self) -> str:
@@ -118,7 +128,8 @@ class NpuConfig:
                 raise NpuError(
                     f"invalid NPU config from {origin}: {name} must be a positive number, got {value!r}"
                 )
-        for name in ("weight_bytes_per_cycle", "dram_latency_cycles", "weight_latency_cycles"):
+        for name in ("weight_bytes_per_cycle", "dram_latency_cycles", "weight_latency_cycles", "dram_pj_per_byte",
+                     "weight_pj_per_byte"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise NpuError(
@@ -216,6 +227,8 @@ PRESETS: dict[str, NpuConfig] = {
             weight_bytes_per_cycle=1.0,
             dram_latency_cycles=32.0,
             weight_latency_cycles=64.0,
+            dram_pj_per_byte=SRAM_PJ_PER_BYTE[-1][1],  # the arena: a ~1 MB system SRAM
+            weight_pj_per_byte=DRAM_PJ_PER_BYTE,  # flash: no published figure at hand, charged as DRAM
             description="Arm Ethos-U55-256 in Vela's Ethos_U55_High_End_Embedded system, Shared_Sram memory mode",
             source=(
                 "Vela 5.2.0: accelerator ethos-u55-256 (256 MACs/cycle: OFM micro-block 2x2 pixels x 8 "
