@@ -37,7 +37,11 @@ setup(
     ],
     extras_require={
         "validate": ["onnxruntime"],  # tvmc validate's fallback reference when OpenVINO cannot run a model
-        "test": ["pytest>=8", "onnxruntime", "scikit-learn", "ruff==0.17.6"],  # ruff: ruff.toml, run by scripts/test.sh
+        # Arm's Vela, the independent check of the performance model (scripts/compare_vela.py): a 2 MB manylinux
+        # wheel needing only numpy and flatbuffers, installed in 2.5 s here.
+        "vela": ["ethos-u-vela==5.2.0"],
+        # ruff: ruff.toml, run by scripts/test.sh
+        "test": ["pytest>=8", "onnxruntime", "scikit-learn", "ruff==0.17.6", "ethos-u-vela==5.2.0"],
     },
     entry_points={
         "console_scripts": [

@@ -8,8 +8,9 @@ cascades by default; the performance model is the one `tvmc report` prints). Our
 int8_nets.py writes both files from one layer list, so they are the same computation.
 
 Per layer (matched by name: Vela reports each operator's output tensor, our ONNX nodes carry that name):
-cycles and SRAM use (Vela's staging usage, our planned footprint) side by side, and the Spearman rank
-correlation of the cycles per network. Whole network: cycles, the bytes our model calls DRAM traffic
+cycles, DRAM traffic (Vela's per-layer report has access cycles, not bytes: those of the memories our model
+calls DRAM, see below; ours in bytes) and SRAM use (Vela's staging usage, our planned footprint) side by
+side, and the Spearman rank correlation of the cycles per network. Whole network: cycles, the bytes our model calls DRAM traffic
 (the memory holding activations and weights: Vela's DRAM in Dedicated_Sram mode; in Shared_Sram mode, where
 the activations live in system SRAM, Vela's SRAM feature-map traffic plus its flash weight reads) and the
 SRAM peak. Writes results/vela_comparison.json (every row) and results/vela_comparison.md (the table README
@@ -56,14 +57,24 @@ def run_vela(tflite: Path, config, folder: Path) -> dict:
     layers: dict[str, dict] = {}
     with open(out / f"{tflite.stem}_per-layer.csv") as f:
         for row in csv.DictReader(f):
-            layer = layers.setdefault(row["Name"], {"op": row["Original Operator"], "cycles": 0.0, "sram": 0, "macs": 0})
+            layer = layers.setdefault(row["Name"], {"op": row["Original Operator"], "cycles": 0.0, "sram": 0, "macs": 0,
+                                                    "access": {}})
             layer["cycles"] += float(row["Op Cycles"])
+            for memory in ("SRAM", "DRAM", "OffFlash"):
+                layer["access"][memory] = layer["access"].get(memory, 0.0) + float(row[f"{memory} AC"])
             layer["sram"] = max(layer["sram"], int(row["Staging Usage"]))
             layer["macs"] += int(row["MAC Count"])
     (summary_file,) = out.glob(f"{tflite.stem}_summary_*.csv")
     with open(summary_file) as f:
         summary = next(csv.DictReader(f))
     return {"layers": layers, "summary": summary}
+
+
+def vela_dram_access(layer: dict, config) -> float:
+    """Vela's access cycles (bytes at the memory's bandwidth, burst-inflated) of the memories our model
+    calls DRAM: DRAM in Dedicated_Sram mode; system SRAM and flash in Shared_Sram mode."""
+    access = layer["access"]
+    return access["SRAM"] + access["OffFlash"] if config.weight_bytes_per_cycle else access["DRAM"]
 
 
 def vela_dram_bytes(summary: dict, config) -> float:
@@ -88,7 +99,9 @@ def compare(name: str, config, folder: Path) -> dict:
     rows = []
     for layer, v in vela["layers"].items():
         o = our["layers"].get(layer)
-        rows.append({"layer": layer, "op": v["op"], "macs": v["macs"], "vela_cycles": v["cycles"],
+        rows.append({"layer": layer, "op": v["op"], "macs": v["macs"], "our_macs": o.macs if o else None,
+                     "vela_cycles": v["cycles"], "vela_dram_access_cycles": vela_dram_access(v, config),
+                     "our_dram_bytes": o.dram_bytes if o else None,
                      "our_cycles": o.cycles if o else None, "vela_sram": v["sram"],
                      "our_sram": o.sram_planned if o else None, "our_kernel": o.kernel if o else None,
                      "our_tiles": o.tiles if o else None})
@@ -137,12 +150,15 @@ def ethosu_version() -> str:
 def print_layers(r: dict) -> None:
     print(f"\n{r['network']} on {r['target']}: Vela {r['vela_cycles']:,.0f} cycles, ours {r['our_cycles']:,.0f} "
           f"({r['cycle_ratio']:.2f}x), Spearman {r['spearman']:.2f}")
-    print(f"  {'layer':8} {'op':16} {'Vela cycles':>12} {'our cycles':>12} {'Vela SRAM':>10} {'our SRAM':>10}  our tiles")
+    print(f"  {'layer':8} {'op':16} {'Vela cycles':>12} {'our cycles':>12} {'Vela DRAM AC':>13} {'our DRAM B':>11} "
+          f"{'Vela SRAM':>10} {'our SRAM':>10}  our tiles")
     for row in r["layers"]:
         ours_c = "-" if row["our_cycles"] is None else f"{row['our_cycles']:,.0f}"
         ours_s = "-" if row["our_sram"] is None else f"{row['our_sram']:,}"
-        print(f"  {row['layer']:8} {row['op']:16} {row['vela_cycles']:>12,.0f} {ours_c:>12} {row['vela_sram']:>10,} "
-              f"{ours_s:>10}  {row['our_tiles'] or ''}")
+        ours_d = "-" if row["our_dram_bytes"] is None else f"{row['our_dram_bytes']:,}"
+        print(f"  {row['layer']:8} {row['op']:16} {row['vela_cycles']:>12,.0f} {ours_c:>12} "
+              f"{row['vela_dram_access_cycles']:>13,.0f} {ours_d:>11} {row['vela_sram']:>10,} {ours_s:>10}  "
+              f"{row['our_tiles'] or ''}")
 
 
 def main(argv=None) -> int:

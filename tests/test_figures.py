@@ -18,6 +18,8 @@ FIGURES = {
     "results/resnet50_stem.md": "scripts/model_figures.py",
     "results/pruned_resnet50.md": "scripts/model_figures.py",
     "results/tuned_models.md": "scripts/tuned_models.py",
+    "results/energy.md": "scripts/model_figures.py",
+    "results/vela_comparison.md": "scripts/compare_vela.py",
 }
 BLOCK = re.compile(r"<!-- (results/[\w./-]+\.md) -->\n(.*?)<!-- /\1 -->", re.DOTALL)
 
