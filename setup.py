@@ -26,6 +26,7 @@ setup(
         "onnx==1.23.2",
         "openvino==2026.4.1",
         "nncf==3.4.0",  # post-training quantization: OpenVINO's own quantizer, emitting QDQ ONNX
+        "tflite==2.18.0",  # TFLite's flatbuffer schema in Python: TVM's TFLite frontend reads .tflite files with it
         "numpy>=2.0,<3",
         "scipy>=1.13",
         "xgboost-cpu>=2.1",  # meta_schedule's xgb cost model; the CPU wheel skips 470 MB of CUDA
@@ -36,12 +37,14 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "validate": ["onnxruntime"],  # tvmc validate's fallback reference when OpenVINO cannot run a model
+        # tvmc validate's fallback reference when OpenVINO cannot run a model; TFLite's own interpreter for .tflite
+        "validate": ["onnxruntime", "ai-edge-litert==2.3.0"],
         # Arm's Vela, the independent check of the performance model (scripts/compare_vela.py): a 2 MB manylinux
         # wheel needing only numpy and flatbuffers, installed in 2.5 s here.
         "vela": ["ethos-u-vela==5.2.0"],
         # ruff: ruff.toml, run by scripts/test.sh
-        "test": ["pytest>=8", "onnxruntime", "scikit-learn", "ruff==0.17.6", "ethos-u-vela==5.2.0"],
+        "test": ["pytest>=8", "onnxruntime", "ai-edge-litert==2.3.0", "scikit-learn", "ruff==0.17.6",
+                 "ethos-u-vela==5.2.0"],
     },
     entry_points={
         "console_scripts": [

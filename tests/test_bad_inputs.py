@@ -77,6 +77,16 @@ CASES = [
          "holds arrays ['z']", "one per input: ['x']"),
     Case("calibration-no-samples", "compile {M}/valid.onnx --calibration-data {D}/calibration_no_samples.npz",
          "calibration_no_samples.npz", "at least 1"),
+    # TFLite files (tvm_npu compiles INT8 TFLite; tests/bad_inputs/make_corpus.py writes these with the repo's writer)
+    Case("float-tflite", "compile {M}/float.tflite", "is a float TFLite model", "full-integer quantization"),
+    Case("float-tflite-validate", "validate {M}/float.tflite", "is a float TFLite model", "full-integer quantization"),
+    Case("tflite-operator-unsupported", "compile {M}/unsupported_operator.tflite",
+         "TFLite operator SQUARED_DIFFERENCE (producing 't4') is not supported", "replace it"),
+    Case("truncated-tflite", "compile {M}/truncated.tflite", "is not a readable TFLite model", "re-export"),
+    Case("random-bytes-tflite", "compile {M}/random.tflite", "not a TFLite flatbuffer (no TFL3 identifier)",
+         "give a .tflite file"),
+    Case("model-format-mismatch", "compile --model-format tflite {M}/valid.onnx", "is an ONNX model, not TFLite",
+         "drop --model-format tflite"),
     # hardware descriptions and targets
     Case("unknown-preset", "compile {M}/valid.onnx --target npu/huge", "unknown NPU preset 'huge'", "--target npu/mid"),
     Case("foreign-target", "compile {M}/valid.onnx --target llvm", "unsupported target 'llvm'", "npu/<preset>"),

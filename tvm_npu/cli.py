@@ -22,7 +22,7 @@ from . import cache as compile_cache
 from . import progress
 from .atomic import atomic_output, check_output_path
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_OK, NpuError, first_line
-from .frontend import parse_input_shapes
+from .frontend import MODEL_FORMATS, model_format, parse_input_shapes
 from .package import read_package
 from .pipeline import compile as compile_model
 from .quantize import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIXES, is_quantized
@@ -96,10 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,validate,report,tune,cache}")
 
-    compile_cmd = commands.add_parser("compile", help="compile an ONNX model into a package (.tar)")
-    compile_cmd.add_argument("FILE", help="the ONNX model to compile")
+    compile_cmd = commands.add_parser("compile", help="compile an ONNX or INT8 TFLite model into a package (.tar)")
+    compile_cmd.add_argument("FILE", help="the model to compile (.onnx, or an INT8 .tflite)")
     compile_cmd.add_argument("-o", "--output", default="module.tar", help="package to write (default: module.tar)")
-    compile_cmd.add_argument("--model-format", choices=["onnx"], default="onnx", help="input model format")
     _add_compile_options(compile_cmd)
     compile_cmd.set_defaults(handler=_compile)
 
@@ -120,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"model (if installed) -> OpenVINO CPU on the FP32 model (cosine >= {FP32_MIN_COSINE}). "
         "Exit 0 pass, 1 fail, 3 could not validate.",
     )
-    validate_cmd.add_argument("FILE", help="a package (.tar) or an ONNX model (.onnx)")
+    validate_cmd.add_argument("FILE", help="a package (.tar) or a model (.onnx, .tflite)")
     _add_input_options(validate_cmd)
     validate_cmd.add_argument("--samples", type=int, default=1, metavar="N",
                               help="with --fill-mode: validate on N input samples (seeds --seed .. --seed+N-1; default: 1); "
@@ -234,6 +233,8 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     _add_target_options(parser)
+    parser.add_argument("--model-format", choices=MODEL_FORMATS, default=None,
+                        help="input model format (default: from the file: TFLite's TFL3 identifier or .tflite, else ONNX)")
     parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
                         help="post-training INT8 quantization with NNCF (default: on unless the model is QDQ already)")
     parser.add_argument("--calibration-data", metavar="NPZ",
@@ -288,6 +289,8 @@ def _target_from_args(args: argparse.Namespace):
 
 def _compile_from_args(args: argparse.Namespace, output: Path):
     config, shapes = _target_from_args(args)
+    if args.model_format and Path(args.FILE).is_file():  # a missing file is the load stage's to report
+        model_format(Path(args.FILE), Path(args.FILE).read_bytes(), args.model_format)
     with progress.reporting(sys.stderr if sys.stderr.isatty() and not args.quiet else None):
         result = compile_model(
             args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
@@ -382,10 +385,11 @@ def _validate(args: argparse.Namespace) -> int:
         raise NpuError(f"--reference-isa {args.reference_isa!r} is not a oneDNN ISA name; use e.g. AVX2 or AVX512_CORE")
     fp32_onnx = None
     with tempfile.TemporaryDirectory(prefix="tvm_npu_validate_") as folder:
-        if Path(args.FILE).suffix == ".onnx":
+        if args.model_format or Path(args.FILE).suffix in (".onnx", ".tflite"):
             package = _compile_from_args(args, Path(folder) / "model.tar").package_path
             source = Path(args.FILE).read_bytes()
-            fp32_onnx = None if is_quantized(onnx.load_from_string(source)) else source
+            if model_format(Path(args.FILE), source, args.model_format) == "onnx":
+                fp32_onnx = None if is_quantized(onnx.load_from_string(source)) else source
         else:
             package = args.FILE
         model = load(package)

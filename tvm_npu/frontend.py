@@ -1,4 +1,5 @@
 """Stages load and import: an ONNX file becomes a checked model, then a static-shaped Relax module.
+An INT8 TFLite file (`model_format`) is first converted to the equivalent QDQ ONNX model (`tflite_onnx`).
 
 Entry points: `load_onnx(path, input_shapes)` (everything that can be wrong with a user's
 model file is found here, before TVM sees it, and reported as one NpuError line; the input shapes
@@ -33,6 +34,7 @@ from tvm.relax.frontend.onnx import from_onnx
 from .errors import NpuError, first_line, one_line
 from .passes import run_onnx_passes
 from .passes.fold_shapes import SHAPE_READERS
+from .tflite_onnx import is_tflite, tflite_to_onnx
 
 _NUMERIC_TYPES = {getattr(onnx.TensorProto, name) for name in (
     "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
@@ -208,15 +210,32 @@ def _native_stderr_discarded():
         os.close(devnull)
 
 
+MODEL_FORMATS = ("onnx", "tflite")
+
+
+def model_format(path: Path, data: bytes, requested: str | None = None) -> str:
+    """"tflite" or "onnx", as read_onnx will read the file; `requested` (tvmc's --model-format) must agree."""
+    found = "tflite" if is_tflite(path, data) else "onnx"
+    if requested is not None and requested != found:
+        names = {"onnx": "an ONNX", "tflite": "a TFLite"}
+        raise NpuError(f"{path} is {names[found]} model, not {names[requested][2:].strip()}; drop --model-format "
+                       f"{requested} or give {names[requested]} file")
+    return found
+
+
 def read_onnx(path: Path) -> onnx.ModelProto:
     """The parsed, checked model with any external data inlined."""
     if not path.exists():
         raise NpuError(f"model file {path} does not exist; check the path")
     if not path.is_file():
-        raise NpuError(f"model path {path} is not a regular file; give the .onnx file itself")
+        raise NpuError(f"model path {path} is not a regular file; give the .onnx or .tflite file itself")
     data = path.read_bytes()
     if not data:
         raise NpuError(f"model file {path} is empty; re-export the model")
+    if model_format(path, data) == "tflite":
+        model = tflite_to_onnx(data, path)
+        onnx.checker.check_model(model)  # the converter's own output: a failure here is a bug, not bad input
+        return model
     try:
         model = onnx.load_from_string(data)
     except (DecodeError, RuntimeWarning, ValueError) as err:

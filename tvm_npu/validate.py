@@ -9,6 +9,9 @@ and why:
    NPU properties a fair run needs, recorded in the report), else its CPU device computing in f32.
 2. ONNX Runtime on the same QDQ model, when OpenVINO cannot compile or run it (this happens on
    real quantized models) and onnxruntime is installed (`pip install tvm_npu[validate]`).
+0. For a package compiled from a TFLite file, first the original .tflite (embedded in the ONNX model):
+   TFLite's own interpreter (reference kernels) when ai-edge-litert is installed, else OpenVINO reading it
+   (`tflite_reference`). Neither runs probed models, so --per-layer then reports its layers as unprobed.
 3. OpenVINO CPU on the FP32 model (the model given to `tvmc validate`, or the QDQ model with its
    QuantizeLinear/DequantizeLinear pairs removed), judged with the wider FP32 tolerance.
 
@@ -92,6 +95,10 @@ from onnx.reference.op_run import OpRun
 from .errors import EXIT_COULD_NOT_VALIDATE, EXIT_OK, EXIT_VALIDATION_FAILED, NpuError, first_line
 from .quantize import is_quantized
 from .runtime import CompiledModel
+from .tflite_onnx import embedded_tflite
+from .tflite_reference import INTERPRETER, TFLiteReferenceFailure, litert_version
+from .tflite_reference import interpreter_outputs as tflite_interpreter_outputs
+from .tflite_reference import openvino_outputs as tflite_openvino_outputs
 
 DEVICES = ("AUTO", "NPU", "CPU")
 
@@ -282,7 +289,7 @@ class ValidationReport:
 
     def headline(self) -> str:
         model = "the same model" if self.reference_model == "same" else "the FP32 model (wider tolerance)"
-        version = ov.get_version().split("-")[0] if self.reference == "OpenVINO" else _onnxruntime_version()
+        version = _reference_version(self.reference).split("-")[0]
         return f"reference: {self.reference} {version} on {self.device}, {model} ({self.device_reason})"
 
     def to_dict(self) -> dict:
@@ -290,7 +297,7 @@ class ValidationReport:
         return {
             "summary": self.headline(),
             "reference": self.reference,
-            "reference_version": ov.get_version() if self.reference == "OpenVINO" else _onnxruntime_version(),
+            "reference_version": _reference_version(self.reference),
             "reference_model": self.reference_model,
             "device": self.device,
             "device_reason": self.device_reason,
@@ -549,6 +556,12 @@ def _onnxruntime_version() -> str:
     return ort.__version__ if ort else "?"
 
 
+def _reference_version(runtime: str) -> str:
+    if runtime == "OpenVINO":
+        return ov.get_version()
+    return (litert_version() or "?") if runtime == INTERPRETER else _onnxruntime_version()
+
+
 # --- when the reference's int8 arithmetic can be trusted ------------------------------------------
 # A CPU without VNNI multiplies int8 pairs with vpmaddubsw (u8 x s8 -> int16, two products summed
 # with saturation; a signed activation is shifted by 128 into u8 first). OpenVINO's CPU plugin
@@ -595,6 +608,8 @@ def int8_path(runtime: str, device: str = "CPU", isa: str | None = None) -> Int8
     OPTIMIZATION_CAPABILITIES say INT8 on either path, so they cannot tell."""
     if device == "NPU":
         return Int8Path(True, "OpenVINO's NPU device accumulates int8 products in int32")
+    if runtime == INTERPRETER:
+        return Int8Path(True, "TFLite's reference kernels accumulate int8 products in int32")
     vnni = sorted(cpu_flags() & set(VNNI_CPU_FLAGS))
     if not vnni:
         return Int8Path(False, f"this CPU has no VNNI ({', '.join(VNNI_CPU_FLAGS)} absent): {runtime} sums int8 "
@@ -790,6 +805,11 @@ def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes:
     """Walks the fallback chain: OpenVINO (same model) -> ONNX Runtime (same model) -> OpenVINO CPU (FP32).
     `isa` caps OpenVINO's CPU plugin (see `openvino_outputs`)."""
     notes = []
+    tflite = embedded_tflite(onnx_bytes)
+    if tflite is not None:
+        found = _tflite_reference(tflite, samples, device, reason, notes)
+        if found is not None:
+            return found
     try:
         outputs = openvino_outputs(onnx_bytes, samples, device, isa)
         properties = reference_properties(device) | ({ISA_CAP_VARIABLE: isa.upper()} if isa else {})
@@ -818,6 +838,27 @@ def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes:
             notes.append(f"FP32 model: {err}")
     raise NpuError("could not validate: no reference runtime could run the model (" + "; ".join(notes) + ")",
                    EXIT_COULD_NOT_VALIDATE)
+
+
+def _tflite_reference(tflite: bytes, samples, device: str, reason: str, notes: list[str]) -> _Reference | None:
+    """TFLite's interpreter, else OpenVINO, on the original .tflite file (module doc, step 0)."""
+    def unprobed(_bytes, _samples):
+        raise ReferenceFailure("it runs the .tflite file, not probed ONNX models")
+
+    version = litert_version()
+    try:
+        if version is not None:
+            return _Reference(INTERPRETER, "CPU", "the package was compiled from a TFLite file", "same",
+                              {"ai-edge-litert": version, "op_resolver": "BUILTIN_REF"},
+                              tflite_interpreter_outputs(tflite, samples), notes, unprobed)
+        notes.append("ai-edge-litert is not installed (pip install 'tvm_npu[validate]'); OpenVINO reads the .tflite")
+        return _Reference("OpenVINO", device, f"{reason}; reading the original .tflite file", "same",
+                          reference_properties(device), tflite_openvino_outputs(tflite, samples, device,
+                                                                                reference_properties(device)),
+                          notes, unprobed)
+    except TFLiteReferenceFailure as err:
+        notes.append(str(err))
+        return None
 
 
 # --- quantization facts of an ONNX model ----------------------------------------------------------

@@ -25,6 +25,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import make_tflite_models  # noqa: E402 - the scripts folder is not a package
 from conftest import make_conv_model  # noqa: E402 - the tests' one tiny model, shared with them
 
 SEED = 10
@@ -101,6 +103,17 @@ def _write_models(models: Path, valid: Path, rng: np.random.Generator) -> None:
           models / "rank_unknown_output.onnx")
     # Weights that need more than 1 KiB of SRAM in any tiling, pre-quantized (QDQ) so no calibration runs.
     _save(qdq_conv(rng), models / "wide_qdq.onnx")
+    _write_tflite_models(models, rng)
+
+
+def _write_tflite_models(models: Path, rng: np.random.Generator) -> None:
+    """TFLite files tvm_npu must refuse, from scripts/make_tflite_models.py's writer (its tiny network)."""
+    valid = make_tflite_models.write_tflite("tiny")
+    (models / "float.tflite").write_bytes(make_tflite_models.write_tflite("tiny", quantized=False))
+    (models / "unsupported_operator.tflite").write_bytes(
+        make_tflite_models.write_tflite("tiny", replace_ops={"ADD": "SQUARED_DIFFERENCE"}))
+    (models / "truncated.tflite").write_bytes(valid[: len(valid) // 2])
+    (models / "random.tflite").write_bytes(rng.bytes(4096))
 
 
 def _with_external_weight(model: onnx.ModelProto, location: str) -> onnx.ModelProto:

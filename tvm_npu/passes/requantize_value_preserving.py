@@ -1,7 +1,9 @@
-"""Value-preserving operators on a dequantized tensor are requantized onto its grid (relax)."""
+"""Value-preserving operators on a dequantized tensor are requantized onto its grid (relax); a quantize
+of a dequantize onto the very same grid is the integer tensor itself."""
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax
 
 from ..registry import op_name
@@ -25,6 +27,8 @@ class _RequantizeValuePreserving(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
+        if op_name(call) == "relax.quantize":
+            return self._identity_requantize(call)
         if op_name(call) not in _VALUE_PRESERVING:
             return call
         operands = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else [call.args[0]]
@@ -41,6 +45,20 @@ class _RequantizeValuePreserving(relax.PyExprMutator):
         q = self.builder_.emit(relax.op.quantize(out, dq.args[1], dq.args[2], axis=int(dq.attrs.axis),
                                                  out_dtype=str(dq.args[0].ty.dtype)), "requantized")
         return relax.op.dequantize(q, dq.args[1], dq.args[2], axis=int(dq.attrs.axis), out_dtype="float32")
+
+
+    def _identity_requantize(self, call):
+        """`quantize(dequantize(q, s, z), s, z)` -> `q`: exact, and a model that quantizes right after a moved
+        tensor (as a TFLite reshape's output is) would otherwise keep this pair on the CPU after the rewrite above."""
+        source = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+        if source is None or not per_tensor_dequantize(source):
+            return call
+        if not all(isinstance(a, tvm.ir.expr.Constant) and a.value.numpy().size == 1 for a in call.args[1:3]):
+            return call
+        same = (float(call.args[1].value.numpy()) == float(source.args[1].value.numpy())
+                and int(call.args[2].value.numpy()) == int(source.args[2].value.numpy())
+                and str(call.attrs.out_dtype) == str(source.args[0].ty.dtype))
+        return source.args[0] if same else call
 
 
 requantize_value_preserving = relax_pass(_RequantizeValuePreserving, "RequantizeValuePreserving")
