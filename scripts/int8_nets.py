@@ -1,15 +1,14 @@
-"""Seeded INT8 networks written twice, as the same computation: a TFLite flatbuffer (what Vela reads) and
-a QDQ ONNX model (what `tvmc compile` reads), for scripts/compare_vela.py.
+"""Seeded INT8 TFLite networks at the sizes Ethos-U benchmarks use, for scripts/compare_vela.py: Vela and
+`tvmc compile` read the same file.
 
-Both files come from one layer list with one set of seeded int8 weights, int32 biases and per-tensor
-activation quantization: TFLite NHWC with per-channel int8 weights (TFLite's INT8 scheme), ONNX NCHW
-with the same integers behind DequantizeLinear (per output channel) and each layer's output through
-QuantizeLinear at the same scale and zero point. Padding is TFLite's SAME, spelled out in ONNX's pads.
-Each layer's ONNX node is named after its output tensor, the name Vela's per-layer report uses.
-The TFLite file is built with the flatbuffers bindings Vela ships (`ethosu.vela.tflite`), so writing it
+Full-width MobileNetV1 and MobileNetV2-style nets at 128x128, a ResNet-style net at 96x96, a depthwise-heavy
+and a dense-heavy one (scripts/make_tflite_models.py's TensorFlow-converted networks are smaller: width
+0.25-0.35 at 64-96 pixels). Integer weights are drawn directly (per-channel int8, int32 biases, one
+activation scale for every tensor: the values do not matter to cycle counts), so no float model or
+calibration is involved. Written with the flatbuffers bindings Vela ships (`ethosu.vela.tflite`), so writing
 needs ethos-u-vela and nothing else.
 
-    python scripts/int8_nets.py OUT_DIR     # writes NAME.tflite and NAME.onnx for every network
+    python scripts/int8_nets.py OUT_DIR     # writes NAME.tflite for every network
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from pathlib import Path
 
 import flatbuffers
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 ACT_SCALE, ACT_ZERO = 0.05, -8  # every activation tensor (the values do not matter to cycle counts)
 RELU6 = "relu6"
@@ -47,7 +44,7 @@ class Layer:
 
 @dataclass
 class Net:
-    """A network built layer by layer with seeded weights; `tflite()` and `onnx()` write it."""
+    """A network built layer by layer with seeded weights; `tflite()` writes it."""
 
     name: str
     input_shape: tuple[int, int, int, int]
@@ -111,82 +108,6 @@ class Net:
     @property
     def output(self) -> str:
         return self.layers[-1].output
-
-    def _same_pads(self, layer: Layer) -> list[int]:
-        """TFLite's SAME padding as ONNX pads [top, left, bottom, right]."""
-        _, h, w, _ = self.tensors[layer.inputs[0]].shape
-        k = layer.weights.shape[1]
-        pads = []
-        for size in (h, w):
-            total = max((-(-size // layer.stride) - 1) * layer.stride + k - size, 0)
-            pads.append((total // 2, total - total // 2))
-        return [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
-
-    # ---- ONNX (NCHW, QDQ) ----
-    def onnx(self) -> onnx.ModelProto:
-        nodes, inits = [], []
-
-        def const(array, name):
-            if name not in {i.name for i in inits}:
-                inits.append(numpy_helper.from_array(np.asarray(array), name))
-            return name
-
-        const(np.float32(ACT_SCALE), "act_scale")
-        const(np.int8(ACT_ZERO), "act_zero")
-        real = {}
-
-        def dq(tensor):
-            if tensor not in real:
-                nodes.append(helper.make_node("DequantizeLinear", [tensor, "act_scale", "act_zero"], [f"{tensor}_real"]))
-                real[tensor] = f"{tensor}_real"
-            return real[tensor]
-
-        for i, layer in enumerate(self.layers):
-            x = dq(layer.inputs[0])
-            out = f"{layer.output}_f"
-            if layer.op in ("conv", "dwconv", "fc"):
-                if layer.op == "conv":
-                    w = layer.weights.transpose(0, 3, 1, 2)  # OHWI -> OIHW
-                elif layer.op == "dwconv":
-                    w = layer.weights.transpose(3, 0, 1, 2)  # 1HWC -> C1HW
-                else:
-                    w = layer.weights
-                const(w, f"w{i}")
-                const(layer.w_scale, f"w{i}_scale")
-                nodes.append(helper.make_node("DequantizeLinear", [f"w{i}", f"w{i}_scale"], [f"w{i}_real"], axis=0))
-                bias = (layer.bias * ACT_SCALE * layer.w_scale).astype(np.float32)
-                const(bias, f"b{i}")
-                if layer.op == "fc":
-                    nodes.append(helper.make_node("Gemm", [x, f"w{i}_real", f"b{i}"], [out], layer.output, transB=1))
-                else:
-                    group = w.shape[0] if layer.op == "dwconv" else 1
-                    nodes.append(helper.make_node("Conv", [x, f"w{i}_real", f"b{i}"], [out], layer.output, group=group,
-                                                  kernel_shape=list(w.shape[2:]), strides=[layer.stride] * 2,
-                                                  pads=self._same_pads(layer)))
-                if layer.act == RELU6:
-                    const(np.float32(0), "zero")
-                    const(np.float32(6), "six")
-                    nodes.append(helper.make_node("Clip", [out, "zero", "six"], [f"{out}_act"]))
-                    out = f"{out}_act"
-            elif layer.op == "add":
-                nodes.append(helper.make_node("Add", [x, dq(layer.inputs[1])], [out], layer.output))
-            elif layer.op == "avgpool":
-                nodes.append(helper.make_node("GlobalAveragePool", [x], [out], layer.output))
-            elif layer.op == "reshape":
-                nodes.append(helper.make_node("Flatten", [x], [out], layer.output))
-            nodes.append(helper.make_node("QuantizeLinear", [out, "act_scale", "act_zero"], [layer.output]))
-
-        def nchw(shape):
-            return [shape[0], shape[3], shape[1], shape[2]] if len(shape) == 4 else list(shape)
-
-        graph = helper.make_graph(
-            nodes, self.name,
-            [helper.make_tensor_value_info("input", onnx.TensorProto.INT8, nchw(self.input_shape))],
-            [helper.make_tensor_value_info(self.output, onnx.TensorProto.INT8, nchw(self.tensors[self.output].shape))],
-            inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        onnx.checker.check_model(model, full_check=True)
-        return model
 
     # ---- TFLite (NHWC, flatbuffer through Vela's bindings) ----
     def tflite(self) -> bytes:
@@ -411,16 +332,15 @@ def _head(net: Net, x: str, classes: int) -> Net:
 NETWORKS = {f.__name__: f for f in (mobilenet_v1, mobilenet_v2, resnet, depthwise_heavy, dense_heavy)}
 
 
-def write(net: Net, folder: Path) -> tuple[Path, Path]:
+def write(net: Net, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    tfl, onx = folder / f"{net.name}.tflite", folder / f"{net.name}.onnx"
-    tfl.write_bytes(net.tflite())
-    onnx.save(net.onnx(), onx)
-    return tfl, onx
+    path = folder / f"{net.name}.tflite"
+    path.write_bytes(net.tflite())
+    return path
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python scripts/int8_nets.py OUT_DIR")
     for build in NETWORKS.values():
-        print(*write(build(), Path(sys.argv[1])))
+        print(write(build(), Path(sys.argv[1])))

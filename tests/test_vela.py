@@ -36,7 +36,7 @@ def test_rerun_reproduces_the_committed_rows(network, tmp_path):
     committed = {(r["network"], r["target"]): r for r in json.loads(RESULTS.read_text())["results"]}
     for twin in compare_vela.TWINS:
         row = compare_vela.compare(network, PRESETS[twin], tmp_path)
-        weighted = [r for r in row["layers"] if r["op"] in ("Conv2D", "DepthwiseConv2D", "FullyConnected")]
-        assert weighted and all(r["our_macs"] == r["macs"] for r in weighted), network
+        weighted = [r for r in row["layers"] if r["op"] in compare_vela.WEIGHTED]
+        assert weighted and all(r["our_macs"] == r["macs"] for r in weighted) and not row["misnamed_layers"], network
         assert row["matched_layers"] >= len(weighted)
         assert json.loads(json.dumps(row)) == committed[(network, f"npu/{twin}")]
