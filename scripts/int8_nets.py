@@ -5,8 +5,7 @@ Full-width MobileNetV1 and MobileNetV2-style nets at 128x128, a ResNet-style net
 and a dense-heavy one (scripts/make_tflite_models.py's TensorFlow-converted networks are smaller: width
 0.25-0.35 at 64-96 pixels). Integer weights are drawn directly (per-channel int8, int32 biases, one
 activation scale for every tensor: the values do not matter to cycle counts), so no float model or
-calibration is involved. Written with the flatbuffers bindings Vela ships (`ethosu.vela.tflite`), so writing
-needs ethos-u-vela and nothing else.
+calibration is involved. Serialized by scripts/make_tflite_models.py's flatbuffer writer (the `tflite` package).
 
     python scripts/int8_nets.py OUT_DIR     # writes NAME.tflite for every network
 """
@@ -17,7 +16,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import flatbuffers
 import numpy as np
 
 ACT_SCALE, ACT_ZERO = 0.05, -8  # every activation tensor (the values do not matter to cycle counts)
@@ -109,164 +107,74 @@ class Net:
     def output(self) -> str:
         return self.layers[-1].output
 
-    # ---- TFLite (NHWC, flatbuffer through Vela's bindings) ----
     def tflite(self) -> bytes:
-        from ethosu.vela.tflite import (
-            AddOptions, Buffer, Conv2DOptions, DepthwiseConv2DOptions, FullyConnectedOptions, Model, Operator,
-            OperatorCode, Pool2DOptions, QuantizationParameters, ReshapeOptions, SubGraph, Tensor as TflTensor,
-        )
-        from ethosu.vela.tflite.ActivationFunctionType import ActivationFunctionType
-        from ethosu.vela.tflite.BuiltinOperator import BuiltinOperator
-        from ethosu.vela.tflite.BuiltinOptions import BuiltinOptions
-        from ethosu.vela.tflite.Padding import Padding
-        from ethosu.vela.tflite.TensorType import TensorType
+        """The network as a TFLite flatbuffer, serialized by make_tflite_models.py's writer (`_FlatModel`)."""
+        import tflite
+        from make_tflite_models import _FlatModel, _reshape
+        from tflite.ActivationFunctionType import ActivationFunctionType as Act
+        from tflite.BuiltinOperator import BuiltinOperator as Op
+        from tflite.BuiltinOptions import BuiltinOptions as Opt
+        from tflite.Padding import Padding
+        from tflite.TensorType import TensorType as T
 
-        b = flatbuffers.Builder(1 << 20)
-        buffers: list[bytes] = [b""]  # buffer 0: empty, by convention
-        tensors: list[tuple] = []  # (name, shape, type, buffer, scales, zeros, axis)
-        index: dict[str, int] = {}
-
-        def tensor(name, shape, ttype, data=None, scales=(ACT_SCALE,), zeros=(ACT_ZERO,), axis=0):
-            buf = 0
-            if data is not None:
-                buffers.append(np.ascontiguousarray(data).tobytes())
-                buf = len(buffers) - 1
-            tensors.append((name, shape, ttype, buf, np.asarray(scales, np.float32), np.asarray(zeros, np.int64), axis))
-            index[name] = len(tensors) - 1
-            return index[name]
-
-        for t in self.tensors.values():
-            tensor(t.name, t.shape, TensorType.INT8)
-        ops, codes = [], []  # (opcode index, inputs, outputs, options type, options builder)
-        act = {None: ActivationFunctionType.NONE, RELU6: ActivationFunctionType.RELU6}
-        opcode = {"conv": BuiltinOperator.CONV_2D, "dwconv": BuiltinOperator.DEPTHWISE_CONV_2D,
-                  "add": BuiltinOperator.ADD, "avgpool": BuiltinOperator.AVERAGE_POOL_2D,
-                  "reshape": BuiltinOperator.RESHAPE, "fc": BuiltinOperator.FULLY_CONNECTED}
+        m = _FlatModel()
+        act = {None: Act.NONE, RELU6: Act.RELU6}
+        ids = {"input": m.tensor("input", self.input_shape, T.INT8, scale=[ACT_SCALE], zero_point=[ACT_ZERO])}
         for i, layer in enumerate(self.layers):
-            if opcode[layer.op] not in codes:
-                codes.append(opcode[layer.op])
-            inputs = [index[x] for x in layer.inputs]
-            if layer.weights is not None:
-                axis = 3 if layer.op == "dwconv" else 0
-                inputs.append(tensor(f"w{i}", layer.weights.shape, TensorType.INT8, layer.weights,
-                                     layer.w_scale, np.zeros(len(layer.w_scale)), axis))
-                inputs.append(tensor(f"b{i}", (len(layer.bias),), TensorType.INT32, layer.bias,
-                                     ACT_SCALE * layer.w_scale, np.zeros(len(layer.w_scale)), 0))
+            x = ids[layer.inputs[0]]
             if layer.op == "reshape":
-                shape = np.array(self.tensors[layer.output].shape, np.int32)
-                inputs.append(tensor(f"shape{i}", (len(shape),), TensorType.INT32, shape, (), ()))
-            ops.append((codes.index(opcode[layer.op]), inputs, [index[layer.output]], layer))
-
-        def vector(items, start):
-            start(b, len(items))
-            for item in reversed(items):
-                b.PrependUOffsetTRelative(item)
-            return b.EndVector()
-
-        def options(layer):
+                shape = self.tensors[layer.output].shape
+                ids[layer.output] = _reshape(m, x, layer.output[1:], shape, T.INT8, [ACT_SCALE], [ACT_ZERO])
+                continue
+            y = ids[layer.output] = m.tensor(layer.output, self.tensors[layer.output].shape, T.INT8,
+                                              scale=[ACT_SCALE], zero_point=[ACT_ZERO])
+            inputs = [x] + [ids[name] for name in layer.inputs[1:]]
+            if layer.weights is not None:
+                zeros = np.zeros(len(layer.w_scale), np.int64)
+                inputs.append(m.tensor(f"w{i}", layer.weights.shape, T.INT8, layer.weights, layer.w_scale, zeros,
+                                       3 if layer.op == "dwconv" else 0))
+                inputs.append(m.tensor(f"b{i}", layer.bias.shape, T.INT32, layer.bias, ACT_SCALE * layer.w_scale,
+                                       zeros, 0))
             if layer.op in ("conv", "dwconv"):
-                m = Conv2DOptions if layer.op == "conv" else DepthwiseConv2DOptions
                 prefix = "Conv2DOptions" if layer.op == "conv" else "DepthwiseConv2DOptions"
-                getattr(m, f"{prefix}Start")(b)
-                getattr(m, f"{prefix}AddPadding")(b, Padding.SAME)
-                getattr(m, f"{prefix}AddStrideW")(b, layer.stride)
-                getattr(m, f"{prefix}AddStrideH")(b, layer.stride)
-                getattr(m, f"{prefix}AddFusedActivationFunction")(b, act[layer.act])
-                getattr(m, f"{prefix}AddDilationWFactor")(b, 1)
-                getattr(m, f"{prefix}AddDilationHFactor")(b, 1)
-                if layer.op == "dwconv":
-                    m.DepthwiseConv2DOptionsAddDepthMultiplier(b, 1)
-                kind = BuiltinOptions.Conv2DOptions if layer.op == "conv" else BuiltinOptions.DepthwiseConv2DOptions
-                return kind, getattr(m, f"{prefix}End")(b)
-            if layer.op == "fc":
-                FullyConnectedOptions.FullyConnectedOptionsStart(b)
-                FullyConnectedOptions.FullyConnectedOptionsAddFusedActivationFunction(b, act[layer.act])
-                return BuiltinOptions.FullyConnectedOptions, FullyConnectedOptions.FullyConnectedOptionsEnd(b)
-            if layer.op == "add":
-                AddOptions.AddOptionsStart(b)
-                return BuiltinOptions.AddOptions, AddOptions.AddOptionsEnd(b)
-            if layer.op == "avgpool":
-                _, h, w, _ = self.tensors[layer.inputs[0]].shape
-                Pool2DOptions.Pool2DOptionsStart(b)
-                Pool2DOptions.Pool2DOptionsAddPadding(b, Padding.VALID)
-                Pool2DOptions.Pool2DOptionsAddStrideW(b, 1)
-                Pool2DOptions.Pool2DOptionsAddStrideH(b, 1)
-                Pool2DOptions.Pool2DOptionsAddFilterWidth(b, w)
-                Pool2DOptions.Pool2DOptionsAddFilterHeight(b, h)
-                return BuiltinOptions.Pool2DOptions, Pool2DOptions.Pool2DOptionsEnd(b)
-            shape = b.CreateNumpyVector(np.array(self.tensors[layer.output].shape, np.int32))
-            ReshapeOptions.ReshapeOptionsStart(b)
-            ReshapeOptions.ReshapeOptionsAddNewShape(b, shape)
-            return BuiltinOptions.ReshapeOptions, ReshapeOptions.ReshapeOptionsEnd(b)
 
-        op_offsets = []
-        for code, inputs, outputs, layer in ops:
-            kind, opts = options(layer)
-            ins, outs = b.CreateNumpyVector(np.array(inputs, np.int32)), b.CreateNumpyVector(np.array(outputs, np.int32))
-            Operator.OperatorStart(b)
-            Operator.OperatorAddOpcodeIndex(b, code)
-            Operator.OperatorAddInputs(b, ins)
-            Operator.OperatorAddOutputs(b, outs)
-            Operator.OperatorAddBuiltinOptionsType(b, kind)
-            Operator.OperatorAddBuiltinOptions(b, opts)
-            op_offsets.append(Operator.OperatorEnd(b))
-        tensor_offsets = []
-        for name, shape, ttype, buf, scales, zeros, axis in tensors:
-            quant = None
-            if len(scales):
-                sc, zp = b.CreateNumpyVector(scales), b.CreateNumpyVector(zeros)
-                QuantizationParameters.QuantizationParametersStart(b)
-                QuantizationParameters.QuantizationParametersAddScale(b, sc)
-                QuantizationParameters.QuantizationParametersAddZeroPoint(b, zp)
-                QuantizationParameters.QuantizationParametersAddQuantizedDimension(b, axis)
-                quant = QuantizationParameters.QuantizationParametersEnd(b)
-            name_off, shape_off = b.CreateString(name), b.CreateNumpyVector(np.array(shape, np.int32))
-            TflTensor.TensorStart(b)
-            TflTensor.TensorAddShape(b, shape_off)
-            TflTensor.TensorAddType(b, ttype)
-            TflTensor.TensorAddBuffer(b, buf)
-            TflTensor.TensorAddName(b, name_off)
-            if quant is not None:
-                TflTensor.TensorAddQuantization(b, quant)
-            tensor_offsets.append(TflTensor.TensorEnd(b))
-        t_vec = vector(tensor_offsets, SubGraph.SubGraphStartTensorsVector)
-        o_vec = vector(op_offsets, SubGraph.SubGraphStartOperatorsVector)
-        g_in = b.CreateNumpyVector(np.array([index["input"]], np.int32))
-        g_out = b.CreateNumpyVector(np.array([index[self.output]], np.int32))
-        g_name = b.CreateString(self.name)
-        SubGraph.SubGraphStart(b)
-        SubGraph.SubGraphAddTensors(b, t_vec)
-        SubGraph.SubGraphAddInputs(b, g_in)
-        SubGraph.SubGraphAddOutputs(b, g_out)
-        SubGraph.SubGraphAddOperators(b, o_vec)
-        SubGraph.SubGraphAddName(b, g_name)
-        subgraph = SubGraph.SubGraphEnd(b)
-        code_offsets = []
-        for code in codes:
-            OperatorCode.OperatorCodeStart(b)
-            OperatorCode.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
-            OperatorCode.OperatorCodeAddBuiltinCode(b, code)
-            OperatorCode.OperatorCodeAddVersion(b, 1)
-            code_offsets.append(OperatorCode.OperatorCodeEnd(b))
-        buffer_offsets = []
-        for data in buffers:
-            vec = b.CreateNumpyVector(np.frombuffer(data, np.uint8)) if data else None
-            Buffer.BufferStart(b)
-            if vec is not None:
-                Buffer.BufferAddData(b, vec)
-            buffer_offsets.append(Buffer.BufferEnd(b))
-        c_vec = vector(code_offsets, Model.ModelStartOperatorCodesVector)
-        s_vec = vector([subgraph], Model.ModelStartSubgraphsVector)
-        b_vec = vector(buffer_offsets, Model.ModelStartBuffersVector)
-        desc = b.CreateString("tvm_npu scripts/int8_nets.py")
-        Model.ModelStart(b)
-        Model.ModelAddVersion(b, 3)
-        Model.ModelAddOperatorCodes(b, c_vec)
-        Model.ModelAddSubgraphs(b, s_vec)
-        Model.ModelAddDescription(b, desc)
-        Model.ModelAddBuffers(b, b_vec)
-        b.Finish(Model.ModelEnd(b), file_identifier=b"TFL3")
-        return bytes(b.Output())
+                def options(b, layer=layer, prefix=prefix):
+                    getattr(tflite, f"{prefix}Start")(b)
+                    getattr(tflite, f"{prefix}AddPadding")(b, Padding.SAME)
+                    getattr(tflite, f"{prefix}AddStrideW")(b, layer.stride)
+                    getattr(tflite, f"{prefix}AddStrideH")(b, layer.stride)
+                    getattr(tflite, f"{prefix}AddFusedActivationFunction")(b, act[layer.act])
+                    getattr(tflite, f"{prefix}AddDilationWFactor")(b, 1)
+                    getattr(tflite, f"{prefix}AddDilationHFactor")(b, 1)
+                    if layer.op == "dwconv":
+                        tflite.DepthwiseConv2DOptionsAddDepthMultiplier(b, 1)
+                    return getattr(tflite, f"{prefix}End")(b)
+                code = Op.CONV_2D if layer.op == "conv" else Op.DEPTHWISE_CONV_2D
+                m.op(code, 3, inputs, [y], getattr(Opt, prefix), options)
+            elif layer.op == "fc":
+                def options(b, layer=layer):
+                    tflite.FullyConnectedOptionsStart(b)
+                    tflite.FullyConnectedOptionsAddFusedActivationFunction(b, act[layer.act])
+                    return tflite.FullyConnectedOptionsEnd(b)
+                m.op(Op.FULLY_CONNECTED, 5, inputs, [y], Opt.FullyConnectedOptions, options)
+            elif layer.op == "add":
+                def options(b):
+                    tflite.AddOptionsStart(b)
+                    return tflite.AddOptionsEnd(b)
+                m.op(Op.ADD, 2, inputs, [y], Opt.AddOptions, options)
+            else:  # a global average pool: one window over the whole plane
+                _, h, w, _ = self.tensors[layer.inputs[0]].shape
+
+                def options(b, h=h, w=w):
+                    tflite.Pool2DOptionsStart(b)
+                    tflite.Pool2DOptionsAddPadding(b, Padding.VALID)
+                    tflite.Pool2DOptionsAddStrideW(b, 1)
+                    tflite.Pool2DOptionsAddStrideH(b, 1)
+                    tflite.Pool2DOptionsAddFilterWidth(b, w)
+                    tflite.Pool2DOptionsAddFilterHeight(b, h)
+                    return tflite.Pool2DOptionsEnd(b)
+                m.op(Op.AVERAGE_POOL_2D, 2, inputs, [y], Opt.Pool2DOptions, options)
+        return m.serialize([ids["input"]], [ids[self.output]], f"tvm_npu scripts/int8_nets.py: {self.name}")
 
 
 def mobilenet_v1(size: int = 128) -> Net:
