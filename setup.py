@@ -39,7 +39,12 @@ setup(
     extras_require={
         # tvmc validate's fallback reference when OpenVINO cannot run a model; TFLite's own interpreter for .tflite
         "validate": ["onnxruntime", "ai-edge-litert==2.3.0"],
-        "test": ["pytest>=8", "onnxruntime", "ai-edge-litert==2.3.0", "scikit-learn", "ruff==0.17.6"],  # ruff: ruff.toml, run by scripts/test.sh
+        # Arm's Vela, the independent check of the performance model (scripts/compare_vela.py): a 2 MB manylinux
+        # wheel needing only numpy and flatbuffers, installed in 2.5 s here.
+        "vela": ["ethos-u-vela==5.2.0"],
+        # ruff: ruff.toml, run by scripts/test.sh
+        "test": ["pytest>=8", "onnxruntime", "ai-edge-litert==2.3.0", "scikit-learn", "ruff==0.17.6",
+                 "ethos-u-vela==5.2.0"],
     },
     entry_points={
         "console_scripts": [

@@ -42,10 +42,11 @@ def layers(rng):
 
     w_dense = rng.integers(-127, 128, (1024, 1024), dtype=np.int8)
     x_dense = rng.integers(-128, 128, (1, 1024), dtype=np.int8)
-    conv_attrs = attrs | {"strides": (1, 1), "padding": (1, 1, 1, 1), "dilation": (1, 1), "groups": 1}
+    conv_attrs = attrs | {"strides": (1, 1), "padding": (1, 1, 1, 1), "dilation": (1, 1), "groups": 1, "upsample": (1, 1)}
     w_conv = rng.integers(-127, 128, (256, 256, 3, 3), dtype=np.int8)
     x_conv = rng.integers(-128, 128, (1, 256, 14, 14), dtype=np.int8)
-    return [("dense 1024x1024 (N=1)", "npu.dense", KernelParams(attrs, [w_dense, *requantize(1024, 1024)]), x_dense),
+    dense_attrs = attrs | {"lead": 0}  # no unit dimensions before [N, K]
+    return [("dense 1024x1024 (N=1)", "npu.dense", KernelParams(dense_attrs, [w_dense, *requantize(1024, 1024)]), x_dense),
             ("conv 3x3 256->256 14x14", "npu.conv2d", KernelParams(conv_attrs, [w_conv, *requantize(256, 2304)]), x_conv)]
 
 

@@ -1,5 +1,5 @@
 """The performance model's figures README quotes, from the plan alone: cascading, cascade tuning, the
-ResNet-50 stem and the pruned ResNet-50 with CSR weights.
+ResNet-50 stem, the pruned ResNet-50 with CSR weights, and the energy split of all of them.
 
 Runs the compiler's stages up to planning (`tvm_npu.pipeline.planned`: load -> quantize -> import ->
 partition -> plan, then `cascade`) and the performance model (`tvm_npu.perf.estimate`), without lowering
@@ -7,7 +7,8 @@ or building: the same figures as `tvmc report` on the compiled package, minus th
 footprints. Each model is quantized as `tvmc compile` quantizes it (NNCF, seed 0); the tuning logs are
 the committed ones of tuning_logs/. A few minutes; writes results/model_figures.json and the Markdown
 tables README embeds: results/cascading.md, results/cascade_tuning.md, results/resnet50_stem.md,
-results/pruned_resnet50.md (`--out` names another folder).
+results/pruned_resnet50.md, and results/energy.json with its table results/energy.md (`--out` names
+another folder).
 
     python scripts/model_figures.py [--out results]
 """
@@ -52,7 +53,8 @@ def summary(layers, config) -> dict:
     return {key: s[key] for key in ("conv_utilization", "utilization", "dram_bytes", "compulsory_bytes",
                                     "dram_over_compulsory", "cycles", "cascaded_layers", "cascades",
                                     "dram_saved_by_cascades", "weight_bytes_original", "weight_bytes_encoded",
-                                    "csr_layers")}
+                                    "csr_layers", "energy_pj", "energy_mac_pj", "energy_sram_pj", "energy_dram_pj",
+                                    "energy_dram_share")}
 
 
 def figures() -> dict:
@@ -131,7 +133,28 @@ def render(f: dict) -> dict[str, str]:
         pruned.append(f"| `--sparse {way}` | {w['weight_bytes_encoded'] / 1024:.0f} | {w['csr_layers']} | {w['cycles']:.0f} | "
                       f"{w['dram_bytes'] / 1024:.0f} |")
     return {name: "\n".join(lines) + "\n" for name, lines in (
-        ("cascading.md", rows), ("cascade_tuning.md", tuning), ("resnet50_stem.md", stem), ("pruned_resnet50.md", pruned))}
+        ("cascading.md", rows), ("cascade_tuning.md", tuning), ("resnet50_stem.md", stem), ("pruned_resnet50.md", pruned),
+        ("energy.md", energy_table(energy_rows(f))))}
+
+
+def energy_rows(f: dict) -> list[dict]:
+    """Energy per inference of every configuration above whose cascading or CSR choice differs."""
+    rows = [{"model": NAMES[r["model"]], "target": r["target"], "variant": f"cascading {way}"} | r[way]
+            for r in f["cascading"] for way in ("off", "on")]
+    p = f["pruned_resnet50"]
+    rows += [{"model": f"ResNet-50 pruned to {100 * p['sparsity']:.0f} %", "target": p["target"],
+              "variant": f"--sparse {way}"} | p[way] for way in ("off", "auto")]
+    return rows
+
+
+def energy_table(rows: list[dict]) -> list[str]:
+    lines = ["| model, target | variant | energy µJ | MACs µJ | SRAM µJ | DRAM µJ | DRAM share |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']}, `{r['target']}` | {r['variant']} | {r['energy_pj'] / 1e6:.0f} | "
+                     f"{r['energy_mac_pj'] / 1e6:.0f} | {r['energy_sram_pj'] / 1e6:.0f} | {r['energy_dram_pj'] / 1e6:.0f} | "
+                     f"{100 * r['energy_dram_share']:.1f} % |")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -142,6 +165,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_output(args.out / "model_figures.json") as stream:
         stream.write(json.dumps(found, indent=2).encode())
+    with atomic_output(args.out / "energy.json") as stream:
+        stream.write(json.dumps({"constants": "tvm_npu/energy.py", "rows": energy_rows(found)}, indent=2).encode())
     for name, text in render(found).items():
         with atomic_output(args.out / name) as stream:
             stream.write(text.encode())

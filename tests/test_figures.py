@@ -19,6 +19,8 @@ FIGURES = {
     "results/pruned_resnet50.md": "scripts/model_figures.py",
     "results/tuned_models.md": "scripts/tuned_models.py",
     "results/buckets.md": "scripts/bench_buckets.py",
+    "results/energy.md": "scripts/model_figures.py",
+    "results/vela_comparison.md": "scripts/compare_vela.py",
 }
 BLOCK = re.compile(r"<!-- (results/[\w./-]+\.md) -->\n(.*?)<!-- /\1 -->", re.DOTALL)
 

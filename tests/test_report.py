@@ -133,3 +133,27 @@ def test_host_time_is_not_measured_for_a_library_built_for_another_cpu(cnn_packa
     reason = host_mismatch(elsewhere)
     assert reason.startswith("the library was built for some-other-cpu, this host is ")
     assert f"not measured: {reason}" in summary_text(elsewhere, reason)
+
+
+def test_energy_per_layer_and_network_from_the_cited_constants(cnn_package, capsys):
+    """`tvmc report --format json` carries each layer's energy split and the network's, which is their sum;
+    each is MACs x 0.3 pJ + SRAM bytes x Horowitz's pJ/B at the preset's SRAM size + DRAM bytes x 162.5 pJ."""
+    from tvm_npu.energy import DRAM_PJ_PER_BYTE, MAC_PJ, sram_pj_per_byte
+
+    assert [sram_pj_per_byte(s) for s in (4096, 8192, 32768, 1 << 20, 1 << 24)] == [1.25, 1.25, 2.5, 12.5, 12.5]
+    assert 2.5 < sram_pj_per_byte(384 * 1024) < 12.5
+    assert main(["report", str(cnn_package.package_path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    npu = [r for r in data["layers"] if r["placement"] == "npu"]
+    sram_pj = sram_pj_per_byte(data["npu_config"]["sram_kib"] * 1024)
+    for r in npu:
+        assert r["energy_mac_pj"] == pytest.approx(r["macs"] * MAC_PJ)
+        assert r["energy_dram_pj"] == pytest.approx(r["dram_bytes"] * DRAM_PJ_PER_BYTE)
+        assert r["energy_sram_pj"] == pytest.approx((r["sram_traffic"] + r["dram_bytes"]) * sram_pj)
+        assert r["sram_traffic"] > 0
+    s = data["summary"]
+    for key in ("energy_pj", "energy_mac_pj", "energy_sram_pj", "energy_dram_pj"):
+        assert s[key] == pytest.approx(sum(r[key] for r in npu))
+    assert s["energy_dram_share"] == pytest.approx(s["energy_dram_pj"] / s["energy_pj"]) and 0 < s["energy_dram_share"] < 1
+    assert main(["report", str(cnn_package.package_path)]) == 0
+    assert f"({100 * s['energy_dram_share']:.1f} % DRAM" in capsys.readouterr().out

@@ -228,7 +228,7 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-npu-config", metavar="JSON",
                         help="hardware description file overriding the preset's fields")
     for name in OVERRIDABLE_FIELDS:
-        kind = int if name in ("sram_kib", "mac_rows", "mac_cols") else float
+        kind = int if name in ("sram_kib", "mac_rows", "mac_cols", "mac_depth") else float
         parser.add_argument(f"--target-npu-{name.replace('_', '-')}", dest=name, type=kind, metavar="N",
                             help=f"override the preset's {name}")
     parser.add_argument("--input-shapes",

@@ -6,14 +6,16 @@ this module is their only implementation.
 
 Every NPU layer is a loop over tiles (conv2d, dense, pool, elementwise, lut, concat). Per tile i:
 
-    array_i   = ceil(c_i / mac_cols) * ceil(rows_i * out_w / (mac_rows * fold_i)) * taps   conv, dense, pool
+    array_i   = ceil(c_i / mac_cols) * ceil(rows_i * out_w / (mac_rows * fold_i))
+                * ceil(group input channels / mac_depth) * k_h * k_w                  conv, dense, pool
                 (fold_i = max(1, mac_cols // c_i): a tile narrower than the array folds output
                  pixels onto its spare column groups)
               = ceil(elements_i / mac_cols)                             elementwise, lut, concat (vector unit)
-    sram_i    = (input tile + weight tile + parameters + table reads
-                 + accumulator (4 B) and output writes per output) / sram_bytes_per_cycle
+    sram_i    = (input tile + weight tile + parameters + table reads + output writes)
+                / sram_bytes_per_cycle   (int32 accumulators stay in the MAC array, as Ethos-U's do)
     compute_i = max(array_i, sram_i)      the array cannot outrun the SRAM traffic it needs
-    in_i      = bytes DMA'd in for the tile (input rows with halo, or a weight tile) / dram_bytes_per_cycle
+    in_i      = latency + bytes DMA'd in for the tile (input rows with halo, or a weight tile) / bandwidth
+                (weights at weight_bandwidth from their own memory where the config has one)
     out_i     = output tile bytes / dram_bytes_per_cycle
 
 The outer tile loop loads its stationary operand (the weight tile, or the input rows) once
@@ -21,13 +23,14 @@ per outer step, exposed; the inner loop is double-buffered, so tile i+1's DMA-in
 i-1's DMA-out (one shared DMA engine) overlap tile i's compute:
 
     inner = in_1 + sum_i max(compute_i, in_{i+1} + out_{i-1}) + out_m
-    layer = batch * sum over outer steps (stationary / dram_bytes_per_cycle + inner)
+    layer = batch * sum over outer steps (latency + stationary / bandwidth + inner)
             + table / dram_bytes_per_cycle                  (a lookup table, loaded once)
 
-Roofline bound = max(compulsory bytes / dram_bytes_per_cycle, MACs / macs_per_cycle), where
-compulsory bytes = inputs + weights (+ per-channel parameters, tables) + output, each moved
-once; for pools the window operations stand in for MACs, for elementwise kinds the elements
-over the mac_cols vector lanes. Since every max() above is at least its DMA term and at
+Roofline bound = max(activation bytes / dram_bytes_per_cycle + weight bytes / weight_bandwidth,
+MACs / macs_per_cycle), where the bytes are the compulsory ones: inputs, weights (+ per-channel
+parameters, tables) and output, each moved once (one DMA engine moves both); for pools the
+window operations stand in for MACs, for elementwise kinds the elements over the mac_cols
+vector lanes. Since every max() above is at least its DMA term and at
 least its compute term, cycles >= bound always holds.
 """
 
@@ -39,9 +42,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .energy import energy
 from .target import NpuConfig
 from .tiling import (
-    ACC_BYTES,
     PARAM_BYTES_PER_CHANNEL,
     WINDOWED,
     Geometry,
@@ -61,6 +64,7 @@ class LayerCost:
     input_read: int
     output_write: int
     tiles: int
+    sram_traffic: float = 0.0  # bytes compute moves to and from SRAM (`tile_sram_bytes`), DMA excluded
 
     @property
     def dram_bytes(self) -> int:
@@ -79,26 +83,29 @@ def pipeline(dma_in: np.ndarray, compute: np.ndarray, dma_out: np.ndarray, overl
 
 def tile_sram_bytes(g: Geometry, order: str, channels, rows) -> np.ndarray:
     """SRAM bytes a tile's compute moves: its input (with halo), weights and parameters and table
-    lookups read once each, and its accumulator and output written once each."""
+    lookups read once each, and its output written once. The int32 accumulators are not SRAM traffic:
+    the MAC array accumulates in its own registers (Ethos-U's accumulators are in the MAC units; the
+    SRAM footprint still holds our kernels' accumulator tile, which TVM allocates there)."""
     channels, rows = np.asarray(channels, float), np.asarray(rows, float)
     rows_in = np.array([g.rows_in(int(r)) for r in np.atleast_1d(rows)], float).reshape(rows.shape)
     outputs = channels * rows * g.out_w
     x = g.operands * g.tile_in_channels(order, channels) * rows_in * g.cols_in * g.in_bytes
     w = channels * (g.taps + PARAM_BYTES_PER_CHANNEL) if g.weighted else 0.0
-    acc = ACC_BYTES * outputs if g.kind in WINDOWED else 0.0
     lookups = outputs if g.table_bytes else 0.0
-    return x + w + lookups + acc + outputs * g.out_bytes
+    return x + w + lookups + outputs * g.out_bytes
 
 
 def tile_compute_cycles(g: Geometry, order: str, channels, rows, config: NpuConfig) -> np.ndarray:
     """Cycles of a tile's compute: the MAC array's (output channels on its columns, output pixels on its
-    rows, one tap per cycle; a tile narrower than the array folds more pixels onto the spare column
-    groups) or the vector unit's (one element per column per cycle), and never less than the tile's SRAM
-    traffic at sram_bytes_per_cycle."""
+    rows, mac_depth input channels of one kernel position per cycle, so a depthwise conv or a pool with
+    one input channel per output uses 1 of them, as Ethos-U's does; a tile narrower than the array folds
+    more pixels onto the spare column groups) or the vector unit's (one element per column per cycle),
+    and never less than the tile's SRAM traffic at sram_bytes_per_cycle."""
     channels, rows = np.asarray(channels, float), np.asarray(rows, float)
     if g.kind in WINDOWED:
         fold = np.maximum(1.0, np.floor(config.mac_cols / channels))
-        array = np.ceil(channels / config.mac_cols) * np.ceil(rows * g.out_w / (config.mac_rows * fold)) * g.taps
+        reduction = math.ceil(g.group_channels / config.mac_depth) * g.kernel[0] * g.kernel[1]
+        array = np.ceil(channels / config.mac_cols) * np.ceil(rows * g.out_w / (config.mac_rows * fold)) * reduction
     else:
         array = np.ceil(channels * rows * g.out_w / config.mac_cols)
     return np.maximum(array, tile_sram_bytes(g, order, channels, rows) / config.sram_bytes_per_cycle)
@@ -121,11 +128,20 @@ def csr_tile_compute_cycles(g: Geometry, first: int, channels: int, rows, config
     return g.csr_steps(first, channels, config.mac_cols) * np.ceil(pixels / config.mac_rows) * step
 
 
+def load_cycles(nbytes, config: NpuConfig, weights: bool = False):
+    """Cycles of DMA loads of `nbytes` each (array or scalar): the memory's read latency per transfer,
+    then the bytes at its bandwidth (weights from their own memory where the config has one)."""
+    nbytes = np.asarray(nbytes, float)
+    bw, latency = ((config.weight_bandwidth, config.weight_latency) if weights
+                   else (config.dram_bytes_per_cycle, config.dram_latency_cycles))
+    return nbytes / bw + latency * (nbytes > 0)
+
+
 def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
     bw = config.dram_bytes_per_cycle
     row_tiles = splits(g.out_h, t.rows)
     chan_tiles = Counter(size for _, size in splits(g.out_channels, t.channels))
-    cycles = compute = 0.0
+    cycles = compute = sram = 0.0
     weight_read = input_read = output_write = 0
     if g.sparse:  # CSR tiles differ by their non-zeros: one entry per channel tile
         chan_tiles = Counter(splits(g.out_channels, t.channels))
@@ -139,8 +155,10 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
                 else tile_compute_cycles(g, "weights", ch, rows, config)
             out = ch * rows * g.out_w * g.out_bytes
             weights = g.weight_bytes(ch, first)
-            cycles += count * (weights / bw + pipeline(x_in / bw, c, out / bw, t.double_buffer))
+            cycles += count * (float(load_cycles(weights, config, weights=True))
+                               + pipeline(load_cycles(x_in, config), c, out / bw, t.double_buffer))
             compute += count * float(c.sum())
+            sram += count * float(tile_sram_bytes(g, "weights", ch, rows).sum())
             weight_read += count * weights
             input_read += count * int(x_in.sum())
             output_write += count * int(out.sum())
@@ -150,14 +168,17 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
         chans = np.array([c for _, c in splits(g.out_channels, t.channels)], float)
         for (r, real), count in Counter((r, g.real_rows(f, r)) for f, r in row_tiles).items():
             x_in = g.operands * real * g.real_cols * g.tile_in_channels("rows", chans) * g.in_bytes
-            if g.input_stationary("rows"):  # input rows stay, weight tiles stream
+            streams_weights = g.input_stationary("rows")
+            if streams_weights:  # input rows stay, weight tiles stream
                 stationary, streamed = float(x_in), chans * (g.taps + PARAM_BYTES_PER_CHANNEL)
             else:  # nothing to keep: input tiles stream
                 stationary, streamed = 0.0, x_in * np.ones_like(chans)
             c = tile_compute_cycles(g, "rows", chans, r, config)
             out = chans * r * g.out_w * g.out_bytes
-            cycles += count * (stationary / bw + pipeline(streamed / bw, c, out / bw, t.double_buffer))
+            cycles += count * (float(load_cycles(stationary, config)) + pipeline(
+                load_cycles(streamed, config, weights=streams_weights), c, out / bw, t.double_buffer))
             compute += count * float(c.sum())
+            sram += count * float(tile_sram_bytes(g, "rows", chans, r).sum())
             if g.input_stationary("rows"):
                 input_read, weight_read = input_read + count * int(x_in), weight_read + count * int(streamed.sum())
             else:
@@ -165,8 +186,8 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
             output_write += count * int(out.sum())
     n, table = g.batch, g.table_bytes  # a lookup table is loaded once, before the tile loops
     tiles = len(row_tiles) * sum(chan_tiles.values())
-    return LayerCost(n * cycles + table / bw, n * compute, n * weight_read + table, n * input_read,
-                     n * output_write, n * tiles)
+    return LayerCost(n * cycles + float(load_cycles(table, config)), n * compute, n * weight_read + table, n * input_read,
+                     n * output_write, n * tiles, n * sram)
 
 def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuConfig) -> tuple[LayerCost, LayerCost]:
     """(producer, consumer) costs of a cascade. The intermediate never touches DRAM; weights and parameters
@@ -186,15 +207,19 @@ def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuC
                           for b in bands])
     compute_c = np.array([float(tile_compute_cycles(consumer, "weights", consumer.out_channels, b.rows, config)) for b in bands])
     compute = compute_p + compute_c
+    sram_p = sum(float(tile_sram_bytes(px, "weights", producer.out_channels, b.new_intermediate)) for b in bands)
+    sram_c = sum(float(tile_sram_bytes(consumer, "weights", consumer.out_channels, b.rows)) for b in bands)
     if input_rolls:
-        body = dma_in.sum() / bw + pipeline(np.zeros(len(bands)), compute, dma_out / bw)
+        body = float(load_cycles(dma_in, config).sum()) + pipeline(np.zeros(len(bands)), compute, dma_out / bw)
     else:
-        body = pipeline(dma_in / bw, compute, dma_out / bw)
+        body = pipeline(load_cycles(dma_in, config), compute, dma_out / bw)
     w_p, w_c = producer.weight_bytes(), consumer.weight_bytes()
-    cycles = (w_p + w_c) / bw + n * body
+    cycles = float(load_cycles(np.array([w_p, w_c]), config, weights=True).sum()) + n * body
     share = compute_p.sum() / compute.sum() if compute.sum() else 0.5
-    return (LayerCost(share * cycles, n * float(compute_p.sum()), w_p, n * int(dma_in.sum()), 0, n * len(bands)),
-            LayerCost((1 - share) * cycles, n * float(compute_c.sum()), w_c, 0, n * int(dma_out.sum()), n * len(bands)))
+    return (LayerCost(share * cycles, n * float(compute_p.sum()), w_p, n * int(dma_in.sum()), 0, n * len(bands),
+                      n * sram_p),
+            LayerCost((1 - share) * cycles, n * float(compute_c.sum()), w_c, 0, n * int(dma_out.sum()), n * len(bands),
+                      n * sram_c))
 
 
 def cascade_compulsory(producer: Geometry, consumer: Geometry) -> tuple[int, int]:
@@ -235,14 +260,20 @@ class LayerEstimate:
     weight_bytes_original: int = 0  # the layer's int8 weights, dense (0: a layer without weights)
     weight_bytes_encoded: int = 0  # as the package stores them (CSR: values + indices + row pointers)
     cascade: dict | None = None  # tvm_npu.cascade.Cascade.describe: index, role, rows, dram_saved
+    sram_traffic: float = 0.0  # SRAM bytes the compute reads and writes (LayerCost.sram_traffic)
 
     @property
     def dram_bytes(self) -> int:
         return self.weight_read + self.activation_read + self.activation_write
 
+    def energy(self, config: NpuConfig) -> dict:
+        """tvm_npu.energy's split; every DRAM byte also passes through SRAM once (the DMA's end)."""
+        return energy(self.macs, self.sram_traffic + self.dram_bytes, self.activation_read + self.activation_write,
+                      self.weight_read, config)
+
     def to_dict(self, config: NpuConfig) -> dict:
         peak = config.macs_per_cycle
-        return asdict(self) | {
+        return asdict(self) | self.energy(config) | {
             "dram_bytes": self.dram_bytes,
             "utilization": self.macs / (self.cycles * peak) if self.cycles else 0.0,
             "array_utilization": self.macs / (self.compute_cycles * peak) if self.compute_cycles else 0.0,
@@ -295,18 +326,23 @@ class ModelEstimate:
             "conv_utilization": conv_macs / (conv_cycles * peak) if conv_cycles else 0.0,
             "inferences_per_second": self.config.clock_mhz * 1e6 / cycles if cycles else math.inf,
             "clock_mhz": self.config.clock_mhz,
-        }
+        } | energy(macs, sum(x.sram_traffic + x.dram_bytes for x in npu),
+                   sum(x.activation_read + x.activation_write for x in npu), sum(x.weight_read for x in npu),
+                   self.config)
 
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "layers": [layer.to_dict(self.config) for layer in self.layers]}
 
 
-def roofline(compulsory_bytes: int, macs: int, config: NpuConfig) -> float:
-    return max(compulsory_bytes / config.dram_bytes_per_cycle, macs / config.macs_per_cycle)
+def roofline(compulsory_bytes: int, macs: int, config: NpuConfig, weight_bytes: int = 0) -> float:
+    """The bound: compulsory bytes through the one DMA engine (`weight_bytes` of them from the weights'
+    memory), or the MACs on the array."""
+    dma = (compulsory_bytes - weight_bytes) / config.dram_bytes_per_cycle + weight_bytes / config.weight_bandwidth
+    return max(dma, macs / config.macs_per_cycle)
 
 
 def layer_roofline(g: Geometry, config: NpuConfig) -> float:
-    return max(g.compulsory_bytes / config.dram_bytes_per_cycle, compute_bound(g, config))
+    return max(roofline(g.compulsory_bytes, 0, config, g.weight_bytes()), compute_bound(g, config))
 
 
 def estimate(layers, config: NpuConfig) -> ModelEstimate:
@@ -320,7 +356,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             costs = cascade_cost(g1, g2, fused.rows, config)
             compulsory = cascade_compulsory(g1, g2)
             share = costs[0].compute_cycles / (costs[0].compute_cycles + costs[1].compute_cycles)
-            bound = roofline(sum(compulsory), g1.macs + g2.macs, config)
+            bound = roofline(sum(compulsory), g1.macs + g2.macs, config, g1.weight_bytes() + g2.weight_bytes())
             first = fused.produces(p)
             cost, neighbour = (costs[0], fused.consumer) if first else (costs[1], fused.producer)
             g = p.geometry
@@ -331,6 +367,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 compulsory[0 if first else 1], bound * (share if first else 1 - share), p.sram_planned, p.sram_proven,
                 p.weights.get("original", 0), p.weights.get("encoded", 0), cascade=fused.describe(p),
+                sram_traffic=cost.sram_traffic,
             ))
         elif p.geometry is not None and p.tiles is not None and p.placement == "npu":
             g, cost = p.geometry, layer_cost(p.geometry, p.tiles, config)
@@ -338,7 +375,7 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
                 p.label, p.kernel, p.placement, g.describe(), p.tiles.describe(g.weighted) + (" (tuned)" if p.tuned else ""),
                 g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
                 g.compulsory_bytes, layer_roofline(g, config), p.sram_planned, p.sram_proven,
-                p.weights.get("original", 0), p.weights.get("encoded", 0),
+                p.weights.get("original", 0), p.weights.get("encoded", 0), sram_traffic=cost.sram_traffic,
             ))
         else:
             # Untiled (elementwise, pools) or on the CPU: the NPU streams its operands once; its vector unit
@@ -353,5 +390,6 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
                 p.label, p.kernel, p.placement, s["shape"], "not tiled" if on_npu else f"cpu: {p.reason}",
                 0, cycles, compute if on_npu else 0.0, 0, s["read"] if on_npu else 0, s["write"] if on_npu else 0,
                 compulsory if on_npu else 0, bound if on_npu else 0.0, None, None,
+                sram_traffic=compulsory if on_npu else 0.0,  # the vector unit reads and writes each byte once
             ))
     return result

@@ -159,12 +159,21 @@ def tuned_records(path: str | Path, model: str | Path, config: NpuConfig) -> dic
     problems = []
     if Path(model).is_file() and head.get("model_sha256") != file_sha256(model):
         problems.append(f"model {head.get('model')} (another file than {Path(model).name})")
-    if head.get("npu_config") != config.to_dict():
+    if _hardware(head.get("npu_config")) != config.hardware():
         problems.append(f"target {head.get('target')} with another hardware description than npu/{config.name}")
     if problems:
         print(f"warning: ignoring tuning records {path}: they were tuned for {' and '.join(problems)}")
         return {}
     return best_records(records)
+
+
+def _hardware(npu_config) -> dict | None:
+    """A header's hardware fields (`NpuConfig.hardware`): records stay valid when only a preset's
+    description or citation changes, and fields added since default as NpuConfig defaults them."""
+    try:
+        return NpuConfig.from_dict(npu_config).hardware()
+    except (TypeError, KeyError):
+        return None
 
 
 def tuned_tiles(best: dict[str, dict]) -> dict[str, Tiles]:

@@ -25,7 +25,8 @@ HOST_TOP = 5  # CPU functions the summary names
 HOST_RUNS = 3
 COLUMNS = ("name", "kernel", "placement", "shape", "tiles", "macs", "cycles", "roofline_cycles", "roofline_ratio",
            "utilization", "array_utilization", "weight_read", "activation_read", "activation_write", "dram_bytes",
-           "compulsory_bytes", "sram_planned", "sram_proven", "weight_bytes_original", "weight_bytes_encoded")
+           "compulsory_bytes", "sram_planned", "sram_proven", "weight_bytes_original", "weight_bytes_encoded",
+           "sram_traffic", "energy_pj", "energy_mac_pj", "energy_sram_pj", "energy_dram_pj", "energy_dram_share")
 
 
 def performance(metadata: PackageMetadata) -> dict:
@@ -149,6 +150,7 @@ def summary_text(metadata: PackageMetadata, host: dict | str | None = None) -> s
         f"  Total cycles                 {s['cycles']:.0f} (roofline bound {s['roofline_cycles']:.0f})",
         f"  MAC utilization              {100 * s['utilization']:.1f} % (conv layers {100 * s['conv_utilization']:.1f} %)",
         f"  Inferences/s at {s['clock_mhz']:g} MHz      {s['inferences_per_second']:.1f}{npu_part}",
+        f"  Energy per inference         {_energy_line(s)}",
         f"  Conv/gemm MACs on the NPU    {_mac_line(metadata)}",
         *_host_lines(host),
     ])
@@ -199,6 +201,13 @@ def buckets_text(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _energy_line(s: dict) -> str:
+    if "energy_pj" not in s:
+        return "unknown (compiled by an older tvm_npu: recompile)"
+    return (f"{s['energy_pj'] / 1e6:.1f} uJ: MACs {s['energy_mac_pj'] / 1e6:.1f}, SRAM {s['energy_sram_pj'] / 1e6:.1f}, "
+            f"DRAM {s['energy_dram_pj'] / 1e6:.1f} uJ ({100 * s['energy_dram_share']:.1f} % DRAM; tvm_npu/energy.py)")
+
+
 def report(metadata: PackageMetadata, fmt: str = "table", host: dict | str | None = None) -> str:
     perf = performance(metadata)
     rows = perf["layers"]
@@ -217,7 +226,7 @@ def report(metadata: PackageMetadata, fmt: str = "table", host: dict | str | Non
     # Names (as in the ONNX model) and tilings ("(tuned)", cascades) vary in length: columns fit them whole.
     width, tiles = (max([least] + [len(r[key]) + 2 for r in rows]) for key, least in (("name", 12), ("tiles", 32)))
     head = (f"{'layer':<{width}}{'kernel':<17}{'tiles':<{tiles}}{'cycles':>11}{'bound':>8}{'util':>7}{'DRAM KiB':>10}"
-            f"{'SRAM KiB':>10}{'W KiB orig':>11}{'W KiB enc':>10}  shape")
+            f"{'SRAM KiB':>10}{'W KiB orig':>11}{'W KiB enc':>10}{'nJ':>9}{'DRAM %':>7}  shape")
     buckets = bucket_rows(metadata)
     lines = [summary_text(metadata, host), "", *([buckets_text(buckets), "", "Largest bucket"] if buckets else []), head]
     for r in rows:
@@ -225,8 +234,16 @@ def report(metadata: PackageMetadata, fmt: str = "table", host: dict | str | Non
         lines.append(f"{r['name']:<{width}}{r['kernel']:<17}{r['tiles']:<{tiles}}{r['cycles']:>11.0f}"
                      f"{r['roofline_ratio']:>7.2f}x{100 * r['utilization']:>6.1f}%{r['dram_bytes'] / 1024:>10.1f}"
                      f"{sram:>10}{_kib(r.get('weight_bytes_original', 0)):>11}{_kib(r.get('weight_bytes_encoded', 0)):>10}"
-                     f"  {r['shape']}")
+                     f"{_nj(r):>9}{_share(r):>7}  {r['shape']}")
     return "\n".join(lines)
+
+
+def _nj(row: dict) -> str:
+    return f"{row['energy_pj'] / 1e3:.0f}" if "energy_pj" in row else "-"
+
+
+def _share(row: dict) -> str:
+    return f"{100 * row['energy_dram_share']:.0f}" if "energy_pj" in row else "-"
 
 
 def _kib(size: int) -> str:

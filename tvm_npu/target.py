@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tvm
 
+from .energy import DRAM_PJ_PER_BYTE, SRAM_PJ_PER_BYTE
 from .errors import NpuError
 
 DEFAULT_PRESET = "mid"
@@ -33,14 +34,29 @@ class NpuConfig:
 
     name: str
     sram_kib: int  # on-chip scratchpad holding every tile's working set
-    mac_rows: int  # the MAC array: mac_rows x mac_cols INT8 MACs per cycle
+    mac_rows: int  # the MAC array: mac_rows output pixels x mac_cols output channels
     mac_cols: int
     dram_bytes_per_cycle: float  # off-chip (DRAM/flash) bandwidth seen by the DMA
     sram_bytes_per_cycle: float  # on-chip bandwidth between SRAM and the MAC array
     clock_mhz: float
     dtypes: tuple[str, ...] = SUPPORTED_DTYPES
+    # Input channels each MAC array cell reduces per cycle (Ethos-U: 8, its IFM micro-block depth); a
+    # depthwise conv or pool has one input channel per output and uses 1 of them. 1: one tap per cycle.
+    mac_depth: int = 1
+    # Where the weights live when not beside the activations (Vela's Shared_Sram: activations in
+    # system SRAM, weights in flash on the other AXI port); 0 = the same memory, at dram_bytes_per_cycle.
+    weight_bytes_per_cycle: float = 0.0
+    # Read latency of one DMA transfer (Vela's <memory>_read_latency, in NPU cycles); 0 = not modelled.
+    dram_latency_cycles: float = 0.0
+    weight_latency_cycles: float = 0.0  # 0 with weight_bytes_per_cycle 0: dram_latency_cycles
+    # Energy of a byte moved from/to the activations' memory and the weights' (0: as dram_pj_per_byte);
+    # tvm_npu/energy.py cites the figures.
+    dram_pj_per_byte: float = DRAM_PJ_PER_BYTE
+    weight_pj_per_byte: float = 0.0
     description: str = ""
     source: str = ""  # where the figures come from
+    # The Vela configuration this preset twins, as its CLI flags (scripts/compare_vela.py runs it).
+    vela: str = ""
 
     @property
     def sram_bytes(self) -> int:
@@ -48,12 +64,26 @@ class NpuConfig:
 
     @property
     def macs_per_cycle(self) -> int:
-        return self.mac_rows * self.mac_cols
+        return self.mac_rows * self.mac_cols * self.mac_depth
 
     @property
     def peak_tops(self) -> float:
         """INT8 tera-operations per second (one MAC = two operations)."""
         return 2 * self.macs_per_cycle * self.clock_mhz * 1e6 / 1e12
+
+    @property
+    def weight_bandwidth(self) -> float:
+        """Bytes/cycle the DMA reads weights at (their own memory, else DRAM's)."""
+        return self.weight_bytes_per_cycle or self.dram_bytes_per_cycle
+
+    @property
+    def weight_latency(self) -> float:
+        return self.weight_latency_cycles if self.weight_bytes_per_cycle else self.dram_latency_cycles
+
+    @property
+    def weight_energy(self) -> float:
+        """pJ per weight byte read from the weights' memory."""
+        return self.weight_pj_per_byte or self.dram_pj_per_byte
 
     @property
     def target_model(self) -> str:
@@ -62,6 +92,11 @@ class NpuConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"dtypes": list(self.dtypes)}
+
+    def hardware(self) -> dict:
+        """The fields the performance model reads: two configs equal here plan and cost alike
+        (names, descriptions, citations and the Vela twin do not count)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("description", "source", "vela")}
 
     @classmethod
     def from_dict(cls, data: dict) -> NpuConfig:
@@ -81,7 +116,7 @@ class NpuConfig:
                 f"invalid NPU config from {origin}: name must be letters, digits, '_', '.' or '-', "
                 f"got {self.name!r}"
             )
-        for name in ("sram_kib", "mac_rows", "mac_cols"):
+        for name in ("sram_kib", "mac_rows", "mac_cols", "mac_depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise NpuError(
@@ -92,6 +127,13 @@ class NpuConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise NpuError(
                     f"invalid NPU config from {origin}: {name} must be a positive number, got {value!r}"
+                )
+        for name in ("weight_bytes_per_cycle", "dram_latency_cycles", "weight_latency_cycles", "dram_pj_per_byte",
+                     "weight_pj_per_byte"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise NpuError(
+                    f"invalid NPU config from {origin}: {name} must be a number >= 0, got {value!r}"
                 )
         bad = [d for d in self.dtypes if d not in SUPPORTED_DTYPES]
         if not self.dtypes or bad:
@@ -117,7 +159,8 @@ class NpuConfig:
         return tvm.target.Target(tag)
 
 
-# Figures are rounded public numbers used for modelling, not claims about any product.
+# micro/mid/large: rounded public numbers used for modelling, not claims about any product; the
+# ethos-u* presets take every constant from Vela's configuration files (scripts/compare_vela.py).
 PRESETS: dict[str, NpuConfig] = {
     config.name: config
     for config in (
@@ -133,7 +176,8 @@ PRESETS: dict[str, NpuConfig] = {
             source=(
                 "Arm Ethos-U55 product brief: 256 INT8 MACs/cycle configuration, 64-bit AXI "
                 "(8 B/cycle); Vela's Ethos_U55_High_End_Embedded system config: 500 MHz core clock; "
-                "384 KiB is a typical Cortex-M55 tensor-arena SRAM"
+                "384 KiB is our choice (Vela's Dedicated_Sram_384KB size); 16 B/cycle SRAM is our "
+                "assumption (twice the AXI width; no public figure). The Vela-checked twin is ethos-u55-256"
             ),
         ),
         NpuConfig(
@@ -147,7 +191,9 @@ PRESETS: dict[str, NpuConfig] = {
             description="embedded NPU in the spirit of Arm Ethos-U65-512",
             source=(
                 "Arm Ethos-U65 product brief: 512 INT8 MACs/cycle, 128-bit AXI (16 B/cycle), "
-                "up to 1 GHz; 1 MiB of on-chip SRAM as in Vela's Dedicated_Sram memory mode"
+                "up to 1 GHz; 1 MiB of SRAM and 32 B/cycle from it are our choices (Vela's Dedicated_Sram "
+                "modes size the SRAM at 256, 384 or 512 KiB; no public bandwidth figure). "
+                "The Vela-checked twin is ethos-u65-512"
             ),
         ),
         NpuConfig(
@@ -162,8 +208,63 @@ PRESETS: dict[str, NpuConfig] = {
             source=(
                 "Intel Core Ultra (Meteor Lake) NPU overviews: 2 neural compute engines of 2048 INT8 "
                 "MACs (4096/cycle), ~1.4 GHz (~11 INT8 TOPS), 4 MiB on-chip scratchpad (CMX); "
-                "64 B/cycle (~90 GB/s) is a share of the LPDDR5x system bandwidth"
+                "64 B/cycle (~90 GB/s) is a share of the LPDDR5x system bandwidth; 256 B/cycle SRAM is "
+                "our assumption (no public figure)"
             ),
+        ),
+        # Twins of Vela configurations (ethos-u-vela 5.2.0: ethosu/config_files/Arm/vela.ini and
+        # ethosu/vela/architecture_features.py). Vela's memory bandwidth is its AXI port width
+        # (U55: 8 B/cycle, U65: 16 B/cycle) times the system config's <memory>_clock_scale.
+        NpuConfig(
+            name="ethos-u55-256",
+            sram_kib=48,
+            mac_rows=4,
+            mac_cols=8,
+            mac_depth=8,
+            dram_bytes_per_cycle=8.0,
+            sram_bytes_per_cycle=32.0,
+            clock_mhz=500.0,
+            weight_bytes_per_cycle=1.0,
+            dram_latency_cycles=32.0,
+            weight_latency_cycles=64.0,
+            dram_pj_per_byte=SRAM_PJ_PER_BYTE[-1][1],  # the arena: a ~1 MB system SRAM
+            weight_pj_per_byte=DRAM_PJ_PER_BYTE,  # flash: no published figure at hand, charged as DRAM
+            description="Arm Ethos-U55-256 in Vela's Ethos_U55_High_End_Embedded system, Shared_Sram memory mode",
+            source=(
+                "Vela 5.2.0: accelerator ethos-u55-256 (256 MACs/cycle: OFM micro-block 2x2 pixels x 8 "
+                "channels, IFM micro-block depth 8, so 4 x 8 x 8; elem_units 8, our vector lanes = mac_cols; "
+                "48 SHRAM banks of 1 KiB, the on-chip buffer tiles live in); "
+                "Ethos_U55_High_End_Embedded: core_clock 500e6, axi0 Sram "
+                "(clock_scale 1.0: 8 B/cycle, read latency 32), axi1 OffChipFlash (clock_scale 0.125: "
+                "1 B/cycle, read latency 64); Shared_Sram: activations (arena) in Sram, weights (const) in "
+                "flash, so 'DRAM' here is the system SRAM. sram_bytes_per_cycle 32 is Vela's IFM "
+                "micro-block (2x2x8 int8 per cycle per core); Vela sets no SHRAM bandwidth"
+            ),
+            vela="--accelerator-config ethos-u55-256 --system-config Ethos_U55_High_End_Embedded "
+                 "--memory-mode Shared_Sram",
+        ),
+        NpuConfig(
+            name="ethos-u65-512",
+            sram_kib=512,
+            mac_rows=4,
+            mac_cols=16,
+            mac_depth=8,
+            dram_bytes_per_cycle=3.75,
+            sram_bytes_per_cycle=64.0,
+            clock_mhz=1000.0,
+            dram_latency_cycles=500.0,
+            description="Arm Ethos-U65-512 in Vela's Ethos_U65_High_End system, Dedicated_Sram_512KB memory mode",
+            source=(
+                "Vela 5.2.0: accelerator ethos-u65-512 (2 cores of 256 MACs/cycle, each 2x2 pixels x 8 "
+                "channels x IFM depth 8, so 4 x 16 x 8 side by side on output channels; elem_units 8 per "
+                "core); Ethos_U65_High_End: "
+                "core_clock 1e9, axi1 Dram (clock_scale 0.234375 x 16 B/cycle = 3.75 B/cycle, read latency "
+                "500), axi0 Sram (16 B/cycle); Dedicated_Sram_512KB: activations and weights in DRAM, a "
+                "512 KiB SRAM (arena_cache_size 524288) caching them. sram_bytes_per_cycle 64 is Vela's IFM "
+                "micro-block (2x2x8 int8 per cycle) times 2 cores"
+            ),
+            vela="--accelerator-config ethos-u65-512 --system-config Ethos_U65_High_End "
+                 "--memory-mode Dedicated_Sram_512KB",
         ),
     )
 }
@@ -173,6 +274,7 @@ OVERRIDABLE_FIELDS = (
     "sram_kib",
     "mac_rows",
     "mac_cols",
+    "mac_depth",
     "dram_bytes_per_cycle",
     "sram_bytes_per_cycle",
     "clock_mhz",
