@@ -14,8 +14,9 @@ from .errors import EXIT_INTERNAL_ERROR, NpuError, first_line
 from .target import NpuConfig
 
 
-def build(mod: tvm.IRModule, config: NpuConfig) -> relax.Executable:
-    target = config.tvm_target()
+def build(mod: tvm.IRModule, config: NpuConfig, host: dict | None = None) -> relax.Executable:
+    """`host`: the CPU to build for (`tvm_npu.host.host_target`; default the portable ISA level)."""
+    target = config.tvm_target(host)
     try:
         with pass_context():
             return tvm.compile(mod, target=target)

@@ -21,9 +21,10 @@ import tvm
 from .atomic import atomic_output
 from .errors import NpuError, first_line
 from .frontend import TensorSpec
+from .host import check_host
 from .target import NpuConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: target_isa
 LIBRARY_NAME = "mod.so"
 METADATA_NAME = "metadata.json"
 MODEL_NAME = "model.onnx"  # the ONNX the library was compiled from, for reference runs
@@ -39,6 +40,7 @@ class PackageMetadata:
     outputs: list[TensorSpec]
     npu_config: NpuConfig
     target: dict  # the exported TVM target
+    target_isa: list[str]  # the ISA features its library needs (tvm_npu.host.required_isa)
     versions: dict  # tvm_npu, tvm
     model_sha256: str = ""
     library_sha256: str = ""  # both hashes are set by write_package and checked by read_package
@@ -54,6 +56,7 @@ class PackageMetadata:
             "outputs": [spec.to_dict() for spec in self.outputs],
             "npu_config": self.npu_config.to_dict(),
             "target": self.target,
+            "target_isa": self.target_isa,
             "versions": self.versions,
             "library_sha256": self.library_sha256,
             "extra": self.extra,
@@ -67,6 +70,7 @@ class PackageMetadata:
             outputs=[TensorSpec.from_dict(d) for d in data["outputs"]],
             npu_config=NpuConfig.from_dict(data["npu_config"]),
             target=data["target"],
+            target_isa=[str(feature) for feature in data["target_isa"]],
             versions=data["versions"],
             model_sha256=data["model_sha256"],
             library_sha256=data["library_sha256"],
@@ -130,6 +134,8 @@ def read_package(path: str | Path, load_library: bool = True) -> Package:
             if (_sha256(library_path), _sha256(model_path)) != (metadata.library_sha256, metadata.model_sha256):
                 raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); recompile it")
             onnx_bytes = model_path.read_bytes()
+            if load_library:
+                check_host(metadata, str(path))
             library = _load_library(library_path, path) if load_library else None
     except tarfile.ReadError:
         raise NpuError(

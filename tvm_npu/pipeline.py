@@ -23,6 +23,7 @@ from . import progress
 from .atomic import atomic_output, check_output_path
 from .build import build
 from .cascade import cascade as find_cascades
+from .host import host_target, required_isa
 from .frontend import ImportedModel, OnnxModel, import_onnx, load_onnx
 from .lower import lower
 from .package import PackageMetadata, read_package, write_package
@@ -59,6 +60,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     cascade: bool = False,
     tuning_records: str | Path | None = None,
     overflow_fix: str = DEFAULT_OVERFLOW_FIX,
+    target_host: str | None = None,
     cache: bool = False,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
@@ -76,6 +78,8 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     `tuning_records` (a `tvmc tune` log) replaces the planner's tiling of every tuned layer
     with the best one measured, and (with `cascade`) decides the pairs it has cascade records of;
     records of another model or NPU config are ignored with a warning.
+    `target_host` is the CPU the library is built for (`tvm_npu.host.host_target`: default the portable
+    x86-64-v3, `native` this machine's exact CPU); the package records the ISA features it needs.
     `cache` copies the package of an earlier compile of the same inputs, or stores this one (`tvm_npu.cache`);
     off by default for library calls, as the cache key holds tvm_npu's code but not in-process patches of it.
     """
@@ -89,8 +93,9 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
 
 
 def _compile(model, output, target, input_shapes, quantize_model, calibration_data, save_quantized, seed,
-             allow_cpu_fallback, sparse, cascade, tuning_records, overflow_fix) -> CompileResult:
+             allow_cpu_fallback, sparse, cascade, tuning_records, overflow_fix, target_host) -> CompileResult:
     config = resolve_target(target)
+    host = host_target(target_host)
     output = check_output_path(output)
     best = tuned_records(tuning_records, model, config) if tuning_records is not None else {}
     tuned = tuned_tiles(best)
@@ -111,13 +116,14 @@ def _compile(model, output, target, input_shapes, quantize_model, calibration_da
         if layer.placement == "cpu":
             operators[layer.row].update(runs_on="cpu", reason=layer.reason)
     with _timed(seconds, "build"):
-        executable = build(mod, config)
+        executable = build(mod, config, host)
     metadata = PackageMetadata(
         model_name=imported.name,
         inputs=imported.inputs,
         outputs=imported.outputs,
         npu_config=config,
-        target=json.loads(str(config.tvm_target())),
+        target=json.loads(str(config.tvm_target(host))),
+        target_isa=required_isa(host),
         versions={"tvm_npu": __version__, "tvm": tvm.__version__},
         extra={"quantized": is_quantized(loaded.model), "operators": operators,
                "layers": [layer.to_dict() for layer in layers],
