@@ -156,7 +156,7 @@ def call_kind(symbol: str) -> str:
 
 
 VM_BUILTINS = "VM builtins (allocation, shape checks)"
-CPU_FUNCTIONS = "CPU (TVM default lowering)"
+CPU_FUNCTIONS = "CPU (TVM-generated functions)"
 
 
 def host_mismatch(metadata) -> str | None:
