@@ -61,10 +61,11 @@ class ParallelVectorize(CPUScheduleRule):
         if not isinstance(func, tvm.tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
+        # Counted as written: dlight's normalization folds unit axes, and a 1x1 convolution's kernel axes with them.
+        axes = {sch.get(block).name_hint: _reduction_axes(sch, block)
+                for block in sch.get_child_blocks(sch.get_sblock("root"))}
         infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
-        if any(info.dom_kind().count("R") == 1 for info in infos):
+        if infos is None or 1 in axes.values():
             return None
         for info in infos:
             block, kinds = info.block_rv, info.dom_kind()
@@ -83,6 +84,12 @@ class ParallelVectorize(CPUScheduleRule):
             if lanes is not None:
                 sch.vectorize(lanes)
         return sch
+
+
+def _reduction_axes(sch: s_tir.Schedule, block) -> int:
+    """How many reduction axes a block has (a convolution three, also with a 1x1 kernel; a sum, softmax or
+    matmul one)."""
+    return sum(axis.iter_type == tvm.tirx.IterVar.CommReduce for axis in sch.get(block).iter_vars)
 
 
 def pass_context() -> tvm.transform.PassContext:
