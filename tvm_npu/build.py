@@ -81,8 +81,11 @@ class ParallelVectorize(CPUScheduleRule):
             lanes = None
             if isinstance(extent, tvm.tirx.IntImm) and int(extent) % VECTOR_LANES == 0:
                 last, lanes = sch.split(last, [None, VECTOR_LANES])
-            sch.reorder(*outer, last, *reduction, *([lanes] if lanes is not None else []))
-            sch.parallel(sch.fuse(*outer, last))
+            elif isinstance(extent, tvm.tirx.IntImm) and 1 < int(extent) < VECTOR_LANES * 4 and outer:
+                lanes, last = last, None  # a short row (13 columns) is one vector of its own width
+            spread = [*outer, *([last] if last is not None else [])]
+            sch.reorder(*spread, *reduction, *([lanes] if lanes is not None else []))
+            sch.parallel(sch.fuse(*spread))
             if lanes is not None:
                 sch.vectorize(lanes)
         return sch
