@@ -63,6 +63,11 @@ def test_quick_run_profiles_the_int8_package(quick_run):
     assert times == sorted(times, reverse=True) and len(times) == bench.PROFILE_TOP
     assert any(call["symbol"].startswith("npu_conv2d_") for call in profile["top"])
     assert any(kind.startswith("NPU kernel npu.conv2d") for kind in profile["by_kind"])
+    conv = next(row for row in profile["kernel_families"] if row["family"] == "npu.conv2d")
+    assert conv["gmacs"] == pytest.approx(conv["macs"] / conv["ms"] / 1e6) and conv["ms"] == profile["by_kind"][
+        "NPU kernel npu.conv2d"]
+    assert 0 < conv["share_of_peak"] < 1 and conv["peak_isa"] in {isa for isa, _ in bench.PEAK_MACS_PER_CYCLE}
+    assert f"npu.conv2d: {conv['gmacs']:.2f} GMAC/s on the host" in quick_run[2]
 
 
 def test_quick_run_writes_markdown_and_png_from_the_json(quick_run):

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tvm_npu
 from tvm_npu.buckets import is_bucketed
+from tvm_npu.package import BUCKETS_FORMAT_VERSION
 from tvm_npu.cache import cache_dir, entries
 from tvm_npu.errors import NpuError
 from tvm_npu.frontend import parse_input_shapes
@@ -90,7 +91,7 @@ def test_package_lists_buckets_and_report_shows_each(bucketed):
     _, package = bucketed
     model = tvm_npu.load(package)
     assert isinstance(model, BucketedModel)
-    assert model.metadata.format_version == 2
+    assert model.metadata.format_version == BUCKETS_FORMAT_VERSION
     assert [b["x"][3] for b in model.bucketing.shapes] == [16, 32, 64]
     assert [spec.name for spec in model.inputs] == ["x"]  # the valid length is optional
     rows = bucket_rows(model.metadata)

@@ -34,6 +34,7 @@ from .atomic import atomic_output
 from .errors import first_line
 from .records import file_sha256
 from .registry import kernel_path_files
+from .host import host_target
 from .target import NpuConfig, resolve_target
 
 # Arguments naming input files: keyed by their bytes. `output` only says where the copy goes.
@@ -95,6 +96,8 @@ def cache_key(arguments: dict) -> str | None:
             value = file_sha256(Path(value))
         elif name == "target":
             value = resolve_target(value).to_dict()
+        elif name == "target_host":
+            value = host_target(value)  # `native` and the default named by the CPU they stand for here
         keyed[name] = value
     keyed["versions"] = {"tvm": tvm.__version__, "tvm_npu_code": code_digest()}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=_jsonable).encode()).hexdigest()

@@ -41,6 +41,7 @@ from .runtime import (
     write_npz,
 )
 from .sparse import SPARSE_MODES
+from .host import NATIVE, PORTABLE_X86
 from .target import OVERRIDABLE_FIELDS, PRESETS, resolve_target
 from .tune import RUNNERS, tune
 from .validate import (
@@ -242,6 +243,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     _add_target_options(parser)
     parser.add_argument("--model-format", choices=MODEL_FORMATS, default=None,
                         help="input model format (default: from the file: TFLite's TFL3 identifier or .tflite, else ONNX)")
+    parser.add_argument("--target-host", metavar="CPU",
+                        help=f"the CPU the library is built for: {PORTABLE_X86} (default, portable: AVX2), "
+                             f"x86-64-v4 (AVX-512), {NATIVE} (this machine's exact CPU), an LLVM CPU name (znver4) "
+                             "or 'llvm -mcpu=znver4 -mattr=+avxvnni'; the package records the ISA it needs")
     parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
                         help="post-training INT8 quantization with NNCF (default: on unless the model is QDQ already)")
     parser.add_argument("--calibration-data", metavar="NPZ",
@@ -315,7 +320,8 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
             calibration_data=args.calibration_data, save_quantized=args.save_quantized,
             allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
             cascade=args.cascade, tuning_records=args.tuning_records, overflow_fix=args.overflow_fix,
-            pad_value=args.pad_value, valid_length=dict(map(_valid_length, args.valid_length)) or None, cache=args.cache,
+            pad_value=args.pad_value, valid_length=dict(map(_valid_length, args.valid_length)) or None,
+            target_host=args.target_host, cache=args.cache,
         )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)

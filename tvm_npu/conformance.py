@@ -35,6 +35,7 @@ from tvm import relax
 from .build import pass_context
 from .errors import NpuError
 from .frontend import import_onnx, load_onnx
+from .host import host_target, missing_isa, required_isa
 from .lower import lower_layer
 from .onnx_builder import Example
 from .partition import partition
@@ -48,6 +49,10 @@ from .validate import compare, exact_reference_outputs, quantization_steps, vali
 # Seeds of the default run (tests/conformance) and of the sweep (`-m slow`).
 DEFAULT_SEEDS = (0,)
 SWEEP_SEEDS = (1, 2, 3, 4, 5)
+# Host instruction sets the int8 MAC kernels (conv2d, dense: their accumulation loops vectorize per ISA) are
+# also built for, beyond the portable default every other check uses (`--target-host` forms).
+HOST_ISAS = {"avx512-vnni": "llvm -mcpu=x86-64-v4 -mattr=+avx512vnni", "avx-vnni": "llvm -mcpu=x86-64-v3 -mattr=+avxvnni"}
+MAC_KERNELS = ("npu.conv2d", "npu.dense")
 
 
 class ConformanceError(AssertionError):
@@ -149,10 +154,11 @@ def first_difference(ours: np.ndarray, expected: np.ndarray) -> str | None:
             f"({len(differ)} of {ours.size} elements differ)")
 
 
-def run_primfunc(prim: tvm.tirx.PrimFunc, case: Case, config: NpuConfig) -> np.ndarray:
-    """Builds one kernel PrimFunc for the host as `tvm_npu.build` does and runs it on the case's inputs."""
+def run_primfunc(prim: tvm.tirx.PrimFunc, case: Case, config: NpuConfig, host: dict | None = None) -> np.ndarray:
+    """Builds one kernel PrimFunc for the host (`host`: a `tvm_npu.host.host_target`, default the portable
+    level) as `tvm_npu.build` does and runs it on the case's inputs."""
     with pass_context():
-        lib = tvm.compile(tvm.IRModule({"kernel": prim}), target=config.tvm_target())
+        lib = tvm.compile(tvm.IRModule({"kernel": prim}), target=config.tvm_target(host))
     out = tvm.runtime.empty(case.expected.shape, str(case.expected.dtype))
     operands = [np.ascontiguousarray(a) for a in list(case.inputs) + list(case.params.consts)]
     lib["kernel"](*[tvm.runtime.tensor(a) for a in operands], out)
@@ -163,8 +169,8 @@ def _specs(case: Case) -> list[tuple[tuple[int, ...], str]]:
     return [(tuple(x.shape), str(x.dtype)) for x in case.inputs]
 
 
-def check_exact(case: Case, prim: tvm.tirx.PrimFunc, config: NpuConfig, schedule: str) -> None:
-    difference = first_difference(run_primfunc(prim, case, config), case.expected)
+def check_exact(case: Case, prim: tvm.tirx.PrimFunc, config: NpuConfig, schedule: str, host: dict | None = None) -> None:
+    difference = first_difference(run_primfunc(prim, case, config, host), case.expected)
     if difference:
         raise ConformanceError(f"{case.where()}, {schedule}: {difference}")
 
@@ -172,6 +178,22 @@ def check_exact(case: Case, prim: tvm.tirx.PrimFunc, config: NpuConfig, schedule
 def check_default(case: Case) -> None:
     prim, _ = lower_layer(case.kernel, case.params, _specs(case), None, symbol="kernel")
     check_exact(case, prim, PRESETS["mid"], "default schedule")
+
+
+def host_isa_missing(isa: str) -> list[str]:
+    """The features of HOST_ISAS[isa] this CPU lacks (its check cannot run here)."""
+    return missing_isa(required_isa(host_target(HOST_ISAS[isa])))
+
+
+def check_host_isa(case: Case, isa: str) -> str:
+    """The layer as npu/mid plans it, built for the host instruction set HOST_ISAS[isa], is exact too."""
+    config = PRESETS["mid"]
+    (layer,) = plan(case.mod, config, sparse=_sparse_mode(case))
+    planned = sum(footprint(layer.geometry, layer.tiles).values()) if layer.tiles is not None else None
+    prim, _ = lower_layer(case.kernel, case.params, _specs(case), layer.tiles, planned, config.sram_bytes, "kernel")
+    what = f"{isa} build of {'tiles ' + layer.tiles.describe() if layer.tiles else 'the default schedule'}"
+    check_exact(case, prim, config, what, host_target(HOST_ISAS[isa]))
+    return f"{what}: exact"
 
 
 def uneven_tiles(geometry, config: NpuConfig) -> Tiles | None:

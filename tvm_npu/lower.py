@@ -114,5 +114,6 @@ class _LowerComposites(relax.PyExprMutator):
         except NpuError as err:
             names = " + ".join(each.name for each in ((fused.producer, layer) if fused is not None else (layer,)))
             raise NpuError(f"layer {names}: {err}", err.exit_code) from err
-        gv = self.builder_.add_func(prim, symbol)
+        # Scheduled for the NPU (SRAM tiles): build's CPU schedule rules leave it as it is.
+        gv = self.builder_.add_func(prim.with_attr("tirx.is_scheduled", True), symbol)
         return relax.call_tir(gv, args + [relax.const(c, str(c.dtype)) for c in consts], out_ty=call.ty)

@@ -22,10 +22,11 @@ import tvm
 from .atomic import atomic_output
 from .errors import NpuError, first_line
 from .frontend import TensorSpec
+from .host import check_host
 from .target import NpuConfig
 
-FORMAT_VERSION = 1  # a single-shape package; still written and read
-BUCKETS_FORMAT_VERSION = 2  # shape buckets: one library and model per bucket under buckets/<i>/
+FORMAT_VERSION = 2  # a single-shape package; 2: records target_isa, the CPU features its library needs
+BUCKETS_FORMAT_VERSION = 3  # shape buckets: one library and model per bucket under buckets/<i>/
 LIBRARY_NAME = "mod.so"
 METADATA_NAME = "metadata.json"
 MODEL_NAME = "model.onnx"  # the ONNX the library was compiled from, for reference runs
@@ -44,6 +45,7 @@ class PackageMetadata:
     outputs: list[TensorSpec]
     npu_config: NpuConfig
     target: dict  # the exported TVM target
+    target_isa: list[str]  # the ISA features its library needs (tvm_npu.host.required_isa)
     versions: dict  # tvm_npu, tvm
     model_sha256: str = ""
     library_sha256: str = ""  # both hashes are set by write_package and checked by read_package
@@ -59,6 +61,7 @@ class PackageMetadata:
             "outputs": [spec.to_dict() for spec in self.outputs],
             "npu_config": self.npu_config.to_dict(),
             "target": self.target,
+            "target_isa": self.target_isa,
             "versions": self.versions,
             "library_sha256": self.library_sha256,
             "extra": self.extra,
@@ -72,6 +75,7 @@ class PackageMetadata:
             outputs=[TensorSpec.from_dict(d) for d in data["outputs"]],
             npu_config=NpuConfig.from_dict(data["npu_config"]),
             target=data["target"],
+            target_isa=[str(feature) for feature in data["target_isa"]],
             versions=data["versions"],
             model_sha256=data["model_sha256"],
             library_sha256=data["library_sha256"],
@@ -101,7 +105,7 @@ def write_package(
 @dataclass
 class Package:
     """An opened package: its metadata, the loaded library and the embedded ONNX model. A bucketed package
-    (format 2) has no library of its own: `buckets` holds one such package per bucket, and `source_onnx`
+    (format 3) has no library of its own: `buckets` holds one such package per bucket, and `source_onnx`
     the model as the user gave it (validation's reference at unpadded sizes)."""
 
     metadata: PackageMetadata
@@ -114,7 +118,7 @@ class Package:
 
 def write_bucket_package(path: str | Path, bucket_packages: list[Path], source_onnx: bytes, bucketing: dict,
                          weights: dict[str, np.ndarray]) -> Path:
-    """Writes one format-2 package from the packages compiled for each bucket (smallest first): their files
+    """Writes one bucketed package from the packages compiled for each bucket (smallest first): their files
     under `buckets/<i>/`, the source model, the kernels' constants lifted out of their libraries (by content:
     `tvm_npu.buckets.lift_weights`; each stored once) and metadata whose top level describes the largest bucket."""
     path = Path(path)
@@ -207,6 +211,8 @@ def _bucket(tar: tarfile.TarFile, members: dict, index: int | None, metadata: Pa
     if (_sha256(library_path), hashlib.sha256(onnx_bytes).hexdigest()) != (metadata.library_sha256,
                                                                            metadata.model_sha256):
         raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); recompile it")
+    if load_library:
+        check_host(metadata, str(path))
     library = _load_library(library_path, path) if load_library else None
     return Package(metadata, library, onnx_bytes)
 

@@ -27,6 +27,7 @@ from .buckets import Bucketing, crop_tables, dynamic_dims, expand, is_bucketed, 
 from .build import build
 from .errors import NpuError
 from .cascade import cascade as find_cascades
+from .host import host_target, required_isa
 from .frontend import ImportedModel, OnnxModel, import_onnx, load_onnx
 from .lower import lower
 from .package import PackageMetadata, read_package, write_bucket_package, write_package
@@ -67,6 +68,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     overflow_fix: str = DEFAULT_OVERFLOW_FIX,
     pad_value: float = 0.0,
     valid_length: dict[str, tuple[str, int]] | None = None,
+    target_host: str | None = None,
     cache: bool = False,
 ) -> CompileResult:
     """Compiles an ONNX model for an NPU target into a package at `output`.
@@ -84,6 +86,8 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     `tuning_records` (a `tvmc tune` log) replaces the planner's tiling of every tuned layer
     with the best one measured, and (with `cascade`) decides the pairs it has cascade records of;
     records of another model or NPU config are ignored with a warning.
+    `target_host` is the CPU the library is built for (`tvm_npu.host.host_target`: default the portable
+    x86-64-v3, `native` this machine's exact CPU); the package records the ISA features it needs.
     `cache` copies the package of an earlier compile of the same inputs, or stores this one (`tvm_npu.cache`);
     off by default for library calls, as the cache key holds tvm_npu's code but not in-process patches of it.
     A dimension of `input_shapes` given as a tuple of sizes makes shape buckets (`tvm_npu.buckets`): one plan
@@ -109,9 +113,10 @@ def _compile_fixed(pad_value, valid_length, **arguments) -> CompileResult:
 
 
 def _compile(model, output, target, input_shapes, quantize_model, calibration_data, save_quantized, seed,
-             allow_cpu_fallback, sparse, cascade, tuning_records, overflow_fix,
+             allow_cpu_fallback, sparse, cascade, tuning_records, overflow_fix, target_host,
              cache_quantization: bool = False, lift: bool = False) -> CompileResult:
     config = resolve_target(target)
+    host = host_target(target_host)
     output = check_output_path(output)
     best = tuned_records(tuning_records, model, config) if tuning_records is not None else {}
     tuned = tuned_tiles(best)
@@ -133,13 +138,14 @@ def _compile(model, output, target, input_shapes, quantize_model, calibration_da
         if layer.placement == "cpu":
             operators[layer.row].update(runs_on="cpu", reason=layer.reason)
     with _timed(seconds, "build"):
-        executable = build(mod, config)
+        executable = build(mod, config, host)
     metadata = PackageMetadata(
         model_name=imported.name,
         inputs=imported.inputs,
         outputs=imported.outputs,
         npu_config=config,
-        target=json.loads(str(config.tvm_target())),
+        target=json.loads(str(config.tvm_target(host))),
+        target_isa=required_isa(host),
         versions={"tvm_npu": __version__, "tvm": tvm.__version__},
         extra={"quantized": is_quantized(loaded.model), "operators": operators,
                "layers": [layer.to_dict() for layer in layers],

@@ -76,10 +76,10 @@ def host_time(calls: list[LayerTime]) -> dict:
 def measured_host_time(path) -> dict | str:
     """`host_time` of the package at `path`: the median of HOST_RUNS inferences on seeded random inputs, or
     why it was not measured."""
-    package = read_package(path)
-    reason = host_mismatch(package.metadata)
+    reason = host_mismatch(read_package(path, load_library=False).metadata)
     if reason:
         return reason
+    package = read_package(path)
     # A bucketed package: its largest bucket, which the top-level figures describe.
     model = BucketedModel(package, str(path)).buckets[-1] if package.buckets else CompiledModel(package, str(path))
     return host_time(model.median_profile(make_inputs(model.inputs, "random", seed=0), HOST_RUNS))

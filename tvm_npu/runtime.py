@@ -22,6 +22,7 @@ from .atomic import atomic_output
 from .buckets import Bucketing, reference_model
 from .errors import NpuError, first_line
 from .frontend import TensorSpec
+from .host import missing_isa
 from .package import Package, read_package
 
 FILL_MODES = ("zeros", "ones", "random", "image")
@@ -163,13 +164,13 @@ def call_kind(symbol: str) -> str:
 
 
 VM_BUILTINS = "VM builtins (allocation, shape checks)"
-CPU_FUNCTIONS = "CPU (TVM default lowering)"
+CPU_FUNCTIONS = "CPU (TVM-generated functions)"
 
 
 def host_mismatch(metadata) -> str | None:
-    """Why this host cannot run a package's library (built for another CPU), or None."""
-    built_for, here = metadata.target.get("mcpu"), tvm.target.codegen.llvm_get_system_cpu()
-    return None if built_for in (None, here) else f"the library was built for {built_for}, this host is {here}"
+    """Why this host cannot run a package's library (built for a CPU with features this one lacks), or None."""
+    missing = missing_isa(metadata.target_isa)
+    return f"the library was built for {metadata.target.get('mcpu')}, this CPU lacks {', '.join(missing)}" if missing else None
 
 
 def load(path: str | Path) -> CompiledModel | BucketedModel:

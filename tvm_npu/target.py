@@ -20,6 +20,7 @@ import tvm
 
 from .energy import DRAM_PJ_PER_BYTE, SRAM_PJ_PER_BYTE
 from .errors import NpuError
+from .host import host_target
 
 DEFAULT_PRESET = "mid"
 SUPPORTED_DTYPES = ("int8", "uint8")
@@ -142,16 +143,16 @@ class NpuConfig:
                 f"{list(SUPPORTED_DTYPES)}, got {list(self.dtypes)}"
             )
 
-    def tvm_target(self) -> tvm.target.Target:
-        """The TVM target: the host CPU through LLVM, tagged as this NPU."""
+    def tvm_target(self, host: dict | None = None) -> tvm.target.Target:
+        """The TVM target: the host CPU through LLVM (`host`, from `tvm_npu.host.host_target`; default the
+        portable ISA level), tagged as this NPU."""
         tag = f"npu/{self.name}"
         tvm.target.register_tag(
             tag,
             {
-                "kind": "llvm",
+                **(host or host_target()),
                 "keys": ["npu", "cpu"],
                 "model": self.target_model,
-                "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
                 "num-cores": os.cpu_count() or 1,
             },
             override=True,

@@ -46,6 +46,18 @@ def test_every_preset_plans_proves_and_stays_exact(name, seed, index):
     print("\n".join(conformance.check_presets(_case(name, seed, index))))
 
 
+@pytest.mark.parametrize("isa", list(conformance.HOST_ISAS))
+@pytest.mark.parametrize("name, seed, index", [p for p in _params(conformance.DEFAULT_SEEDS)
+                                               if p.values[0] in conformance.MAC_KERNELS])
+def test_mac_kernels_are_exact_built_for_each_host_isa(name, seed, index, isa):
+    """The portable build is what the other checks run; the ISA levels this CPU has are checked here, and
+    the ones it lacks are reported as not run."""
+    missing = conformance.host_isa_missing(isa)
+    if missing:
+        pytest.skip(f"{isa}: this CPU lacks {', '.join(missing)}")
+    print(conformance.check_host_isa(_case(name, seed, index), isa))
+
+
 @pytest.mark.parametrize("name, seed, index", _params(conformance.DEFAULT_SEEDS))
 def test_compiled_example_matches_openvino(name, seed, index, reference_isa):
     print(conformance.check_openvino(_case(name, seed, index), reference_isa))
