@@ -1,5 +1,6 @@
 """npu.move: data movement without arithmetic on a quantized tensor (Reshape, Flatten, Squeeze,
-Unsqueeze, Transpose, Slice), as a DMA copy of the integers.
+Unsqueeze, Transpose, Slice; DepthToSpace, SpaceToDepth and channel shuffles, which TVM's importer
+writes as reshape -> permute_dims -> reshape with no quantization in between), as a DMA copy of the integers.
 
 Partition re-quantizes the output of a value-preserving op with its input's own parameters
 (exact), so `Q(op(DQ(X)))` is the integers moved: the tensor stays int8 between NPU kernels instead of
@@ -41,6 +42,10 @@ def patterns():
         anchor = is_op(op)(x, *(wildcard() for _ in range(operands)))
         root = is_op("relax.quantize")(anchor, is_const(), is_const())
         found.append((root, {"x": x, "anchor": anchor, "root": root}))
+    x = dequantized_tensor()  # a shuffle: reshape -> permute_dims -> reshape (DepthToSpace, SpaceToDepth)
+    anchor = is_op("relax.permute_dims")(is_op("relax.reshape")(x, wildcard()))
+    root = is_op("relax.quantize")(is_op("relax.reshape")(anchor, wildcard()), is_const(), is_const())
+    found.append((root, {"x": x, "anchor": anchor, "root": root}))
     return found
 
 
@@ -69,7 +74,7 @@ def check(ann) -> str | None:
         return problem
     if isinstance(x.args[0], tvm.ir.expr.Constant):
         return "attribute: a constant operand"
-    if not isinstance(anchor.ty, tvm.relax.TensorType) or anchor.ty.shape is None:
+    if any(not isinstance(e.ty, tvm.relax.TensorType) or e.ty.shape is None for e in (anchor, ann["root"])):
         return "shape: unknown output shape"
     if op_name(anchor) == "relax.strided_slice":
         slices = _slices(anchor)
@@ -82,20 +87,27 @@ def check(ann) -> str | None:
 
 def params(comp: Composite) -> KernelParams:
     dq = comp.call("relax.dequantize")
-    (anchor,) = [v for v in comp.bindings.values() if op_name(v) in _MOVES]
+    moves = [v for v in comp.bindings.values() if op_name(v) in _MOVES]
     sx, zx = comp.activation_input(dq)
     sy, zy, dtype, _, _ = comp.output()
     in_dtype = str(dq.args[0].ty.dtype)
-    move, _ = _MOVES[op_name(anchor)]
-    attrs = {"move": move, "out_shape": tuple(int(d) for d in anchor.ty.shape), "out_dtype": dtype,
-             "copy": (sx, zx, in_dtype) == (sy, zy, dtype)}
-    if move == "transpose":
+    shuffle = len(moves) == 3
+    anchor = moves[1] if shuffle else moves[0]
+    move = "shuffle" if shuffle else _MOVES[op_name(anchor)][0]
+    attrs = {"move": move, "out_shape": _shape(moves[-1]), "out_dtype": dtype, "copy": (sx, zx, in_dtype) == (sy, zy, dtype)}
+    if move in ("transpose", "shuffle"):
         axes = anchor.attrs.axes
-        attrs["axes"] = tuple(int(a) for a in axes) if axes is not None else tuple(reversed(range(len(attrs["out_shape"]))))
+        attrs["axes"] = tuple(int(a) for a in axes) if axes is not None else tuple(reversed(range(len(anchor.ty.shape))))
+    if shuffle:
+        attrs["shuffled_shape"] = _shape(moves[0])  # the reshape before the transpose
     if move == "slice":
         attrs["slices"] = tuple((s.start, s.stop, s.step) for s in _slices(anchor))
     lookup = [] if attrs["copy"] else [requantization_table(lambda v: v, sx, zx, sy, zy, in_dtype, dtype)]
     return KernelParams(attrs, lookup)
+
+
+def _shape(call) -> tuple[int, ...]:
+    return tuple(int(d) for d in call.ty.shape)
 
 
 def _slice_starts(attrs: dict, shape) -> list[tuple[int, int]]:
@@ -111,6 +123,8 @@ def compute(p: KernelParams, inputs):
         moved = topi.reshape(x, a["out_shape"])
     elif a["move"] == "transpose":
         moved = topi.transpose(x, a["axes"])
+    elif a["move"] == "shuffle":
+        moved = topi.reshape(topi.transpose(topi.reshape(x, a["shuffled_shape"]), a["axes"]), a["out_shape"])
     else:
         starts = _slice_starts(a, shape)
         moved = te.compute(a["out_shape"], lambda *i: x[tuple(first + step * j for (first, step), j in zip(starts, i))],
@@ -130,6 +144,8 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
         moved = x.reshape(a["out_shape"])
     elif a["move"] == "transpose":
         moved = x.transpose(a["axes"])
+    elif a["move"] == "shuffle":
+        moved = x.reshape(a["shuffled_shape"]).transpose(a["axes"]).reshape(a["out_shape"])
     else:
         moved = x[tuple(slice(*s) for s in a["slices"])]
     return moved if a["copy"] else p.consts[0][moved.astype(np.int64) - int(np.iinfo(x.dtype).min)]
@@ -154,6 +170,9 @@ def examples(rng):
         move("slice_strided", "Slice", (1, 6, 9, 7), int64([1, 1]), int64([8, 100]), int64([2, 3]), int64([2, 3])),
         move("slice_negative_step_requantized", "Slice", (2, 8, 5), int64([-2]), int64([0]), int64([1]), int64([-3]),
              shared=False),
+        move("depth_to_space_dcr", "DepthToSpace", (1, 12, 3, 5), blocksize=2, mode="DCR"),
+        move("depth_to_space_crd_requantized", "DepthToSpace", (1, 18, 2, 3), shared=False, blocksize=3, mode="CRD"),
+        move("space_to_depth", "SpaceToDepth", (1, 3, 4, 6), blocksize=2),
     ]
 
 
@@ -168,6 +187,7 @@ KERNEL = NpuKernel(
     examples=examples,
     limits=(
         "Reshape, Flatten, Squeeze, Unsqueeze, Transpose and Slice (constant bounds, any steps) of an activation",
+        "DepthToSpace (DCR, CRD), SpaceToDepth and channel shuffles: reshape -> transpose -> reshape in one copy",
         "input and output per tensor; a copy when both share one quantization, else an exact requantization table",
         "not SRAM-tiled: a strided DMA copy",
     ),
