@@ -10,12 +10,13 @@ from .common import DataflowGraph, per_tensor_dequantize, relax_pass
 
 # Operators that only move or select values: their output holds exactly the dequantized input
 # values, so re-quantizing it with the input's own parameters is exact. That gives the operators
-# after them (a conv after a max pool or a flatten) the dequantize input their NPU pattern needs.
-# A concat so re-quantized runs on the NPU as a pure copy (npu.concat); differently quantized
-# inputs have no exact common grid, so only the model's own QuantizeLinear gives npu.concat one.
+# after them (a conv after a max pool or a flatten) the dequantize input their NPU pattern needs
+# (a constant pad of 0 adds the zero point: also exact). A concat so re-quantized runs on the NPU as a
+# pure copy (npu.concat); differently quantized inputs have no exact common grid, so only the model's
+# own QuantizeLinear gives npu.concat one.
 _VALUE_PRESERVING = {
     "relax.nn.max_pool2d", "relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
-    "relax.flatten", "relax.concat", "relax.split", "relax.strided_slice",
+    "relax.flatten", "relax.concat", "relax.split", "relax.strided_slice", "relax.nn.pad",
 }
 
 
@@ -39,6 +40,8 @@ class _RequantizeValuePreserving(relax.PyExprMutator):
         call = super().visit_call_(call)
         if op_name(call) not in _VALUE_PRESERVING or self.binding_var in self.interior:
             return call
+        if op_name(call) == "relax.nn.pad" and (call.attrs.pad_mode != "constant" or float(call.attrs.pad_value) != 0):
+            return call  # 0 is on every grid (the zero point); another value need not be
         operands = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else [call.args[0]]
         sources = [self._source(a) for a in operands]
         if not sources or not all(per_tensor_dequantize(s) for s in sources):
