@@ -9,6 +9,7 @@ the kernel registry, for one with an off-by-one in its rounding constant.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from tvm import tirx
+from tvm import te, tirx
 
 import tvm_npu
 import tvm_npu.cli
@@ -81,6 +82,41 @@ def break_conv_kernel(monkeypatch, weight_shape: tuple[int, ...] | None = None) 
 
     broken = dataclasses.replace(conv, compute=compute)
     monkeypatch.setattr(registry, "kernels", lambda: tuple(broken if k.name == conv.name else k for k in originals))
+
+
+def one_step_fault(y: te.Tensor) -> te.Tensor:
+    """`y` one step up on half of its elements (a checkerboard over all indices, saturating at the dtype's
+    maximum): what a rounding bug does to a kernel's integer output, whatever the kernel computes."""
+    top = int(np.iinfo(str(y.dtype)).max)
+
+    def value(*index):
+        odd = tirx.floormod(functools.reduce(lambda a, b: a + b, index), 2).astype("int32")
+        return tirx.min(y(*index).astype("int32") + odd, tirx.const(top, "int32")).astype(y.dtype)
+
+    return te.compute(y.shape, value, name=f"{y.op.name}_one_step_fault")
+
+
+def break_kernel(monkeypatch, name: str) -> None:
+    """Kernel `name`, as the registry hands it to lowering, adds `one_step_fault` to its output on every
+    layer: its TE compute runs with te.create_prim_func wrapping the last tensor (every kernel's output).
+    The broken kernel runs untiled (its SRAM schedule names the original output stage)."""
+    originals = registry.kernels()
+    kernel = registry.kernel(name)
+    create_prim_func = te.create_prim_func
+
+    def compute(params, inputs):
+        with monkeypatch.context() as patch:
+            patch.setattr(te, "create_prim_func", lambda tensors: create_prim_func([*tensors[:-1], one_step_fault(tensors[-1])]))
+            return kernel.compute(params, inputs)
+
+    broken = dataclasses.replace(kernel, compute=compute, geometry=None, schedule=None)
+    monkeypatch.setattr(registry, "kernels", lambda: tuple(broken if k.name == name else k for k in originals))
+
+
+def kernels_of(package: Path) -> list[str]:
+    """The NPU kernels a package's layers run on."""
+    layers = tvm_npu.load(package).metadata.extra["layers"]
+    return sorted({layer["kernel"] for layer in layers if layer["placement"] == "npu"})
 
 
 def layer_of_conv(qdq: onnx.ModelProto, weight_shape: tuple[int, ...]) -> str:
