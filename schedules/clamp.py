@@ -11,13 +11,12 @@ the ReLU's output its own scale) and still equal the QDQ graph on every input in
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from tvm_npu.fixed_point import requantization_table, scale_problem
+from tvm_npu.fixed_point import requantization_table
 from tvm_npu.onnx_builder import Constant, quantized_operator, random_activation
-from tvm_npu.registry import Composite, KernelParams, NpuKernel, const_value, dequantized_tensor, per_tensor_problem
-from tvm_npu.schedules.lut import compute, reference, schedule
+from tvm_npu.registry import Composite, KernelParams, NpuKernel, dequantized_tensor
+from tvm_npu.schedules.lut import compute, reference, schedule, table_problem
 from tvm_npu.schedules.elementwise import stream_geometry
 
 
@@ -29,17 +28,6 @@ def patterns():
         root = is_op("relax.quantize")(anchor, is_const(), is_const())
         found.append((root, {"x": x, "anchor": anchor, "root": root}))
     return found
-
-
-def check(ann) -> str | None:
-    x = ann["x"]
-    problem = per_tensor_problem(x, ann["root"])
-    if problem:
-        return problem
-    if isinstance(x.args[0], tvm.ir.expr.Constant):
-        return "attribute: a constant operand"
-    sx, sy = (float(const_value(e.args[1])) for e in (x, ann["root"]))
-    return scale_problem(sx) or scale_problem(sy)
 
 
 def params(comp: Composite) -> KernelParams:
@@ -89,7 +77,7 @@ KERNEL = NpuKernel(
     name="npu.clamp",
     anchors=("relax.nn.relu", "relax.clip"),
     patterns=patterns,
-    check=check,
+    check=table_problem,
     params=params,
     compute=compute,
     reference=reference,

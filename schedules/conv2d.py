@@ -37,7 +37,7 @@ from tvm_npu.registry import (
     pattern_activation,
     per_tensor_problem,
 )
-from tvm_npu.sram import SRAM_SCOPE, finish_tile_loops, stage_matrix_tiles
+from tvm_npu.sram import SRAM_SCOPE, finish_tile_loops, stage_matrix_tiles, vectorize
 
 def patterns():
     dq_x = dequantized_tensor()
@@ -286,7 +286,7 @@ def _vectorize_accumulation(sch, acc, extents: dict[str, int]) -> None:
         reductions = [by_name[r] for r in ("rc", "rh", "rw") if r in by_name]
         if reductions:
             sch.reorder(*reductions, by_name["x"])
-        sch.vectorize(by_name["x"])
+        vectorize(sch, by_name["x"])
 
 
 def examples(rng):

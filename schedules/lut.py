@@ -95,12 +95,24 @@ def patterns():
 
 
 def check(ann) -> str | None:
+    return table_problem(ann) or _function_problem(ann)
+
+
+def table_problem(ann) -> str | None:
+    """Why no table can map the match's quantized `x` to its quantized `root`, if not (npu.clamp's check too)."""
     x = ann["x"]
     problem = per_tensor_problem(x, ann["root"])
     if problem:
         return problem
     if isinstance(x.args[0], tvm.ir.expr.Constant):
         return "attribute: a constant operand"
+    sx, sy = (float(const_value(e.args[1])) for e in (x, ann["root"]))
+    return scale_problem(sx) or scale_problem(sy)
+
+
+def _function_problem(ann) -> str | None:
+    """Why the matched operators are not the function the pattern names, if not."""
+    x = ann["x"]
     if "gate_x" in ann:
         gate = ann["gate_x"]
         same = gate.args[0].same_as(x.args[0]) and all(
@@ -116,8 +128,7 @@ def check(ann) -> str | None:
         top = 1.0 if name == "unit_clip" else float(const_value(ann["divisor"]))
         if (float(clip.args[1].value), float(clip.args[2].value)) != (0.0, top):
             return "attribute: clip bounds that make no hard sigmoid"
-    sx, sy = (float(const_value(e.args[1])) for e in (x, ann["root"]))
-    return scale_problem(sx) or scale_problem(sy)
+    return None
 
 
 def _affine(comp: Composite) -> tuple[float, float]:

@@ -182,3 +182,19 @@ def test_compile_stops_when_no_tiling_fits_and_falls_back_when_allowed(wide_conv
             assert layer["sram_proven"] == layer["sram_planned"] <= full.metadata.npu_config.sram_bytes
     reference = tvm_npu.load(full.package_path).run({"x": x})["y"]
     assert np.abs(small - reference).max() < 0.2 * (np.abs(reference).max() + 1e-6)
+
+
+@pytest.mark.parametrize("extent, lanes", [(2100, 15), (160, 16), (12, 12), (17, None)])
+def test_host_vectorization_is_a_divisor_of_the_loop_at_most_host_vector_lanes(extent, lanes):
+    """A whole output row as one vector (2100 lanes in a YOLO head) made LLVM take minutes per kernel."""
+    from tvm import s_tir, te, tirx
+
+    from tvm_npu.sram import HOST_VECTOR_LANES, vectorize
+
+    x = te.placeholder((3, extent), "int8", "X")
+    sch = s_tir.Schedule(te.create_prim_func([x, te.compute((3, extent), lambda i, j: x[i, j] + 1, name="Y")]))
+    vectorize(sch, sch.get_loops(sch.get_sblock("Y"))[-1])
+    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("Y"))]
+    vectorized = [int(loop.extent) for loop in loops if loop.kind == tirx.ForKind.VECTORIZED]
+    assert vectorized == ([] if lanes is None else [lanes]) and all(v <= HOST_VECTOR_LANES for v in vectorized)
+    assert int(np.prod([int(loop.extent) for loop in loops])) == 3 * extent

@@ -1,6 +1,7 @@
 """Real trained models bundled in PyPI packages (scripts/real_models.py) compile at their fixed input shapes;
 their share of conv/gemm MACs on the NPU is reported (the target is 95 %; the README table, written by
-scripts/real_model_table.py, says where each model stands). README's table is the committed results file."""
+scripts/real_model_table.py, says where each model stands), and the `--save-quantized` QDQ model reloads into the
+same partition. README's table is the committed results file."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 import tvm_npu
 from tvm_npu.frontend import parse_input_shapes
+from tvm_npu.pipeline import partitioned
 from tvm_npu.report import mac_share
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,9 +26,13 @@ from real_models import MODELS, fetch  # noqa: E402
 @pytest.mark.parametrize("name", list(MODELS))
 def test_real_model_compiles_and_reports_its_npu_mac_share(name, tmp_path, record_property):
     model = MODELS[name]
-    result = tvm_npu.compile(fetch(name), output=tmp_path / f"{name}.tar",
-                             input_shapes=parse_input_shapes(model.input_shapes))
+    shapes = parse_input_shapes(model.input_shapes)
+    result = tvm_npu.compile(fetch(name), output=tmp_path / f"{name}.tar", input_shapes=shapes,
+                             save_quantized=tmp_path / "qdq.onnx")
     assert result.package_path.is_file()
+    # the saved QDQ model reloads as a QDQ model and partitions exactly as the compile did
+    reloaded = partitioned(tmp_path / "qdq.onnx", shapes)
+    assert [r["runs_on"] for r in reloaded.operators] == [r["runs_on"] for r in result.metadata.extra["operators"]]
     assert all(all(d > 0 for d in spec.shape) for spec in result.metadata.outputs)
     share = mac_share(result.metadata)
     assert share["total_macs"] > 0

@@ -30,7 +30,7 @@ from .perf import LayerCost, cascade_cost, layer_cost
 from .plan import LayerPlan, task_key as layer_task_key
 from .records import CASCADE_TASK
 from .registry import KernelParams, kernel
-from .sram import SRAM_SCOPE, double_buffer
+from .sram import SRAM_SCOPE, double_buffer, vectorize
 from .target import NpuConfig
 from .tiling import Geometry, cascade_footprint, cascade_rolls, extended_producer
 
@@ -219,7 +219,7 @@ def schedule(func: tvm.tirx.PrimFunc, producer: Geometry, consumer: Geometry, ro
         sch.compute_at(block, band)
         sch.set_scope(block, 0, SRAM_SCOPE)
     for block in (y, out):
-        sch.vectorize(sch.get_loops(block)[-1])  # output columns as SIMD lanes on the host
+        vectorize(sch, sch.get_loops(block)[-1])  # output columns as SIMD lanes on the host
     intermediate_rolls, input_rolls = cascade_rolls(producer, consumer, rows)
     # Rolling changes the band loop's iterators to opaque ones: every compute_at above comes first.
     rolled = set()

@@ -26,7 +26,7 @@ from tvm.script.ir_builder import tirx as T
 from .onnx_builder import pruned
 from .tiling import Geometry
 from .registry import KernelParams, NpuKernel
-from .sram import SRAM_SCOPE
+from .sram import HOST_VECTOR_LANES, SRAM_SCOPE
 
 SPARSE_MODES = ("auto", "off", "force")
 ROWPTR_BYTES = 4
@@ -208,8 +208,9 @@ def channel_loop(chan_tiles: int, channels: int, tiles):
 
 
 def lanes(extent, tiles):
-    """The innermost output loop: the host's SIMD lanes (`tiles.vectorize`)."""
-    return T.vectorized(0, extent) if tiles.vectorize else T.serial(0, extent)
+    """The innermost output loop: the host's SIMD lanes (`tiles.vectorize`) where it fits `HOST_VECTOR_LANES`
+    (a wider one stays a loop, for LLVM's own loop vectorizer: see `sram.vectorize`)."""
+    return T.vectorized(0, extent) if tiles.vectorize and extent <= HOST_VECTOR_LANES else T.serial(0, extent)
 
 
 def csr_variant(base: NpuKernel, check, compute, generate, limits: tuple[str, ...]) -> NpuKernel:

@@ -24,6 +24,11 @@ from tvm import s_tir, tirx
 
 SRAM_SCOPE = "global.npu_sram"
 
+# The widest loop `vectorize` hands LLVM: two AVX2 (one AVX-512) registers of int32 lanes. A whole output
+# row as one vector (2100 lanes of a YOLO head's table lookup, 160 of a conv's int64 requantize) runs no
+# faster on the host, and LLVM spends seconds to minutes per kernel legalizing and scalarizing it.
+HOST_VECTOR_LANES = 16
+
 
 @dataclass(frozen=True)
 class SramProof:
@@ -58,6 +63,16 @@ def stage_matrix_tiles(sch: s_tir.Schedule, y, acc, outer, inner, weights_outer:
     return y_out, stationary
 
 
+def vectorize(sch: s_tir.Schedule, loop) -> None:
+    """Runs `loop` as SIMD lanes on the host: its innermost part of the largest extent that divides it
+    and is at most `HOST_VECTOR_LANES` (a divisor, so no lane is predicated off); serial if that is 1."""
+    extent = int(sch.get(loop).extent)
+    lanes = max(d for d in range(1, min(extent, HOST_VECTOR_LANES) + 1) if extent % d == 0)
+    if lanes == 1:
+        return
+    sch.vectorize(sch.split(loop, [None, lanes])[1] if lanes < extent else loop)
+
+
 def finish_tile_loops(sch: s_tir.Schedule, tiles, y, y_out, outer, inner, loads: set[str],
                       tile_loops: int) -> tirx.PrimFunc:
     """Applies the tiling's loop knobs (`tiling.Tiles`): vectorizes the output's innermost loops,
@@ -66,7 +81,7 @@ def finish_tile_loops(sch: s_tir.Schedule, tiles, y, y_out, outer, inner, loads:
     for block in (y, y_out) if tiles.vectorize else ():
         loops = sch.get_loops(block)
         if len(loops) > tile_loops:  # never the tile loops themselves (a 1x1 output tile has none of its own)
-            sch.vectorize(loops[-1])
+            vectorize(sch, loops[-1])
     if tiles.double_buffer and int(sch.get(inner).extent) > 1:  # one inner tile has nothing to overlap
         double_buffer(sch, inner, loads, {sch.get(y_out).name_hint})
     if tiles.parallel:

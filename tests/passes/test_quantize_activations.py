@@ -77,3 +77,38 @@ def test_a_model_without_activation_functions_is_unchanged():
 def _with_output(model, name):
     return onnx_model(list(model.graph.node), {"x": (FLOAT, SHAPE)}, {"y": (FLOAT, SHAPE), name: (FLOAT, SHAPE)},
                       {i.name: numpy_helper.to_array(i) for i in model.graph.initializer})
+
+
+def test_attention_scores_softmax_and_weighted_sum_are_quantized_but_not_a_weighted_matmul():
+    """NNCF's attention: Q quantized, K^T, V and the scores in float, the Softmax output quantized;
+    a MatMul by a (dequantized int8) weight keeps its float output for the bias add."""
+    rng = np.random.default_rng(1)
+    tokens, width = 5, 4
+    w = rng.normal(0, 0.5, (width, width)).astype(np.float32)
+    constants = {"w": w, "wq": np.round(w / 0.01).astype(np.int8), "w_s": np.float32(0.01), "w_z": np.int8(0),
+                 "q_s": np.float32(0.02), "q_z": np.uint8(128), "p_s": np.float32(1 / 255), "p_z": np.uint8(0)}
+    attention = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+                 helper.make_node("MatMul", ["q_dq", "kt"], ["scores"]),
+                 helper.make_node("Softmax", ["scores"], ["p"], axis=-1)]
+    weighted = [helper.make_node("DequantizeLinear", ["wq", "w_s", "w_z"], ["w_dq"]),
+                helper.make_node("MatMul", ["y", "w_dq"], ["out"])]
+    shape = [1, tokens, width]
+    inputs = {"q": (FLOAT, shape), "k": (FLOAT, shape), "v": (FLOAT, shape)}
+    qdq = onnx_model(_qdq("q", "q", 0.02, 128) + attention + _qdq("p", "p", 1 / 255, 0)
+                     + [helper.make_node("MatMul", ["p_dq", "v"], ["y"])] + weighted,
+                     inputs, {"out": (FLOAT, shape)}, constants, opset=19)
+    float_model = onnx_model([helper.make_node("Identity", ["q"], ["q_dq"])] + attention
+                             + [helper.make_node("MatMul", ["p", "v"], ["y"]), helper.make_node("MatMul", ["y", "w"], ["out"])],
+                             inputs, {"out": (FLOAT, shape)}, {"w": w})
+    samples = [{name: rng.normal(0, 1, shape).astype(np.float32) for name in inputs} for _ in range(4)]
+    rewritten = quantize_activations(qdq, float_model, samples)
+    producers = {out: node for node in rewritten.graph.node for out in node.output}
+    first, second, last = (n for n in rewritten.graph.node if n.op_type == "MatMul")
+    softmax = next(n for n in rewritten.graph.node if n.op_type == "Softmax")
+    for operand in [*first.input, *second.input, softmax.input[0]]:
+        assert producers[operand].op_type == "DequantizeLinear", operand  # all int8 into the NPU kernels
+    assert producers[producers[second.input[0]].input[0]].input[1] == "p_s"  # NNCF's Softmax output, reused
+    assert producers["y"].op_type == "DequantizeLinear"  # the weighted sum ends quantized
+    assert producers["out"] is last and producers[last.input[1]].input[0] == "wq"  # the weighted MatMul untouched
+    for sample in samples:
+        np.testing.assert_allclose(reference(rewritten, sample)[0], reference(float_model, sample)[0], atol=0.15)

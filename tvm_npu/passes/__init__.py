@@ -28,6 +28,7 @@ from .duplicate_shared_dequantize import duplicate_shared_dequantize
 from .fold_channel_affines import fold_channel_affines
 from .fold_constants import fold_constants
 from .fold_shapes import fold_shapes
+from .pad_as_relax_op import pad_as_relax_op
 from .quantize_activations import quantize_activations
 from .requantize_value_preserving import requantize_value_preserving
 from .scalar_quantization_parameters import scalar_quantization_parameters
@@ -46,6 +47,7 @@ QUANTIZE_PASSES = [quantize_activations]
 RELAX_PASSES = [
     scalar_quantization_parameters,  # first: every later rewrite reads per-tensor parameters as scalars
     clip_as_relax_op,
+    pad_as_relax_op,  # before requantize_value_preserving: it requantizes a zero pad
     sum_as_add,
     split_as_slices,  # before requantize_value_preserving: it re-quantizes each part
     requantize_value_preserving,

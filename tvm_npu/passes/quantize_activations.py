@@ -1,5 +1,5 @@
 """ONNX rewrite after NNCF: QuantizeLinear/DequantizeLinear pairs on the inputs and outputs of
-activation functions and of elementwise Mul/Add of two activations, so the NPU can run them.
+activation functions, Softmax, elementwise Mul/Add and MatMul of two activations, so the NPU can run them.
 
 NNCF treats HardSwish, Sigmoid, SiLU and friends as activations fused into the producing conv
 (`conv -> hswish -> Q`) and leaves two-activation multiplies (squeeze-excite's gate) unquantized,
@@ -9,11 +9,15 @@ per-tensor quantization, reusing NNCF's where it quantized the tensor for anothe
 
 - the input and output of each activation function (`ACTIVATIONS`, and `x * gate(x)` for the
   gates in `GATES`: SiLU, HardSwish as older opsets write it), the gate itself left in float;
-- both inputs and the output of a Mul/Add of two activations (squeeze-excite, residual adds).
+- both inputs and the output of a Mul/Add of two activations (squeeze-excite, residual adds);
+- the input and output of each Softmax, and the activation inputs and the output of each MatMul of two
+  activations (attention's scores Q x K^T and P x V: NNCF quantizes one operand at most, so the
+  scores, the Softmax and the weighted sum all stay in float on the host).
 
 New scales are calibrated on the float model over the same samples as NNCF (min/max, asymmetric
 uint8, 0 exactly representable). The conv then ends in a QuantizeLinear (`npu.conv2d`), the
-function runs as a table (`npu.lut`), the gate multiply on `npu.elementwise`, and OpenVINO
+function runs as a table (`npu.lut`), the gate multiply on `npu.elementwise`, attention on
+`npu.matmul` and `npu.softmax`, and OpenVINO
 validates the very same QDQ model.
 
 Entry point: `quantize_activations(qdq, float_model, samples) -> qdq`.
@@ -32,6 +36,7 @@ from .common import copy_model
 ACTIVATIONS = ("HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Mish", "LeakyRelu", "Gelu")
 GATES = ("Sigmoid", "HardSigmoid")  # x * gate(x): SiLU, HardSwish below opset 14
 _BINARY = ("Mul", "Add")
+_UNARY = (*ACTIVATIONS, "Softmax")  # input and output quantized
 
 
 def quantize_activations(qdq: onnx.ModelProto, float_model: onnx.ModelProto,
@@ -59,6 +64,9 @@ def _tensors_to_quantize(graph: onnx.GraphProto) -> list[str]:
     def activation(name: str) -> bool:
         return name not in inits and name not in dequantized and (name in producers or _is_graph_input(graph, name))
 
+    def weight(name: str) -> bool:  # a constant, or NNCF's dequantized int8 constant
+        return name in inits or (name in dequantized and producers[name].input[0] in inits)
+
     gates = set()  # the outputs of gates: float inside their x * gate(x) unit
     for node in graph.node:
         if node.op_type == "Mul" and len(node.input) == 2:
@@ -70,8 +78,10 @@ def _tensors_to_quantize(graph: onnx.GraphProto) -> list[str]:
     for node in graph.node:
         if node.output[0] in gates:
             continue
-        if node.op_type in ACTIVATIONS and _table_function(node):
+        if node.op_type in _UNARY and _table_function(node):
             found += [node.input[0], node.output[0]]
+        elif node.op_type == "MatMul" and not any(weight(name) for name in node.input):
+            found += [*node.input, node.output[0]]  # activation() below drops an operand NNCF quantized
         elif node.op_type in _BINARY and len(node.input) == 2 and all(activation(name) for name in node.input):
             found += [name for name in node.input if name not in gates] + [node.output[0]]
     return [name for name in found if activation(name)]
