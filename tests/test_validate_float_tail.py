@@ -334,8 +334,10 @@ def test_real_model_with_a_one_step_fault_in_any_kernel_fails(real_packages, nam
             tvm_npu.compile(qdq, output=broken, target="npu", input_shapes=parse_input_shapes(shapes),
                             quantize_model=False)
             model = tvm_npu.load(broken)
-            report = validate(model, [make_inputs(model.inputs, "image", 0)], device="CPU")
-            failed = [c.name for c in report.local or [] if not c.passed]
-            print(kernel, report.exit_code, failed[:3])
-            caught[kernel] = report.exit_code == EXIT_VALIDATION_FAILED and bool(failed)
+            # 3 pictures: a squeeze-excite pool's output (480 values) reaches the 1000 elements its bias is judged on
+            report = validate(model, [make_inputs(model.inputs, "image", seed) for seed in range(3)], device="CPU")
+            failed = [c.name for c in report.local or [] if not c.passed]  # a layer inside a float tail: the
+            print(kernel, report.exit_code, failed[:3], report.outputs[0].reason)  # output fails on our own tail
+            caught[kernel] = report.exit_code == EXIT_VALIDATION_FAILED and bool(failed or "our float tail" in
+                                                                                 report.outputs[0].reason)
     assert all(caught.values()), caught
