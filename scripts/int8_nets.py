@@ -109,12 +109,8 @@ class Net:
 
     def tflite(self) -> bytes:
         """The network as a TFLite flatbuffer, serialized by make_tflite_models.py's writer (`_FlatModel`)."""
-        import tflite
         from make_tflite_models import _FlatModel, _reshape
         from tflite.ActivationFunctionType import ActivationFunctionType as Act
-        from tflite.BuiltinOperator import BuiltinOperator as Op
-        from tflite.BuiltinOptions import BuiltinOptions as Opt
-        from tflite.Padding import Padding
         from tflite.TensorType import TensorType as T
 
         m = _FlatModel()
@@ -136,44 +132,14 @@ class Net:
                 inputs.append(m.tensor(f"b{i}", layer.bias.shape, T.INT32, layer.bias, ACT_SCALE * layer.w_scale,
                                        zeros, 0))
             if layer.op in ("conv", "dwconv"):
-                prefix = "Conv2DOptions" if layer.op == "conv" else "DepthwiseConv2DOptions"
-
-                def options(b, layer=layer, prefix=prefix):
-                    getattr(tflite, f"{prefix}Start")(b)
-                    getattr(tflite, f"{prefix}AddPadding")(b, Padding.SAME)
-                    getattr(tflite, f"{prefix}AddStrideW")(b, layer.stride)
-                    getattr(tflite, f"{prefix}AddStrideH")(b, layer.stride)
-                    getattr(tflite, f"{prefix}AddFusedActivationFunction")(b, act[layer.act])
-                    getattr(tflite, f"{prefix}AddDilationWFactor")(b, 1)
-                    getattr(tflite, f"{prefix}AddDilationHFactor")(b, 1)
-                    if layer.op == "dwconv":
-                        tflite.DepthwiseConv2DOptionsAddDepthMultiplier(b, 1)
-                    return getattr(tflite, f"{prefix}End")(b)
-                code = Op.CONV_2D if layer.op == "conv" else Op.DEPTHWISE_CONV_2D
-                m.op(code, 3, inputs, [y], getattr(Opt, prefix), options)
+                m.conv(inputs, [y], layer.stride, act[layer.act], depthwise=layer.op == "dwconv")
             elif layer.op == "fc":
-                def options(b, layer=layer):
-                    tflite.FullyConnectedOptionsStart(b)
-                    tflite.FullyConnectedOptionsAddFusedActivationFunction(b, act[layer.act])
-                    return tflite.FullyConnectedOptionsEnd(b)
-                m.op(Op.FULLY_CONNECTED, 5, inputs, [y], Opt.FullyConnectedOptions, options)
+                m.fully_connected(inputs, [y], act[layer.act])
             elif layer.op == "add":
-                def options(b):
-                    tflite.AddOptionsStart(b)
-                    return tflite.AddOptionsEnd(b)
-                m.op(Op.ADD, 2, inputs, [y], Opt.AddOptions, options)
+                m.add(inputs, [y], Act.NONE)
             else:  # a global average pool: one window over the whole plane
                 _, h, w, _ = self.tensors[layer.inputs[0]].shape
-
-                def options(b, h=h, w=w):
-                    tflite.Pool2DOptionsStart(b)
-                    tflite.Pool2DOptionsAddPadding(b, Padding.VALID)
-                    tflite.Pool2DOptionsAddStrideW(b, 1)
-                    tflite.Pool2DOptionsAddStrideH(b, 1)
-                    tflite.Pool2DOptionsAddFilterWidth(b, w)
-                    tflite.Pool2DOptionsAddFilterHeight(b, h)
-                    return tflite.Pool2DOptionsEnd(b)
-                m.op(Op.AVERAGE_POOL_2D, 2, inputs, [y], Opt.Pool2DOptions, options)
+                m.global_average_pool(inputs, [y], h, w)
         return m.serialize([ids["input"]], [ids[self.output]], f"tvm_npu scripts/int8_nets.py: {self.name}")
 
 

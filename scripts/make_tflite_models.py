@@ -257,6 +257,68 @@ class _FlatModel:
             self.opcodes.append((code, version))
         self.ops.append((self.opcodes.index((code, version)), inputs, outputs, options_type, options))
 
+    def conv(self, inputs, outputs, stride, act, depthwise=False):
+        """CONV_2D (OHWI weights) or DEPTHWISE_CONV_2D (1HWC, multiplier 1), SAME padding; `act` is TFLite's
+        ActivationFunctionType."""
+        import tflite
+        from tflite.BuiltinOperator import BuiltinOperator as Op
+        from tflite.BuiltinOptions import BuiltinOptions as Opt
+        from tflite.Padding import Padding
+
+        prefix = "DepthwiseConv2DOptions" if depthwise else "Conv2DOptions"
+
+        def options(b):
+            getattr(tflite, f"{prefix}Start")(b)
+            getattr(tflite, f"{prefix}AddPadding")(b, Padding.SAME)
+            getattr(tflite, f"{prefix}AddStrideW")(b, stride)
+            getattr(tflite, f"{prefix}AddStrideH")(b, stride)
+            if depthwise:
+                tflite.DepthwiseConv2DOptionsAddDepthMultiplier(b, 1)
+            getattr(tflite, f"{prefix}AddFusedActivationFunction")(b, act)
+            getattr(tflite, f"{prefix}AddDilationWFactor")(b, 1)
+            getattr(tflite, f"{prefix}AddDilationHFactor")(b, 1)
+            return getattr(tflite, f"{prefix}End")(b)
+        self.op(Op.DEPTHWISE_CONV_2D if depthwise else Op.CONV_2D, 3, inputs, outputs, getattr(Opt, prefix), options)
+
+    def fully_connected(self, inputs, outputs, act):
+        import tflite
+        from tflite.BuiltinOperator import BuiltinOperator as Op
+        from tflite.BuiltinOptions import BuiltinOptions as Opt
+
+        def options(b):
+            tflite.FullyConnectedOptionsStart(b)
+            tflite.FullyConnectedOptionsAddFusedActivationFunction(b, act)
+            return tflite.FullyConnectedOptionsEnd(b)
+        self.op(Op.FULLY_CONNECTED, 5, inputs, outputs, Opt.FullyConnectedOptions, options)
+
+    def add(self, inputs, outputs, act):
+        import tflite
+        from tflite.BuiltinOperator import BuiltinOperator as Op
+        from tflite.BuiltinOptions import BuiltinOptions as Opt
+
+        def options(b):
+            tflite.AddOptionsStart(b)
+            tflite.AddOptionsAddFusedActivationFunction(b, act)
+            return tflite.AddOptionsEnd(b)
+        self.op(Op.ADD, 2, inputs, outputs, Opt.AddOptions, options)
+
+    def global_average_pool(self, inputs, outputs, h, w):
+        """AVERAGE_POOL_2D with one VALID window over the whole h x w plane."""
+        import tflite
+        from tflite.BuiltinOperator import BuiltinOperator as Op
+        from tflite.BuiltinOptions import BuiltinOptions as Opt
+        from tflite.Padding import Padding
+
+        def options(b):
+            tflite.Pool2DOptionsStart(b)
+            tflite.Pool2DOptionsAddPadding(b, Padding.VALID)
+            tflite.Pool2DOptionsAddStrideW(b, 1)
+            tflite.Pool2DOptionsAddStrideH(b, 1)
+            tflite.Pool2DOptionsAddFilterWidth(b, w)
+            tflite.Pool2DOptionsAddFilterHeight(b, h)
+            return tflite.Pool2DOptionsEnd(b)
+        self.op(Op.AVERAGE_POOL_2D, 2, inputs, outputs, Opt.Pool2DOptions, options)
+
     def serialize(self, inputs, outputs, description):
         import flatbuffers
         import tflite
@@ -350,11 +412,8 @@ class _FlatModel:
 def write_tflite(name, quantized=True, replace_ops=None) -> bytes:
     """The writer's INT8 TFLite file for NETWORKS[name]; `quantized=False` writes the float32 network instead, and
     `replace_ops` ({"ADD": "SQUARED_DIFFERENCE"}) swaps operator codes: both make bad inputs for the tests."""
-    import tflite
     from tflite.ActivationFunctionType import ActivationFunctionType as Act
     from tflite.BuiltinOperator import BuiltinOperator as Op
-    from tflite.BuiltinOptions import BuiltinOptions as Opt
-    from tflite.Padding import Padding
     from tflite.TensorType import TensorType as T
 
     network, shape = NETWORKS[name]
@@ -391,56 +450,21 @@ def write_tflite(name, quantized=True, replace_ops=None) -> bytes:
             w, s = weights(p["kernel"].transpose(3, 0, 1, 2), 0)  # TFLite conv weights are OHWI
             ins = [x, w, bias(inputs[0], p["bias"], s)]
             ids.append(activation(out))
-
-            def options(b, p=p):
-                tflite.Conv2DOptionsStart(b)
-                tflite.Conv2DOptionsAddPadding(b, Padding.SAME)
-                tflite.Conv2DOptionsAddStrideW(b, p["stride"])
-                tflite.Conv2DOptionsAddStrideH(b, p["stride"])
-                tflite.Conv2DOptionsAddFusedActivationFunction(b, acts[p["act"]])
-                tflite.Conv2DOptionsAddDilationWFactor(b, 1)
-                tflite.Conv2DOptionsAddDilationHFactor(b, 1)
-                return tflite.Conv2DOptionsEnd(b)
-            m.op(Op.CONV_2D, 3, ins, [ids[-1]], Opt.Conv2DOptions, options)
+            m.conv(ins, [ids[-1]], p["stride"], acts[p["act"]])
         elif kind == "dwconv":
             w, s = weights(p["kernel"][None], 3)  # TFLite depthwise weights are 1HWC
             ins = [x, w, bias(inputs[0], p["bias"], s)]
             ids.append(activation(out))
-
-            def options(b, p=p):
-                tflite.DepthwiseConv2DOptionsStart(b)
-                tflite.DepthwiseConv2DOptionsAddPadding(b, Padding.SAME)
-                tflite.DepthwiseConv2DOptionsAddStrideW(b, p["stride"])
-                tflite.DepthwiseConv2DOptionsAddStrideH(b, p["stride"])
-                tflite.DepthwiseConv2DOptionsAddDepthMultiplier(b, 1)
-                tflite.DepthwiseConv2DOptionsAddFusedActivationFunction(b, acts[p["act"]])
-                tflite.DepthwiseConv2DOptionsAddDilationWFactor(b, 1)
-                tflite.DepthwiseConv2DOptionsAddDilationHFactor(b, 1)
-                return tflite.DepthwiseConv2DOptionsEnd(b)
-            m.op(Op.DEPTHWISE_CONV_2D, 3, ins, [ids[-1]], Opt.DepthwiseConv2DOptions, options)
+            m.conv(ins, [ids[-1]], p["stride"], acts[p["act"]], depthwise=True)
         elif kind == "add":
             ids.append(activation(out))
-
-            def options(b, p=p):
-                tflite.AddOptionsStart(b)
-                tflite.AddOptionsAddFusedActivationFunction(b, acts[p["act"]])
-                return tflite.AddOptionsEnd(b)
-            m.op(Op.ADD, 2, [x, ids[inputs[1]]], [ids[-1]], Opt.AddOptions, options)
+            m.add([x, ids[inputs[1]]], [ids[-1]], acts[p["act"]])
         elif kind == "global_pool":
             # TFLite's int8 average pool keeps its input's quantization; the pool is 4-D, a reshape drops H, W.
             n, h, w, c = fb.values[inputs[0]].shape
             scale, zp = qparams[inputs[0]]
             pooled = m.tensor(f"t{out}_pool", (1, 1, 1, c), act_type, scale=scale, zero_point=zp)
-
-            def options(b, h=h, w=w):
-                tflite.Pool2DOptionsStart(b)
-                tflite.Pool2DOptionsAddPadding(b, Padding.VALID)
-                tflite.Pool2DOptionsAddStrideW(b, 1)
-                tflite.Pool2DOptionsAddStrideH(b, 1)
-                tflite.Pool2DOptionsAddFilterWidth(b, w)
-                tflite.Pool2DOptionsAddFilterHeight(b, h)
-                return tflite.Pool2DOptionsEnd(b)
-            m.op(Op.AVERAGE_POOL_2D, 2, [x], [pooled], Opt.Pool2DOptions, options)
+            m.global_average_pool([x], [pooled], h, w)
             qparams[out] = (scale, zp)
             ids.append(_reshape(m, pooled, out, (1, c), act_type, scale, zp))
         elif kind == "flatten":
@@ -451,12 +475,7 @@ def write_tflite(name, quantized=True, replace_ops=None) -> bytes:
             w, s = weights(p["kernel"].T, 0)  # TFLite FC weights are [out, in]; per-channel scales
             ins = [x, w, bias(inputs[0], p["bias"], s)]
             ids.append(activation(out))
-
-            def options(b, p=p):
-                tflite.FullyConnectedOptionsStart(b)
-                tflite.FullyConnectedOptionsAddFusedActivationFunction(b, acts[p["act"]])
-                return tflite.FullyConnectedOptionsEnd(b)
-            m.op(Op.FULLY_CONNECTED, 5, ins, [ids[-1]], Opt.FullyConnectedOptions, options)
+            m.fully_connected(ins, [ids[-1]], acts[p["act"]])
     for old, new in (replace_ops or {}).items():
         m.opcodes = [(getattr(Op, new) if code == getattr(Op, old) else code, version) for code, version in m.opcodes]
     return m.serialize([ids[0]], [ids[-1]], f"tvm_npu scripts/make_tflite_models.py writer: {name}")
