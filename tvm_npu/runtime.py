@@ -261,6 +261,12 @@ class BucketView:
     def outputs(self) -> list[TensorSpec]:
         return self.model.outputs
 
+    @property
+    def padded(self) -> bool:
+        """Whether the package runs this size padded into its bucket (the reference runs it unpadded)."""
+        bucket = self.model.bucketing.shapes[self.index]
+        return any(tuple(spec.shape) != tuple(bucket[spec.name]) for spec in self.inputs if spec.name in bucket)
+
     def describe(self) -> str:
         sizes = " ".join(f"{spec.name}:[{','.join(map(str, spec.shape))}]" for spec in self.inputs)
         return f"input {sizes} in bucket {self.model.bucketing.describe(self.index)}"
