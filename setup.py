@@ -43,8 +43,7 @@ setup(
         # wheel needing only numpy and flatbuffers, installed in 2.5 s here.
         "vela": ["ethos-u-vela==5.2.0"],
         # ruff: ruff.toml, run by scripts/test.sh
-        "test": ["pytest>=8", "onnxruntime", "ai-edge-litert==2.3.0", "scikit-learn", "ruff==0.17.6",
-                 "ethos-u-vela==5.2.0"],
+        "test": ["pytest>=8", "onnxruntime", "ai-edge-litert==2.3.0", "scikit-learn", "ruff==0.17.6", "ethos-u-vela==5.2.0"],
     },
     entry_points={
         "console_scripts": [

@@ -88,8 +88,13 @@ def check(ann) -> str | None:
         return "shape: constants that are not per channel"
     if factor.size == shift.size == 1:  # a HardSigmoid's clip(alpha x + beta) is npu.lut's
         return "attribute: a scalar affine map (partition writes per-channel ones; npu.lut tabulates scalar ones)"
-    _, problem = integers(_per_channel(sx, channels), _per_channel(zx, channels), _per_channel(factor, channels),
-                          _per_channel(shift, channels), float(const_value(root.args[1])))
+    _, problem = integers(
+        _per_channel(sx, channels),
+        _per_channel(zx, channels),
+        _per_channel(factor, channels),
+        _per_channel(shift, channels),
+        float(const_value(root.args[1])),
+    )
     return problem
 
 
@@ -115,8 +120,15 @@ def compute(p: KernelParams, inputs):
     mult, bias, shift = (te.placeholder((shape[1],), "int64", name) for name in PARAM_NAMES)
     y = te.compute(
         shape,
-        lambda *i: requantize_te(x[i].astype("int64") * mult[i[1]] + bias[i[1]], tirx.const(1, "int64"), shift[i[1]],
-                                 attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"]),
+        lambda *i: requantize_te(
+            x[i].astype("int64") * mult[i[1]] + bias[i[1]],
+            tirx.const(1, "int64"),
+            shift[i[1]],
+            attrs["zy"],
+            attrs["lo"],
+            attrs["hi"],
+            attrs["out_dtype"],
+        ),
         name="Y",
     )
     return te.create_prim_func([x, mult, bias, shift, y])
@@ -127,14 +139,19 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     per_channel = [1, -1] + [1] * (x.ndim - 2)
     mult, bias, shift = (c.reshape(per_channel) for c in p.consts)
     attrs = p.attrs
-    return requantize_np(x.astype(np.int64) * mult + bias, 1, shift, attrs["zy"], attrs["lo"], attrs["hi"],
-                         attrs["out_dtype"])
+    return requantize_np(x.astype(np.int64) * mult + bias, 1, shift, attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"])
 
 
 def examples(rng):
     def affine(name, op_type, shape, constants, activation=None):
-        return quantized_operator(name, op_type, [random_activation(rng, shape), *map(Constant, constants)], rng,
-                                  out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation)
+        return quantized_operator(
+            name,
+            op_type,
+            [random_activation(rng, shape), *map(Constant, constants)],
+            rng,
+            out_dtype=str(rng.choice(["int8", "uint8"])),
+            activation=activation,
+        )
 
     def batch_norm(name, shape, activation=None):
         channels = shape[1]
@@ -158,8 +175,9 @@ def examples(rng):
 
 def geometry(p: KernelParams, inputs) -> Geometry | None:
     ((shape, _),) = inputs
-    return stream_geometry("elementwise", shape, f"affine {'x'.join(map(str, shape))}",
-                           table_bytes=sum(c.nbytes for c in p.consts))
+    return stream_geometry(
+        "elementwise", shape, f"affine {'x'.join(map(str, shape))}", table_bytes=sum(c.nbytes for c in p.consts)
+    )
 
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
@@ -176,8 +194,10 @@ KERNEL = NpuKernel(
     reference=reference,
     examples=examples,
     limits=(
-        ("inference BatchNormalization, Mul and Add by per-channel (or scalar, after one of those) constants, "
-         "on channel axis 1 of a rank-2+ tensor, folded into one multiply-add"),
+        (
+            "inference BatchNormalization, Mul and Add by per-channel (or scalar, after one of those) constants, "
+            "on channel axis 1 of a rank-2+ tensor, folded into one multiply-add"
+        ),
         "input per tensor or per channel (a concat of differently quantized tensors), output per tensor",
         "rescale factors (input scale x factor / output scale) within the fixed-point range",
     ),

@@ -38,8 +38,9 @@ def params(comp: Composite) -> KernelParams:
     lo, hi = (float(clips[0].args[1].value), float(clips[0].args[2].value)) if clips else (0.0, np.inf)
     attrs = {"function": f"clip [{lo:g}, {hi:g}]", "out_dtype": dtype}
     bounds = (np.float32(lo), np.float32(hi))
-    return KernelParams(attrs, [requantization_table(lambda v: np.clip(v, *bounds), sx, zx, sy, zy,
-                                                     str(dq.args[0].ty.dtype), dtype)])
+    return KernelParams(
+        attrs, [requantization_table(lambda v: np.clip(v, *bounds), sx, zx, sy, zy, str(dq.args[0].ty.dtype), dtype)]
+    )
 
 
 def geometry(p: KernelParams, inputs):
@@ -52,13 +53,15 @@ def examples(rng):
         """An activation holding every input integer at least once: the whole table is exercised."""
         dtype = str(rng.choice(["int8", "uint8"]))
         info = np.iinfo(dtype)
-        every = np.concatenate([np.arange(info.min, info.max + 1),
-                                rng.integers(info.min, info.max, int(np.prod(shape)) - 256, endpoint=True)])
+        every = np.concatenate(
+            [np.arange(info.min, info.max + 1), rng.integers(info.min, info.max, int(np.prod(shape)) - 256, endpoint=True)]
+        )
         return random_activation(rng, shape, dtype, values=rng.permutation(every))
 
     def clamp(name, op_type, x, *bounds):
-        return quantized_operator(name, op_type, [x, *(Constant(np.float32(b)) for b in bounds)], rng,
-                                  out_dtype=str(rng.choice(["int8", "uint8"])))
+        return quantized_operator(
+            name, op_type, [x, *(Constant(np.float32(b)) for b in bounds)], rng, out_dtype=str(rng.choice(["int8", "uint8"]))
+        )
 
     x = every_integer((2, 300))
     # a few input steps around 0: the output grid (calibrated on [low, high]) is ~255 / steps times finer
@@ -69,8 +72,11 @@ def examples(rng):
     # half an input step off, many output steps on the output's finer grid. ONNX's reference evaluator
     # agrees with the table on every element.
     off_grid.openvino_deviation = "OpenVINO rounds Clip bounds onto the input's grid (half an input step off)"
-    return [clamp("relu", "Relu", every_integer((1, 7, 8, 11))),
-            clamp("relu6", "Clip", every_integer((1, 7, 8, 11)), 0.0, 6.0), off_grid]
+    return [
+        clamp("relu", "Relu", every_integer((1, 7, 8, 11))),
+        clamp("relu6", "Clip", every_integer((1, 7, 8, 11)), 0.0, 6.0),
+        off_grid,
+    ]
 
 
 KERNEL = NpuKernel(

@@ -75,8 +75,9 @@ def params(comp: Composite) -> KernelParams:
         mult, shift = multiplier(sx / sy)
         sources.append((copy, zx, int(mult), int(shift)))
     rank = len(concat.ty.shape)
-    return KernelParams(attrs={"axis": int(concat.attrs.axis) % rank, "zy": zy, "lo": lo, "hi": hi,
-                               "out_dtype": dtype, "sources": tuple(sources)})
+    return KernelParams(
+        attrs={"axis": int(concat.attrs.axis) % rank, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, "sources": tuple(sources)}
+    )
 
 
 def _converted(value, source, attrs, requantize):
@@ -118,8 +119,10 @@ def examples(rng):
     def concat(name, shapes, axis, shared=False):
         """Inputs each on their own grid, or (`shared`) all on one: the pure-copy path."""
         first = random_activation(rng, shapes[0])
-        inputs = [Activation(tuple(s), first.dtype, first.scale, first.zero_point) if shared else random_activation(rng, s)
-                  for s in shapes]
+        inputs = [
+            Activation(tuple(s), first.dtype, first.scale, first.zero_point) if shared else random_activation(rng, s)
+            for s in shapes
+        ]
         return quantized_operator(name, "Concat", [inputs], rng, out_dtype=str(rng.choice(["int8", "uint8"])), axis=axis)
 
     rank = int(rng.integers(1, 5))
@@ -129,8 +132,11 @@ def examples(rng):
         concat("channels_three_grids", [(1, 3, 4, 5), (1, 1, 4, 5), (1, 6, 4, 5)], axis=1),
         concat("channels_shared_grid", [(1, 2, 3, 3), (1, 5, 3, 3)], axis=1, shared=True),
         concat("last_axis_five_inputs", [(1, 2, 3, w) for w in (1, 2, 3, 4, 5)], axis=3),
-        concat(f"random_rank{rank}_axis{axis}", [[*base[:axis], int(rng.integers(1, 6)), *base[axis + 1:]]
-                                                 for _ in range(int(rng.integers(2, 5)))], axis=axis),
+        concat(
+            f"random_rank{rank}_axis{axis}",
+            [[*base[:axis], int(rng.integers(1, 6)), *base[axis + 1 :]] for _ in range(int(rng.integers(2, 5)))],
+            axis=axis,
+        ),
     ]
 
 
@@ -169,9 +175,9 @@ KERNEL = NpuKernel(
     reference=reference,
     examples=examples,
     limits=(
-        '2 to 32 activation inputs (no constant operand), any axis',
-        'activations and output per tensor; inputs on other grids than the output are requantized (else copied)',
-        'rescale factors (input scale / output scale) within the fixed-point range',
+        "2 to 32 activation inputs (no constant operand), any axis",
+        "activations and output per tensor; inputs on other grids than the output are requantized (else copied)",
+        "rescale factors (input scale / output scale) within the fixed-point range",
     ),
     geometry=geometry,
     schedule=schedule,

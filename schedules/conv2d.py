@@ -39,6 +39,7 @@ from tvm_npu.registry import (
 )
 from tvm_npu.sram import SRAM_SCOPE, finish_tile_loops, stage_matrix_tiles, vectorize
 
+
 def patterns():
     dq_x = dequantized_tensor()
     dq_w = dequantized_constant()
@@ -75,8 +76,11 @@ def check(ann) -> str | None:
     if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW"):
         return f"attribute: layout {attrs.data_layout}/{attrs.kernel_layout} (the NPU takes NCHW/OIHW)"
     return weight_problem(dq_w, 0) or scale_problem(
-        _input_scale(const_value(ann["x"].args[1]), conv) * const_value(dq_w.args[1]).astype(np.float64)
-        / float(const_value(ann["root"].args[1])), BIAS_FRACTION_BITS)
+        _input_scale(const_value(ann["x"].args[1]), conv)
+        * const_value(dq_w.args[1]).astype(np.float64)
+        / float(const_value(ann["root"].args[1])),
+        BIAS_FRACTION_BITS,
+    )
 
 
 def output_problem(root) -> str | None:
@@ -117,8 +121,10 @@ def params(comp: Composite) -> KernelParams:
     sx, zx = comp.quant(dq_x)
     w = comp.const(dq_w.args[0]).astype(np.int8)
     w_scale = np.broadcast_to(comp.quant(dq_w)[0].reshape(-1), (w.shape[0],))
-    return KernelParams(conv_attrs(comp, conv, int(zx.reshape(-1)[0])),  # zero points are uniform (check)
-                        [w, *epilogue(comp, _input_scale(sx, conv) * w_scale)])
+    return KernelParams(
+        conv_attrs(comp, conv, int(zx.reshape(-1)[0])),  # zero points are uniform (check)
+        [w, *epilogue(comp, _input_scale(sx, conv) * w_scale)],
+    )
 
 
 def conv_attrs(comp: Composite, conv, zx: int, upsample=(1, 1)) -> dict:
@@ -131,7 +137,12 @@ def conv_attrs(comp: Composite, conv, zx: int, upsample=(1, 1)) -> dict:
         "dilation": tuple(int(v) for v in a.dilation),
         "groups": int(a.groups),
         "upsample": tuple(upsample),
-        "zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, **arithmetic_attrs(),
+        "zx": zx,
+        "zy": zy,
+        "lo": lo,
+        "hi": hi,
+        "out_dtype": dtype,
+        **arithmetic_attrs(),
     }
 
 
@@ -201,8 +212,8 @@ def tensors(p: KernelParams, x: te.Tensor, tag: str = ""):
     acc = te.compute(
         shape,
         lambda n, o, y, x_: te.sum(
-            (xp[n, (o // per_group) * group_channels + rc, y * sh + rh * dh, x_ * sw + rw * dw].astype("int32")
-             - a["zx"]) * w[o, rc, rh, rw].astype("int32"),
+            (xp[n, (o // per_group) * group_channels + rc, y * sh + rh * dh, x_ * sw + rw * dw].astype("int32") - a["zx"])
+            * w[o, rc, rh, rw].astype("int32"),
             axis=[rc, rh, rw],
         ),
         name="acc" + tag,
@@ -228,12 +239,12 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     acc = np.zeros((n, o, oh, ow), np.int64)
     per_group = o // groups
     for g in range(groups):
-        xg = xp[:, g * cg:(g + 1) * cg]
-        wg = w[g * per_group:(g + 1) * per_group].astype(np.int64)
+        xg = xp[:, g * cg : (g + 1) * cg]
+        wg = w[g * per_group : (g + 1) * per_group].astype(np.int64)
         for i in range(w.shape[2]):
             for j in range(w.shape[3]):
-                tap = xg[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
-                acc[:, g * per_group:(g + 1) * per_group] += np.einsum("nchw,oc->nohw", tap, wg[:, :, i, j])
+                tap = xg[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+                acc[:, g * per_group : (g + 1) * per_group] += np.einsum("nchw,oc->nohw", tap, wg[:, :, i, j])
     col = (slice(None), None, None)
     return epilogue_np(acc, bias[col], mult[col], shift[col], a)
 
@@ -246,8 +257,20 @@ def geometry(p: KernelParams, inputs) -> Geometry:
 def conv_geometry(a: dict, x_shape, w_shape) -> Geometry:
     """The geometry of a convolution of these attributes and shapes (npu.conv2d_csr's too)."""
     n, o, oh, ow = out_shape(a, x_shape, w_shape)
-    return Geometry("conv2d", n, x_shape[1], *upsampled(a, *x_shape[2:]), o, oh, ow, tuple(w_shape[2:]),
-                    tuple(a["strides"]), tuple(a["dilation"]), tuple(a["padding"]), a["groups"])
+    return Geometry(
+        "conv2d",
+        n,
+        x_shape[1],
+        *upsampled(a, *x_shape[2:]),
+        o,
+        oh,
+        ow,
+        tuple(w_shape[2:]),
+        tuple(a["strides"]),
+        tuple(a["dilation"]),
+        tuple(a["padding"]),
+        a["groups"],
+    )
 
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
@@ -292,10 +315,18 @@ def _vectorize_accumulation(sch, acc, extents: dict[str, int]) -> None:
 def examples(rng):
     def conv(name, c, o, hw, k, stride=1, pads=(0, 0, 0, 0), dilation=1, group=1, activation=None):
         return quantized_operator(
-            name, "Conv", [random_activation(rng, (1, c, *hw)), random_weight(rng, (o, c // group, k, k)),
-                           Constant(rng.normal(0, 0.3, o))], rng,
-            out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation, kernel_shape=[k, k],
-            strides=[stride, stride], pads=list(pads), dilations=[dilation, dilation], group=group)
+            name,
+            "Conv",
+            [random_activation(rng, (1, c, *hw)), random_weight(rng, (o, c // group, k, k)), Constant(rng.normal(0, 0.3, o))],
+            rng,
+            out_dtype=str(rng.choice(["int8", "uint8"])),
+            activation=activation,
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=list(pads),
+            dilations=[dilation, dilation],
+            group=group,
+        )
 
     k, stride = int(rng.choice([1, 3, 5])), int(rng.integers(1, 3))
     return [
@@ -303,9 +334,16 @@ def examples(rng):
         conv("depthwise_3x3_uneven_pads_relu", 7, 7, (6, 5), 3, pads=(2, 1, 0, 2), group=7, activation="relu"),
         conv("grouped_3x3_dilated", 6, 9, (9, 7), 3, pads=(2, 2, 2, 2), dilation=2, group=3),
         conv("1x1_on_1x1", 5, 4, (1, 1), 1),
-        conv(f"random_{k}x{k}_stride{stride}", int(rng.integers(1, 12)), int(rng.integers(1, 20)),
-             tuple(int(d) for d in rng.integers(k, k + 9, 2)), k, stride, tuple(int(p) for p in rng.integers(0, k, 4)),
-             activation=rng.choice([None, "relu", "relu6"])),
+        conv(
+            f"random_{k}x{k}_stride{stride}",
+            int(rng.integers(1, 12)),
+            int(rng.integers(1, 20)),
+            tuple(int(d) for d in rng.integers(k, k + 9, 2)),
+            k,
+            stride,
+            tuple(int(p) for p in rng.integers(0, k, 4)),
+            activation=rng.choice([None, "relu", "relu6"]),
+        ),
     ]
 
 

@@ -23,8 +23,18 @@ from tvm.script.ir_builder import tirx as T
 from tvm_npu.fixed_point import epilogue_te
 from tvm_npu.tiling import Tiles, buffer_slots, inner_trips, outer_trips
 from tvm_npu.registry import KernelParams
-from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_arguments, csr_layer, csr_variant, layer_geometry, \
-    lanes, sram_buffer, stage_weight_tile, stream_tiles
+from tvm_npu.sparse import (
+    channel_loop,
+    channel_tile_loop,
+    csr_arguments,
+    csr_layer,
+    csr_variant,
+    layer_geometry,
+    lanes,
+    sram_buffer,
+    stage_weight_tile,
+    stream_tiles,
+)
 
 from . import conv2d
 
@@ -59,7 +69,8 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
             with channel_tile_loop(chan_tiles, tiles) as ct, T.serial(0, batch) as n:
                 first = ct * c
                 rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
-                    csr, params, out_channels, first, c, g.csr_tile_capacity(c))
+                    csr, params, out_channels, first, c, g.csr_tile_capacity(c)
+                )
                 x_s = sram_buffer((slots, c_in, rows_in, cols_in), x_dtype)
                 acc = sram_buffer((c, r, out_w), "int32")
                 out = sram_buffer((slots, c, r, out_w), a["out_dtype"])
@@ -69,9 +80,10 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                     with T.grid(c_in, rows_in, cols_in) as (ch, h, w):
                         inside = tirx.all(top + h >= 0, top + h < height, w >= pl, w < pl + width)
                         x_s[slot, ch, h, w] = tirx.if_then_else(
-                            inside, x[n, ch, tirx.max(tirx.min(top + h, height - 1), 0),
-                                      tirx.max(tirx.min(w - pl, width - 1), 0)],
-                            tirx.const(a["zx"], x_dtype))
+                            inside,
+                            x[n, ch, tirx.max(tirx.min(top + h, height - 1), 0), tirx.max(tirx.min(w - pl, width - 1), 0)],
+                            tirx.const(a["zx"], x_dtype),
+                        )
 
                 def compute_tile(t, slot):
                     valid = tirx.min(r, out_h - t * r)  # the last row tile may be short
@@ -85,7 +97,8 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                             with T.serial(0, valid) as h:
                                 with lanes(out_w, tiles) as w:
                                     acc[i, h, w] = acc[i, h, w] + weight * (
-                                        x_s[slot, ch, h * sh + tap_h * dh, w * sw + tap_w * dw].astype("int32") - a["zx"])
+                                        x_s[slot, ch, h * sh + tap_h * dh, w * sw + tap_w * dw].astype("int32") - a["zx"]
+                                    )
                         with T.grid(r, out_w) as (h, w):
                             out[slot, i, h, w] = epilogue_te(acc[i, h, w], bias[i], mult[i], shift[i], a)
 
@@ -100,6 +113,13 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
     return builder.get().with_attr("npu_csr_layer", json.dumps(layer))
 
 
-KERNEL = csr_variant(conv2d.KERNEL, check, compute, _primfunc,
-                     ("a variant of npu.conv2d, chosen per layer by the model (--sparse auto|off|force)",
-                      "not grouped or depthwise (those stay dense)"))
+KERNEL = csr_variant(
+    conv2d.KERNEL,
+    check,
+    compute,
+    _primfunc,
+    (
+        "a variant of npu.conv2d, chosen per layer by the model (--sparse auto|off|force)",
+        "not grouped or depthwise (those stay dense)",
+    ),
+)

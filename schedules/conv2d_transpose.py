@@ -91,28 +91,79 @@ def params(comp: Composite) -> KernelParams:
 
 
 def examples(rng):
-    def tconv(name, c, o, hw, k, stride, pads=(0, 0, 0, 0), output_padding=(0, 0), dilation=1, group=1,
-              activation=None, per_channel=True, bias=True):
-        operands = [random_activation(rng, (1, c, *hw)),
-                    random_weight(rng, (c, o // group, k, k), axis=1, per_channel=per_channel)]
+    def tconv(
+        name,
+        c,
+        o,
+        hw,
+        k,
+        stride,
+        pads=(0, 0, 0, 0),
+        output_padding=(0, 0),
+        dilation=1,
+        group=1,
+        activation=None,
+        per_channel=True,
+        bias=True,
+    ):
+        operands = [
+            random_activation(rng, (1, c, *hw)),
+            random_weight(rng, (c, o // group, k, k), axis=1, per_channel=per_channel),
+        ]
         return quantized_operator(
-            name, "ConvTranspose", operands + [Constant(rng.normal(0, 0.3, o))] * bias, rng,
-            out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation, kernel_shape=[k, k],
-            strides=[stride, stride], pads=list(pads), output_padding=list(output_padding),
-            dilations=[dilation, dilation], group=group)
+            name,
+            "ConvTranspose",
+            operands + [Constant(rng.normal(0, 0.3, o))] * bias,
+            rng,
+            out_dtype=str(rng.choice(["int8", "uint8"])),
+            activation=activation,
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=list(pads),
+            output_padding=list(output_padding),
+            dilations=[dilation, dilation],
+            group=group,
+        )
 
     k, stride = int(rng.choice([2, 3, 4])), int(rng.integers(1, 4))
     return [
         tconv("2x2_stride2_relu", 5, 7, (5, 6), 2, 2, activation="relu"),  # DBNet's upsampling head
-        tconv("3x3_stride2_pads_output_padding_relu6", 3, 4, (4, 5), 3, 2, pads=(1, 0, 1, 2), output_padding=(1, 0),
-              activation="relu6"),
+        tconv(
+            "3x3_stride2_pads_output_padding_relu6",
+            3,
+            4,
+            (4, 5),
+            3,
+            2,
+            pads=(1, 0, 1, 2),
+            output_padding=(1, 0),
+            activation="relu6",
+        ),
         # onnx.reference (which calibrates the output) implements grouped ConvTranspose only depthwise
         # and then adds the wrong bias: a depthwise example without bias.
-        tconv("depthwise_4x4_stride3_dilated", 5, 5, (3, 4), 4, 3, pads=(1, 2, 0, 1), dilation=2, group=5,
-              per_channel=False, bias=False),
-        tconv(f"random_{k}x{k}_stride{stride}", int(rng.integers(1, 9)), int(rng.integers(1, 12)),
-              tuple(int(d) for d in rng.integers(2, 8, 2)), k, stride,  # pads <= k // 2: a non-empty output
-              tuple(int(p) for p in rng.integers(0, k // 2 + 1, 4)), activation=rng.choice([None, "relu"])),
+        tconv(
+            "depthwise_4x4_stride3_dilated",
+            5,
+            5,
+            (3, 4),
+            4,
+            3,
+            pads=(1, 2, 0, 1),
+            dilation=2,
+            group=5,
+            per_channel=False,
+            bias=False,
+        ),
+        tconv(
+            f"random_{k}x{k}_stride{stride}",
+            int(rng.integers(1, 9)),
+            int(rng.integers(1, 12)),
+            tuple(int(d) for d in rng.integers(2, 8, 2)),
+            k,
+            stride,  # pads <= k // 2: a non-empty output
+            tuple(int(p) for p in rng.integers(0, k // 2 + 1, 4)),
+            activation=rng.choice([None, "relu"]),
+        ),
     ]
 
 

@@ -34,6 +34,7 @@ from tvm_npu.registry import (
 )
 from tvm_npu.sram import SRAM_SCOPE, finish_tile_loops, stage_matrix_tiles
 
+
 def patterns():
     dq_x = dequantized_tensor()
     dq_w = dequantized_constant()
@@ -83,8 +84,7 @@ def params(comp: Composite) -> KernelParams:
     bias = np.broadcast_to(comp.const(adds[0].args[1]).reshape(-1), (out_channels,)) if adds else np.zeros(out_channels)
     return KernelParams(
         # `lead`: unit dimensions before [N, K] (a transformer's [1, tokens, width]), kept in the output
-        attrs={"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, "lead": len(dq_x.ty.shape) - 2,
-               **arithmetic_attrs()},
+        attrs={"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, "lead": len(dq_x.ty.shape) - 2, **arithmetic_attrs()},
         consts=[w, *epilogue_consts(bias, acc_scale, sy)],
     )
 
@@ -154,10 +154,18 @@ def examples(rng):
         x = random_activation(rng, (*np.atleast_1d(n), k))
         out_dtype = str(rng.choice(["int8", "uint8"]))
         if gemm:  # Gemm holds weights as [O, K] (transB) with a bias
-            return quantized_operator(name, "Gemm", [x, random_weight(rng, (o, k)), Constant(rng.normal(0, 0.3, o))],
-                                      rng, out_dtype=out_dtype, activation=activation, transB=1)
-        return quantized_operator(name, "MatMul", [x, random_weight(rng, (k, o), axis=1)], rng, out_dtype=out_dtype,
-                                  activation=activation)
+            return quantized_operator(
+                name,
+                "Gemm",
+                [x, random_weight(rng, (o, k)), Constant(rng.normal(0, 0.3, o))],
+                rng,
+                out_dtype=out_dtype,
+                activation=activation,
+                transB=1,
+            )
+        return quantized_operator(
+            name, "MatMul", [x, random_weight(rng, (k, o), axis=1)], rng, out_dtype=out_dtype, activation=activation
+        )
 
     return [
         dense("gemm_relu", 3, 37, 13, activation="relu"),

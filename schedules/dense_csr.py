@@ -19,8 +19,18 @@ from tvm.script.ir_builder import tirx as T
 from tvm_npu.fixed_point import epilogue_te
 from tvm_npu.tiling import Tiles, buffer_slots, inner_trips, outer_trips
 from tvm_npu.registry import KernelParams
-from tvm_npu.sparse import channel_loop, channel_tile_loop, csr_arguments, csr_layer, csr_variant, layer_geometry, \
-    lanes, sram_buffer, stage_weight_tile, stream_tiles
+from tvm_npu.sparse import (
+    channel_loop,
+    channel_tile_loop,
+    csr_arguments,
+    csr_layer,
+    csr_variant,
+    layer_geometry,
+    lanes,
+    sram_buffer,
+    stage_weight_tile,
+    stream_tiles,
+)
 
 from . import dense
 
@@ -50,7 +60,8 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
             with channel_tile_loop(chan_tiles, tiles) as ct:
                 first = ct * c
                 rowptr_s, values_s, indices_s, (bias, mult, shift) = stage_weight_tile(
-                    csr, params, out_channels, first, c, g.csr_tile_capacity(c))
+                    csr, params, out_channels, first, c, g.csr_tile_capacity(c)
+                )
                 x_s = sram_buffer((slots, depth, r), x_dtype)
                 acc = sram_buffer((c, r), "int32")
                 out = sram_buffer((slots, c, r), a["out_dtype"])
@@ -65,8 +76,9 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
                             acc[i, n] = 0
                         with T.serial(rowptr_s[i], rowptr_s[i + 1]) as j:
                             with lanes(r, tiles) as n:
-                                acc[i, n] = acc[i, n] + (x_s[slot, indices_s[j], n].astype("int32") - a["zx"]) * \
-                                    values_s[j].astype("int32")
+                                acc[i, n] = acc[i, n] + (x_s[slot, indices_s[j], n].astype("int32") - a["zx"]) * values_s[
+                                    j
+                                ].astype("int32")
                         with lanes(r, tiles) as n:
                             out[slot, i, n] = epilogue_te(acc[i, n], bias[i], mult[i], shift[i], a)
 
@@ -80,5 +92,6 @@ def _primfunc(layer: dict, tiles: Tiles) -> tirx.PrimFunc:
     return builder.get().with_attr("npu_csr_layer", json.dumps(layer))
 
 
-KERNEL = csr_variant(dense.KERNEL, check, compute, _primfunc,
-                     ("a variant of npu.dense, chosen per layer by the model (--sparse auto|off|force)",))
+KERNEL = csr_variant(
+    dense.KERNEL, check, compute, _primfunc, ("a variant of npu.dense, chosen per layer by the model (--sparse auto|off|force)",)
+)

@@ -102,11 +102,9 @@ def params(comp: Composite) -> KernelParams:
     attrs = {"op": op, "za": za, "zb": zb, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, **arithmetic_attrs()}
     if attrs.get("arithmetic") == TFLITE:
         twice_max = 2.0 * max(sa, sb)
-        reals = [sa / twice_max, sb / twice_max, twice_max / ((1 << _TFLITE_ADD_SHIFT) * sy)] if op == "add" \
-            else [sa * sb / sy]
+        reals = [sa / twice_max, sb / twice_max, twice_max / ((1 << _TFLITE_ADD_SHIFT) * sy)] if op == "add" else [sa * sb / sy]
         mults, exponents = tflite_multiplier(np.array(reals))
-        return KernelParams(attrs={**attrs, "mults": tuple(int(m) for m in mults),
-                                   "exponents": tuple(int(e) for e in exponents)})
+        return KernelParams(attrs={**attrs, "mults": tuple(int(m) for m in mults), "exponents": tuple(int(e) for e in exponents)})
     reals = _scales(sa, sb, sy, op)
     _, shift = multiplier(reals.max())  # one shift for both inputs: the larger scale sets it
     mults = np.round(reals * 2.0 ** int(shift)).astype(np.int64)
@@ -123,13 +121,15 @@ def _tflite_value(a, b, attrs, cast, requantize):
     if attrs["op"] == "mul":
         return da * db
     m, e = attrs["mults"], attrs["exponents"]
-    return (requantize(da * (1 << _TFLITE_ADD_SHIFT), m[0], e[0], 0, *_INT32, "int64")
-            + requantize(db * (1 << _TFLITE_ADD_SHIFT), m[1], e[1], 0, *_INT32, "int64"))
+    return requantize(da * (1 << _TFLITE_ADD_SHIFT), m[0], e[0], 0, *_INT32, "int64") + requantize(
+        db * (1 << _TFLITE_ADD_SHIFT), m[1], e[1], 0, *_INT32, "int64"
+    )
 
 
 def _tflite_output(value, attrs, requantize):
-    return requantize(value, attrs["mults"][-1], attrs["exponents"][-1], attrs["zy"], attrs["lo"], attrs["hi"],
-                      attrs["out_dtype"])
+    return requantize(
+        value, attrs["mults"][-1], attrs["exponents"][-1], attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"]
+    )
 
 
 def _value(a, b, attrs, cast):
@@ -145,15 +145,35 @@ def compute(p: KernelParams, inputs):
     shape = _broadcast_shape(a_shape, b_shape)
     a, b = te.placeholder(a_shape, a_dtype, "A"), te.placeholder(b_shape, b_dtype, "B")
     if attrs.get("arithmetic") == TFLITE:
-        y = te.compute(shape, lambda *i: _tflite_output(
-            _tflite_value(a[_broadcast_index(a_shape, shape, i)], b[_broadcast_index(b_shape, shape, i)], attrs,
-                          lambda v: v.astype("int64"), tflite_requantize_te), attrs, tflite_requantize_te), name="Y")
+        y = te.compute(
+            shape,
+            lambda *i: _tflite_output(
+                _tflite_value(
+                    a[_broadcast_index(a_shape, shape, i)],
+                    b[_broadcast_index(b_shape, shape, i)],
+                    attrs,
+                    lambda v: v.astype("int64"),
+                    tflite_requantize_te,
+                ),
+                attrs,
+                tflite_requantize_te,
+            ),
+            name="Y",
+        )
         return te.create_prim_func([a, b, y])
     y = te.compute(
         shape,
-        lambda *i: requantize_te(_value(a[_broadcast_index(a_shape, shape, i)], b[_broadcast_index(b_shape, shape, i)],
-                                        attrs, lambda v: v.astype("int64")),
-                                 1, attrs["shift"], attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"]),
+        lambda *i: requantize_te(
+            _value(
+                a[_broadcast_index(a_shape, shape, i)], b[_broadcast_index(b_shape, shape, i)], attrs, lambda v: v.astype("int64")
+            ),
+            1,
+            attrs["shift"],
+            attrs["zy"],
+            attrs["lo"],
+            attrs["hi"],
+            attrs["out_dtype"],
+        ),
         name="Y",
     )
     return te.create_prim_func([a, b, y])
@@ -171,8 +191,14 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
 
 def examples(rng):
     def binary(name, op_type, shape, activation=None, b_shape=None):
-        return quantized_operator(name, op_type, [random_activation(rng, shape), random_activation(rng, b_shape or shape)],
-                                  rng, out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation)
+        return quantized_operator(
+            name,
+            op_type,
+            [random_activation(rng, shape), random_activation(rng, b_shape or shape)],
+            rng,
+            out_dtype=str(rng.choice(["int8", "uint8"])),
+            activation=activation,
+        )
 
     rank = int(rng.integers(1, 5))
     return [
@@ -198,9 +224,10 @@ def stream_geometry(kind: str, shape, label: str, operands: int = 1, table_bytes
     if not shape:
         return None
     axis = row_axis(shape)
-    rows, width = shape[axis], math.prod(shape[axis + 1:])
-    return Geometry(kind, math.prod(shape[:axis]), 1, rows, width, 1, rows, width,
-                    operands=operands, table_bytes=table_bytes, label=label)
+    rows, width = shape[axis], math.prod(shape[axis + 1 :])
+    return Geometry(
+        kind, math.prod(shape[:axis]), 1, rows, width, 1, rows, width, operands=operands, table_bytes=table_bytes, label=label
+    )
 
 
 def geometry(p: KernelParams, inputs) -> Geometry | None:
@@ -209,9 +236,13 @@ def geometry(p: KernelParams, inputs) -> Geometry | None:
     # A broadcast operand (squeeze-excite's gate: one value per channel) is staged whole, once per layer,
     # like a lookup table: its tiles would be a few bytes each; the full-size operands stream in tiles.
     resident = sum(math.prod(s) for s, _ in inputs if tuple(s) != shape)
-    return stream_geometry("elementwise", shape, f"{p.attrs['op']} {'x'.join(map(str, a_shape))} and "
-                           f"{'x'.join(map(str, b_shape))}", operands=sum(tuple(s) == shape for s, _ in inputs),
-                           table_bytes=resident)
+    return stream_geometry(
+        "elementwise",
+        shape,
+        f"{p.attrs['op']} {'x'.join(map(str, a_shape))} and {'x'.join(map(str, b_shape))}",
+        operands=sum(tuple(s) == shape for s, _ in inputs),
+        table_bytes=resident,
+    )
 
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
@@ -231,9 +262,9 @@ KERNEL = NpuKernel(
     reference=reference,
     examples=examples,
     limits=(
-        'Add (or a two-input Sum) and Mul of two activations (no constant operand); ONNX broadcasting of either operand',
-        'a broadcast operand stays resident in SRAM whole',
-        'activations and output per tensor',
+        "Add (or a two-input Sum) and Mul of two activations (no constant operand); ONNX broadcasting of either operand",
+        "a broadcast operand stays resident in SRAM whole",
+        "activations and output per tensor",
         "rescale factors (input scale / output scale; for Mul, product of input scales / output scale) "
         "within the fixed-point range",
     ),

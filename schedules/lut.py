@@ -53,8 +53,7 @@ def _hard_sigmoid(x, annotations: dict):
 
 
 # Functions of one tensor that TVM's importer writes as one Relax op.
-_UNARY = {"relax.sigmoid": "sigmoid", "relax.tanh": "tanh", "relax.nn.leakyrelu": "leakyrelu",
-          "relax.nn.gelu_tanh": "gelu_tanh"}
+_UNARY = {"relax.sigmoid": "sigmoid", "relax.tanh": "tanh", "relax.nn.leakyrelu": "leakyrelu", "relax.nn.gelu_tanh": "gelu_tanh"}
 
 
 def _gated(x, gate):
@@ -78,8 +77,9 @@ def patterns():
     for gate in (lambda x, _: is_op("relax.sigmoid")(x), _softplus_tanh):
         x, gate_x, annotations = dequantized_tensor(), dequantized_tensor(), {}
         anchor = _gated(x, gate(gate_x, annotations))
-        found.append((is_op("relax.quantize")(anchor, is_const(), is_const()),
-                      {"x": x, "gate_x": gate_x, "anchor": anchor, **annotations}))
+        found.append(
+            (is_op("relax.quantize")(anchor, is_const(), is_const()), {"x": x, "gate_x": gate_x, "anchor": anchor, **annotations})
+        )
     x, annotations = dequantized_tensor(), {}
     hard = _hard_sigmoid(x, annotations)
     found.append((is_op("relax.quantize")(hard, is_const(), is_const()), {"x": x, "anchor": hard, **annotations}))
@@ -87,8 +87,9 @@ def patterns():
     # pattern takes two and `check` requires them to read the same tensor the same way.
     x, gate_x, annotations = dequantized_tensor(), dequantized_tensor(), {}
     swish = is_op("relax.multiply")(x, _hard_sigmoid(gate_x, annotations))
-    found.append((is_op("relax.quantize")(swish, is_const(), is_const()),
-                  {"x": x, "gate_x": gate_x, "anchor": swish, **annotations}))
+    found.append(
+        (is_op("relax.quantize")(swish, is_const(), is_const()), {"x": x, "gate_x": gate_x, "anchor": swish, **annotations})
+    )
     for root, annotations in found:
         annotations["root"] = root
     return found
@@ -116,7 +117,8 @@ def _function_problem(ann) -> str | None:
     if "gate_x" in ann:
         gate = ann["gate_x"]
         same = gate.args[0].same_as(x.args[0]) and all(
-            np.array_equal(const_value(a), const_value(b)) for a, b in zip(gate.args[1:3], x.args[1:3]))
+            np.array_equal(const_value(a), const_value(b)) for a, b in zip(gate.args[1:3], x.args[1:3])
+        )
         if not same:
             return "attribute: x * f(y) with y != x is not a function of x alone"
     if "one" in ann and float(const_value(ann["one"])) != 1.0:
@@ -179,8 +181,16 @@ def params(comp: Composite) -> KernelParams:
     dq = next(v for v in comp.bindings.values() if op_name(v) == "relax.dequantize")
     sx, zx = comp.activation_input(dq)
     sy, zy, dtype, _, _ = comp.output()
-    attrs = {"sx": sx, "zx": zx, "sy": sy, "zy": zy, "in_dtype": str(dq.args[0].ty.dtype), "out_dtype": dtype,
-             "alpha": 0.0, "beta": 0.0}
+    attrs = {
+        "sx": sx,
+        "zx": zx,
+        "sy": sy,
+        "zy": zy,
+        "in_dtype": str(dq.args[0].ty.dtype),
+        "out_dtype": dtype,
+        "alpha": 0.0,
+        "beta": 0.0,
+    }
     # x * gate(x): a multiply of two computed values (a constant operand is hard sigmoid's alpha)
     gated = any(all(isinstance(comp.value(a), tvm.relax.Call) for a in m.args) for m in comp.calls("relax.multiply"))
     unary = [_UNARY[op] for op in _UNARY if comp.calls(op)]
@@ -215,11 +225,13 @@ def examples(rng):
         """Every input integer at least once, in an odd-channel tensor: the whole table is exercised."""
         dtype = str(rng.choice(["int8", "uint8"]))
         info = np.iinfo(dtype)
-        every = np.concatenate([np.arange(info.min, info.max + 1),
-                                rng.integers(info.min, info.max, 7 * 8 * 11 - 256, endpoint=True)])
+        every = np.concatenate(
+            [np.arange(info.min, info.max + 1), rng.integers(info.min, info.max, 7 * 8 * 11 - 256, endpoint=True)]
+        )
         x = random_activation(rng, (1, 7, 8, 11), dtype, values=rng.permutation(every))
-        return quantized_operator(name, op_type, [x], rng, out_dtype=str(rng.choice(["int8", "uint8"])), opset=opset,
-                                  **attributes)
+        return quantized_operator(
+            name, op_type, [x], rng, out_dtype=str(rng.choice(["int8", "uint8"])), opset=opset, **attributes
+        )
 
     return [
         lut("sigmoid", "Sigmoid"),
@@ -239,8 +251,7 @@ def geometry(p: KernelParams, inputs) -> Geometry | None:
 
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
-    return stream_tiles(func, tiles, row_axis([int(d) for d in func.params[-1].shape]),
-                        stationary=frozenset({"T"}))
+    return stream_tiles(func, tiles, row_axis([int(d) for d in func.params[-1].shape]), stationary=frozenset({"T"}))
 
 
 KERNEL = NpuKernel(
@@ -255,8 +266,8 @@ KERNEL = NpuKernel(
     limits=(
         "Sigmoid, SiLU (x * Sigmoid(x)), HardSigmoid (clip(alpha x + beta, 0, 1)), HardSwish, Tanh, Mish, "
         "LeakyRelu, GELU (tanh approximation), as TVM's ONNX importer writes them",
-        'input and output per tensor, the input quantized (compiling an FP32 model places that QuantizeLinear)',
-        'SiLU, Mish and HardSwish read one tensor twice with the same quantization',
+        "input and output per tensor, the input quantized (compiling an FP32 model places that QuantizeLinear)",
+        "SiLU, Mish and HardSwish read one tensor twice with the same quantization",
     ),
     geometry=geometry,
     schedule=schedule,

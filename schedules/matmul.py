@@ -48,8 +48,9 @@ def params(comp: Composite) -> KernelParams:
     (sa, za), (sb, zb) = (comp.activation_input(comp.value(x)) for x in matmul.args)
     sy, zy, dtype, lo, hi = comp.output()
     mult, shift = multiplier(sa * sb / sy)
-    return KernelParams({"za": za, "zb": zb, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype,
-                         "mult": int(mult), "shift": int(shift)})
+    return KernelParams(
+        {"za": za, "zb": zb, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype, "mult": int(mult), "shift": int(shift)}
+    )
 
 
 def compute(p: KernelParams, inputs):
@@ -59,11 +60,18 @@ def compute(p: KernelParams, inputs):
     k = te.reduce_axis((0, a_shape[-1]), "k")
     acc = te.compute(
         (*a_shape[:-1], b_shape[-1]),
-        lambda *i: te.sum((a[(*i[:-1], k)].astype("int32") - attrs["za"])
-                          * (b[(*i[:-2], k, i[-1])].astype("int32") - attrs["zb"]), axis=k),
-        name="acc")
-    y = te.compute(acc.shape, lambda *i: requantize_te(acc[i], attrs["mult"], attrs["shift"], attrs["zy"], attrs["lo"],
-                                                         attrs["hi"], attrs["out_dtype"]), name="Y")
+        lambda *i: te.sum(
+            (a[(*i[:-1], k)].astype("int32") - attrs["za"]) * (b[(*i[:-2], k, i[-1])].astype("int32") - attrs["zb"]), axis=k
+        ),
+        name="acc",
+    )
+    y = te.compute(
+        acc.shape,
+        lambda *i: requantize_te(
+            acc[i], attrs["mult"], attrs["shift"], attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"]
+        ),
+        name="Y",
+    )
     return te.create_prim_func([a, b, y])
 
 
@@ -76,8 +84,14 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
 
 def examples(rng):
     def matmul(name, a_shape, b_shape, activation=None):
-        return quantized_operator(name, "MatMul", [random_activation(rng, a_shape), random_activation(rng, b_shape)], rng,
-                                  out_dtype=str(rng.choice(["int8", "uint8"])), activation=activation)
+        return quantized_operator(
+            name,
+            "MatMul",
+            [random_activation(rng, a_shape), random_activation(rng, b_shape)],
+            rng,
+            out_dtype=str(rng.choice(["int8", "uint8"])),
+            activation=activation,
+        )
 
     heads, tokens, width = int(rng.integers(1, 5)), int(rng.integers(1, 12)), int(rng.integers(1, 20))
     return [

@@ -55,6 +55,7 @@ def patterns():
 def _slices(call) -> tuple[slice, ...] | None:
     """The strided_slice as one Python slice per axis (numpy's clamping is ONNX Slice's), or None if
     its bounds are not constants."""
+
     def values(expr):
         fields = expr.fields if isinstance(expr, tvm.relax.Tuple) else expr.values
         found = [getattr(f, "value", f) for f in fields]
@@ -138,8 +139,9 @@ def compute(p: KernelParams, inputs):
         moved = topi.reshape(topi.transpose(topi.reshape(x, a["shuffled_shape"]), a["axes"]), a["out_shape"])
     elif a["move"] == "slice":
         starts = _slice_starts(a, shape)
-        moved = te.compute(a["out_shape"], lambda *i: x[tuple(first + step * j for (first, step), j in zip(starts, i))],
-                           name="moved")
+        moved = te.compute(
+            a["out_shape"], lambda *i: x[tuple(first + step * j for (first, step), j in zip(starts, i))], name="moved"
+        )
     else:  # pad: the input's integers where they land, the fill outside (below, not through a table)
         moved = te.compute(a["out_shape"], lambda *i: x[tuple(j - b for j, b in zip(i, a["before"]))], name="moved")
     if a["copy"]:
@@ -182,8 +184,15 @@ def examples(rng):
     def move(name, op_type, shape, *operands, shared=True, **attributes):
         x = random_activation(rng, shape)
         out_dtype = x.dtype if shared else str(rng.choice(["int8", "uint8"]))
-        return quantized_operator(name, op_type, [x, *operands], rng, out_dtype=out_dtype,
-                                  output_quantization=(x.scale, x.zero_point) if shared else None, **attributes)
+        return quantized_operator(
+            name,
+            op_type,
+            [x, *operands],
+            rng,
+            out_dtype=out_dtype,
+            output_quantization=(x.scale, x.zero_point) if shared else None,
+            **attributes,
+        )
 
     def int64(values):  # shape-like operands: the importer reads them as constants (Constant is float32)
         return Constant(np.array(values), "int64")
@@ -195,14 +204,21 @@ def examples(rng):
         move("squeeze", "Squeeze", (1, 7, 1, 3), int64([2])),
         move("unsqueeze", "Unsqueeze", (3, 5), int64([1])),
         move("slice_strided", "Slice", (1, 6, 9, 7), int64([1, 1]), int64([8, 100]), int64([2, 3]), int64([2, 3])),
-        move("slice_negative_step_requantized", "Slice", (2, 8, 5), int64([-2]), int64([0]), int64([1]), int64([-3]),
-             shared=False),
+        move(
+            "slice_negative_step_requantized", "Slice", (2, 8, 5), int64([-2]), int64([0]), int64([1]), int64([-3]), shared=False
+        ),
         move("depth_to_space_dcr", "DepthToSpace", (1, 12, 3, 5), blocksize=2, mode="DCR"),
         move("depth_to_space_crd_requantized", "DepthToSpace", (1, 18, 2, 3), shared=False, blocksize=3, mode="CRD"),
         move("space_to_depth", "SpaceToDepth", (1, 3, 4, 6), blocksize=2),
         move("pad_zero", "Pad", (1, 3, 5, 4), int64([0, 0, 1, 2, 0, 0, 2, 1])),
-        move("pad_value_requantized", "Pad", (1, 5, 3, 3), int64([0, 1, 0, 3, 0, 0, 1, 0]),
-             Constant(np.array(float(rng.uniform(-1, 1)), np.float32), "float32"), shared=False),
+        move(
+            "pad_value_requantized",
+            "Pad",
+            (1, 5, 3, 3),
+            int64([0, 1, 0, 3, 0, 0, 1, 0]),
+            Constant(np.array(float(rng.uniform(-1, 1)), np.float32), "float32"),
+            shared=False,
+        ),
     ]
 
 

@@ -87,8 +87,10 @@ def params(comp: Composite) -> KernelParams:
         a = anchor.attrs
         attrs.update(
             mode="max" if op_name(anchor) == "relax.nn.max_pool2d" else "avg",
-            pool=tuple(int(v) for v in a.pool_size), strides=tuple(int(v) for v in a.strides),
-            dilation=tuple(int(v) for v in a.dilation), padding=tuple(int(v) for v in a.padding),
+            pool=tuple(int(v) for v in a.pool_size),
+            strides=tuple(int(v) for v in a.strides),
+            dilation=tuple(int(v) for v in a.dilation),
+            padding=tuple(int(v) for v in a.padding),
             include_pad=bool(a.count_include_pad),
         )
         if attrs["mode"] == "avg" and (sx, zx) == (sy, zy):  # TFLite's AVERAGE_POOL_2D (its MEAN computes in float)
@@ -131,7 +133,8 @@ def compute(p: KernelParams, inputs):
     xp = te.compute(
         (n_, c_, window_span(shape[2], kh, sh, dh), window_span(shape[3], kw, sw, dw)),
         lambda n, c, h, w: tirx.if_then_else(
-            tirx.all(h >= pt, h < pt + height, w >= pl, w < pl + width), x[n, c, h - pt, w - pl], fill),
+            tirx.all(h >= pt, h < pt + height, w >= pl, w < pl + width), x[n, c, h - pt, w - pl], fill
+        ),
         name="Xp",
     )
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
@@ -145,9 +148,13 @@ def compute(p: KernelParams, inputs):
         reduce_op = te.max if a["mode"] == "max" else te.sum
         acc = te.compute(shape, lambda n, c, i, j: reduce_op(tap(n, c, i, j), axis=[rh, rw]), name="acc")
     if a["mode"] == "max":
-        y = te.compute(shape, lambda *i: requantize_te(acc[i].astype("int64"), a["mult"], a["shift"], a["zy"], a["lo"],
-                                                       a["hi"], a["out_dtype"]), name="Y")
+        y = te.compute(
+            shape,
+            lambda *i: requantize_te(acc[i].astype("int64"), a["mult"], a["shift"], a["zy"], a["lo"], a["hi"], a["out_dtype"]),
+            name="Y",
+        )
     else:
+
         def average(n, c, i, j):
             count = tirx.Cast("int64", _count(a, x_shape, i, j, tirx.min, tirx.max))
             if a.get("arithmetic"):  # TFLite: the raw sum (padding taps add nothing) over the valid taps
@@ -169,10 +176,13 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
     xs = x.astype(np.int64) - a["zx"]
     fill = np.iinfo(x.dtype).min - a["zx"] if a["mode"] == "max" else 0
     xp = np.pad(xs, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
-    taps = np.stack([
-        xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
-        for i in range(kh) for j in range(kw)
-    ])
+    taps = np.stack(
+        [
+            xp[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+    )
     if a["mode"] == "max":
         return requantize_np(taps.max(0), a["mult"], a["shift"], a["zy"], a["lo"], a["hi"], a["out_dtype"])
     count = np.array([[_count(a, x.shape, i, j, min, max) for j in range(ow)] for i in range(oh)], np.int64)
@@ -185,25 +195,39 @@ def reference(p: KernelParams, inputs) -> np.ndarray:
 
 def examples(rng):
     def pool(name, op_type, shape, openvino_deviation=None, **attributes):
-        example = quantized_operator(name, op_type, [random_activation(rng, shape)], rng,
-                                     out_dtype=str(rng.choice(["int8", "uint8"])), **attributes)
+        example = quantized_operator(
+            name, op_type, [random_activation(rng, shape)], rng, out_dtype=str(rng.choice(["int8", "uint8"])), **attributes
+        )
         example.openvino_deviation = openvino_deviation
         return example
 
     k = int(rng.integers(1, 4))
     return [
         pool("max_3x3_stride2_pad1", "MaxPool", (1, 5, 7, 7), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
-        pool("avg_3x3_pad1_exclude_pad", "AveragePool", (1, 5, 5, 6), kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-             count_include_pad=0),
-        pool("avg_2x2_stride2_pad1_include_pad", "AveragePool", (1, 3, 7, 6), kernel_shape=[2, 2], strides=[2, 2],
-             pads=[1, 1, 1, 1], count_include_pad=1,
-             openvino_deviation="OpenVINO 2026.4 averages quantized border windows with count_include_pad=1 as if "
-                                "the padding held integer 0, not the zero point (real 0)"),
-        pool("avg_2x2_stride2_uneven_pads", "AveragePool", (1, 3, 7, 6), kernel_shape=[2, 2], strides=[2, 2],
-             pads=[1, 0, 0, 1]),
+        pool(
+            "avg_3x3_pad1_exclude_pad", "AveragePool", (1, 5, 5, 6), kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0
+        ),
+        pool(
+            "avg_2x2_stride2_pad1_include_pad",
+            "AveragePool",
+            (1, 3, 7, 6),
+            kernel_shape=[2, 2],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            count_include_pad=1,
+            openvino_deviation="OpenVINO 2026.4 averages quantized border windows with count_include_pad=1 as if "
+            "the padding held integer 0, not the zero point (real 0)",
+        ),
+        pool("avg_2x2_stride2_uneven_pads", "AveragePool", (1, 3, 7, 6), kernel_shape=[2, 2], strides=[2, 2], pads=[1, 0, 0, 1]),
         pool("global_average", "GlobalAveragePool", (1, 7, 5, 3)),
-        pool(f"random_{k}x{k}", str(rng.choice(["MaxPool", "AveragePool"])), (1, int(rng.integers(1, 9)), k + 4, k + 3),
-             kernel_shape=[k, k], strides=[int(rng.integers(1, 3))] * 2, pads=[int(p) for p in rng.integers(0, k, 4)]),
+        pool(
+            f"random_{k}x{k}",
+            str(rng.choice(["MaxPool", "AveragePool"])),
+            (1, int(rng.integers(1, 9)), k + 4, k + 3),
+            kernel_shape=[k, k],
+            strides=[int(rng.integers(1, 3))] * 2,
+            pads=[int(p) for p in rng.integers(0, k, 4)],
+        ),
     ]
 
 
@@ -212,10 +236,23 @@ def geometry(p: KernelParams, inputs) -> Geometry:
     ((x_shape, _),) = inputs
     a = p.attrs
     n, c, oh, ow = out_shape(a, x_shape)
-    return Geometry("pool", n, c, x_shape[2], x_shape[3], c, oh, ow, tuple(a["pool"]), tuple(a["strides"]),
-                    tuple(a["dilation"]), tuple(a["padding"]), groups=c,
-                    label=f"{a['mode']} pool {a['pool'][0]}x{a['pool'][1]}/{a['strides'][0]} "
-                          f"{'x'.join(map(str, x_shape[1:]))} -> {c}x{oh}x{ow}")
+    return Geometry(
+        "pool",
+        n,
+        c,
+        x_shape[2],
+        x_shape[3],
+        c,
+        oh,
+        ow,
+        tuple(a["pool"]),
+        tuple(a["strides"]),
+        tuple(a["dilation"]),
+        tuple(a["padding"]),
+        groups=c,
+        label=f"{a['mode']} pool {a['pool'][0]}x{a['pool'][1]}/{a['strides'][0]} "
+        f"{'x'.join(map(str, x_shape[1:]))} -> {c}x{oh}x{ow}",
+    )
 
 
 def schedule(func: tirx.PrimFunc, tiles: Tiles) -> tirx.PrimFunc:
@@ -247,9 +284,9 @@ KERNEL = NpuKernel(
     reference=reference,
     examples=examples,
     limits=(
-        'MaxPool, AveragePool (NCHW, floor mode, no dilation for AveragePool), GlobalAveragePool / mean over H, W',
-        'activations and output per tensor',
-        'rescale factor (input scale / output scale) within the fixed-point range',
+        "MaxPool, AveragePool (NCHW, floor mode, no dilation for AveragePool), GlobalAveragePool / mean over H, W",
+        "activations and output per tensor",
+        "rescale factor (input scale / output scale) within the fixed-point range",
     ),
     geometry=geometry,
     schedule=schedule,

@@ -116,10 +116,12 @@ def _nearest_axis(mode: str, rounding: str, size_in: int, size_out: int) -> np.n
     """The source index ONNX's reference evaluator picks per output index: it resizes the ramp 0..in-1."""
     attrs = {"mode": "nearest", "coordinate_transformation_mode": mode, "nearest_mode": rounding}
     graph = helper.make_graph(
-        [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)], "ramp",
+        [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)],
+        "ramp",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, size_in])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.array([1, 1, size_out], np.int64), "sizes")])
+        [numpy_helper.from_array(np.array([1, 1, size_out], np.int64), "sizes")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", CALIBRATION_OPSET)])
     (ramp,) = ReferenceEvaluator(model).run(None, {"x": np.arange(size_in, dtype=np.float32).reshape(1, 1, -1)})
     return ramp.reshape(-1).astype(np.int32)
@@ -133,8 +135,16 @@ def params(comp: Composite) -> KernelParams:
     a = resize.attrs
     mode = str(a.coordinate_transformation_mode)
     in_dtype = str(dq.args[0].ty.dtype)
-    attrs = {"method": str(a.method), "out_hw": _sizes(resize)[1], "zx": zx, "zy": zy, "lo": lo, "hi": hi,
-             "in_dtype": in_dtype, "out_dtype": dtype}
+    attrs = {
+        "method": str(a.method),
+        "out_hw": _sizes(resize)[1],
+        "zx": zx,
+        "zy": zy,
+        "lo": lo,
+        "hi": hi,
+        "in_dtype": in_dtype,
+        "out_dtype": dtype,
+    }
     if a.method == "nearest_neighbor":
         rows, cols = (_nearest_axis(mode, str(a.rounding_method), i, o) for i, o in zip(*_sizes(resize)))
         attrs["copy"] = (sx, zx, in_dtype) == (sy, zy, dtype)
@@ -201,24 +211,60 @@ def examples(rng):
     def resize(name, shape, scales, mode, shared=False, **attributes):
         x = random_activation(rng, shape)
         output = (x.scale, x.zero_point) if shared else None
-        return quantized_operator(name, "Resize", [x, Constant(np.zeros(0)), Constant(np.array(scales))], rng,
-                                  out_dtype=x.dtype if shared else str(rng.choice(["int8", "uint8"])),
-                                  output_quantization=output, mode=mode, **attributes)
+        return quantized_operator(
+            name,
+            "Resize",
+            [x, Constant(np.zeros(0)), Constant(np.array(scales))],
+            rng,
+            out_dtype=x.dtype if shared else str(rng.choice(["int8", "uint8"])),
+            output_quantization=output,
+            mode=mode,
+            **attributes,
+        )
 
     factor = int(rng.integers(2, 5))
     return [
         # the FPN upsampling of PP-OCR's detector and YOLOv8: on one grid, a pure copy
-        resize("nearest_2x_asymmetric_floor_copy", (1, 5, 3, 4), [1, 1, 2, 2], "nearest", shared=True,
-               coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
-        resize("nearest_3x_half_pixel_round_prefer_ceil", (1, 3, 4, 5), [1, 1, 3, 3], "nearest",
-               coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil"),
-        resize("nearest_down_align_corners", (1, 2, 8, 6), [1, 1, 0.5, 1.5], "nearest",
-               coordinate_transformation_mode="align_corners", nearest_mode="round_prefer_floor"),
+        resize(
+            "nearest_2x_asymmetric_floor_copy",
+            (1, 5, 3, 4),
+            [1, 1, 2, 2],
+            "nearest",
+            shared=True,
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        ),
+        resize(
+            "nearest_3x_half_pixel_round_prefer_ceil",
+            (1, 3, 4, 5),
+            [1, 1, 3, 3],
+            "nearest",
+            coordinate_transformation_mode="half_pixel",
+            nearest_mode="round_prefer_ceil",
+        ),
+        resize(
+            "nearest_down_align_corners",
+            (1, 2, 8, 6),
+            [1, 1, 0.5, 1.5],
+            "nearest",
+            coordinate_transformation_mode="align_corners",
+            nearest_mode="round_prefer_floor",
+        ),
         resize("bilinear_2x_half_pixel", (1, 7, 5, 6), [1, 1, 2, 2], "linear", coordinate_transformation_mode="half_pixel"),
-        resize("bilinear_align_corners_1.5x", (1, 3, 4, 6), [1, 1, 1.5, 1.5], "linear",
-               coordinate_transformation_mode="align_corners"),
-        resize(f"bilinear_{factor}x_pytorch_half_pixel", (2, 1, 3, 4), [1, 1, factor, factor], "linear",
-               coordinate_transformation_mode=str(rng.choice(["pytorch_half_pixel", "asymmetric"]))),
+        resize(
+            "bilinear_align_corners_1.5x",
+            (1, 3, 4, 6),
+            [1, 1, 1.5, 1.5],
+            "linear",
+            coordinate_transformation_mode="align_corners",
+        ),
+        resize(
+            f"bilinear_{factor}x_pytorch_half_pixel",
+            (2, 1, 3, 4),
+            [1, 1, factor, factor],
+            "linear",
+            coordinate_transformation_mode=str(rng.choice(["pytorch_half_pixel", "asymmetric"])),
+        ),
     ]
 
 

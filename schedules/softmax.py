@@ -41,7 +41,7 @@ def check(ann) -> str | None:
     if row > MAX_ROW:
         return f"shape: {row} elements per row overflow the int32 sum of exponentials"
     sy = float(const_value(ann["root"].args[1]))
-    return scale_problem(sy) or (None if 2 ** FRACTION_BITS / sy < 2**31 else f"scale: output scale {sy:g} too small")
+    return scale_problem(sy) or (None if 2**FRACTION_BITS / sy < 2**31 else f"scale: output scale {sy:g} too small")
 
 
 def params(comp: Composite) -> KernelParams:
@@ -51,8 +51,17 @@ def params(comp: Composite) -> KernelParams:
     sy, zy, dtype, lo, hi = comp.output()
     rank = len(softmax.ty.shape)
     table = np.round(np.exp(-sx * np.arange(256, dtype=np.float64)) * 2**FRACTION_BITS).astype(np.int32)
-    return KernelParams({"axis": int(softmax.attrs.axis) % rank, "zy": zy, "lo": lo, "hi": hi, "out_dtype": dtype,
-                         "reciprocal": int(round(2**FRACTION_BITS / sy))}, [table])
+    return KernelParams(
+        {
+            "axis": int(softmax.attrs.axis) % rank,
+            "zy": zy,
+            "lo": lo,
+            "hi": hi,
+            "out_dtype": dtype,
+            "reciprocal": int(round(2**FRACTION_BITS / sy)),
+        },
+        [table],
+    )
 
 
 def compute(p: KernelParams, inputs):
@@ -62,10 +71,10 @@ def compute(p: KernelParams, inputs):
     exp_table = te.placeholder((256,), "int32", "T")
 
     def along(index, k):
-        return (*index[:axis], k, *index[axis + 1:])
+        return (*index[:axis], k, *index[axis + 1 :])
 
     row = shape[axis]
-    reduced = (*shape[:axis], 1, *shape[axis + 1:])
+    reduced = (*shape[:axis], 1, *shape[axis + 1 :])
     k = te.reduce_axis((0, row), "k")
     peak = te.compute(reduced, lambda *i: te.max(x[along(i, k)].astype("int32"), axis=k), name="peak")
 

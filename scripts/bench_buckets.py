@@ -80,43 +80,70 @@ def measure(folder: Path, widths=WIDTHS) -> dict:
         reference = core.compile_model(core.read_model(view.onnx_bytes, b""), "CPU")(sample)[0]
         fp32_unpadded, fp32_padded = fp32(sample)[0], fp32(padded)[0][:, : reference.shape[1]]
         (output,) = unpadded.outputs
-        validation.append({
-            "width": width, "bucket": model.bucketing.describe(view.index), "columns": int(ours.shape[1]),
-            "passed": unpadded.passed,
-            "max_abs_error": output.max_abs_error, "cosine": output.cosine,
-            "same_text": ctc_text(ours) == ctc_text(reference),
-            "bucket_vs_openvino_padded": in_bucket.passed,
-            "bucket_vs_openvino_padded_cosine": in_bucket.outputs[0].cosine,
-            "fp32_padded_vs_unpadded_cosine": cosine(fp32_padded, fp32_unpadded),
-            "fp32_padded_vs_unpadded_max_abs": float(np.abs(fp32_padded - fp32_unpadded).max()),
-            "fp32_same_text": ctc_text(fp32_padded) == ctc_text(fp32_unpadded),
-        })
+        validation.append(
+            {
+                "width": width,
+                "bucket": model.bucketing.describe(view.index),
+                "columns": int(ours.shape[1]),
+                "passed": unpadded.passed,
+                "max_abs_error": output.max_abs_error,
+                "cosine": output.cosine,
+                "same_text": ctc_text(ours) == ctc_text(reference),
+                "bucket_vs_openvino_padded": in_bucket.passed,
+                "bucket_vs_openvino_padded_cosine": in_bucket.outputs[0].cosine,
+                "fp32_padded_vs_unpadded_cosine": cosine(fp32_padded, fp32_unpadded),
+                "fp32_padded_vs_unpadded_max_abs": float(np.abs(fp32_padded - fp32_unpadded).max()),
+                "fp32_same_text": ctc_text(fp32_padded) == ctc_text(fp32_unpadded),
+            }
+        )
         print(validation[-1], flush=True)
-    return {"model": MODEL, "input_shapes": SHAPES, "compile_s": round(compile_s, 1), "openvino": ov.get_version(),
-            "buckets": buckets, "validation": validation}
+    return {
+        "model": MODEL,
+        "input_shapes": SHAPES,
+        "compile_s": round(compile_s, 1),
+        "openvino": ov.get_version(),
+        "buckets": buckets,
+        "validation": validation,
+    }
 
 
 def table(results: dict) -> str:
-    lines = [f"`{results['model']}` compiled with `--input-shapes \"{results['input_shapes']}\"` "
-             f"({len(results['buckets'])} buckets, one package, {results['compile_s']:.0f} s):", "",
-             "| bucket | modelled cycles | DRAM KiB | SRAM peak KiB | host ms |", "|---|---|---|---|---|"]
+    lines = [
+        f'`{results["model"]}` compiled with `--input-shapes "{results["input_shapes"]}"` '
+        f"({len(results['buckets'])} buckets, one package, {results['compile_s']:.0f} s):",
+        "",
+        "| bucket | modelled cycles | DRAM KiB | SRAM peak KiB | host ms |",
+        "|---|---|---|---|---|",
+    ]
     for row in results["buckets"]:
-        lines.append(f"| `{row['shapes']}` | {row['cycles']:,.0f} | {row['dram_bytes'] / 1024:,.0f} | "
-                     f"{row['sram_peak'] / 1024:,.0f} | {row['host_ms']:.1f} |")
-    lines += ["", "| input width | runs in | padded | cycles vs previous bucket | host ms vs previous bucket |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| `{row['shapes']}` | {row['cycles']:,.0f} | {row['dram_bytes'] / 1024:,.0f} | "
+            f"{row['sram_peak'] / 1024:,.0f} | {row['host_ms']:.1f} |"
+        )
+    lines += [
+        "",
+        "| input width | runs in | padded | cycles vs previous bucket | host ms vs previous bucket |",
+        "|---|---|---|---|---|",
+    ]
     for previous, row in zip(results["buckets"], results["buckets"][1:]):
         boundary = row["boundary"]
-        lines.append(f"| {boundary['input'][0].split('=')[1]} | `{row['shapes']}` | {100 * boundary['padded_share']:.1f} % | "
-                     f"{boundary['cycles_over_previous']:.2f}x | {row['host_ms'] / previous['host_ms']:.2f}x |")
-    lines += ["", "| input width | runs in | valid part vs OpenVINO unpadded | cosine | same CTC text | "
-              "bucket vs OpenVINO padded | FP32 model padded vs unpadded: cosine, same text |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {boundary['input'][0].split('=')[1]} | `{row['shapes']}` | {100 * boundary['padded_share']:.1f} % | "
+            f"{boundary['cycles_over_previous']:.2f}x | {row['host_ms'] / previous['host_ms']:.2f}x |"
+        )
+    lines += [
+        "",
+        "| input width | runs in | valid part vs OpenVINO unpadded | cosine | same CTC text | "
+        "bucket vs OpenVINO padded | FP32 model padded vs unpadded: cosine, same text |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in results["validation"]:
-        lines.append(f"| {row['width']} | `{row['bucket']}` | {'PASS' if row['passed'] else 'FAIL'} | {row['cosine']:.4f} | "
-                     f"{'yes' if row['same_text'] else 'no'} | {'PASS' if row['bucket_vs_openvino_padded'] else 'FAIL'} "
-                     f"(cosine {row['bucket_vs_openvino_padded_cosine']:.4f}) | {row['fp32_padded_vs_unpadded_cosine']:.4f}, "
-                     f"{'yes' if row['fp32_same_text'] else 'no'} |")
+        lines.append(
+            f"| {row['width']} | `{row['bucket']}` | {'PASS' if row['passed'] else 'FAIL'} | {row['cosine']:.4f} | "
+            f"{'yes' if row['same_text'] else 'no'} | {'PASS' if row['bucket_vs_openvino_padded'] else 'FAIL'} "
+            f"(cosine {row['bucket_vs_openvino_padded_cosine']:.4f}) | {row['fp32_padded_vs_unpadded_cosine']:.4f}, "
+            f"{'yes' if row['fp32_same_text'] else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -46,8 +46,10 @@ def layers(rng):
     w_conv = rng.integers(-127, 128, (256, 256, 3, 3), dtype=np.int8)
     x_conv = rng.integers(-128, 128, (1, 256, 14, 14), dtype=np.int8)
     dense_attrs = attrs | {"lead": 0}  # no unit dimensions before [N, K]
-    return [("dense 1024x1024 (N=1)", "npu.dense", KernelParams(dense_attrs, [w_dense, *requantize(1024, 1024)]), x_dense),
-            ("conv 3x3 256->256 14x14", "npu.conv2d", KernelParams(conv_attrs, [w_conv, *requantize(256, 2304)]), x_conv)]
+    return [
+        ("dense 1024x1024 (N=1)", "npu.dense", KernelParams(dense_attrs, [w_dense, *requantize(1024, 1024)]), x_dense),
+        ("conv 3x3 256->256 14x14", "npu.conv2d", KernelParams(conv_attrs, [w_conv, *requantize(256, 2304)]), x_conv),
+    ]
 
 
 def pruned(params: KernelParams, sparsity: float) -> KernelParams:
@@ -81,8 +83,10 @@ def main(argv=None) -> int:
     config = resolve_target(args.target)
     rng = np.random.default_rng(0)
     print(f"npu/{config.name}; host latency: median of {args.repeat} time_evaluator repeats, same run")
-    print(f"{'layer':<26}{'sparsity':>9}{'dense ms':>10}{'CSR ms':>9}{'speedup':>9}"
-          f"{'dense cyc':>11}{'CSR cyc':>11}{'cyc ratio':>10}{'dense B':>10}{'CSR B':>10}{'B ratio':>9}")
+    print(
+        f"{'layer':<26}{'sparsity':>9}{'dense ms':>10}{'CSR ms':>9}{'speedup':>9}"
+        f"{'dense cyc':>11}{'CSR cyc':>11}{'cyc ratio':>10}{'dense B':>10}{'CSR B':>10}{'B ratio':>9}"
+    )
     for label, name, base, x in layers(rng):
         csr_kernel = kernel(f"{name}_csr")
         for sparsity in SPARSITIES:
@@ -101,11 +105,24 @@ def main(argv=None) -> int:
             dense_bytes = int(dense_params.consts[0].nbytes)
             csr_bytes = int(sum(c.nbytes for c in csr_params.consts[:3]))
             (d_ms, d_cyc), (c_ms, c_cyc) = results["dense"], results["csr"]
-            print(f"{label:<26}{100 * sparsity:>8.0f}%{d_ms:>10.3f}{c_ms:>9.3f}{d_ms / c_ms:>8.2f}x"
-                  f"{d_cyc:>11.0f}{c_cyc:>11.0f}{d_cyc / c_cyc:>9.2f}x{dense_bytes:>10}{csr_bytes:>10}"
-                  f"{dense_bytes / csr_bytes:>8.2f}x", flush=True)
-            rows.append({"layer": label, "zeros": sparsity, "dense_ms": d_ms, "csr_ms": c_ms, "dense_cycles": d_cyc,
-                         "csr_cycles": c_cyc, "dense_bytes": dense_bytes, "csr_bytes": csr_bytes})
+            print(
+                f"{label:<26}{100 * sparsity:>8.0f}%{d_ms:>10.3f}{c_ms:>9.3f}{d_ms / c_ms:>8.2f}x"
+                f"{d_cyc:>11.0f}{c_cyc:>11.0f}{d_cyc / c_cyc:>9.2f}x{dense_bytes:>10}{csr_bytes:>10}"
+                f"{dense_bytes / csr_bytes:>8.2f}x",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "layer": label,
+                    "zeros": sparsity,
+                    "dense_ms": d_ms,
+                    "csr_ms": c_ms,
+                    "dense_cycles": d_cyc,
+                    "csr_cycles": c_cyc,
+                    "dense_bytes": dense_bytes,
+                    "csr_bytes": csr_bytes,
+                }
+            )
     settings = {"target": f"npu/{config.name}", "repeat": args.repeat, "date": time.strftime("%Y-%m-%d")}
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_output(args.out / "sparse.json") as stream:
@@ -117,17 +134,22 @@ def main(argv=None) -> int:
 
 def render(settings: dict, rows: list[dict]) -> str:
     """The Markdown table of README's "Sparse weights" section."""
-    lines = [f"Measured {settings['date']} (`python scripts/bench_sparse.py --repeat {settings['repeat']}`, "
-             f"{settings['target']}; host latencies are noisy, both kernels timed in the same run; every output checked exact):",
-             "", "| layer | zeros | dense ms | CSR ms | host speedup | model cycles dense / CSR | weight bytes dense / CSR |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Measured {settings['date']} (`python scripts/bench_sparse.py --repeat {settings['repeat']}`, "
+        f"{settings['target']}; host latencies are noisy, both kernels timed in the same run; every output checked exact):",
+        "",
+        "| layer | zeros | dense ms | CSR ms | host speedup | model cycles dense / CSR | weight bytes dense / CSR |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     previous = None
     for r in rows:
         cycles, size = r["dense_cycles"] / r["csr_cycles"], r["dense_bytes"] / r["csr_bytes"]
-        lines.append(f"| {'' if r['layer'] == previous else r['layer']} | {100 * r['zeros']:.0f} % | {r['dense_ms']:.3f} | "
-                     f"{r['csr_ms']:.3f} | {r['dense_ms'] / r['csr_ms']:.2f}x | "
-                     f"{r['dense_cycles']:.0f} / {r['csr_cycles']:.0f}{f' ({cycles:.2f}x)' if cycles > 1 else ''} | "
-                     f"{r['dense_bytes']} / {r['csr_bytes']}{f' ({size:.2f}x)' if size > 1 else ''} |")
+        lines.append(
+            f"| {'' if r['layer'] == previous else r['layer']} | {100 * r['zeros']:.0f} % | {r['dense_ms']:.3f} | "
+            f"{r['csr_ms']:.3f} | {r['dense_ms'] / r['csr_ms']:.2f}x | "
+            f"{r['dense_cycles']:.0f} / {r['csr_cycles']:.0f}{f' ({cycles:.2f}x)' if cycles > 1 else ''} | "
+            f"{r['dense_bytes']} / {r['csr_bytes']}{f' ({size:.2f}x)' if size > 1 else ''} |"
+        )
         previous = r["layer"]
     return "\n".join(lines) + "\n"
 

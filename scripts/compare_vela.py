@@ -56,16 +56,27 @@ WEIGHTED = ("Conv2D", "DepthwiseConv2D", "FullyConnected")
 def run_vela(tflite: Path, config, folder: Path) -> dict:
     """Vela's per-layer CSV rows (summed per output tensor) and its summary row."""
     out = folder / f"vela_{config.name}"
-    command = [sys.executable, "-m", "ethosu.vela", str(tflite), "--config", str(VELA_INI), *config.vela.split(),
-               "--verbose-performance", "--output-dir", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "ethosu.vela",
+        str(tflite),
+        "--config",
+        str(VELA_INI),
+        *config.vela.split(),
+        "--verbose-performance",
+        "--output-dir",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"vela failed on {tflite.name}: {done.stderr.strip() or done.stdout[-500:]}")
     layers: dict[str, dict] = {}
     with open(out / f"{tflite.stem}_per-layer.csv") as f:
         for row in csv.DictReader(f):
-            layer = layers.setdefault(row["Name"], {"op": row["Original Operator"], "cycles": 0.0, "sram": 0, "macs": 0,
-                                                    "access": {}})
+            layer = layers.setdefault(
+                row["Name"], {"op": row["Original Operator"], "cycles": 0.0, "sram": 0, "macs": 0, "access": {}}
+            )
             layer["cycles"] += float(row["Op Cycles"])
             for memory in ("SRAM", "DRAM", "OffFlash"):
                 layer["access"][memory] = layer["access"].get(memory, 0.0) + float(row[f"{memory} AC"])
@@ -87,8 +98,11 @@ def vela_dram_access(layer: dict, config) -> float:
 def vela_dram_bytes(summary: dict, config) -> float:
     """The traffic our model counts as DRAM, from Vela's summary (see the module docstring)."""
     if config.weight_bytes_per_cycle:  # Shared_Sram: activations in system SRAM, weights in flash
-        return (float(summary["sram_feature_map_read_bytes"]) + float(summary["sram_feature_map_write_bytes"])
-                + float(summary["off_chip_flash_weight_read_bytes"]))
+        return (
+            float(summary["sram_feature_map_read_bytes"])
+            + float(summary["sram_feature_map_write_bytes"])
+            + float(summary["off_chip_flash_weight_read_bytes"])
+        )
     return float(summary["dram_total_bytes"])
 
 
@@ -100,8 +114,11 @@ def ours(path: Path, config) -> dict:
     front, layers = planned(path, config)
     flat = estimate(layers, config).summary()
     result = estimate(cascade(front.mod, layers, config), config)
-    return {"layers": {layer.name: layer for layer in result.npu_layers}, "summary": result.summary(),
-            "cycles_without_cascading": flat["cycles"]}
+    return {
+        "layers": {layer.name: layer for layer in result.npu_layers},
+        "summary": result.summary(),
+        "cycles_without_cascading": flat["cycles"],
+    }
 
 
 def compare(name: str, config, folder: Path) -> dict:
@@ -110,12 +127,22 @@ def compare(name: str, config, folder: Path) -> dict:
     rows = []
     for layer, v in vela["layers"].items():
         o = our["layers"].get(layer)
-        rows.append({"layer": layer, "op": v["op"], "macs": v["macs"], "our_macs": o.macs if o else None,
-                     "vela_cycles": v["cycles"], "vela_dram_access_cycles": vela_dram_access(v, config),
-                     "our_dram_bytes": o.dram_bytes if o else None,
-                     "our_cycles": o.cycles if o else None, "vela_sram": v["sram"],
-                     "our_sram": o.sram_planned if o else None, "our_kernel": o.kernel if o else None,
-                     "our_tiles": o.tiles if o else None})
+        rows.append(
+            {
+                "layer": layer,
+                "op": v["op"],
+                "macs": v["macs"],
+                "our_macs": o.macs if o else None,
+                "vela_cycles": v["cycles"],
+                "vela_dram_access_cycles": vela_dram_access(v, config),
+                "our_dram_bytes": o.dram_bytes if o else None,
+                "our_cycles": o.cycles if o else None,
+                "vela_sram": v["sram"],
+                "our_sram": o.sram_planned if o else None,
+                "our_kernel": o.kernel if o else None,
+                "our_tiles": o.tiles if o else None,
+            }
+        )
     unmatched = sorted(set(our["layers"]) - set(vela["layers"]))
     # A weighted layer whose MACs differ carries another layer's name (our import names layers by the order
     # of the quantize calls, which TVM's importer does not always keep): no pair, named in misnamed_layers.
@@ -125,57 +152,79 @@ def compare(name: str, config, folder: Path) -> dict:
     s, vs = our["summary"], vela["summary"]
     vela_cycles = float(vs["cycles_total"])
     return {
-        "network": name, "target": f"npu/{config.name}", "vela_flags": config.vela,
-        "vela_cycles": vela_cycles, "our_cycles": s["cycles"], "cycle_ratio": s["cycles"] / vela_cycles,
+        "network": name,
+        "target": f"npu/{config.name}",
+        "vela_flags": config.vela,
+        "vela_cycles": vela_cycles,
+        "our_cycles": s["cycles"],
+        "cycle_ratio": s["cycles"] / vela_cycles,
         "our_cycles_without_cascading": our["cycles_without_cascading"],
-        "vela_dram_bytes": vela_dram_bytes(vs, config), "our_dram_bytes": s["dram_bytes"],
+        "vela_dram_bytes": vela_dram_bytes(vs, config),
+        "our_dram_bytes": s["dram_bytes"],
         "vela_sram_peak": max(v["sram"] for v in vela["layers"].values()),
         "our_sram_peak": max((o.sram_planned or 0) for o in our["layers"].values()),
         "vela_sram_used_kib": float(vs["sram_memory_used"]),
-        "macs": s["macs"], "spearman": float(rho), "matched_layers": len(matched),
+        "macs": s["macs"],
+        "spearman": float(rho),
+        "matched_layers": len(matched),
         "layers_only_vela": [r["layer"] for r in rows if r["our_cycles"] is None],
-        "layers_only_ours": unmatched, "misnamed_layers": misnamed,
+        "layers_only_ours": unmatched,
+        "misnamed_layers": misnamed,
         "our_cycles_only_ours": sum(our["layers"][name].cycles for name in unmatched),
-        "vela_cycles_npu": float(vs["cycles_npu"]), "layers": rows,
+        "vela_cycles_npu": float(vs["cycles_npu"]),
+        "layers": rows,
     }
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| network | target (Vela twin) | MMACs | Vela cycles | our cycles | ours / Vela | per-layer Spearman "
-             "| Vela DRAM KiB | our DRAM KiB | Vela SRAM peak KiB | our SRAM peak KiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| network | target (Vela twin) | MMACs | Vela cycles | our cycles | ours / Vela | per-layer Spearman "
+        "| Vela DRAM KiB | our DRAM KiB | Vela SRAM peak KiB | our SRAM peak KiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| {r['network']} | `{r['target']}` | {r['macs'] / 1e6:.1f} | {r['vela_cycles']:,.0f} "
-                     f"| {r['our_cycles']:,.0f} | {r['cycle_ratio']:.2f} | {r['spearman']:.2f} "
-                     f"| {r['vela_dram_bytes'] / 1024:,.0f} | {r['our_dram_bytes'] / 1024:,.0f} "
-                     f"| {r['vela_sram_peak'] / 1024:,.0f} | {r['our_sram_peak'] / 1024:,.0f} |")
+        lines.append(
+            f"| {r['network']} | `{r['target']}` | {r['macs'] / 1e6:.1f} | {r['vela_cycles']:,.0f} "
+            f"| {r['our_cycles']:,.0f} | {r['cycle_ratio']:.2f} | {r['spearman']:.2f} "
+            f"| {r['vela_dram_bytes'] / 1024:,.0f} | {r['our_dram_bytes'] / 1024:,.0f} "
+            f"| {r['vela_sram_peak'] / 1024:,.0f} | {r['our_sram_peak'] / 1024:,.0f} |"
+        )
     within = [abs(r["cycle_ratio"] - 1) <= 0.2 for r in results]
     ranked = [r["spearman"] >= 0.9 for r in results]
     both = sorted({r["network"] for r, w, k in zip(results, within, ranked) if w and k})
     lines.append("")
-    lines.append(f"{sum(within)} of {len(results)} within ±20 % of Vela's cycles; {sum(ranked)} of {len(results)} with "
-                 f"per-layer Spearman >= 0.9; {len(both)} networks meet both on at least one twin ({', '.join(both)}) "
-                 f"(ethos-u-vela {ethosu_version()}).")
+    lines.append(
+        f"{sum(within)} of {len(results)} within ±20 % of Vela's cycles; {sum(ranked)} of {len(results)} with "
+        f"per-layer Spearman >= 0.9; {len(both)} networks meet both on at least one twin ({', '.join(both)}) "
+        f"(ethos-u-vela {ethosu_version()})."
+    )
     return "\n".join(lines) + "\n"
 
 
 def ethosu_version() -> str:
     from ethosu.vela import __version__
+
     return __version__
 
 
 def print_layers(r: dict) -> None:
-    print(f"\n{r['network']} on {r['target']}: Vela {r['vela_cycles']:,.0f} cycles, ours {r['our_cycles']:,.0f} "
-          f"({r['cycle_ratio']:.2f}x), Spearman {r['spearman']:.2f}")
-    print(f"  {'layer':8} {'op':16} {'Vela cycles':>12} {'our cycles':>12} {'Vela DRAM AC':>13} {'our DRAM B':>11} "
-          f"{'Vela SRAM':>10} {'our SRAM':>10}  our tiles")
+    print(
+        f"\n{r['network']} on {r['target']}: Vela {r['vela_cycles']:,.0f} cycles, ours {r['our_cycles']:,.0f} "
+        f"({r['cycle_ratio']:.2f}x), Spearman {r['spearman']:.2f}"
+    )
+    print(
+        f"  {'layer':8} {'op':16} {'Vela cycles':>12} {'our cycles':>12} {'Vela DRAM AC':>13} {'our DRAM B':>11} "
+        f"{'Vela SRAM':>10} {'our SRAM':>10}  our tiles"
+    )
     for row in r["layers"]:
         ours_c = "-" if row["our_cycles"] is None else f"{row['our_cycles']:,.0f}"
         ours_s = "-" if row["our_sram"] is None else f"{row['our_sram']:,}"
         ours_d = "-" if row["our_dram_bytes"] is None else f"{row['our_dram_bytes']:,}"
-        print(f"  {row['layer']:8} {row['op']:16} {row['vela_cycles']:>12,.0f} {ours_c:>12} "
-              f"{row['vela_dram_access_cycles']:>13,.0f} {ours_d:>11} {row['vela_sram']:>10,} {ours_s:>10}  "
-              f"{row['our_tiles'] or ''}")
+        print(
+            f"  {row['layer']:8} {row['op']:16} {row['vela_cycles']:>12,.0f} {ours_c:>12} "
+            f"{row['vela_dram_access_cycles']:>13,.0f} {ours_d:>11} {row['vela_sram']:>10,} {ours_s:>10}  "
+            f"{row['our_tiles'] or ''}"
+        )
 
 
 def main(argv=None) -> int:
@@ -185,8 +234,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     if not out.is_dir():
-        print(f"compare_vela: error: output folder {out} does not exist; create it or pass another --out",
-              file=sys.stderr)
+        print(f"compare_vela: error: output folder {out} does not exist; create it or pass another --out", file=sys.stderr)
         return 2
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -122,15 +122,24 @@ class Net:
                 shape = self.tensors[layer.output].shape
                 ids[layer.output] = _reshape(m, x, layer.output[1:], shape, T.INT8, [ACT_SCALE], [ACT_ZERO])
                 continue
-            y = ids[layer.output] = m.tensor(layer.output, self.tensors[layer.output].shape, T.INT8,
-                                              scale=[ACT_SCALE], zero_point=[ACT_ZERO])
+            y = ids[layer.output] = m.tensor(
+                layer.output, self.tensors[layer.output].shape, T.INT8, scale=[ACT_SCALE], zero_point=[ACT_ZERO]
+            )
             inputs = [x] + [ids[name] for name in layer.inputs[1:]]
             if layer.weights is not None:
                 zeros = np.zeros(len(layer.w_scale), np.int64)
-                inputs.append(m.tensor(f"w{i}", layer.weights.shape, T.INT8, layer.weights, layer.w_scale, zeros,
-                                       3 if layer.op == "dwconv" else 0))
-                inputs.append(m.tensor(f"b{i}", layer.bias.shape, T.INT32, layer.bias, ACT_SCALE * layer.w_scale,
-                                       zeros, 0))
+                inputs.append(
+                    m.tensor(
+                        f"w{i}",
+                        layer.weights.shape,
+                        T.INT8,
+                        layer.weights,
+                        layer.w_scale,
+                        zeros,
+                        3 if layer.op == "dwconv" else 0,
+                    )
+                )
+                inputs.append(m.tensor(f"b{i}", layer.bias.shape, T.INT32, layer.bias, ACT_SCALE * layer.w_scale, zeros, 0))
             if layer.op in ("conv", "dwconv"):
                 m.conv(inputs, [y], layer.stride, act[layer.act], depthwise=layer.op == "dwconv")
             elif layer.op == "fc":
@@ -146,8 +155,7 @@ class Net:
 def mobilenet_v1(size: int = 128) -> Net:
     net = Net("mobilenet_v1", (1, size, size, 3), seed=1)
     x = net.conv("input", 32, 3, 2)
-    for out, stride in ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
-                        (1024, 2), (1024, 1)):
+    for out, stride in ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (1024, 2), (1024, 1)):
         x = net.conv(net.dwconv(x, 3, stride), out, 1)
     return _head(net, x, 1000)
 

@@ -54,8 +54,7 @@ def tiny(b, x):
 def mobilenet_v1(b, x):
     """MobileNetV1 at width 0.25: a stride-2 stem, then depthwise-separable pairs."""
     x = b.conv(x, 8, 3, 2, "relu6")
-    for cout, stride in [(16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1), (256, 2),
-                         (256, 1)]:
+    for cout, stride in [(16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1), (256, 2), (256, 1)]:
         x = b.dwconv(x, 3, stride, "relu6")
         x = b.conv(x, cout, 1, 1, "relu6")
     return b.fc(b.global_pool(x), 10, None)
@@ -278,6 +277,7 @@ class _FlatModel:
             getattr(tflite, f"{prefix}AddDilationWFactor")(b, 1)
             getattr(tflite, f"{prefix}AddDilationHFactor")(b, 1)
             return getattr(tflite, f"{prefix}End")(b)
+
         self.op(Op.DEPTHWISE_CONV_2D if depthwise else Op.CONV_2D, 3, inputs, outputs, getattr(Opt, prefix), options)
 
     def fully_connected(self, inputs, outputs, act):
@@ -289,6 +289,7 @@ class _FlatModel:
             tflite.FullyConnectedOptionsStart(b)
             tflite.FullyConnectedOptionsAddFusedActivationFunction(b, act)
             return tflite.FullyConnectedOptionsEnd(b)
+
         self.op(Op.FULLY_CONNECTED, 5, inputs, outputs, Opt.FullyConnectedOptions, options)
 
     def add(self, inputs, outputs, act):
@@ -300,6 +301,7 @@ class _FlatModel:
             tflite.AddOptionsStart(b)
             tflite.AddOptionsAddFusedActivationFunction(b, act)
             return tflite.AddOptionsEnd(b)
+
         self.op(Op.ADD, 2, inputs, outputs, Opt.AddOptions, options)
 
     def global_average_pool(self, inputs, outputs, h, w):
@@ -317,6 +319,7 @@ class _FlatModel:
             tflite.Pool2DOptionsAddFilterWidth(b, w)
             tflite.Pool2DOptionsAddFilterHeight(b, h)
             return tflite.Pool2DOptionsEnd(b)
+
         self.op(Op.AVERAGE_POOL_2D, 2, inputs, outputs, Opt.Pool2DOptions, options)
 
     def serialize(self, inputs, outputs, description):
@@ -347,10 +350,8 @@ class _FlatModel:
             shape_off = ints(tflite.TensorStartShapeVector, shape)
             quant = None
             if scale is not None:
-                scale_off = vector(tflite.QuantizationParametersStartScaleVector, [float(s) for s in scale],
-                                   b.PrependFloat32)
-                zp_off = vector(tflite.QuantizationParametersStartZeroPointVector, [int(z) for z in zero_point],
-                                b.PrependInt64)
+                scale_off = vector(tflite.QuantizationParametersStartScaleVector, [float(s) for s in scale], b.PrependFloat32)
+                zp_off = vector(tflite.QuantizationParametersStartZeroPointVector, [int(z) for z in zero_point], b.PrependInt64)
                 tflite.QuantizationParametersStart(b)
                 tflite.QuantizationParametersAddScale(b, scale_off)
                 tflite.QuantizationParametersAddZeroPoint(b, zp_off)
@@ -498,6 +499,7 @@ def _reshape(m, x, out, shape, act_type, scale, zp):
         tflite.ReshapeOptionsStart(b)
         tflite.ReshapeOptionsAddNewShape(b, dims)
         return tflite.ReshapeOptionsEnd(b)
+
     m.op(Op.RESHAPE, 1, [x, new_shape], [result], Opt.ReshapeOptions, options)
     return result
 
@@ -599,8 +601,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--producer", choices=PRODUCERS, default="writer")
     parser.add_argument("--networks", nargs="+", choices=sorted(NETWORKS), default=list(NETWORKS))
-    parser.add_argument("--out", type=Path, help="folder for the files (default: the cache, or tests/data/tflite/ "
-                                                 "for tf)")
+    parser.add_argument("--out", type=Path, help="folder for the files (default: the cache, or tests/data/tflite/ for tf)")
     parser.add_argument("--force", action="store_true", help="rewrite files that exist")
     parser.add_argument("--setup", action="store_true", help="create the TensorFlow venv first (tf producer)")
     args = parser.parse_args()

@@ -61,9 +61,11 @@ def scaffold(name: str, like: str, folder: Path | None, tests_folder: Path | Non
     source = (SCHEDULES / f"{like}.py").read_text()
     text = source.replace(f'name="npu.{like}"', f'name="npu.{name}"', 1)
     if text == source:
-        raise NpuError(f"{SCHEDULES / f'{like}.py'} has no name=\"npu.{like}\" to rename")
-    header = (f'"""npu.{name}: scaffolded from npu.{like} by scripts/new_kernel.py. Rewrite this docstring, then\n'
-              f'patterns/check/params/compute/reference/examples/limits for the new operator (CONTRIBUTING.md).\n\n')
+        raise NpuError(f'{SCHEDULES / f"{like}.py"} has no name="npu.{like}" to rename')
+    header = (
+        f'"""npu.{name}: scaffolded from npu.{like} by scripts/new_kernel.py. Rewrite this docstring, then\n'
+        f"patterns/check/params/compute/reference/examples/limits for the new operator (CONTRIBUTING.md).\n\n"
+    )
     text = header + text.removeprefix('"""')
     path_note = f" with TVM_NPU_KERNEL_PATH={kernel_path.parent}" if folder else ""
     kernel_path.parent.mkdir(parents=True, exist_ok=True)

@@ -67,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", metavar="IN", help="FP32 .onnx model with weight initializers")
     parser.add_argument("output", metavar="OUT", help="where to write the pruned model")
     parser.add_argument("--sparsity", type=float, required=True, help="fraction of weights to zero, e.g. 0.9")
-    parser.add_argument("--scope", choices=("global", "layer"), default="global",
-                        help="one magnitude threshold for all layers (global) or the same fraction per layer")
+    parser.add_argument(
+        "--scope",
+        choices=("global", "layer"),
+        default="global",
+        help="one magnitude threshold for all layers (global) or the same fraction per layer",
+    )
     parser.add_argument("--verbose", action="store_true", help="print the sparsity of every pruned weight")
     args = parser.parse_args(argv)
     try:

@@ -38,8 +38,12 @@ VALIDATION = {0: "PASS", 1: "FAIL", 3: "not validated"}  # tvmc validate's exit 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/tvm_npu_real_models"),
-                        help="packages and validation reports (default: /tmp/tvm_npu_real_models)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("/tmp/tvm_npu_real_models"),
+        help="packages and validation reports (default: /tmp/tvm_npu_real_models)",
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse packages this script compiled into --work-dir")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for real_models.json/.md (default: results/)")
     parser.add_argument("--from-json", type=Path, help="re-render this results file without compiling")
@@ -57,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = measure(name, args.work_dir, args.reuse)
             print(f"{name}: {rows[name]['summary']}", flush=True)
         command = " ".join(["python scripts/real_model_table.py", *(sys.argv[1:] if argv is None else argv)])
-        results = {"command": command,
-                   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                   "host": _host(), "models": {name: rows[name] for name in MODELS if name in rows}}
+        results = {
+            "command": command,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "host": _host(),
+            "models": {name: rows[name] for name in MODELS if name in rows},
+        }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "real_models.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
@@ -78,13 +85,27 @@ def measure(name: str, work: Path, reuse: bool) -> dict:
         package.unlink(missing_ok=True)
         start = time.perf_counter()
         compiled = _tvmc("compile", fetch(name), "--input-shapes", model.input_shapes, "-o", package)
-        record.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1), "returncode": compiled.returncode,
-                                      "error": _error_line(compiled.stderr), "commit": _commit(),
-                                      "load_average": round(os.getloadavg()[0], 1)}))
+        record.write_text(
+            json.dumps(
+                {
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "returncode": compiled.returncode,
+                    "error": _error_line(compiled.stderr),
+                    "commit": _commit(),
+                    "load_average": round(os.getloadavg()[0], 1),
+                }
+            )
+        )
     compiled = json.loads(record.read_text())
-    row = {"family": model.family, "package": model.package, "version": model.version,
-           "input_shapes": model.input_shapes, "compile_seconds": compiled["seconds"],
-           "compiled_at_commit": compiled["commit"], "load_average": compiled["load_average"]}
+    row = {
+        "family": model.family,
+        "package": model.package,
+        "version": model.version,
+        "input_shapes": model.input_shapes,
+        "compile_seconds": compiled["seconds"],
+        "compiled_at_commit": compiled["commit"],
+        "load_average": compiled["load_average"],
+    }
     if compiled["returncode"] != 0:
         return {**row, "compiled": False, "error": compiled["error"], "summary": f"compile failed: {compiled['error']}"}
     row.update(compiled=True, **offloads(package))
@@ -99,8 +120,10 @@ def measure(name: str, work: Path, reuse: bool) -> dict:
     else:
         row["validation_error"] = _error_line(validated.stderr)
     share = "n/a" if row["npu_mac_share"] is None else f"{100 * row['npu_mac_share']:.1f} %"
-    row["summary"] = (f"{row['npu_operators']} NPU / {row['cpu_operators']} CPU operators, {share} of MACs on the NPU, "
-                      f"compiled in {row['compile_seconds']} s, validation {row['validation']}")
+    row["summary"] = (
+        f"{row['npu_operators']} NPU / {row['cpu_operators']} CPU operators, {share} of MACs on the NPU, "
+        f"compiled in {row['compile_seconds']} s, validation {row['validation']}"
+    )
     return row
 
 
@@ -112,31 +135,46 @@ def offloads(package: Path) -> dict:
     metadata = read_package(package, load_library=False).metadata
     cpu, boundaries = cpu_operator_counts(metadata)
     share = mac_share(metadata)
-    return {"npu_operators": sum(row["runs_on"] == "npu" for row in metadata.extra["operators"]), "cpu_operators": cpu,
-            "qdq_boundaries": boundaries, "npu_macs": share["npu_macs"], "total_macs": share["total_macs"],
-            "npu_mac_share": share["npu_share"]}
+    return {
+        "npu_operators": sum(row["runs_on"] == "npu" for row in metadata.extra["operators"]),
+        "cpu_operators": cpu,
+        "qdq_boundaries": boundaries,
+        "npu_macs": share["npu_macs"],
+        "total_macs": share["total_macs"],
+        "npu_mac_share": share["npu_share"],
+    }
 
 
 def markdown(results: dict) -> str:
     from tvm_npu.report import format_count
 
     commits = ", ".join(sorted({row["compiled_at_commit"] for row in results["models"].values()}))
-    lines = [f"Measured {results['date']} on {results['host']} at commit {commits} by `{results['command']}`.", "",
-             "| model | family | source package | input shapes | NPU / CPU operators | conv/gemm MACs on the NPU "
-             "| compile time | `tvmc validate` |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured {results['date']} on {results['host']} at commit {commits} by `{results['command']}`.",
+        "",
+        "| model | family | source package | input shapes | NPU / CPU operators | conv/gemm MACs on the NPU "
+        "| compile time | `tvmc validate` |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, row in results["models"].items():
         source = f"{row['package']}=={row['version']}"
         if not row["compiled"]:
-            lines.append(f"| {name} | {row['family']} | {source} | `{row['input_shapes']}` | compile failed: "
-                         f"{row['error']} | | {row['compile_seconds']} s | |")
+            lines.append(
+                f"| {name} | {row['family']} | {source} | `{row['input_shapes']}` | compile failed: "
+                f"{row['error']} | | {row['compile_seconds']} s | |"
+            )
             continue
-        share = "n/a" if row["npu_mac_share"] is None else (
-            f"{100 * row['npu_mac_share']:.1f} % ({format_count(row['npu_macs'])} of {format_count(row['total_macs'])})")
+        share = (
+            "n/a"
+            if row["npu_mac_share"] is None
+            else (f"{100 * row['npu_mac_share']:.1f} % ({format_count(row['npu_macs'])} of {format_count(row['total_macs'])})")
+        )
         validation = row["validation"] + (f" (min cosine {row['min_cosine']:.4f})" if "min_cosine" in row else "")
-        lines.append(f"| {name} | {row['family']} | {source} | `{row['input_shapes']}` | {row['npu_operators']} / "
-                     f"{row['cpu_operators']} (+{row['qdq_boundaries']} Q/DQ) | {share} | {row['compile_seconds']} s | "
-                     f"{validation} |")
+        lines.append(
+            f"| {name} | {row['family']} | {source} | `{row['input_shapes']}` | {row['npu_operators']} / "
+            f"{row['cpu_operators']} (+{row['qdq_boundaries']} Q/DQ) | {share} | {row['compile_seconds']} s | "
+            f"{validation} |"
+        )
     return "\n".join(lines) + "\n"
 
 

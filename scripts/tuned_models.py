@@ -57,8 +57,9 @@ def measure(log: Path, repeat: int, folder: Path) -> dict:
     outputs = {}
     for kind, records_file in (("default", None), ("tuned", log)):
         # The tuner searches each layer's tiling on its own: both builds leave cascading off to compare those.
-        result = tvm_npu.compile(model, folder / f"{kind}.tar", head["target"], save_quantized=qdq,
-                                 tuning_records=records_file, cascade=False)
+        result = tvm_npu.compile(
+            model, folder / f"{kind}.tar", head["target"], save_quantized=qdq, tuning_records=records_file, cascade=False
+        )
         compiled = tvm_npu.load(result.package_path)
         inputs = make_inputs(compiled.inputs, "random", 0)
         outputs[kind] = compiled.run(inputs)
@@ -68,24 +69,33 @@ def measure(log: Path, repeat: int, folder: Path) -> dict:
     row["exact"] = all(np.array_equal(outputs["default"][k], outputs["tuned"][k]) for k in outputs["default"])
     row["openvino_ms"] = openvino_ms(qdq, inputs, repeat)
     trials = max(Counter(r["task"] for r in records).values())
-    source = "tvm_npu.zoo.default_model_path()" if head["model"] == "default_model" else \
-        f"tvm_npu.zoo.light_model_path('{head['model'].removeprefix('light_')}')"
+    source = (
+        "tvm_npu.zoo.default_model_path()"
+        if head["model"] == "default_model"
+        else f"tvm_npu.zoo.light_model_path('{head['model'].removeprefix('light_')}')"
+    )
     cascades = " --cascade" if any(r["task"].startswith("cascade ") for r in records) else ""
-    row["command"] = (f"tvmc tune $({source}) --target {head['target']} -o tuning_logs/{log.name} "
-                      f"--trials {trials} --runner {head['runner']} --seed {head['seed']}{cascades}")
+    row["command"] = (
+        f"tvmc tune $({source}) --target {head['target']} -o tuning_logs/{log.name} "
+        f"--trials {trials} --runner {head['runner']} --seed {head['seed']}{cascades}"
+    )
     return row
 
 
 def render(rows: dict[str, dict]) -> str:
     """The table of tuning_logs/README.md: NPU-model runner first, then by model."""
-    lines = ["| model | target | runner | NPU-model cycles default | tuned | fewer | roofline bound | host ms default | tuned "
-             "| OpenVINO CPU ms | outputs identical | reproduce |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "| model | target | runner | NPU-model cycles default | tuned | fewer | roofline bound | host ms default | tuned "
+        "| OpenVINO CPU ms | outputs identical | reproduce |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in sorted(rows.values(), key=lambda r: (r["runner"] != "npu-model", r["runner"], r["model"])):
-        lines.append(f"| {r['model']} | {r['target']} | {r['runner']} | {r['default_cycles']:.0f} | {r['tuned_cycles']:.0f} | "
-                     f"{r['default_cycles'] / r['tuned_cycles']:.2f}x | {r['roofline_cycles']:.0f} | "
-                     f"{r['default_ms']:.2f} | {r['tuned_ms']:.2f} | "
-                     f"{r['openvino_ms']:.2f} | {'yes' if r['exact'] else 'NO'} | `{r['command']}` |")
+        lines.append(
+            f"| {r['model']} | {r['target']} | {r['runner']} | {r['default_cycles']:.0f} | {r['tuned_cycles']:.0f} | "
+            f"{r['default_cycles'] / r['tuned_cycles']:.2f}x | {r['roofline_cycles']:.0f} | "
+            f"{r['default_ms']:.2f} | {r['tuned_ms']:.2f} | "
+            f"{r['openvino_ms']:.2f} | {'yes' if r['exact'] else 'NO'} | `{r['command']}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -97,8 +107,10 @@ def main() -> None:
     saved = json.loads(RESULTS.with_suffix(".json").read_text()) if RESULTS.with_suffix(".json").is_file() else {"rows": {}}
     for log in args.logs:
         with tempfile.TemporaryDirectory() as folder:
-            saved["rows"][log.name] = measure(log, args.repeat, Path(folder)) | {"date": time.strftime("%Y-%m-%d"),
-                                                                               "repeat": args.repeat}
+            saved["rows"][log.name] = measure(log, args.repeat, Path(folder)) | {
+                "date": time.strftime("%Y-%m-%d"),
+                "repeat": args.repeat,
+            }
         with atomic_output(RESULTS.with_suffix(".json")) as stream:  # each row as soon as it is measured
             stream.write(json.dumps(saved, indent=2).encode())
         with atomic_output(RESULTS) as stream:

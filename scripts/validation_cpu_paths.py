@@ -30,8 +30,16 @@ from tvm_npu import conformance
 from tvm_npu.onnx_builder import saturating_conv
 from tvm_npu.quantize import OVERFLOW_FIXES
 from tvm_npu.registry import kernel
-from tvm_npu.validate import (compare, cpu_flags, exact_reference_outputs, int8_path, openvino_outputs, quantization_steps,
-                              saturation_risks, validate)
+from tvm_npu.validate import (
+    compare,
+    cpu_flags,
+    exact_reference_outputs,
+    int8_path,
+    openvino_outputs,
+    quantization_steps,
+    saturation_risks,
+    validate,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -62,11 +70,13 @@ def measure_case(name: str, model: onnx.ModelProto, inputs: dict, folder: Path) 
         (reference,) = openvino_outputs(onnx_bytes, [inputs], "CPU", isa)
         report = validate(package, [inputs], device="CPU", reference_isa=isa)
         alone = compare(output.name, ours, reference[output.name], quantized=True, step=steps[output.name])
-        row[label] = {"openvino_vs_exact": steps_off(reference[output.name], exact[output.name], steps[output.name]),
-                      "ours_vs_openvino_alone": "passed" if alone.passed else f"failed: {alone.reason}",
-                      "validate": {0: "PASSED", 1: "FAILED", 3: "UNDECIDED"}[report.exit_code],
-                      "judged_by_exact_reference": report.exact is not None and output.name in report.exact.outputs,
-                      "report_first_lines": str(report).splitlines()[:2]}
+        row[label] = {
+            "openvino_vs_exact": steps_off(reference[output.name], exact[output.name], steps[output.name]),
+            "ours_vs_openvino_alone": "passed" if alone.passed else f"failed: {alone.reason}",
+            "validate": {0: "PASSED", 1: "FAILED", 3: "UNDECIDED"}[report.exit_code],
+            "judged_by_exact_reference": report.exact is not None and output.name in report.exact.outputs,
+            "report_first_lines": str(report).splitlines()[:2],
+        }
     return row
 
 
@@ -79,12 +89,20 @@ def measure_overflow_fix(folder: Path) -> dict:
     rows = {"fp32_accuracy": float(np.mean(model.forward(test_x)[0].argmax(1) == test_y)), "held_out_images": len(test_y)}
     for fix in OVERFLOW_FIXES:
         qdq, package_path = folder / f"digits_{fix}.onnx", folder / f"digits_{fix}.tar"
-        tvm_npu.compile(fp32, output=package_path, target="npu", calibration_data=folder / "calibration.npz",
-                        save_quantized=qdq, overflow_fix=fix)
+        tvm_npu.compile(
+            fp32,
+            output=package_path,
+            target="npu",
+            calibration_data=folder / "calibration.npz",
+            save_quantized=qdq,
+            overflow_fix=fix,
+        )
         package = tvm_npu.load(package_path)
         ours = np.array([package.run(sample)["logits"].argmax() for sample in samples])
-        row = {"nodes_at_risk": [risk.node for risk in saturation_risks(onnx.load(qdq))],
-               "ours_accuracy": float(np.mean(ours == test_y))}
+        row = {
+            "nodes_at_risk": [risk.node for risk in saturation_risks(onnx.load(qdq))],
+            "ours_accuracy": float(np.mean(ours == test_y)),
+        }
         for label, isa in PATHS.items():
             if isa is None and not int8_path("OpenVINO").exact:
                 row[f"openvino_{label}_accuracy"] = "not run: this CPU has no VNNI path"
@@ -102,17 +120,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "validation_cpu_paths.json")
     args = parser.parse_args()
-    results = {"host_vnni_flags": sorted(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}),
-               "openvino_native_int8_path": int8_path("OpenVINO").reason,
-               "openvino_capped_int8_path": int8_path("OpenVINO", isa="AVX2").reason, "cases": {}}
+    results = {
+        "host_vnni_flags": sorted(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}),
+        "openvino_native_int8_path": int8_path("OpenVINO").reason,
+        "openvino_capped_int8_path": int8_path("OpenVINO", isa="AVX2").reason,
+        "cases": {},
+    }
     with tempfile.TemporaryDirectory(prefix="validation_cpu_paths_") as tmp:
         folder = Path(tmp)
         saturating = saturating_conv(np.random.default_rng(0))
         results["cases"]["saturating_conv"] = measure_case("saturating_conv", saturating.model, saturating.inputs, folder)
         conv = kernel("npu.conv2d")
         example = next(e for e in conformance.examples(conv, 0) if e.name == "3x3_stride2_pad1_relu6")
-        results["cases"]["npu.conv2d/3x3_stride2_pad1_relu6"] = measure_case(example.name, example.model, example.inputs,
-                                                                              folder)
+        results["cases"]["npu.conv2d/3x3_stride2_pad1_relu6"] = measure_case(example.name, example.model, example.inputs, folder)
         print(json.dumps(results["cases"], indent=1), flush=True)
         results["overflow_fix"] = measure_overflow_fix(folder)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,13 @@ class _Builder:
     def model(self, pattern, opset: int) -> onnx.ModelProto:
         y = self.node("Sigmoid", [self.conv(pattern(self, self.conv("x", "conv_in")), "conv_out", kernel=1)], "y")
         shape = [1, CHANNELS, SIZE, SIZE]
-        graph = helper.make_graph(self.nodes, "pattern", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                                  [helper.make_tensor_value_info(y, TensorProto.FLOAT, shape)], self.inits)
+        graph = helper.make_graph(
+            self.nodes,
+            "pattern",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info(y, TensorProto.FLOAT, shape)],
+            self.inits,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         onnx.checker.check_model(model, full_check=True)
         return model

@@ -48,9 +48,16 @@ def make_attention_model(path: Path) -> Path:
     nodes.append(helper.make_node("MatMul", [p, tokens], ["attended"]))
     out_scale, out_zero_point = const("out_s", np.float32(0.04)), const("out_z", np.int8(0))
     nodes.append(helper.make_node("QuantizeLinear", ["attended", out_scale, out_zero_point], ["y"]))
-    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.INT8, [1, WIDTH, 2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT8, [1, TOKENS, WIDTH]),
-                               helper.make_tensor_value_info("tokens_q", TensorProto.INT8, [1, TOKENS, WIDTH])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, [1, WIDTH, 2, 3])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.INT8, [1, TOKENS, WIDTH]),
+            helper.make_tensor_value_info("tokens_q", TensorProto.INT8, [1, TOKENS, WIDTH]),
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)

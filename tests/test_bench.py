@@ -29,8 +29,7 @@ bench = _load_bench()
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = subprocess.run([sys.executable, SCRIPT, "--quick", "--out", out], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, SCRIPT, "--quick", "--out", out], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return out, json.loads((out / "bench.json").read_text()), result.stdout
 
@@ -52,7 +51,8 @@ def test_quick_run_measures_every_runtime(quick_run):
     assert rows["tvm_fp32"]["cosine_vs"] == "openvino_fp32" and rows["tvm_fp32"]["cosine"] > 0.9999
     assert rows["tvm_npu_int8"]["compile_stages_s"]["quantize"] > 0 and rows["tvm_fp32"]["compile_s"] > 0
     assert entry["goals"]["tvm_fp32_over_tvm_npu_int8"] == pytest.approx(
-        rows["tvm_fp32"]["median_ms"] / rows["tvm_npu_int8"]["median_ms"])
+        rows["tvm_fp32"]["median_ms"] / rows["tvm_npu_int8"]["median_ms"]
+    )
     assert entry["npu_model"]["cycles"] > 0 and 0 < entry["npu_model"]["utilization"] <= 1
 
 
@@ -64,8 +64,10 @@ def test_quick_run_profiles_the_int8_package(quick_run):
     assert any(call["symbol"].startswith("npu_conv2d_") for call in profile["top"])
     assert any(kind.startswith("NPU kernel npu.conv2d") for kind in profile["by_kind"])
     conv = next(row for row in profile["kernel_families"] if row["family"] == "npu.conv2d")
-    assert conv["gmacs"] == pytest.approx(conv["macs"] / conv["ms"] / 1e6) and conv["ms"] == profile["by_kind"][
-        "NPU kernel npu.conv2d"]
+    assert (
+        conv["gmacs"] == pytest.approx(conv["macs"] / conv["ms"] / 1e6)
+        and conv["ms"] == profile["by_kind"]["NPU kernel npu.conv2d"]
+    )
     assert 0 < conv["share_of_peak"] < 1 and conv["peak_isa"] in {isa for isa, _ in bench.PEAK_MACS_PER_CYCLE}
     assert f"npu.conv2d: {conv['gmacs']:.2f} GMAC/s on the host" in quick_run[2]
 
@@ -78,8 +80,9 @@ def test_quick_run_writes_markdown_and_png_from_the_json(quick_run):
         assert f"| default | {runtime} | {bench._ms(row['median_ms'])} | {bench._ms(row['p90_ms'])} |" in text
     png = (out / "bench.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
-    rendered = subprocess.run([sys.executable, SCRIPT, "--from-json", out / "bench.json"], capture_output=True,
-                              text=True, timeout=120)
+    rendered = subprocess.run(
+        [sys.executable, SCRIPT, "--from-json", out / "bench.json"], capture_output=True, text=True, timeout=120
+    )
     assert rendered.returncode == 0 and rendered.stdout.startswith(text)
 
 
@@ -107,10 +110,12 @@ def test_latency_rounds_interleave_and_respect_the_budget():
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 pass
+
         return run, None, None
 
-    samples = bench.measure_latency({"fast": runner("fast", 0.0005), "slow": runner("slow", 0.15)},
-                                    repeat=6, rounds=3, budget_s=0.3)
+    samples = bench.measure_latency(
+        {"fast": runner("fast", 0.0005), "slow": runner("slow", 0.15)}, repeat=6, rounds=3, budget_s=0.3
+    )
     assert len(samples["fast"]) == 6
     assert len(samples["slow"]) == 3  # one per round: each round's share of the budget is 100 ms
     assert np.median(samples["slow"]) >= 150 and np.median(samples["fast"]) < 50

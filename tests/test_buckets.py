@@ -33,28 +33,36 @@ def make_dynamic_width_model(path, masked: bool = False):
     input `width` (int64[1]) and zeroes the columns at and past ceil(width/2) before the second convolution,
     as a model that wants its valid length does."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
-               numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b1"),
-               numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32), "w2")]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1" if masked else "r"]),
-             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    weights = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1" if masked else "r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, "W"])]
     if masked:
         inputs.append(helper.make_tensor_value_info("width", TensorProto.INT64, [1]))
-        weights += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
-                    (("zero", 0), ("one", 1), ("two", 2), ("axis3", [3]))]
-        nodes[2:2] = [helper.make_node("Shape", ["r1"], ["shape"]),
-                      helper.make_node("Gather", ["shape", "axis3"], ["columns1"]),
-                      helper.make_node("Squeeze", ["columns1"], ["columns"]),
-                      helper.make_node("Range", ["zero", "columns", "one"], ["column"]),
-                      helper.make_node("Add", ["width", "one"], ["width1"]),
-                      helper.make_node("Div", ["width1", "two"], ["valid"]),  # ceil(width / 2), as the stride gives
-                      helper.make_node("Less", ["column", "valid"], ["inside"]),
-                      helper.make_node("Cast", ["inside"], ["mask"], to=TensorProto.FLOAT),
-                      helper.make_node("Mul", ["r1", "mask"], ["r"])]
-    graph = helper.make_graph(nodes, "dynamic_width", inputs,
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, "W2"])], weights)
+        weights += [
+            numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("zero", 0), ("one", 1), ("two", 2), ("axis3", [3]))
+        ]
+        nodes[2:2] = [
+            helper.make_node("Shape", ["r1"], ["shape"]),
+            helper.make_node("Gather", ["shape", "axis3"], ["columns1"]),
+            helper.make_node("Squeeze", ["columns1"], ["columns"]),
+            helper.make_node("Range", ["zero", "columns", "one"], ["column"]),
+            helper.make_node("Add", ["width", "one"], ["width1"]),
+            helper.make_node("Div", ["width1", "two"], ["valid"]),  # ceil(width / 2), as the stride gives
+            helper.make_node("Less", ["column", "valid"], ["inside"]),
+            helper.make_node("Cast", ["inside"], ["mask"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["r1", "mask"], ["r"]),
+        ]
+    graph = helper.make_graph(
+        nodes, "dynamic_width", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, "W2"])], weights
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -66,8 +74,9 @@ def bucketed(tmp_path_factory):
     """The masked model in three width buckets, its valid length filled by the runtime."""
     folder = tmp_path_factory.mktemp("buckets")
     model = make_dynamic_width_model(folder / "masked.onnx", masked=True)
-    result = tvm_npu.compile(model, folder / "buckets.tar", input_shapes=parse_input_shapes(SHAPES),
-                             valid_length={"width": ("x", 3)})
+    result = tvm_npu.compile(
+        model, folder / "buckets.tar", input_shapes=parse_input_shapes(SHAPES), valid_length={"width": ("x", 3)}
+    )
     return model, result.package_path
 
 
@@ -145,7 +154,8 @@ def test_too_large_input_is_one_line_exit_2_unless_truncated(bucketed, tmp_path,
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines() == [
         "tvmc: error: input 'x' has size 65 in dimension 3, larger than the largest bucket x:[1,3,8,64]; "
-        "compile a larger bucket, or pass --truncate to crop it"]
+        "compile a larger bucket, or pass --truncate to crop it"
+    ]
     out = tmp_path / "out.npz"
     truncated = forked_tvmc("run", str(package), "-i", str(inputs), "--truncate", "-o", str(out))
     assert truncated.returncode == 0, truncated.stderr
@@ -158,13 +168,15 @@ def test_quantization_is_cached_by_calibration_data(unmasked, tmp_path):
     quantized = lambda: [e for e in entries() if e.suffix == ".onnx"]  # noqa: E731
     before = len(quantized())
     for target in ("npu", "npu/micro"):  # a compile-cache miss that quantizes the same model the same way
-        tvm_npu.compile(model, tmp_path / f"{target.replace('/', '_')}.tar", target=target,
-                        input_shapes={"x": (1, 3, 8, 16)}, cache=True)
+        tvm_npu.compile(
+            model, tmp_path / f"{target.replace('/', '_')}.tar", target=target, input_shapes={"x": (1, 3, 8, 16)}, cache=True
+        )
     assert len(quantized()) == before + 1
     calibration = tmp_path / "calibration.npz"
     np.savez(calibration, x=np.random.default_rng(1).random((4, 1, 3, 8, 16), dtype=np.float32))
-    tvm_npu.compile(model, tmp_path / "calibrated.tar", input_shapes={"x": (1, 3, 8, 16)},
-                    calibration_data=calibration, cache=True)
+    tvm_npu.compile(
+        model, tmp_path / "calibrated.tar", input_shapes={"x": (1, 3, 8, 16)}, calibration_data=calibration, cache=True
+    )
     assert len(quantized()) == before + 2
     assert all(json.loads(e.seal_path.read_text())["sha256"] for e in quantized())
     assert (cache_dir() / "quantize").is_dir()

@@ -15,8 +15,11 @@ def _conv_module():
     @tvm.script.ir_module
     class Module:
         @R.function
-        def main(x: R.Tensor((1, 8, 12, 32), "float32"), w: R.Tensor((16, 8, 3, 3), "float32"),
-                 short: R.Tensor((1, 8, 5, 13), "float32")):
+        def main(
+            x: R.Tensor((1, 8, 12, 32), "float32"),
+            w: R.Tensor((16, 8, 3, 3), "float32"),
+            short: R.Tensor((1, 8, 5, 13), "float32"),
+        ):
             with R.dataflow():
                 y = R.nn.relu(R.nn.conv2d(x, w, padding=(1, 1)))  # rows of 32: two 16-lane vectors
                 z = R.sum(y, axis=[3])

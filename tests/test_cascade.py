@@ -33,11 +33,24 @@ CONV = kernel("npu.conv2d")
 
 def _conv_params(rng, c_in, c_out, size, pad, stride=1, groups=1) -> KernelParams:
     return KernelParams(
-        {"strides": (stride, stride), "padding": (pad,) * 4, "dilation": (1, 1), "groups": groups, "upsample": (1, 1),
-         "zx": int(rng.integers(-5, 5)), "zy": int(rng.integers(-5, 5)), "lo": -128, "hi": 127, "out_dtype": "int8"},
-        [rng.integers(-128, 128, (c_out, c_in // groups, size, size)).astype(np.int8),
-         rng.integers(-2000, 2000, c_out).astype(np.int64), rng.integers(2**30, 2**31, c_out).astype(np.int64),
-         np.full(c_out, 40, np.int64)],
+        {
+            "strides": (stride, stride),
+            "padding": (pad,) * 4,
+            "dilation": (1, 1),
+            "groups": groups,
+            "upsample": (1, 1),
+            "zx": int(rng.integers(-5, 5)),
+            "zy": int(rng.integers(-5, 5)),
+            "lo": -128,
+            "hi": 127,
+            "out_dtype": "int8",
+        },
+        [
+            rng.integers(-128, 128, (c_out, c_in // groups, size, size)).astype(np.int8),
+            rng.integers(-2000, 2000, c_out).astype(np.int64),
+            rng.integers(2**30, 2**31, c_out).astype(np.int64),
+            np.full(c_out, 40, np.int64),
+        ],
     )
 
 
@@ -95,8 +108,9 @@ def test_cascade_sram_proof_equals_the_plan_on_random_same_padded_pairs():
         g1 = CONV.geometry(params[0], [(x_shape, "int8")])
         g2 = CONV.geometry(params[1], [((1, 4, g1.out_h, g1.out_w), "int8")])
         rows = int(rng.integers(1, g2.out_h + 1))
-        producer, consumer = (_planned(n, p, shape) for n, p, shape in (("a", params[0], x_shape),
-                                                                       ("b", params[1], (1, 4, g1.out_h, g1.out_w))))
+        producer, consumer = (
+            _planned(n, p, shape) for n, p, shape in (("a", params[0], x_shape), ("b", params[1], (1, 4, g1.out_h, g1.out_w)))
+        )
         fused = primfunc(producer, consumer, rows)
         assert prove_footprint(fused).total == sum(cascade_footprint(g1, g2, rows).values()), (g1, g2, rows)
 
@@ -149,15 +163,28 @@ def test_cascading_never_increases_dram_traffic():
 def _chain_model(path):
     """conv 1x1 -> conv 3x3 -> (depthwise 3x3 + residual add) -> conv 1x1: the 3x3's output has two readers."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), n)
-             for n, s in (("w1", (16, 8, 1, 1)), ("w2", (16, 16, 3, 3)), ("w3", (16, 1, 3, 3)), ("w4", (16, 16, 1, 1)))]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("Conv", ["r2", "w3"], ["c3"], pads=[1, 1, 1, 1], group=16),
-             helper.make_node("Relu", ["c3"], ["r3"]), helper.make_node("Add", ["r2", "r3"], ["a"]),
-             helper.make_node("Conv", ["a", "w4"], ["c4"]), helper.make_node("Relu", ["c4"], ["y"])]
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])], inits)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), n)
+        for n, s in (("w1", (16, 8, 1, 1)), ("w2", (16, 16, 3, 3)), ("w3", (16, 1, 3, 3)), ("w4", (16, 16, 1, 1)))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], pads=[1, 1, 1, 1], group=16),
+        helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("Add", ["r2", "r3"], ["a"]),
+        helper.make_node("Conv", ["a", "w4"], ["c4"]),
+        helper.make_node("Relu", ["c4"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     loaded = load_onnx(path)
     onnx.save(quantize(loaded.model, loaded.inputs, None, seed=0), path)
@@ -168,8 +195,10 @@ def _chain_model(path):
 def chain_packages(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cascade")
     model = _chain_model(folder / "chain_qdq.onnx")
-    return {cascade: tvm_npu.compile(model, output=folder / f"chain_{cascade}.tar", target="npu/micro", cascade=cascade)
-            for cascade in (True, False)}
+    return {
+        cascade: tvm_npu.compile(model, output=folder / f"chain_{cascade}.tar", target="npu/micro", cascade=cascade)
+        for cascade in (True, False)
+    }
 
 
 def test_cascaded_model_is_bit_exact_and_moves_fewer_dram_bytes(chain_packages):

@@ -12,15 +12,36 @@ from conftest import run_tvmc
 def test_help_is_complete(command):
     result = run_tvmc(*command, "--help")
     assert result.returncode == 0
-    for flag in {"compile": ["--target", "--input-shapes", "--target-npu-sram-kib", "--target-npu-config", "-o",
-                             "--quantize", "--calibration-data", "--save-quantized", "--dump-offloads",
-                             "--allow-cpu-fallback", "--tuning-records", "--overflow-fix"],
-                 "run": ["--inputs", "--outputs", "--fill-mode", "--print-time", "--repeat"],
-                 "validate": ["--device", "--report-json", "--min-cosine", "--atol-steps", "--per-layer", "--samples",
-                              "--reference-isa", "--max-exact-gmacs", "--overflow-fix"],
-                 "report": ["--format", "--plot"],
-                 "tune": ["-o", "--target", "--trials", "--runner", "--rpc-tracker", "--rpc-key", "--seed",
-                          "--early-stopping", "--plot"]}.get(command[0] if command else "", []):
+    for flag in {
+        "compile": [
+            "--target",
+            "--input-shapes",
+            "--target-npu-sram-kib",
+            "--target-npu-config",
+            "-o",
+            "--quantize",
+            "--calibration-data",
+            "--save-quantized",
+            "--dump-offloads",
+            "--allow-cpu-fallback",
+            "--tuning-records",
+            "--overflow-fix",
+        ],
+        "run": ["--inputs", "--outputs", "--fill-mode", "--print-time", "--repeat"],
+        "validate": [
+            "--device",
+            "--report-json",
+            "--min-cosine",
+            "--atol-steps",
+            "--per-layer",
+            "--samples",
+            "--reference-isa",
+            "--max-exact-gmacs",
+            "--overflow-fix",
+        ],
+        "report": ["--format", "--plot"],
+        "tune": ["-o", "--target", "--trials", "--runner", "--rpc-tracker", "--rpc-key", "--seed", "--early-stopping", "--plot"],
+    }.get(command[0] if command else "", []):
         assert flag in result.stdout
     if not command:
         assert "exit codes" in result.stdout and "report" in result.stdout
@@ -34,8 +55,9 @@ def test_compile_run_validate_end_to_end(conv_model, tmp_path):
 
     x = np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
-    result = run_tvmc("run", package, "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz",
-                      "--print-time", "--repeat", "3")
+    result = run_tvmc(
+        "run", package, "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz", "--print-time", "--repeat", "3"
+    )
     assert result.returncode == 0, result.stderr
     header, values = result.stdout.strip().splitlines()[-2:]
     assert header.split() == ["mean", "(ms)", "median", "(ms)", "max", "(ms)", "min", "(ms)", "std", "(ms)"]

@@ -63,8 +63,9 @@ def test_hit_copies_the_identical_package(conv_model, cache_folder, tmp_path):
     assert second.metadata.to_dict() == first.metadata.to_dict()
     assert stored(cache_folder) == ["json", "tar"]
     x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
-    np.testing.assert_array_equal(tvm_npu.load(second.package_path).run({"x": x})["y"],
-                                  tvm_npu.load(first.package_path).run({"x": x})["y"])
+    np.testing.assert_array_equal(
+        tvm_npu.load(second.package_path).run({"x": x})["y"], tvm_npu.load(first.package_path).run({"x": x})["y"]
+    )
 
 
 def test_an_unusable_cache_folder_is_said_and_the_compile_goes_on(conv_model, tmp_path, monkeypatch, capsys):
@@ -94,10 +95,21 @@ def test_every_input_of_the_key_changes_it(conv_model, tmp_path, monkeypatch):
     np.savez(calibration, x=np.zeros((2, 1, 4, 8, 8), np.float32))
     records = tmp_path / "records.json"
     records.write_text("{}")
-    base = {"model": conv_model, "output": tmp_path / "a.tar", "target": "npu/micro", "input_shapes": None,
-            "quantize_model": None, "calibration_data": calibration, "save_quantized": None, "seed": 0,
-            "allow_cpu_fallback": False, "sparse": "auto", "cascade": False, "tuning_records": records,
-            "overflow_fix": "first_layer_only"}
+    base = {
+        "model": conv_model,
+        "output": tmp_path / "a.tar",
+        "target": "npu/micro",
+        "input_shapes": None,
+        "quantize_model": None,
+        "calibration_data": calibration,
+        "save_quantized": None,
+        "seed": 0,
+        "allow_cpu_fallback": False,
+        "sparse": "auto",
+        "cascade": False,
+        "tuning_records": records,
+        "overflow_fix": "first_layer_only",
+    }
     key = cache.cache_key(base)
     assert cache.cache_key({**base, "output": tmp_path / "elsewhere.tar"}) == key
     assert cache.cache_key({**base, "target": resolve_target("npu/micro")}) == key  # the resolved config decides
@@ -192,8 +204,10 @@ def test_tvmc_caches_by_default_and_no_cache_bypasses(conv_model, cache_folder, 
 def test_two_concurrent_compiles_share_one_entry(tmp_path, cache_folder):
     model = make_conv_model(tmp_path / "concurrent.onnx", channels=3)
     argv = [sys.executable, "-m", "tvm_npu", "compile", "--no-quantize", "--target", "npu/micro", str(model)]
-    processes = [subprocess.Popen([*argv, "-o", str(tmp_path / f"{i}.tar")], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    processes = [
+        subprocess.Popen([*argv, "-o", str(tmp_path / f"{i}.tar")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
     outcomes = []
     for process in processes:
         out, err = process.communicate(timeout=300)
@@ -216,9 +230,23 @@ def test_a_compile_waits_for_the_entry_another_compile_is_filling(conv_model, ca
     entry = cache.Entry(cache_folder, cache.cache_key(call.arguments))
     cache_folder.mkdir()
     with entry.locked():
-        process = subprocess.Popen([sys.executable, "-m", "tvm_npu", "compile", "--no-quantize", "--target",
-                                    "npu/micro", str(conv_model), "-o", str(tmp_path / "out.tar")],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tvm_npu",
+                "compile",
+                "--no-quantize",
+                "--target",
+                "npu/micro",
+                str(conv_model),
+                "-o",
+                str(tmp_path / "out.tar"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         inode = f":{entry.lock_path.stat().st_ino} "
         deadline = time.monotonic() + 120
         while not any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines()):
@@ -260,9 +288,22 @@ def test_progress_on_a_real_terminal_shows_a_bar_over_the_layers_being_lowered(t
     model = make_small_cnn(tmp_path / "cnn.onnx")
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "tvm_npu", "compile", str(model), "-o",
-                                str(tmp_path / "a.tar"), "--target", "npu/micro", "--no-cache"],
-                               stdout=subprocess.PIPE, stderr=terminal)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm_npu",
+            "compile",
+            str(model),
+            "-o",
+            str(tmp_path / "a.tar"),
+            "--target",
+            "npu/micro",
+            "--no-cache",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
     os.close(terminal)
     shown = b""
     with contextlib.suppress(OSError):  # EIO once the compile closed its end
@@ -280,6 +321,5 @@ def test_progress_on_a_real_terminal_shows_a_bar_over_the_layers_being_lowered(t
 
 
 def test_no_progress_when_stderr_is_not_a_terminal(conv_model, tmp_path, capsys):
-    assert tvmc("compile", conv_model, "-o", tmp_path / "a.tar", "--target", "npu/micro", "--no-quantize",
-                "--no-cache") == 0
+    assert tvmc("compile", conv_model, "-o", tmp_path / "a.tar", "--target", "npu/micro", "--no-quantize", "--no-cache") == 0
     assert capsys.readouterr().err == ""

@@ -19,17 +19,26 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _scaffold(name: str, like: str, folder: Path) -> Path:
-    run = subprocess.run([sys.executable, REPO / "scripts" / "new_kernel.py", name, "--like", like, "--dir", folder],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, REPO / "scripts" / "new_kernel.py", name, "--like", like, "--dir", folder],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert (folder / f"test_{name}.py").is_file()
     return folder / f"{name}.py"
 
 
 def _pytest(folder: Path, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-m", "not slow", *args],
-                          env={**os.environ, KERNEL_PATH_VARIABLE: str(folder)}, cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-m", "not slow", *args],
+        env={**os.environ, KERNEL_PATH_VARIABLE: str(folder)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _worked_example() -> tuple[str, str]:
@@ -70,15 +79,18 @@ def compute('''
 def test_kernel_with_wrong_rounding_fails_naming_kernel_shape_and_first_difference(tmp_path):
     kernel_file = _scaffold("mul_floor", "elementwise", tmp_path)
     source = kernel_file.read_text()
-    buggy = source.replace("\ndef compute(", BUGGY_ROUNDING, 1).replace("lambda *i: requantize_te(",
-                                                                       "lambda *i: _truncating_requantize(", 1)
+    buggy = source.replace("\ndef compute(", BUGGY_ROUNDING, 1).replace(
+        "lambda *i: requantize_te(", "lambda *i: _truncating_requantize(", 1
+    )
     assert buggy.count("_truncating_requantize(") == 2
     kernel_file.write_text(buggy)
     run = _pytest(tmp_path, "tests/conformance", "-k", "mul_floor and default_schedule")
     assert run.returncode == 1, run.stdout[-3000:]
     failures = re.findall(
         r"npu\.mul_floor: example '(\w+)' \(input ((?:\d+x)*\d+ u?int8(?: \+ (?:\d+x)*\d+ u?int8)*)\), default schedule: "
-        r"first differing element at index \(([\d, ]+)\): ours (-?\d+), reference (-?\d+)", run.stdout)
+        r"first differing element at index \(([\d, ]+)\): ours (-?\d+), reference (-?\d+)",
+        run.stdout,
+    )
     assert failures, run.stdout[-3000:]
     for _, _, _, ours, reference in failures:
         assert int(ours) == int(reference) - 1  # truncation lands one step below the rounded reference
@@ -89,7 +101,7 @@ def test_the_public_api_table_names_what_the_modules_define_and_kernels_use_noth
     import importlib
 
     text = (REPO / "CONTRIBUTING.md").read_text()
-    table = text[text.index("## The public API a kernel builds on"):text.index("## Worked example")]
+    table = text[text.index("## The public API a kernel builds on") : text.index("## Worked example")]
     rows = re.findall(r"^\| `(tvm_npu\.\w+)` \| (.*) \|$", table, re.MULTILINE)
     assert len(rows) >= 7
     for module, description in rows:

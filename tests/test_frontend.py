@@ -29,8 +29,9 @@ def test_import_gives_static_interface(conv_model):
 
 def test_input_shapes_fix_dynamic_dimensions(tmp_path):
     model = make_conv_model(tmp_path / "dyn.onnx", batch="N")
-    result = tvm_npu.compile(model, output=tmp_path / "dyn.tar", target="npu/micro", input_shapes={"x": (2, 4, 8, 8)},
-                             quantize_model=False)
+    result = tvm_npu.compile(
+        model, output=tmp_path / "dyn.tar", target="npu/micro", input_shapes={"x": (2, 4, 8, 8)}, quantize_model=False
+    )
     assert result.metadata.inputs[0].shape == (2, 4, 8, 8)
     assert result.metadata.outputs[0].shape == (2, 8, 8, 8)
     compiled = tvm_npu.load(result.package_path)
@@ -47,8 +48,14 @@ def test_input_shapes_must_match_fixed_dimensions(conv_model):
 
 def test_external_data_beside_the_model_is_inlined(tmp_path, conv_model):
     model = onnx.load(conv_model)
-    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-              location="ext.data", size_threshold=0)
+    onnx.save(
+        model,
+        tmp_path / "ext.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     imported = import_onnx(load_onnx(tmp_path / "ext.onnx"))
     embedded = onnx.load_from_string(imported.onnx_bytes)
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in embedded.graph.initializer)

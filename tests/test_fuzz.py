@@ -38,10 +38,34 @@ SLOW_FIRST_INDEX = 1_000_000  # the slow run explores mutants the fast run never
 CASE_TIMEOUT = 120
 ATTRIBUTE_VALUES = (-1, 0, 1, 2, 3, 5, (1 << 31) - 1)
 DIM_VALUES = (-1, 0, 1, 2, 3, 7, 64)  # small: every compiled mutant is also run
-OP_SWAPS = ("Relu", "Sigmoid", "Add", "Mul", "MatMul", "Conv", "MaxPool", "Flatten", "Reshape", "Transpose",
-            "Softmax", "Identity", "Concat", "QuantizeLinear", "DequantizeLinear", "Gemm", "GlobalAveragePool")
-ELEM_TYPES = (TensorProto.DOUBLE, TensorProto.INT8, TensorProto.INT64, TensorProto.BOOL, TensorProto.FLOAT16,
-              TensorProto.STRING, TensorProto.UNDEFINED)
+OP_SWAPS = (
+    "Relu",
+    "Sigmoid",
+    "Add",
+    "Mul",
+    "MatMul",
+    "Conv",
+    "MaxPool",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Softmax",
+    "Identity",
+    "Concat",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Gemm",
+    "GlobalAveragePool",
+)
+ELEM_TYPES = (
+    TensorProto.DOUBLE,
+    TensorProto.INT8,
+    TensorProto.INT64,
+    TensorProto.BOOL,
+    TensorProto.FLOAT16,
+    TensorProto.STRING,
+    TensorProto.UNDEFINED,
+)
 
 
 def _qdq_conv(path: Path) -> Path:
@@ -54,6 +78,7 @@ BASES = {"conv": make_conv_model, "small_cnn": make_small_cnn, "qdq_conv": _qdq_
 
 
 # --- mutations: each edits the ModelProto in place and says what it did ----------------------------
+
 
 def _set_attribute(model, rng):
     node = _pick(rng, model.graph.node)
@@ -147,8 +172,19 @@ def _set_opset(model, rng):
     return f"opset <- {model.opset_import[0].version}"
 
 
-MUTATIONS = (_set_attribute, _drop_attribute, _set_input_dim, _set_initializer_dims, _set_initializer_type,
-             _set_input_type, _swap_op, _rewire, _delete_node, _swap_nodes, _set_opset)
+MUTATIONS = (
+    _set_attribute,
+    _drop_attribute,
+    _set_input_dim,
+    _set_initializer_dims,
+    _set_initializer_type,
+    _set_input_type,
+    _swap_op,
+    _rewire,
+    _delete_node,
+    _swap_nodes,
+    _set_opset,
+)
 
 
 def _pick(rng, items):
@@ -171,6 +207,7 @@ def mutate(base: bytes, rng: np.random.Generator) -> tuple[bytes, list[str]]:
 
 
 # --- the oracle ------------------------------------------------------------------------------------
+
 
 def _reference(model_path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray] | None:
     """The exact reference (onnx's evaluator, int8 products exact) for a mutant whose int8 products a CPU
@@ -198,8 +235,7 @@ def judge(forked_tvmc, model_path: Path, folder: Path) -> str:
     """'error' (clean refusal), 'ok' (compiled and correct), 'unchecked' (compiled, no reference), or what went wrong."""
     package = folder / "mutant.tar"
     try:
-        result = forked_tvmc("compile", "--no-quantize", "--target", "npu/micro", model_path, "-o", package,
-                             timeout=CASE_TIMEOUT)
+        result = forked_tvmc("compile", "--no-quantize", "--target", "npu/micro", model_path, "-o", package, timeout=CASE_TIMEOUT)
     except subprocess.TimeoutExpired:
         return "compile hung"
     if result.returncode < 0:
@@ -218,8 +254,7 @@ def judge(forked_tvmc, model_path: Path, folder: Path) -> str:
     inputs = {s.name: rng.uniform(-1, 1, s.shape).astype(s.dtype) for s in metadata.inputs}
     np.savez(folder / "inputs.npz", **inputs)
     try:
-        run = forked_tvmc("run", package, "--inputs", folder / "inputs.npz", "-o", folder / "outputs.npz",
-                          timeout=CASE_TIMEOUT)
+        run = forked_tvmc("run", package, "--inputs", folder / "inputs.npz", "-o", folder / "outputs.npz", timeout=CASE_TIMEOUT)
     except subprocess.TimeoutExpired:
         return "run hung"
     if run.returncode != 0:

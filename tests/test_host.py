@@ -55,7 +55,10 @@ def test_tvmc_run_on_a_cpu_lacking_the_package_isa_exits_2(beyond_package, forke
 
 def test_target_host_forms():
     assert host.host_target("llvm -mcpu=x86-64-v3 -mattr=+avxvnni") == {
-        "kind": "llvm", "mcpu": "x86-64-v3", "mattr": ["+avxvnni"]}
+        "kind": "llvm",
+        "mcpu": "x86-64-v3",
+        "mattr": ["+avxvnni"],
+    }
     assert "avxvnni" in host.required_isa(host.host_target("llvm -mcpu=x86-64-v3 -mattr=+avxvnni"))
     assert "avx512vnni" in host.required_isa(host.host_target("znver4"))
     for bad in ("pentium9", "llvm -mcpu=znver4 -opt-level=3", "znver4 extra"):
@@ -66,5 +69,4 @@ def test_target_host_forms():
 def test_tvmc_compile_rejects_an_unknown_target_host(conv_model, tmp_path, forked_tvmc):
     result = forked_tvmc("compile", conv_model, "--target-host", "pentium9", "-o", tmp_path / "m.tar")
     assert result.returncode == 2 and not (tmp_path / "m.tar").exists()
-    assert result.stderr.strip().splitlines() == [
-        result.stderr.strip()] and "LLVM knows no CPU 'pentium9'" in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "LLVM knows no CPU 'pentium9'" in result.stderr

@@ -17,8 +17,15 @@ from onnx.reference import ReferenceEvaluator
 
 import tvm_npu
 from tvm_npu.quantize import quantize
-from tvm_npu.validate import (downstream_of, exact_reference_outputs, int8_path, openvino_outputs, probes,
-                              saturation_risks, with_probes)
+from tvm_npu.validate import (
+    downstream_of,
+    exact_reference_outputs,
+    int8_path,
+    openvino_outputs,
+    probes,
+    saturation_risks,
+    with_probes,
+)
 from tvm_npu.frontend import load_onnx
 from tvm_npu.zoo import default_model_path
 
@@ -37,26 +44,47 @@ def make_small_cnn(path: Path) -> Path:
         return name
 
     nodes = [
-        helper.make_node("Conv", ["x", const("w1", rng.normal(0, 0.3, (16, 3, 3, 3))), const("b1", rng.normal(0, 0.1, 16))],
-                         ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("BatchNormalization", ["c1", const("g", rng.uniform(0.5, 1.5, 16)), const("be", rng.normal(0, 0.1, 16)),
-                                                const("m", rng.normal(0, 0.1, 16)), const("v", rng.uniform(0.5, 2, 16))], ["bn"]),
+        helper.make_node(
+            "Conv",
+            ["x", const("w1", rng.normal(0, 0.3, (16, 3, 3, 3))), const("b1", rng.normal(0, 0.1, 16))],
+            ["c1"],
+            pads=[1, 1, 1, 1],
+            strides=[2, 2],
+        ),
+        helper.make_node(
+            "BatchNormalization",
+            [
+                "c1",
+                const("g", rng.uniform(0.5, 1.5, 16)),
+                const("be", rng.normal(0, 0.1, 16)),
+                const("m", rng.normal(0, 0.1, 16)),
+                const("v", rng.uniform(0.5, 2, 16)),
+            ],
+            ["bn"],
+        ),
         helper.make_node("Relu", ["bn"], ["r1"]),
         helper.make_node("Conv", ["r1", const("w2", rng.normal(0, 0.3, (16, 1, 3, 3)))], ["c2"], pads=[1, 1, 1, 1], group=16),
         helper.make_node("Clip", ["c2", const("lo", 0.0), const("hi", 6.0)], ["r2"]),
-        helper.make_node("Conv", ["r2", const("w3", rng.normal(0, 0.3, (16, 16, 1, 1))), const("b3", rng.normal(0, 0.1, 16))],
-                         ["c3"]),
+        helper.make_node(
+            "Conv", ["r2", const("w3", rng.normal(0, 0.3, (16, 16, 1, 1))), const("b3", rng.normal(0, 0.1, 16))], ["c3"]
+        ),
         helper.make_node("Add", ["c3", "r1"], ["a"]),
         helper.make_node("Relu", ["a"], ["r3"]),
         helper.make_node("MaxPool", ["r3"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["p"], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["f"]),
-        helper.make_node("Gemm", ["f", const("wf", rng.normal(0, 0.3, (10, 16))), const("bf", rng.normal(0, 0.1, 10))],
-                         ["logits"], transB=1),
+        helper.make_node(
+            "Gemm", ["f", const("wf", rng.normal(0, 0.3, (10, 16))), const("bf", rng.normal(0, 0.1, 10))], ["logits"], transB=1
+        ),
         helper.make_node("Softmax", ["logits"], ["y"], axis=1),
     ]
-    graph = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "small_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -77,8 +105,11 @@ def step_errors(package: Path, qdq: Path, reference_isa: str | None, seeds=(1, 2
     compiled = tvm_npu.load(package)
     model = onnx.load(qdq)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    scale_of = {n.output[0]: float(inits[n.input[1]]) for n in model.graph.node
-                if n.op_type == "DequantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
+    scale_of = {
+        n.output[0]: float(inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1
+    }
     samples = [tvm_npu.runtime.make_inputs(compiled.inputs, "random", seed) for seed in seeds]
     references = openvino_outputs(qdq.read_bytes(), samples, "CPU", reference_isa)
     if not int8_path("OpenVINO", isa=reference_isa).exact:
@@ -136,8 +167,7 @@ def test_small_cnn_runs_its_operators_on_the_npu(small_cnn_package):
 def test_default_model_runs_its_depthwise_relu6_conv_on_the_npu(tmp_path):
     """The bundled model's depthwise conv has a ReLU6 (ONNX Clip); quantize.py asks NNCF for per-tensor
     activations, so the stem's output (the depthwise input) is not quantized per channel either."""
-    operators = tvm_npu.compile(default_model_path(), output=tmp_path / "d.tar",
-                                target="npu/micro").metadata.extra["operators"]
+    operators = tvm_npu.compile(default_model_path(), output=tmp_path / "d.tar", target="npu/micro").metadata.extra["operators"]
     convs = [row for row in operators if "relax.nn.conv2d" in row["ops"]]
     on_cpu = [row["reason"] for row in convs if row["runs_on"] == "cpu"]
     assert len(convs) >= 4 and on_cpu == []
@@ -160,12 +190,18 @@ def make_activation_concat_model(path: Path) -> Path:
         helper.make_node("Concat", ["hs", "sg", "r6"], ["y"], axis=1),
     ]
     tensors = ["x", "r6", "c2", "hs", "sg", "y"]
-    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k)
-             for k, v in {"w1": w1, "b1": b1, "w2": w2, "zero": 0.0, "six": 6.0}.items()]
+    inits = [
+        numpy_helper.from_array(np.asarray(v, np.float32), k)
+        for k, v in {"w1": w1, "b1": b1, "w2": w2, "zero": 0.0, "six": 6.0}.items()
+    ]
     x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])
     y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 20, 12, 12])
-    probe = helper.make_model(helper.make_graph(float_nodes, "f", [x_info], [helper.make_tensor_value_info(
-        t, TensorProto.FLOAT, None) for t in tensors], inits), opset_imports=[helper.make_opsetid("", 17)])
+    probe = helper.make_model(
+        helper.make_graph(
+            float_nodes, "f", [x_info], [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors], inits
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     runs = [ReferenceEvaluator(probe).run(None, {"x": rng.random((1, 3, 12, 12), dtype=np.float32)}) for _ in range(4)]
     dtypes = {"x": np.uint8, "r6": np.uint8, "c2": np.int8, "hs": np.int8, "sg": np.uint8, "y": np.int8}
     nodes, qparams = [], []
@@ -187,16 +223,20 @@ def make_activation_concat_model(path: Path) -> Path:
             node.output[0] = raw
         else:
             x_info.name = raw
-        nodes += [helper.make_node("QuantizeLinear", [raw, f"{name}_s", f"{name}_z"], [f"{name}_q"]),
-                  helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], ["y" if final else name])]
+        nodes += [
+            helper.make_node("QuantizeLinear", [raw, f"{name}_s", f"{name}_z"], [f"{name}_q"]),
+            helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], ["y" if final else name]),
+        ]
     # Weights as int8 per-output-channel DequantizeLinear, like every QDQ quantizer writes them.
     quantized_inits = []
     for init in inits:
         if init.name in ("w1", "w2"):
             w = numpy_helper.to_array(init).astype(np.float64)
             ws = np.abs(w).reshape(len(w), -1).max(1) / 127
-            quantized_inits += [numpy_helper.from_array(np.round(w / ws[:, None, None, None]).astype(np.int8), f"{init.name}_q"),
-                                numpy_helper.from_array(ws.astype(np.float32), f"{init.name}_s")]
+            quantized_inits += [
+                numpy_helper.from_array(np.round(w / ws[:, None, None, None]).astype(np.int8), f"{init.name}_q"),
+                numpy_helper.from_array(ws.astype(np.float32), f"{init.name}_s"),
+            ]
             nodes.insert(0, helper.make_node("DequantizeLinear", [f"{init.name}_q", f"{init.name}_s"], [init.name], axis=0))
         else:
             quantized_inits.append(init)
@@ -233,11 +273,22 @@ def test_unsupported_operator_falls_back_to_cpu_and_says_so(tmp_path):
         helper.make_node("QuantizeLinear", ["s", "ss", "zs"], ["sq"]),
         helper.make_node("DequantizeLinear", ["sq", "ss", "zs"], ["y"]),
     ]
-    scalars = {"sx": np.float32(0.02), "zx": np.int8(3), "sw": np.float32(0.01), "sc": np.float32(0.05),
-               "zc": np.int8(-4), "ss": np.float32(0.03), "zs": np.uint8(0)}
-    graph = helper.make_graph(nodes, "abs_between_qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
-                              [w] + [numpy_helper.from_array(np.array(v), k) for k, v in scalars.items()])
+    scalars = {
+        "sx": np.float32(0.02),
+        "zx": np.int8(3),
+        "sw": np.float32(0.01),
+        "sc": np.float32(0.05),
+        "zc": np.int8(-4),
+        "ss": np.float32(0.03),
+        "zs": np.uint8(0),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "abs_between_qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [w] + [numpy_helper.from_array(np.array(v), k) for k, v in scalars.items()],
+    )
     path = tmp_path / "abs.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     result = run_tvmc("compile", path, "-o", tmp_path / "m.tar", "--dump-offloads")

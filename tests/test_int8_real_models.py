@@ -36,8 +36,17 @@ def _accuracy(package: Path, images: np.ndarray, labels: np.ndarray) -> float:
 def test_digits_int8_accuracy_within_one_point_of_fp32(digits):
     folder, test_x, test_y, fp32_accuracy = digits
     package = folder / "digits_int8.tar"
-    result = run_tvmc("compile", folder / "digits_cnn.onnx", "--quantize", "--calibration-data",
-                      folder / "calibration.npz", "--save-quantized", folder / "digits_qdq.onnx", "-o", package)
+    result = run_tvmc(
+        "compile",
+        folder / "digits_cnn.onnx",
+        "--quantize",
+        "--calibration-data",
+        folder / "calibration.npz",
+        "--save-quantized",
+        folder / "digits_qdq.onnx",
+        "-o",
+        package,
+    )
     assert result.returncode == 0, result.stderr
     assert "accuracy is unknown" not in result.stdout  # real calibration data, no warning
     operators = tvm_npu.load(package).metadata.extra["operators"]
@@ -66,8 +75,13 @@ def test_onnxruntime_quantized_model_matches_openvino_in_steps(digits, tmp_path)
 
     qdq = tmp_path / "digits_ort_qdq.onnx"
     quantization.quantize_static(
-        str(folder / "digits_cnn.onnx"), str(qdq), Reader(), quant_format=quantization.QuantFormat.QDQ,
-        per_channel=True, activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+        str(folder / "digits_cnn.onnx"),
+        str(qdq),
+        Reader(),
+        quant_format=quantization.QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=quantization.QuantType.QInt8,
+        weight_type=quantization.QuantType.QInt8,
     )
     model = onnx.load(qdq)
     int32_constants = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32}
@@ -82,10 +96,12 @@ def test_onnxruntime_quantized_model_matches_openvino_in_steps(digits, tmp_path)
     step = float(inits[dq_logits.input[1]])
     core = ov.Core()
     reference = core.compile_model(core.read_model(str(qdq)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    steps = np.concatenate([
-        np.abs(compiled.run({"image": x[None]})["logits"] - reference({"image": x[None]})[0]).ravel() / step
-        for x in test_x[:100]
-    ])
+    steps = np.concatenate(
+        [
+            np.abs(compiled.run({"image": x[None]})["logits"] - reference({"image": x[None]})[0]).ravel() / step
+            for x in test_x[:100]
+        ]
+    )
     steps = np.round(steps)
     print(f"onnxruntime-quantized digits: steps histogram {dict(zip(*np.unique(steps, return_counts=True)))}")
     assert np.mean(steps <= 2) >= 0.999
@@ -104,9 +120,13 @@ def test_shape_one_quantization_parameters_are_per_tensor(tmp_path):
         helper.make_node("QuantizeLinear", ["p", "s", "z"], ["pq"]),
         helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
-                              [numpy_helper.from_array(v, k) for k, v in params.items()])
+    graph = helper.make_graph(
+        nodes,
+        "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [numpy_helper.from_array(v, k) for k, v in params.items()],
+    )
     path = tmp_path / "pool.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     tvm_npu.compile(path, output=tmp_path / "pool.tar")

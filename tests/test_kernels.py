@@ -42,8 +42,22 @@ def _weighted(rng, out_channels, depth, x_dtype, y_dtype):
     return attrs, bias, mult, shift + BIAS_FRACTION_BITS
 
 
-def conv2d_case(rng, *, n=1, c=None, o=None, hw=None, k=None, stride=None, pad=None, dilation=None, depthwise=None,
-                groups=None, x_dtype=None, y_dtype=None):
+def conv2d_case(
+    rng,
+    *,
+    n=1,
+    c=None,
+    o=None,
+    hw=None,
+    k=None,
+    stride=None,
+    pad=None,
+    dilation=None,
+    depthwise=None,
+    groups=None,
+    x_dtype=None,
+    y_dtype=None,
+):
     k = k or int(rng.choice([1, 3, 5, 7]))
     stride = stride or int(rng.choice([1, 2]))
     dilation = dilation or int(rng.choice([1, 1, 2]))
@@ -56,8 +70,10 @@ def conv2d_case(rng, *, n=1, c=None, o=None, hw=None, k=None, stride=None, pad=N
     groups = groups or 1
     o = o or groups * int(rng.integers(1, 6))
     reach = dilation * (k - 1) + 1
-    hw = hw or (max(reach - pad[0] - pad[2], 1) + int(rng.integers(0, 8)),
-                max(reach - pad[1] - pad[3], 1) + int(rng.integers(0, 8)))
+    hw = hw or (
+        max(reach - pad[0] - pad[2], 1) + int(rng.integers(0, 8)),
+        max(reach - pad[1] - pad[3], 1) + int(rng.integers(0, 8)),
+    )
     attrs, bias, mult, shift = _weighted(rng, o, c // groups * k * k, x_dtype, y_dtype)
     attrs.update(strides=(stride, stride), padding=tuple(pad), dilation=(dilation, dilation), groups=groups, upsample=(1, 1))
     w = _integers(rng, (o, c // groups, k, k), "int8")
@@ -81,14 +97,23 @@ def elementwise_case(rng, *, op=None, shape=None, a_dtype=None, b_dtype=None):
     sy, zy, lo, hi = _output_quant(rng, y_dtype)
     reals = np.array([sa / sy, sb / sy]) if op == "add" else np.array([sa * sb / sy / 4])
     _, shift = multiplier(reals.max())
-    attrs = {"op": op, "za": int(rng.integers(-5, 5)) + (128 if a_dtype == "uint8" else 0),
-             "zb": int(rng.integers(-5, 5)) + (128 if b_dtype == "uint8" else 0), "zy": zy, "lo": lo, "hi": hi,
-             "out_dtype": y_dtype, "mults": tuple(int(m) for m in np.round(reals * 2.0 ** int(shift))), "shift": int(shift)}
+    attrs = {
+        "op": op,
+        "za": int(rng.integers(-5, 5)) + (128 if a_dtype == "uint8" else 0),
+        "zb": int(rng.integers(-5, 5)) + (128 if b_dtype == "uint8" else 0),
+        "zy": zy,
+        "lo": lo,
+        "hi": hi,
+        "out_dtype": y_dtype,
+        "mults": tuple(int(m) for m in np.round(reals * 2.0 ** int(shift))),
+        "shift": int(shift),
+    }
     return KernelParams(attrs), [_integers(rng, shape, a_dtype), _integers(rng, shape, b_dtype)]
 
 
-def pool_case(rng, *, mode=None, c=None, hw=None, k=None, stride=None, pad=None, include_pad=None, same_scale=False,
-              x_dtype=None):
+def pool_case(
+    rng, *, mode=None, c=None, hw=None, k=None, stride=None, pad=None, include_pad=None, same_scale=False, x_dtype=None
+):
     mode = mode or str(rng.choice(["max", "avg"]))
     k = k or int(rng.integers(1, 4))
     stride = stride or int(rng.integers(1, 3))
@@ -104,9 +129,21 @@ def pool_case(rng, *, mode=None, c=None, hw=None, k=None, stride=None, pad=None,
         lo, hi = activation_bounds(y_dtype, zy, sy, False, None)  # pools fuse no activation
         real = rng.uniform(0.05, 0.1) / sy
     mult, shift = multiplier(real)
-    attrs = {"zx": zx, "zy": zy, "lo": lo, "hi": hi, "out_dtype": y_dtype, "mult": int(mult), "shift": int(shift),
-             "mode": mode, "pool": (k, k), "strides": (stride, stride), "dilation": (1, 1), "padding": pad,
-             "include_pad": bool(rng.integers(0, 2)) if include_pad is None else include_pad}
+    attrs = {
+        "zx": zx,
+        "zy": zy,
+        "lo": lo,
+        "hi": hi,
+        "out_dtype": y_dtype,
+        "mult": int(mult),
+        "shift": int(shift),
+        "mode": mode,
+        "pool": (k, k),
+        "strides": (stride, stride),
+        "dilation": (1, 1),
+        "padding": pad,
+        "include_pad": bool(rng.integers(0, 2)) if include_pad is None else include_pad,
+    }
     return KernelParams(attrs), [_integers(rng, (1, c or int(rng.integers(1, 9))) + hw, x_dtype)]
 
 
@@ -147,8 +184,17 @@ def lut_case(rng, *, function=None, x_dtype=None, y_dtype=None):
     sy = (hi_real - lo_real) / 255
     zy = int(np.clip(np.round(info.min - lo_real / sy), info.min, info.max))
     alpha, beta = (1 / 6, 0.5) if function == "hardswish" else (float(rng.uniform(0.1, 0.3)), 0.5)
-    attrs = {"function": function, "sx": sx, "zx": zx, "sy": sy, "zy": zy, "in_dtype": x_dtype, "out_dtype": y_dtype,
-             "alpha": alpha, "beta": beta}
+    attrs = {
+        "function": function,
+        "sx": sx,
+        "zx": zx,
+        "sy": sy,
+        "zy": zy,
+        "in_dtype": x_dtype,
+        "out_dtype": y_dtype,
+        "alpha": alpha,
+        "beta": beta,
+    }
     every = np.arange(np.iinfo(x_dtype).min, np.iinfo(x_dtype).max + 1).astype(x_dtype)
     x = np.concatenate([every, _integers(rng, 7 * 8 * 11 - 256, x_dtype)]).reshape(1, 7, 8, 11)  # odd channels
     return KernelParams(attrs, [table(attrs)]), [rng.permutation(x.ravel()).reshape(x.shape)]
@@ -187,8 +233,7 @@ def example_case(name: str, index: int):
     return case
 
 
-_FROM_EXAMPLES = {"npu.conv2d_transpose": 4, "npu.resize": 6, "npu.clamp": 3, "npu.move": 7, "npu.matmul": 4,
-                  "npu.softmax": 4}
+_FROM_EXAMPLES = {"npu.conv2d_transpose": 4, "npu.resize": 6, "npu.clamp": 3, "npu.move": 7, "npu.matmul": 4, "npu.softmax": 4}
 
 CASES = {
     **{name: [example_case(name, i) for i in range(count)] for name, count in _FROM_EXAMPLES.items()},
@@ -205,8 +250,11 @@ CASES = {
         lambda rng: concat_case(rng, axis=0, count=2, rank=2, dtypes=["uint8", "uint8"]),
     ],
     "npu.lut": [
-        *(lambda rng, f=f, x=x: lut_case(rng, function=f, x_dtype=x)
-          for f in ("sigmoid", "hardsigmoid", "hardswish") for x in ("int8", "uint8")),
+        *(
+            lambda rng, f=f, x=x: lut_case(rng, function=f, x_dtype=x)
+            for f in ("sigmoid", "hardsigmoid", "hardswish")
+            for x in ("int8", "uint8")
+        ),
         lambda rng: lut_case(rng, function="hardswish", x_dtype="int8", y_dtype="uint8"),
     ],
     "npu.conv2d": [
@@ -255,9 +303,7 @@ def test_every_kernel_is_tested():
     assert sorted(k.name for k in kernels() if k.variant_of is None) == sorted(CASES)
 
 
-@pytest.mark.parametrize(
-    "name, index", [(name, i) for name, cases in CASES.items() for i in range(len(cases))]
-)
+@pytest.mark.parametrize("name, index", [(name, i) for name, cases in CASES.items() for i in range(len(cases))])
 def test_kernel_matches_integer_reference(name, index):
     rng = np.random.default_rng(1000 * index + len(name))
     params, inputs = CASES[name][index](rng)

@@ -40,8 +40,17 @@ def test_randomized_light_model_matches_openvino(name, tmp_path):
     onnx.save(model, tmp_path / f"{name}_random.onnx")
     inputs, _ = light_reference(name)
     np.savez(tmp_path / "in.npz", **inputs)
-    result = run_tvmc("validate", tmp_path / f"{name}_random.onnx", "--inputs", tmp_path / "in.npz",
-                      "--no-quantize", "--device", "CPU", "--report-json", tmp_path / "report.json")
+    result = run_tvmc(
+        "validate",
+        tmp_path / f"{name}_random.onnx",
+        "--inputs",
+        tmp_path / "in.npz",
+        "--no-quantize",
+        "--device",
+        "CPU",
+        "--report-json",
+        tmp_path / "report.json",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["device"] == "CPU" and report["properties"] == {"INFERENCE_PRECISION_HINT": "f32"}

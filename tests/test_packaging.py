@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wheel_carries_schedules_data_and_console_scripts(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, timeout=600,
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     (wheel,) = tmp_path.glob("tvm_npu-*.whl")
     with zipfile.ZipFile(wheel) as archive:

@@ -35,18 +35,26 @@ class _Graph:
         return output
 
     def dq(self, x, scale, zero_point, dtype="uint8"):
-        return self.node("DequantizeLinear", [x, self.const(f"{x}_s", np.float32(scale)),
-                                              self.const(f"{x}_z", np.array(zero_point, dtype))], f"{x}_dq")
+        return self.node(
+            "DequantizeLinear",
+            [x, self.const(f"{x}_s", np.float32(scale)), self.const(f"{x}_z", np.array(zero_point, dtype))],
+            f"{x}_dq",
+        )
 
     def q(self, x, scale, zero_point, dtype="uint8"):
-        return self.node("QuantizeLinear", [x, self.const(f"{x}_qs", np.float32(scale)),
-                                            self.const(f"{x}_qz", np.array(zero_point, dtype))], f"{x}_q")
+        return self.node(
+            "QuantizeLinear",
+            [x, self.const(f"{x}_qs", np.float32(scale)), self.const(f"{x}_qz", np.array(zero_point, dtype))],
+            f"{x}_q",
+        )
 
     def conv(self, x, channels, name):
-        w = self.dq(self.const(f"{name}_w", self.rng.integers(-127, 128, (channels, channels, 3, 3)).astype(np.int8)),
-                    0.01, 0, "int8")
-        return self.node("Conv", [x, w, self.const(f"{name}_b", self.rng.normal(0, 0.2, channels).astype(np.float32))],
-                         name, pads=[1, 1, 1, 1])
+        w = self.dq(
+            self.const(f"{name}_w", self.rng.integers(-127, 128, (channels, channels, 3, 3)).astype(np.int8)), 0.01, 0, "int8"
+        )
+        return self.node(
+            "Conv", [x, w, self.const(f"{name}_b", self.rng.normal(0, 0.2, channels).astype(np.float32))], name, pads=[1, 1, 1, 1]
+        )
 
     def save(self, path: Path, inputs, outputs) -> Path:
         graph = helper.make_graph(self.nodes, path.stem, inputs, outputs, self.inits)
@@ -82,17 +90,24 @@ def make_concat_affine_model(path: Path) -> Path:
     outer = g.node("Concat", [inner, g.dq("c", *parts["c"][1:], "int8")], "outer", axis=1)
     for x, channels, scale in ((inner, 7, 0.04), (outer, 9, 0.05)):
         rng = g.rng
-        stats = [rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.2, channels), rng.normal(0, 0.2, channels),
-                 rng.uniform(0.5, 2, channels)]
-        norm = g.node("BatchNormalization", [x, *(g.const(f"{x}_bn{i}", v.astype(np.float32)) for i, v in enumerate(stats))],
-                      f"{x}_bn")
+        stats = [
+            rng.uniform(0.5, 1.5, channels),
+            rng.normal(0, 0.2, channels),
+            rng.normal(0, 0.2, channels),
+            rng.uniform(0.5, 2, channels),
+        ]
+        norm = g.node(
+            "BatchNormalization", [x, *(g.const(f"{x}_bn{i}", v.astype(np.float32)) for i, v in enumerate(stats))], f"{x}_bn"
+        )
         gain = rng.uniform(0.5, 1.5, (channels, 1, 1)).astype(np.float32)
         scaled = g.node("Mul", [norm, g.const(f"{x}_mul_k", gain)], f"{x}_mul")
         offset = rng.normal(0, 0.2, (channels, 1, 1)).astype(np.float32)
         shifted = g.node("Add", [scaled, g.const(f"{x}_add_k", offset)], f"{x}_add")
         g.q(g.node("Relu", [shifted], f"{x}_relu"), scale, 0)
-    inputs = [_uint8(name, (1, channels, 5, 6), TensorProto.INT8 if name == "c" else TensorProto.UINT8)
-              for name, (channels, _, _) in parts.items()]
+    inputs = [
+        _uint8(name, (1, channels, 5, 6), TensorProto.INT8 if name == "c" else TensorProto.UINT8)
+        for name, (channels, _, _) in parts.items()
+    ]
     return g.save(path, inputs, [_uint8(f"{x}_relu_q", (1, c, 5, 6)) for x, c in ((inner, 7), (outer, 9))])
 
 

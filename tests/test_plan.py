@@ -130,11 +130,15 @@ def test_chosen_tiles_fit_and_prefer_no_halo_rereads():
     assert tiles.rows == 56  # the whole input stays: compulsory traffic only
 
 
-@pytest.mark.parametrize("g", [
-    Geometry("conv2d", 1, 512, 14, 14, 512, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
-    Geometry("pool", 1, 64, 224, 224, 64, 112, 112, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), groups=64, label="max pool"),
-    Geometry("elementwise", 1, 1, 256, 56 * 56, 1, 256, 56 * 56, operands=2, label="add 2x 1x256x56x56"),
-], ids=lambda g: g.kind)
+@pytest.mark.parametrize(
+    "g",
+    [
+        Geometry("conv2d", 1, 512, 14, 14, 512, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+        Geometry("pool", 1, 64, 224, 224, 64, 112, 112, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), groups=64, label="max pool"),
+        Geometry("elementwise", 1, 1, 256, 56 * 56, 1, 256, 56 * 56, operands=2, label="add 2x 1x256x56x56"),
+    ],
+    ids=lambda g: g.kind,
+)
 def test_no_tiling_fits_is_one_line_naming_layer_footprint_and_sram(g):
     tiny = resolve_target("npu/mid", sram_kib=1)
     layer = LayerPlan("lv7", "f", f"npu.{g.kind}", geometry=g)
@@ -152,13 +156,24 @@ def test_no_tiling_fits_is_one_line_naming_layer_footprint_and_sram(g):
 def wide_conv_model(tmp_path_factory):
     """conv 3x3 16->64 -> ReLU -> conv 3x3 64->64 -> ReLU -> GAP: the second conv needs > 1 KiB of SRAM."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.2, s).astype(np.float32), n)
-             for n, s in (("w1", (64, 16, 3, 3)), ("w2", (64, 64, 3, 3)))]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["y"])]
-    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 1, 1])], inits)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.2, s).astype(np.float32), n)
+        for n, s in (("w1", (64, 16, 3, 3)), ("w2", (64, 64, 3, 3)))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 1, 1])],
+        inits,
+    )
     path = tmp_path_factory.mktemp("models") / "wide.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     return path
@@ -167,8 +182,9 @@ def wide_conv_model(tmp_path_factory):
 def test_compile_stops_when_no_tiling_fits_and_falls_back_when_allowed(wide_conv_model, tmp_path):
     with pytest.raises(NpuError, match=r"needs at least \d+ B of SRAM .* has 1024 B"):
         tvm_npu.compile(wide_conv_model, output=tmp_path / "a.tar", target=resolve_target("npu/micro", sram_kib=1))
-    result = tvm_npu.compile(wide_conv_model, output=tmp_path / "b.tar",
-                             target=resolve_target("npu/micro", sram_kib=1), allow_cpu_fallback=True)
+    result = tvm_npu.compile(
+        wide_conv_model, output=tmp_path / "b.tar", target=resolve_target("npu/micro", sram_kib=1), allow_cpu_fallback=True
+    )
     extra = result.metadata.extra
     fallback = [row for row in extra["operators"] if row["reason"].startswith("sram:")]
     assert fallback and all(row["runs_on"] == "cpu" for row in fallback)

@@ -19,8 +19,16 @@ def test_qdq_model_passes_through_unchanged(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")]
-    graph = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-                               helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "qdq", [x], [y], inits)
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ],
+        "qdq",
+        [x],
+        [y],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert is_quantized(model)
     assert quantize(model, [TensorSpec("x", (1, 4), "float32")]) is model
@@ -42,18 +50,24 @@ def test_overflow_fix_gives_weights_no_cpu_saturates(tmp_path):
     model = onnx.load(make_small_cnn(tmp_path / "cnn.onnx"))
     spec = [TensorSpec("x", (1, 3, 32, 32), "float32")]
     samples = [{"x": np.random.default_rng(i).random((1, 3, 32, 32), dtype=np.float32)} for i in range(4)]
-    at_risk = {fix: [risk.node for risk in saturation_risks(quantize(model, spec, samples, overflow_fix=fix))]
-               for fix in OVERFLOW_FIXES}
+    at_risk = {
+        fix: [risk.node for risk in saturation_risks(quantize(model, spec, samples, overflow_fix=fix))] for fix in OVERFLOW_FIXES
+    }
     print(at_risk)
     assert at_risk["enable"] == []
     assert set(at_risk["first_layer_only"]) < set(at_risk["disable"]) and len(at_risk["disable"]) >= 2
-    assert quantize(model, spec, samples).SerializeToString() == quantize(
-        model, spec, samples, overflow_fix=DEFAULT_OVERFLOW_FIX).SerializeToString()
+    assert (
+        quantize(model, spec, samples).SerializeToString()
+        == quantize(model, spec, samples, overflow_fix=DEFAULT_OVERFLOW_FIX).SerializeToString()
+    )
 
 
-@pytest.mark.parametrize("arrays, fragment", [
-    ({"x": np.zeros((4, 3, 16, 16), np.float32)}, "expected [samples, 1, 3, 32, 32]"),
-])
+@pytest.mark.parametrize(
+    "arrays, fragment",
+    [
+        ({"x": np.zeros((4, 3, 16, 16), np.float32)}, "expected [samples, 1, 3, 32, 32]"),
+    ],
+)
 def test_bad_calibration_data_names_the_problem(tmp_path, arrays, fragment):
     np.savez(tmp_path / "cal.npz", **arrays)
     with pytest.raises(NpuError, match="calibration-data") as err:

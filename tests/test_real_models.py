@@ -27,8 +27,9 @@ from real_models import MODELS, fetch  # noqa: E402
 def test_real_model_compiles_and_reports_its_npu_mac_share(name, tmp_path, record_property):
     model = MODELS[name]
     shapes = parse_input_shapes(model.input_shapes)
-    result = tvm_npu.compile(fetch(name), output=tmp_path / f"{name}.tar", input_shapes=shapes,
-                             save_quantized=tmp_path / "qdq.onnx")
+    result = tvm_npu.compile(
+        fetch(name), output=tmp_path / f"{name}.tar", input_shapes=shapes, save_quantized=tmp_path / "qdq.onnx"
+    )
     assert result.package_path.is_file()
     # the saved QDQ model reloads as a QDQ model and partitions exactly as the compile did
     reloaded = partitioned(tmp_path / "qdq.onnx", shapes)

@@ -93,19 +93,29 @@ def test_conv_and_gemm_macs_are_counted_wherever_they_run(tmp_path):
     each offload-report row carries its MACs, by the textbook formulas."""
     rng = np.random.default_rng(0)
     weights = {"w": (6, 2, 3, 3), "wt": (6, 3, 2, 2), "wg": (768, 10)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], group=2),  # [1,6,8,8]
-             helper.make_node("ConvTranspose", ["c", "wt"], ["t"], strides=[2, 2]),  # [1,3,16,16]
-             helper.make_node("MatMul", ["t", "t"], ["m"]),  # [1,3,16,16] x [1,3,16,16]
-             helper.make_node("Flatten", ["m"], ["f"]),
-             helper.make_node("Gemm", ["f", "wg"], ["y"])]
-    graph = helper.make_graph(nodes, "macs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-                              [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in weights.items()])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], group=2),  # [1,6,8,8]
+        helper.make_node("ConvTranspose", ["c", "wt"], ["t"], strides=[2, 2]),  # [1,3,16,16]
+        helper.make_node("MatMul", ["t", "t"], ["m"]),  # [1,3,16,16] x [1,3,16,16]
+        helper.make_node("Flatten", ["m"], ["f"]),
+        helper.make_node("Gemm", ["f", "wg"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "macs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in weights.items()],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "macs.onnx")
     _, rows = partition(import_onnx(load_onnx(tmp_path / "macs.onnx")).mod)
     counted = sorted(row["macs"] for row in rows if row["macs"])
-    expected = {"conv": 6 * 8 * 8 * (2 * 3 * 3), "conv_transpose": 6 * 8 * 8 * (3 * 2 * 2),
-                "matmul": 3 * 16 * 16 * 16, "gemm": 768 * 10}
+    expected = {
+        "conv": 6 * 8 * 8 * (2 * 3 * 3),
+        "conv_transpose": 6 * 8 * 8 * (3 * 2 * 2),
+        "matmul": 3 * 16 * 16 * 16,
+        "gemm": 768 * 10,
+    }
     assert counted == sorted(expected.values())
     assert all(row["runs_on"] == "cpu" for row in rows)
 
@@ -129,8 +139,9 @@ def test_summary_says_what_runs_where(cnn_package, tmp_path):
 def test_host_time_is_not_measured_for_a_library_built_for_another_cpu(cnn_package):
     metadata = cnn_package.metadata
     assert host_mismatch(metadata) is None
-    elsewhere = replace(metadata, target={**metadata.target, "mcpu": "some-other-cpu"},
-                        target_isa=[*metadata.target_isa, "no-cpu-has-this"])
+    elsewhere = replace(
+        metadata, target={**metadata.target, "mcpu": "some-other-cpu"}, target_isa=[*metadata.target_isa, "no-cpu-has-this"]
+    )
     reason = host_mismatch(elsewhere)
     assert reason == "the library was built for some-other-cpu, this CPU lacks no-cpu-has-this"
     assert f"not measured: {reason}" in summary_text(elsewhere, reason)

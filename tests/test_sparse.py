@@ -61,8 +61,9 @@ def test_every_variant_names_an_existing_kernel_and_has_no_patterns():
     assert variants("npu.conv2d") == (kernel("npu.conv2d_csr"),)
 
 
-@pytest.mark.parametrize("columns, dtype", [(1, np.uint8), (256, np.uint8), (257, np.uint16), (65536, np.uint16),
-                                            (65537, np.uint32)])
+@pytest.mark.parametrize(
+    "columns, dtype", [(1, np.uint8), (256, np.uint8), (257, np.uint16), (65536, np.uint16), (65537, np.uint32)]
+)
 def test_index_width_is_the_smallest_that_fits(columns, dtype):
     assert index_dtype(columns) == dtype
 
@@ -83,12 +84,14 @@ CASES = [  # (dense kernel, case generator, sparsity, an all-zero row)
     ("npu.dense", lambda rng: dense_case(rng, n=5, k=70, o=23), 0.0, False),
     ("npu.dense", lambda rng: dense_case(rng, n=1, k=300, o=9, x_dtype="uint8"), 0.9, True),
     ("npu.dense", lambda rng: dense_case(rng, n=3, k=40, o=7), 1.0, False),
-    ("npu.conv2d", lambda rng: conv2d_case(rng, n=2, c=5, o=7, hw=(9, 8), k=3, stride=1, pad=(1, 1, 1, 1), dilation=1,
-                                           x_dtype="uint8"), 0.5, True),
-    ("npu.conv2d", lambda rng: conv2d_case(rng, c=3, o=6, hw=(11, 9), k=3, stride=2, pad=(2, 1, 0, 2), dilation=1), 0.8,
-     False),
-    ("npu.conv2d", lambda rng: conv2d_case(rng, c=4, o=5, hw=(9, 9), k=3, stride=1, pad=(2, 2, 2, 2), dilation=2), 0.95,
-     True),
+    (
+        "npu.conv2d",
+        lambda rng: conv2d_case(rng, n=2, c=5, o=7, hw=(9, 8), k=3, stride=1, pad=(1, 1, 1, 1), dilation=1, x_dtype="uint8"),
+        0.5,
+        True,
+    ),
+    ("npu.conv2d", lambda rng: conv2d_case(rng, c=3, o=6, hw=(11, 9), k=3, stride=2, pad=(2, 1, 0, 2), dilation=1), 0.8, False),
+    ("npu.conv2d", lambda rng: conv2d_case(rng, c=4, o=5, hw=(9, 9), k=3, stride=1, pad=(2, 2, 2, 2), dilation=2), 0.95, True),
     ("npu.conv2d", lambda rng: conv2d_case(rng, c=6, o=4, hw=(5, 7), k=1, stride=1, pad=(0, 0, 0, 0)), 1.0, False),
 ]
 
@@ -131,21 +134,36 @@ def _sparse_model(path: Path, folder: Path) -> Path:
         return name
 
     nodes = [
-        helper.make_node("Conv", ["x", const("w1", rng.normal(0, 0.3, (32, 8, 3, 3))), const("b1", rng.normal(0, .1, 32))],
-                         ["c1"], pads=[1] * 4),
+        helper.make_node(
+            "Conv",
+            ["x", const("w1", rng.normal(0, 0.3, (32, 8, 3, 3))), const("b1", rng.normal(0, 0.1, 32))],
+            ["c1"],
+            pads=[1] * 4,
+        ),
         helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", const("w2", rng.normal(0, 0.1, (64, 32, 3, 3))), const("b2", rng.normal(0, .1, 64))],
-                         ["c2"], pads=[1] * 4, strides=[2, 2]),
+        helper.make_node(
+            "Conv",
+            ["r1", const("w2", rng.normal(0, 0.1, (64, 32, 3, 3))), const("b2", rng.normal(0, 0.1, 64))],
+            ["c2"],
+            pads=[1] * 4,
+            strides=[2, 2],
+        ),
         helper.make_node("Relu", ["c2"], ["r2"]),
         helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["f"]),
-        helper.make_node("Gemm", ["f", const("wf", rng.normal(0, 0.2, (512, 64))), const("bf", rng.normal(0, .1, 512))],
-                         ["g1"], transB=1),
+        helper.make_node(
+            "Gemm", ["f", const("wf", rng.normal(0, 0.2, (512, 64))), const("bf", rng.normal(0, 0.1, 512))], ["g1"], transB=1
+        ),
         helper.make_node("Relu", ["g1"], ["r3"]),
         helper.make_node("Gemm", ["r3", const("wo", rng.normal(0, 0.1, (10, 512)))], ["y"], transB=1),
     ]
-    graph = helper.make_graph(nodes, "sparse_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "sparse_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     dense = folder / "dense.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), dense)
     assert _prune_script().main([str(dense), str(path), "--sparsity", "0.9", "--scope", "layer"]) == 0
@@ -168,8 +186,10 @@ def test_sparse_modes_choose_per_layer_and_agree_exactly(sparse_packages):
     outputs = {mode: tvm_npu.load(path).run(x)["y"] for mode, path in sparse_packages.items()}
     np.testing.assert_array_equal(outputs["auto"], outputs["off"])
     np.testing.assert_array_equal(outputs["force"], outputs["off"])
-    layers = {mode: [row for row in read_package(path).metadata.extra["layers"] if row["weights"]]
-              for mode, path in sparse_packages.items()}
+    layers = {
+        mode: [row for row in read_package(path).metadata.extra["layers"] if row["weights"]]
+        for mode, path in sparse_packages.items()
+    }
     assert len(layers["off"]) == 3  # two convs and the first Gemm (NNCF leaves the last Gemm's output float)
     assert all(not row["kernel"].endswith("_csr") for row in layers["off"])
     assert all(row["kernel"].endswith("_csr") for row in layers["force"])
@@ -207,13 +227,21 @@ def test_unknown_sparse_mode_is_one_error(tmp_path):
 def test_prune_reaches_the_target_globally_and_per_layer(tmp_path):
     prune = _prune_script()
     rng = np.random.default_rng(1)
-    inits = [numpy_helper.from_array(rng.normal(0, s, shape).astype(np.float32), n)
-             for n, shape, s in (("a", (8, 4, 3, 3), 1.0), ("b", (16, 8), 0.01))]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, s, shape).astype(np.float32), n)
+        for n, shape, s in (("a", (8, 4, 3, 3), 1.0), ("b", (16, 8), 0.01))
+    ]
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "a"], ["c"]), helper.make_node("Flatten", ["c"], ["f"]),
-         helper.make_node("Gemm", ["f", "b"], ["y"], transB=1)], "g",
+        [
+            helper.make_node("Conv", ["x", "a"], ["c"]),
+            helper.make_node("Flatten", ["c"], ["f"]),
+            helper.make_node("Gemm", ["f", "b"], ["y"], transB=1),
+        ],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     per_layer = prune.prune(model, 0.75, "layer")
     assert all(abs(v - 0.75) < 0.01 for v in per_layer.values())

@@ -42,11 +42,15 @@ def make_conv_chain_model(path: Path) -> Path:
     weights = [rng.standard_normal(shape).astype(np.float32) * 0.3 for shape in ((8, 4, 3, 3),) + ((8, 8, 3, 3),) * 3]
     nodes, x = [], "x"
     for i in range(4):
-        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[2 - (i > 0)] * 2),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[2 - (i > 0)] * 2),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
         x = f"r{i}"
     graph = helper.make_graph(
-        nodes, "conv_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 32, 32])],
+        nodes,
+        "conv_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 32, 32])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 8, 16, 16])],
         [onnx.numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
     )
@@ -97,8 +101,9 @@ def assert_tuned_build_is_exact(model, log, untuned_outputs, tmp_path) -> dict:
     """Compiles with the records; every tiled layer uses its task's best tiles and the outputs are bit-identical."""
     # Cascading would replace a fused pair's tilings by its row bands: off, every tuned tiling shows.
     result = tvm_npu.compile(model, tmp_path / "tuned.tar", TARGET, tuning_records=log, cascade=False)
-    best = {task: min((r for r in rs if r["cost"] is not None), key=lambda r: r["cost"])
-            for task, rs in records_by_task(log).items()}
+    best = {
+        task: min((r for r in rs if r["cost"] is not None), key=lambda r: r["cost"]) for task, rs in records_by_task(log).items()
+    }
     layers = [layer for layer in result.metadata.extra["layers"] if layer["tiles"] is not None]
     assert layers
     for layer in layers:
@@ -165,13 +170,17 @@ def test_compile_applies_every_knob_off_exactly(model, model_log, untuned_output
     head, *records = log.read_text().splitlines()
     plain = tmp_path / "plain.json"
     off = {"double_buffer": False, "parallel": False, "vectorize": False}
-    plain.write_text("\n".join([head, *(json.dumps(json.loads(r) | {"tiles": json.loads(r)["tiles"] | off})
-                                        for r in records)]) + "\n")
+    plain.write_text(
+        "\n".join([head, *(json.dumps(json.loads(r) | {"tiles": json.loads(r)["tiles"] | off}) for r in records)]) + "\n"
+    )
     extra = assert_tuned_build_is_exact(model, plain, untuned_outputs, tmp_path)
     for layer in extra["layers"]:
         if layer["tiles"] is not None:
-            assert layer["sram_proven"] == layer["sram_planned"] == sum(footprint(
-                geometry(layer["geometry"]), Tiles(**layer["tiles"])).values())
+            assert (
+                layer["sram_proven"]
+                == layer["sram_planned"]
+                == sum(footprint(geometry(layer["geometry"]), Tiles(**layer["tiles"])).values())
+            )
 
 
 def test_same_seed_same_records(model, model_log, tmp_path):
@@ -217,8 +226,7 @@ def test_foreign_and_corrupt_records(model, model_log, tmp_path, capsys):
     assert not any(layer["tuned"] for layer in result.metadata.extra["layers"])
     bad = tmp_path / "bad.json"
     bad.write_text(log.read_text().splitlines()[0] + "\n{not json\n")
-    code = cli.main(["compile", str(model), "-o", str(tmp_path / "x.tar"), "--target", TARGET,
-                     "--tuning-records", str(bad)])
+    code = cli.main(["compile", str(model), "-o", str(tmp_path / "x.tar"), "--target", TARGET, "--tuning-records", str(bad)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "corrupt (line 2" in err
     assert not (tmp_path / "x.tar").exists()
@@ -266,8 +274,9 @@ def test_a_second_tuner_on_the_same_log_is_refused(model, model_log, tmp_path):
     log.write_bytes(model_log[0].read_bytes())
     head, _ = read_log(log)
     with TuningLog(log, head):  # another tuner holds it
-        second = subprocess.run(_tune_command(model, log, "--trials", "10", "--seed", "3"),
-                                capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            _tune_command(model, log, "--trials", "10", "--seed", "3"), capture_output=True, text=True, timeout=300
+        )
     assert second.returncode == 2 and "being tuned by another process" in second.stderr
     assert log.read_bytes() == model_log[0].read_bytes()
 
@@ -309,17 +318,54 @@ def _free_port() -> int:
 
 def test_rpc_runner_through_a_tracker_and_server(model, untuned_outputs, tmp_path):
     tracker_port, server_port = _free_port(), _free_port()
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                                "--port", str(tracker_port), "--port-end", str(tracker_port + 1)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-                               "--port", str(server_port), "--port-end", str(server_port + 1),
-                               "--tracker", f"127.0.0.1:{tracker_port}", "--key", "tvm-npu-test"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tracker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_tracker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(tracker_port),
+            "--port-end",
+            str(tracker_port + 1),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(server_port),
+            "--port-end",
+            str(server_port + 1),
+            "--tracker",
+            f"127.0.0.1:{tracker_port}",
+            "--key",
+            "tvm-npu-test",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         log = tmp_path / "rpc.json"
-        result = tune(model, log, TARGET, trials=3, runner="rpc", rpc_tracker=f"127.0.0.1:{tracker_port}",
-                      rpc_key="tvm-npu-test", progress=False)
+        result = tune(
+            model,
+            log,
+            TARGET,
+            trials=3,
+            runner="rpc",
+            rpc_tracker=f"127.0.0.1:{tracker_port}",
+            rpc_key="tvm-npu-test",
+            progress=False,
+        )
         assert read_log(log)[0]["runner"] == "rpc"
         for records in records_by_task(log).values():
             assert len(records) == 3 and all(measured_or_rejected(r) for r in records), records
@@ -333,8 +379,9 @@ def test_rpc_runner_through_a_tracker_and_server(model, untuned_outputs, tmp_pat
 
 def test_tune_plot_and_cli_table(model, tmp_path, capsys):
     log, png = tmp_path / "cli.json", tmp_path / "curve.png"
-    code = cli.main(["tune", str(model), "-o", str(log), "--target", TARGET, "--trials", "5", "--plot", str(png),
-                     "--early-stopping", "2"])
+    code = cli.main(
+        ["tune", str(model), "-o", str(log), "--target", TARGET, "--trials", "5", "--plot", str(png), "--early-stopping", "2"]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "speedup" in out and png.read_bytes()[:4] == b"\x89PNG"
     for records in records_by_task(log).values():
@@ -343,11 +390,14 @@ def test_tune_plot_and_cli_table(model, tmp_path, capsys):
         assert len(records) == 5 or len(records) - 1 - best_at == 2  # the goal, or two trials without progress
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--runner", "rpc"], "--runner rpc needs --rpc-tracker HOST:PORT and --rpc-key KEY"),
-    (["--runner", "rpc", "--rpc-tracker", "localhost", "--rpc-key", "k"], "--rpc-tracker must be HOST:PORT"),
-    (["--trials", "0"], "--trials must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--runner", "rpc"], "--runner rpc needs --rpc-tracker HOST:PORT and --rpc-key KEY"),
+        (["--runner", "rpc", "--rpc-tracker", "localhost", "--rpc-key", "k"], "--rpc-tracker must be HOST:PORT"),
+        (["--trials", "0"], "--trials must be at least 1"),
+    ],
+)
 def test_tune_bad_flags_are_one_line_errors(model, tmp_path, capsys, args, fragment):
     code = cli.main(["tune", str(model), "-o", str(tmp_path / "log.json"), *args])
     err = capsys.readouterr().err.strip().splitlines()
@@ -357,8 +407,7 @@ def test_tune_bad_flags_are_one_line_errors(model, tmp_path, capsys, args, fragm
 
 def test_weightless_layers_are_tuning_tasks_too(tmp_path):
     """Pools and adds are SRAM-tiled like convs: their tilings are searched with the same features."""
-    result = tune(default_model_path(), tmp_path / "default.json", "npu/mid", trials=2, seed=0,
-                  progress=False)
+    result = tune(default_model_path(), tmp_path / "default.json", "npu/mid", trials=2, seed=0, progress=False)
     kinds = {task.task.split()[0] for task in result.tasks}
     assert {"conv", "add", "max", "avg"} <= kinds, kinds
     assert all(task.best_cycles is not None for task in result.tasks)
@@ -399,8 +448,11 @@ def assert_fuses_the_winning_pairs(extra: dict, log: Path) -> dict[int, int]:
         if not {i, i + 1} & taken:
             expected[i] = rows
             taken |= {i, i + 1}
-    fused = {i: layer["cascade"]["rows"] for i, layer in enumerate(convs)
-             if layer["cascade"] is not None and layer["cascade"]["role"] == "producer"}
+    fused = {
+        i: layer["cascade"]["rows"]
+        for i, layer in enumerate(convs)
+        if layer["cascade"] is not None and layer["cascade"]["role"] == "producer"
+    }
     assert fused == expected
     for layer in convs:
         if layer["cascade"] is not None:
@@ -427,12 +479,13 @@ def test_cascade_tasks_search_the_band_heights_that_fit_costed_by_the_model(mode
             assert r["cycles"] == sum(c.cycles for c in cascade_cost(g1, g2, r["rows"], config))
             assert r["cost"] == pytest.approx(r["cycles"] / (config.clock_mhz * 1e6))
     best = best_records(read_log(log)[1])
-    expected = sorted((best[key]["cost"], best[key.removeprefix("cascade ").split(" -> ")[0]]["cost"]
-                       + best[key.split(" -> ")[1]]["cost"]) for key in tasks)
+    expected = sorted(
+        (best[key]["cost"], best[key.removeprefix("cascade ").split(" -> ")[0]]["cost"] + best[key.split(" -> ")[1]]["cost"])
+        for key in tasks
+    )
     assert sorted((t.best_cost, t.apart_cost) for t in result.tasks if t.cascade) == expected
     table = result.table()
-    assert sum(line.startswith("cascade ") and line.endswith((": fuses", ": stays apart"))
-               for line in table.splitlines()) == 2
+    assert sum(line.startswith("cascade ") and line.endswith((": fuses", ": stays apart")) for line in table.splitlines()) == 2
     assert "beat their two layers apart" in table
     before = log.read_bytes()
     again = tune(model, log, TARGET, trials=10, runner="npu-model", seed=3, progress=False, cascade=True)
@@ -479,13 +532,16 @@ def test_a_cascade_the_records_say_loses_stays_apart(model, model_log, cascade_l
     assert "Cascaded layers              0 in 0 cascades" in report(result.metadata)
 
 
-@pytest.mark.parametrize("fields, why", [
-    ({"rows": 0}, "a cascade record needs rows"),
-    ({"rows": "4"}, "a cascade record needs rows"),
-    ({"rows": 4, "tiles": {"rows": 4, "channels": 8, "order": "weights"}}, "a cascade record needs rows"),
-    ({"rows": 4, "task": "npu.conv2d {}"}, "a layer record needs tiles"),
-    ({"rows": 4, "cost": "fast"}, "a record needs a task and a cost"),
-])
+@pytest.mark.parametrize(
+    "fields, why",
+    [
+        ({"rows": 0}, "a cascade record needs rows"),
+        ({"rows": "4"}, "a cascade record needs rows"),
+        ({"rows": 4, "tiles": {"rows": 4, "channels": 8, "order": "weights"}}, "a cascade record needs rows"),
+        ({"rows": 4, "task": "npu.conv2d {}"}, "a layer record needs tiles"),
+        ({"rows": 4, "cost": "fast"}, "a record needs a task and a cost"),
+    ],
+)
 def test_bad_cascade_records_are_corrupt(model_log, tmp_path, fields, why):
     head = model_log[0].read_text().splitlines()[0]
     bad = tmp_path / "bad.json"

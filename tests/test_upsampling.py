@@ -30,25 +30,43 @@ def make_upsampling_head(path: Path) -> Path:
         return name
 
     def norm(x, channels, name):
-        stats = [rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.1, channels), rng.normal(0, 0.1, channels),
-                 rng.uniform(0.5, 1.5, channels)]
+        stats = [
+            rng.uniform(0.5, 1.5, channels),
+            rng.normal(0, 0.1, channels),
+            rng.normal(0, 0.1, channels),
+            rng.uniform(0.5, 1.5, channels),
+        ]
         return helper.make_node("BatchNormalization", [x, *(const(f"{name}_{i}", v) for i, v in enumerate(stats))], [name])
 
     nodes = [
         helper.make_node("Conv", ["x", const("w1", rng.normal(0, 0.3, (6, 4, 3, 3)))], ["c1"], pads=[1, 1, 1, 1]),
-        norm("c1", 6, "n1"), helper.make_node("Relu", ["n1"], ["r1"]),
-        helper.make_node("ConvTranspose", ["r1", const("wt", rng.normal(0, 0.3, (6, 5, 2, 2)))], ["t"],
-                         kernel_shape=[2, 2], strides=[2, 2]),
+        norm("c1", 6, "n1"),
+        helper.make_node("Relu", ["n1"], ["r1"]),
+        helper.make_node(
+            "ConvTranspose", ["r1", const("wt", rng.normal(0, 0.3, (6, 5, 2, 2)))], ["t"], kernel_shape=[2, 2], strides=[2, 2]
+        ),
         helper.make_node("Add", ["t", const("bt", rng.normal(0, 0.1, (1, 5, 1, 1)))], ["tb"]),
-        norm("tb", 5, "n2"), helper.make_node("Relu", ["n2"], ["r2"]),
-        helper.make_node("Resize", ["r2", "", const("up", [1, 1, 2, 2])], ["near"], mode="nearest",
-                         coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        norm("tb", 5, "n2"),
+        helper.make_node("Relu", ["n2"], ["r2"]),
+        helper.make_node(
+            "Resize",
+            ["r2", "", const("up", [1, 1, 2, 2])],
+            ["near"],
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        ),
         helper.make_node("Conv", ["near", const("w2", rng.normal(0, 0.3, (3, 5, 1, 1)))], ["c2"]),
         helper.make_node("Resize", ["c2", "", "up"], ["smooth"], mode="linear", coordinate_transformation_mode="half_pixel"),
         helper.make_node("Conv", ["smooth", const("w3", rng.normal(0, 0.3, (2, 3, 1, 1)))], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "upsampling_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 48, 48])], list(inits.values()))
+    graph = helper.make_graph(
+        nodes,
+        "upsampling_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 48, 48])],
+        list(inits.values()),
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
@@ -101,8 +119,9 @@ def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return probed
 
 
-@pytest.mark.parametrize("name", ["nearest_2x_asymmetric_floor_copy", "nearest_3x_half_pixel_round_prefer_ceil",
-                                  "nearest_down_align_corners"])
+@pytest.mark.parametrize(
+    "name", ["nearest_2x_asymmetric_floor_copy", "nearest_3x_half_pixel_round_prefer_ceil", "nearest_down_align_corners"]
+)
 def test_nearest_resize_equals_onnx_reference(name):
     ours, spec, _ = _against_onnx_reference(name)
     np.testing.assert_array_equal(ours, spec)
@@ -121,9 +140,13 @@ def test_bilinear_resize_differs_from_onnx_reference_only_at_ties(name):
 def test_unsupported_resize_mode_runs_on_the_cpu_with_its_reason(tmp_path):
     """A cubic Resize between QuantizeLinear/DequantizeLinear compiles, runs on the CPU, and the offload
     report names the mode."""
-    example = quantized_operator("cubic", "Resize", [random_activation(np.random.default_rng(0), (1, 2, 3, 4)),
-                                                     Constant(np.zeros(0)), Constant(np.array([1, 1, 2, 2]))],
-                                 np.random.default_rng(0), mode="cubic")
+    example = quantized_operator(
+        "cubic",
+        "Resize",
+        [random_activation(np.random.default_rng(0), (1, 2, 3, 4)), Constant(np.zeros(0)), Constant(np.array([1, 1, 2, 2]))],
+        np.random.default_rng(0),
+        mode="cubic",
+    )
     onnx.save(example.model, tmp_path / "cubic.onnx")
     result = tvm_npu.compile(tmp_path / "cubic.onnx", output=tmp_path / "cubic.tar", target="npu/micro")
     (row,) = [row for row in result.metadata.extra["operators"] if row["ops"] == ["relax.image.resize2d"]]

@@ -52,12 +52,14 @@ def table(name: str, report) -> str:
     for o in report.outputs:
         steps = "-" if o.max_steps is None else f"{o.max_steps:g}"
         top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.0%}"
-        rows.append(f"TABLE {name} {o.name}: max steps {steps}, cosine {o.cosine:.6f}, top-1 {top1}, "
-                    f"{'PASS' if o.passed else 'FAIL'}")
+        rows.append(
+            f"TABLE {name} {o.name}: max steps {steps}, cosine {o.cosine:.6f}, top-1 {top1}, {'PASS' if o.passed else 'FAIL'}"
+        )
     return "\n".join(rows)
 
 
 # --- fault injection (test-only) ------------------------------------------------------------------
+
 
 def off_by_one_requantize(value, mult, shift, zero_point, lo, hi, dtype):
     """fixed_point.requantize_te with a rounding bug: adds 2^shift instead of 2^(shift-1) before the shift."""
@@ -127,8 +129,11 @@ def layer_of_conv(qdq: onnx.ModelProto, weight_shape: tuple[int, ...]) -> str:
     for node in qdq.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    conv = next(n for n in qdq.graph.node if n.op_type == "Conv"
-                and inits.get(producers[n.input[1]].input[0], np.empty(0)).shape == weight_shape)
+    conv = next(
+        n
+        for n in qdq.graph.node
+        if n.op_type == "Conv" and inits.get(producers[n.input[1]].input[0], np.empty(0)).shape == weight_shape
+    )
     node = conv
     while True:
         (nxt,) = consumers[node.output[0]]
@@ -138,6 +143,7 @@ def layer_of_conv(qdq: onnx.ModelProto, weight_shape: tuple[int, ...]) -> str:
 
 
 # --- fixtures -------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def squeezenet(tmp_path_factory) -> tuple[Path, Path]:
@@ -162,8 +168,9 @@ def ort_int8_output_model(tmp_path_factory) -> Path:
             return next(self.samples, None)
 
     qdq = folder / "conv_ort_qdq.onnx"
-    quantize_static(str(fp32), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(fp32), str(qdq), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8
+    )
     model = onnx.load(qdq)
     (q_input,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x"]
     model.graph.output.append(onnx.helper.make_tensor_value_info(q_input.output[0], onnx.TensorProto.INT8, [1, 4, 8, 8]))
@@ -174,9 +181,11 @@ def ort_int8_output_model(tmp_path_factory) -> Path:
 
 # --- the bundled model and the reference device ---------------------------------------------------
 
+
 def test_bundled_model_validates_on_cpu_and_says_why(tmp_path):
-    result = run_tvmc("validate", default_model_path(), "--samples", "3", "--per-layer",
-                      "--report-json", tmp_path / "report.json")
+    result = run_tvmc(
+        "validate", default_model_path(), "--samples", "3", "--per-layer", "--report-json", tmp_path / "report.json"
+    )
     assert result.returncode == EXIT_OK, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     headline = next(line for line in lines if line.startswith("reference:"))
@@ -220,6 +229,7 @@ def test_npu_requested_without_one_could_not_validate(conv_package):
 
 # --- metrics --------------------------------------------------------------------------------------
 
+
 def test_metrics_in_steps_bias_and_topk():
     rng = np.random.default_rng(0)
     ref = np.round(rng.normal(0, 20, (4, 1000))) * 0.1
@@ -248,6 +258,7 @@ def test_strip_qdq_gives_the_fp32_model(ort_int8_output_model):
 
 # --- light models ---------------------------------------------------------------------------------
 
+
 def test_squeezenet_qdq_validates_with_every_layer(squeezenet, reference_isa):
     qdq, package = squeezenet
     model = tvm_npu.load(package)
@@ -272,6 +283,7 @@ def test_light_model_qdq_validates(name, tmp_path):
 
 # --- a broken kernel is caught, and --per-layer names the layer -----------------------------------
 
+
 def test_broken_conv_layer_is_named_by_per_layer(squeezenet, tmp_path, monkeypatch):
     """The off-by-one in a single mid-network conv (fire6/squeeze1x1) is found by comparing probes."""
     qdq, _ = squeezenet
@@ -291,8 +303,7 @@ def test_broken_conv_layer_is_named_by_per_layer(squeezenet, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_broken_conv_kernel_fails_validation_and_per_layer_names_the_first_conv(squeezenet, tmp_path, monkeypatch,
-                                                                                reference_isa):
+def test_broken_conv_kernel_fails_validation_and_per_layer_names_the_first_conv(squeezenet, tmp_path, monkeypatch, reference_isa):
     qdq, _ = squeezenet
     break_conv_kernel(monkeypatch)
     broken = tmp_path / "broken.tar"
@@ -303,9 +314,18 @@ def test_broken_conv_kernel_fails_validation_and_per_layer_names_the_first_conv(
     assert not plain.passed  # caught on the model's own output
     report = validate(model, samples(model), device="CPU", per_layer=True, reference_isa=reference_isa)
     first_conv = next(n for n in onnx.load(qdq).graph.node if n.op_type == "Conv")
-    assert report.first_divergent_layer.layer == layer_of_conv(onnx.load(qdq), tuple(
-        numpy_helper.to_array(next(i for i in onnx.load(qdq).graph.initializer if i.name == next(
-            n for n in onnx.load(qdq).graph.node if first_conv.input[1] in n.output).input[0])).shape))
+    assert report.first_divergent_layer.layer == layer_of_conv(
+        onnx.load(qdq),
+        tuple(
+            numpy_helper.to_array(
+                next(
+                    i
+                    for i in onnx.load(qdq).graph.initializer
+                    if i.name == next(n for n in onnx.load(qdq).graph.node if first_conv.input[1] in n.output).input[0]
+                )
+            ).shape
+        ),
+    )
 
 
 # --- when OpenVINO cannot compile the model ------------------------------------------------------
@@ -315,6 +335,7 @@ def test_broken_conv_kernel_fails_validation_and_per_layer_names_the_first_conv(
 # INFERENCE_PRECISION_HINT=f32. The chain is therefore exercised with a real OpenVINO compile
 # failure of another kind: asking OpenVINO for its NPU device on this machine, which has none
 # (OpenVINO raises "VCL compiler loading failed"). Nothing fakes OpenVINO's answer.
+
 
 def test_ort_quantized_model_with_int8_output_validates_in_steps(ort_int8_output_model, tmp_path):
     result = run_tvmc("validate", ort_int8_output_model, "--samples", "2", "--report-json", tmp_path / "report.json")
@@ -359,6 +380,7 @@ def test_probes_name_layers_in_graph_order(squeezenet):
 
 
 # --- the reference's int8 path: CPUs without VNNI saturate, the exact reference judges --------------
+
 
 @pytest.fixture(scope="session")
 def saturation_case(tmp_path_factory) -> tuple[Path, Path]:
@@ -422,8 +444,7 @@ def test_saturation_case_validates_and_names_the_judge(saturation_case, referenc
         assert total == 16 * 12 * 12 and wrong > total // 2
 
 
-def test_one_step_rounding_bug_fails_validation_on_every_int8_path(saturation_case, reference_isa, monkeypatch,
-                                                                    capsys, tmp_path):
+def test_one_step_rounding_bug_fails_validation_on_every_int8_path(saturation_case, reference_isa, monkeypatch, capsys, tmp_path):
     model, inputs = saturation_case
     break_conv_kernel(monkeypatch)
     broken = tmp_path / "broken.tar"
@@ -439,8 +460,9 @@ def test_one_step_rounding_bug_fails_validation_on_every_int8_path(saturation_ca
 
 def test_untrusted_reference_and_no_exact_judge_could_not_validate(saturation_case, capsys):
     model, inputs = saturation_case
-    code, out, _ = tvmc_in_process(capsys, "validate", model, "--inputs", inputs, "--reference-isa", "AVX2",
-                                "--max-exact-gmacs", "0")
+    code, out, _ = tvmc_in_process(
+        capsys, "validate", model, "--inputs", inputs, "--reference-isa", "AVX2", "--max-exact-gmacs", "0"
+    )
     print(out)
     assert code == EXIT_COULD_NOT_VALIDATE, out
     assert "exact reference not run" in out and "--max-exact-gmacs" in out and "UNDECIDED" in out

@@ -31,22 +31,26 @@ from test_validate import break_conv_kernel, break_kernel, kernels_of
 SIGMOID_BIAS = -11.0  # every probability near exp(-11) = 1.7e-5
 
 
-def sigmoid_tail_model(path: Path, sigmoid_input_scale: float | None = None, output_step: float | None = None,
-                       size: int = 16) -> Path:
+def sigmoid_tail_model(
+    path: Path, sigmoid_input_scale: float | None = None, output_step: float | None = None, size: int = 16
+) -> Path:
     """x -> Q/DQ -> Conv(4->8) + ReLU -> Q/DQ -> Conv(8->1) + bias -> Sigmoid: a QDQ model whose output
     is float. `sigmoid_input_scale` inserts a Mul before the Sigmoid (the wrong tail). `output_step`
     quantizes the logits (step 0.1) and the Sigmoid (uint8, this step) instead: a quantized output, as
     a quantizer calibrated on such maps makes it (PP-OCRv4's detector: a step of about 1e-6). `size`: H = W."""
     rng = np.random.default_rng(0)
     inits = [
-        numpy_helper.from_array(np.float32(1 / 255), "x_scale"), numpy_helper.from_array(np.uint8(0), "x_zero"),
+        numpy_helper.from_array(np.float32(1 / 255), "x_scale"),
+        numpy_helper.from_array(np.uint8(0), "x_zero"),
         numpy_helper.from_array(rng.integers(-127, 128, (8, 4, 3, 3)).astype(np.int8), "w1"),
         numpy_helper.from_array(rng.uniform(0.002, 0.01, 8).astype(np.float32), "w1_scale"),
         numpy_helper.from_array(np.zeros(8, np.int8), "w1_zero"),
         numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1"),
-        numpy_helper.from_array(np.float32(0.01), "h_scale"), numpy_helper.from_array(np.uint8(0), "h_zero"),
+        numpy_helper.from_array(np.float32(0.01), "h_scale"),
+        numpy_helper.from_array(np.uint8(0), "h_zero"),
         numpy_helper.from_array(rng.integers(-127, 128, (1, 8, 3, 3)).astype(np.int8), "w2"),
-        numpy_helper.from_array(np.float32(0.002), "w2_scale"), numpy_helper.from_array(np.int8(0), "w2_zero"),
+        numpy_helper.from_array(np.float32(0.002), "w2_scale"),
+        numpy_helper.from_array(np.int8(0), "w2_zero"),
         numpy_helper.from_array(np.full(1, SIGMOID_BIAS, np.float32), "b2"),
     ]
     nodes = [
@@ -64,17 +68,28 @@ def sigmoid_tail_model(path: Path, sigmoid_input_scale: float | None = None, out
         inits.append(numpy_helper.from_array(np.float32(sigmoid_input_scale), "tail_scale"))
         nodes.append(helper.make_node("Mul", ["logits", "tail_scale"], ["logits_scaled"]))
     if output_step is not None:
-        inits += [numpy_helper.from_array(np.float32(0.1), "l_scale"), numpy_helper.from_array(np.int8(0), "l_zero"),
-                  numpy_helper.from_array(np.float32(output_step), "p_scale"), numpy_helper.from_array(np.uint8(0), "p_zero")]
-        nodes += [helper.make_node("QuantizeLinear", [nodes[-1].output[0], "l_scale", "l_zero"], ["l_q"]),
-                  helper.make_node("DequantizeLinear", ["l_q", "l_scale", "l_zero"], ["l_dq"]),
-                  helper.make_node("Sigmoid", ["l_dq"], ["p"]),
-                  helper.make_node("QuantizeLinear", ["p", "p_scale", "p_zero"], ["p_q"]),
-                  helper.make_node("DequantizeLinear", ["p_q", "p_scale", "p_zero"], ["probability"])]
+        inits += [
+            numpy_helper.from_array(np.float32(0.1), "l_scale"),
+            numpy_helper.from_array(np.int8(0), "l_zero"),
+            numpy_helper.from_array(np.float32(output_step), "p_scale"),
+            numpy_helper.from_array(np.uint8(0), "p_zero"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", [nodes[-1].output[0], "l_scale", "l_zero"], ["l_q"]),
+            helper.make_node("DequantizeLinear", ["l_q", "l_scale", "l_zero"], ["l_dq"]),
+            helper.make_node("Sigmoid", ["l_dq"], ["p"]),
+            helper.make_node("QuantizeLinear", ["p", "p_scale", "p_zero"], ["p_q"]),
+            helper.make_node("DequantizeLinear", ["p_q", "p_scale", "p_zero"], ["probability"]),
+        ]
     else:
         nodes.append(helper.make_node("Sigmoid", [nodes[-1].output[0]], ["probability"]))
-    graph = helper.make_graph(nodes, "sigmoid_tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, size, size])],
-                              [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1, 1, size, size])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "sigmoid_tail",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, size, size])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1, 1, size, size])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
@@ -186,8 +201,7 @@ def test_quantized_output_openvino_is_off_and_the_local_checks_decide(quantized_
     assert report.third_opinion.findings()[output.name] == "the reference is off"
 
 
-def test_one_step_fault_in_any_kernel_of_the_quantized_output_model_fails(quantized_sigmoid, tmp_path, monkeypatch,
-                                                                          capsys):
+def test_one_step_fault_in_any_kernel_of_the_quantized_output_model_fails(quantized_sigmoid, tmp_path, monkeypatch, capsys):
     """Each NPU kernel of the package in turn adds one step to half of its output (`break_kernel`)."""
     source, package, _ = quantized_sigmoid
     kernels = kernels_of(package)
@@ -208,8 +222,9 @@ def test_quantized_output_of_a_wrong_sigmoid_fails(quantized_sigmoid, tmp_path):
     model) computes, so the local checks cannot speak for it, and both OpenVINO and the evaluator fail it."""
     correct, _, _ = quantized_sigmoid
     wrong = tmp_path / "wrong.tar"
-    tvm_npu.compile(sigmoid_tail_model(tmp_path / "wrong.onnx", 1.05, OUTPUT_STEP, 32), output=wrong, target="npu",
-                    quantize_model=False)
+    tvm_npu.compile(
+        sigmoid_tail_model(tmp_path / "wrong.onnx", 1.05, OUTPUT_STEP, 32), output=wrong, target="npu", quantize_model=False
+    )
     model = tvm_npu.load(wrong)
     model.onnx_bytes = correct.read_bytes()
     report = validate(model, samples(model, 2), device="CPU")
@@ -221,6 +236,7 @@ def test_quantized_output_of_a_wrong_sigmoid_fails(quantized_sigmoid, tmp_path):
 
 
 # --- inputs ---------------------------------------------------------------------------------------
+
 
 def test_image_fill_is_a_picture_in_each_layout_and_samples_differ():
     nchw = [TensorSpec("x", (2, 3, 32, 48), "float32")]
@@ -272,8 +288,13 @@ def real_packages(tmp_path_factory) -> dict[str, tuple[Path, Path, str]]:
     for name in REAL_MODELS:
         model = real.MODELS[name]
         qdq, package = folder / f"{name}_qdq.onnx", folder / f"{name}.tar"
-        tvm_npu.compile(real.fetch(name), output=package, target="npu", input_shapes=parse_input_shapes(model.input_shapes),
-                        save_quantized=qdq)
+        tvm_npu.compile(
+            real.fetch(name),
+            output=package,
+            target="npu",
+            input_shapes=parse_input_shapes(model.input_shapes),
+            save_quantized=qdq,
+        )
         built[name] = (qdq, package, model.input_shapes)
     return built
 
@@ -286,8 +307,9 @@ def test_real_model_validates_on_pictures(real_packages, name, reference_isa, tm
     the classifier's Softmax is a float tail."""
     _, package, _ = real_packages[name]
     isa = ["--reference-isa", reference_isa] if reference_isa else []
-    result = run_tvmc("validate", package, "--fill-mode", "image", "--samples", "2", *isa, "--report-json",
-                      tmp_path / "r.json", timeout=3600)
+    result = run_tvmc(
+        "validate", package, "--fill-mode", "image", "--samples", "2", *isa, "--report-json", tmp_path / "r.json", timeout=3600
+    )
     print(result.stdout)
     assert result.returncode == EXIT_OK, result.stdout + result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
@@ -310,8 +332,13 @@ def test_real_detector_with_a_wrong_sigmoid_fails(real_packages, tmp_path):
     sigmoid.input[0] = "tail_scaled"
     model.graph.node.insert(list(model.graph.node).index(sigmoid), scaled)
     onnx.save(model, tmp_path / "wrong.onnx")
-    tvm_npu.compile(tmp_path / "wrong.onnx", output=tmp_path / "wrong.tar", target="npu",
-                    input_shapes=parse_input_shapes(shapes), quantize_model=False)
+    tvm_npu.compile(
+        tmp_path / "wrong.onnx",
+        output=tmp_path / "wrong.tar",
+        target="npu",
+        input_shapes=parse_input_shapes(shapes),
+        quantize_model=False,
+    )
     wrong = tvm_npu.load(tmp_path / "wrong.tar")
     wrong.onnx_bytes = qdq.read_bytes()
     report = validate(wrong, [make_inputs(wrong.inputs, "image", 0)], device="CPU")
@@ -331,13 +358,13 @@ def test_real_model_with_a_one_step_fault_in_any_kernel_fails(real_packages, nam
         with monkeypatch.context() as patch:
             break_kernel(patch, kernel)
             broken = tmp_path / f"{kernel}.tar"
-            tvm_npu.compile(qdq, output=broken, target="npu", input_shapes=parse_input_shapes(shapes),
-                            quantize_model=False)
+            tvm_npu.compile(qdq, output=broken, target="npu", input_shapes=parse_input_shapes(shapes), quantize_model=False)
             model = tvm_npu.load(broken)
             # 3 pictures: a squeeze-excite pool's output (480 values) reaches the 1000 elements its bias is judged on
             report = validate(model, [make_inputs(model.inputs, "image", seed) for seed in range(3)], device="CPU")
             failed = [c.name for c in report.local or [] if not c.passed]  # a layer inside a float tail: the
             print(kernel, report.exit_code, failed[:3], report.outputs[0].reason)  # output fails on our own tail
-            caught[kernel] = report.exit_code == EXIT_VALIDATION_FAILED and bool(failed or "our float tail" in
-                                                                                 report.outputs[0].reason)
+            caught[kernel] = report.exit_code == EXIT_VALIDATION_FAILED and bool(
+                failed or "our float tail" in report.outputs[0].reason
+            )
     assert all(caught.values()), caught

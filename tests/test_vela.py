@@ -23,7 +23,8 @@ def test_committed_table_is_rendered_from_the_committed_rows():
     results = json.loads(RESULTS.read_text())["results"]
     assert (REPO / "results" / "vela_comparison.md").read_text() == compare_vela.table(results)
     assert len({r["network"] for r in results}) >= 5 and {r["target"] for r in results} == {
-        f"npu/{name}" for name in compare_vela.TWINS}
+        f"npu/{name}" for name in compare_vela.TWINS
+    }
 
 
 @pytest.mark.slow

@@ -56,9 +56,7 @@ def test_randomize_weights_is_deterministic():
     assert zoo.randomize_weights(model, seed=1).SerializeToString() != first
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in zoo.LIGHT_MODELS]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in zoo.LIGHT_MODELS])
 def test_randomized_light_model_is_valid_and_not_degenerate(name):
     inputs, expected = zoo.light_reference(name)
     constant = next(iter(expected.values()))
@@ -119,8 +117,7 @@ def test_default_model_runs_in_onnxruntime_and_openvino():
 
     # OpenVINO CPU defaults to bf16 where the CPU supports it: ask for f32.
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(model=model.SerializeToString()), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(core.read_model(model=model.SerializeToString()), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled(x)[0], probs, rtol=1e-4, atol=1e-6)
 
 

@@ -1,9 +1,9 @@
 """tvm_npu: an INT8 NPU compiler backend for Apache TVM.
 
-    import tvm_npu
-    result = tvm_npu.compile("model.onnx", output="model.tar", target="npu/micro")
-    model = tvm_npu.load("model.tar")
-    outputs = model.run({"input": array})
+import tvm_npu
+result = tvm_npu.compile("model.onnx", output="model.tar", target="npu/micro")
+model = tvm_npu.load("model.tar")
+outputs = model.run({"input": array})
 """
 
 from .errors import NpuError

@@ -49,8 +49,11 @@ def expand(shapes: Mapping[str, tuple]) -> list[dict[str, tuple[int, ...]]]:
 
 def dynamic_dims(shapes: Mapping[str, tuple]) -> dict[str, list[int]]:
     """Which dimensions of which inputs are bucketed."""
-    return {name: [i for i, d in enumerate(shape) if isinstance(d, tuple)] for name, shape in shapes.items()
-            if any(isinstance(d, tuple) for d in shape)}
+    return {
+        name: [i for i, d in enumerate(shape) if isinstance(d, tuple)]
+        for name, shape in shapes.items()
+        if any(isinstance(d, tuple) for d in shape)
+    }
 
 
 def parse_valid_length(text: str) -> tuple[str, str, int]:
@@ -69,8 +72,7 @@ def _volume(bucket: Mapping[str, tuple[int, ...]]) -> int:
     return sum(int(np.prod(shape)) for shape in bucket.values())
 
 
-def crop_tables(source_onnx: bytes, buckets: list[dict[str, tuple[int, ...]]],
-                dynamic: dict[str, list[int]]) -> list[dict]:
+def crop_tables(source_onnx: bytes, buckets: list[dict[str, tuple[int, ...]]], dynamic: dict[str, list[int]]) -> list[dict]:
     """For each output dimension that follows a bucketed input dimension: its length at every size of that
     dimension from 1 to the largest bucket (None where the model does not take that size), from OpenVINO's
     shape inference on the source model with the other dimensions at the largest bucket."""
@@ -92,21 +94,28 @@ def crop_tables(source_onnx: bytes, buckets: list[dict[str, tuple[int, ...]]],
                 except RuntimeError:
                     outputs = None
                 for out in model.outputs:
-                    lengths.setdefault(out.get_any_name(), []).append(None if outputs is None else
-                                                                        outputs[out.get_any_name()])
+                    lengths.setdefault(out.get_any_name(), []).append(None if outputs is None else outputs[out.get_any_name()])
             for output, shapes in lengths.items():
                 known = [s for s in shapes if s is not None]
                 if not known:
-                    raise NpuError(f"OpenVINO cannot reshape the model's {name!r} dimension {dim} to any size up to "
-                                   f"{largest[name][dim]}; bucket another dimension or compile fixed shapes")
+                    raise NpuError(
+                        f"OpenVINO cannot reshape the model's {name!r} dimension {dim} to any size up to "
+                        f"{largest[name][dim]}; bucket another dimension or compile fixed shapes"
+                    )
                 for axis in range(len(known[0])):
                     if len({s[axis] for s in known}) == 1:
                         continue
                     if (output, axis) in tables:
-                        raise NpuError(f"output {output!r} dimension {axis} follows two bucketed dimensions; "
-                                       "bucket only one of them")
-                    tables[(output, axis)] = {"output": output, "dim": axis, "input": name, "input_dim": dim,
-                                              "lengths": [None if s is None else s[axis] for s in shapes]}
+                        raise NpuError(
+                            f"output {output!r} dimension {axis} follows two bucketed dimensions; bucket only one of them"
+                        )
+                    tables[(output, axis)] = {
+                        "output": output,
+                        "dim": axis,
+                        "input": name,
+                        "input_dim": dim,
+                        "lengths": [None if s is None else s[axis] for s in shapes],
+                    }
     return list(tables.values())
 
 
@@ -121,14 +130,23 @@ class Bucketing:
     valid_length: dict[str, tuple[str, int]] = field(default_factory=dict)  # extra input -> (input, dim)
 
     def to_dict(self) -> dict:
-        return {"shapes": [{n: list(s) for n, s in b.items()} for b in self.shapes], "dynamic": self.dynamic,
-                "crops": self.crops, "pad_value": self.pad_value,
-                "valid_length": {n: list(v) for n, v in self.valid_length.items()}}
+        return {
+            "shapes": [{n: list(s) for n, s in b.items()} for b in self.shapes],
+            "dynamic": self.dynamic,
+            "crops": self.crops,
+            "pad_value": self.pad_value,
+            "valid_length": {n: list(v) for n, v in self.valid_length.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Bucketing:
-        return cls([{n: tuple(s) for n, s in b.items()} for b in data["shapes"]], data["dynamic"], data["crops"],
-                   float(data["pad_value"]), {n: (v[0], int(v[1])) for n, v in data["valid_length"].items()})
+        return cls(
+            [{n: tuple(s) for n, s in b.items()} for b in data["shapes"]],
+            data["dynamic"],
+            data["crops"],
+            float(data["pad_value"]),
+            {n: (v[0], int(v[1])) for n, v in data["valid_length"].items()},
+        )
 
     def describe(self, index: int) -> str:
         return " ".join(f"{name}:[{','.join(map(str, shape))}]" for name, shape in self.shapes[index].items())
@@ -137,31 +155,53 @@ class Bucketing:
         """The smallest bucket that holds every input, and the inputs padded to it. An input larger than every
         bucket is an error unless `truncate` crops it to the largest."""
         sizes = {name: [np.shape(inputs[name])[d] for d in dims] for name, dims in self.dynamic.items() if name in inputs}
-        index = next((i for i, bucket in enumerate(self.shapes)
-                      if all(s <= bucket[name][d] for name, dims in self.dynamic.items() if name in sizes
-                             for d, s in zip(dims, sizes[name]))), None)
+        index = next(
+            (
+                i
+                for i, bucket in enumerate(self.shapes)
+                if all(
+                    s <= bucket[name][d]
+                    for name, dims in self.dynamic.items()
+                    if name in sizes
+                    for d, s in zip(dims, sizes[name])
+                )
+            ),
+            None,
+        )
         if index is None:
             index = len(self.shapes) - 1
             if not truncate:
-                name, dim, size = next((n, d, s) for n, dims in self.dynamic.items() if n in sizes
-                                       for d, s in zip(dims, sizes[n]) if s > self.shapes[index][n][d])
-                raise NpuError(f"input {name!r} has size {size} in dimension {dim}, larger than the largest bucket "
-                               f"{self.describe(index)}; compile a larger bucket, or pass --truncate to crop it")
+                name, dim, size = next(
+                    (n, d, s)
+                    for n, dims in self.dynamic.items()
+                    if n in sizes
+                    for d, s in zip(dims, sizes[n])
+                    if s > self.shapes[index][n][d]
+                )
+                raise NpuError(
+                    f"input {name!r} has size {size} in dimension {dim}, larger than the largest bucket "
+                    f"{self.describe(index)}; compile a larger bucket, or pass --truncate to crop it"
+                )
         bucket = self.shapes[index]
         padded = dict(inputs)
         for name, dims in self.dynamic.items():
             if name not in inputs:
                 continue
-            value = np.asarray(inputs[name])[tuple(slice(0, bucket[name][d]) if d in dims else slice(None)
-                                                   for d in range(np.ndim(inputs[name])))]
+            value = np.asarray(inputs[name])[
+                tuple(slice(0, bucket[name][d]) if d in dims else slice(None) for d in range(np.ndim(inputs[name])))
+            ]
             widths = [(0, bucket[name][d] - value.shape[d]) if d in dims else (0, 0) for d in range(value.ndim)]
             padded[name] = np.pad(value, widths, constant_values=np.asarray(self.pad_value).astype(value.dtype))
         return index, padded
 
     def valid_sizes(self, inputs: Mapping[str, np.ndarray], index: int) -> dict[tuple[str, int], int]:
         bucket = self.shapes[index]
-        return {(name, d): min(np.shape(inputs[name])[d], bucket[name][d])
-                for name, dims in self.dynamic.items() if name in inputs for d in dims}
+        return {
+            (name, d): min(np.shape(inputs[name])[d], bucket[name][d])
+            for name, dims in self.dynamic.items()
+            if name in inputs
+            for d in dims
+        }
 
     def crop(self, outputs: dict[str, np.ndarray], valid: Mapping[tuple[str, int], int]) -> dict[str, np.ndarray]:
         """Each output cut to the part the unpadded input gives; a size the model does not take is an error."""
@@ -171,11 +211,14 @@ class Bucketing:
             length = table["lengths"][size - 1]
             if length is None:
                 smallest = 1 + next(i for i, n in enumerate(table["lengths"]) if n is not None)
-                raise NpuError(f"input {table['input']!r} has size {size} in dimension {table['input_dim']}, below "
-                               f"the smallest the model takes ({smallest}); pad it to at least {smallest}")
+                raise NpuError(
+                    f"input {table['input']!r} has size {size} in dimension {table['input_dim']}, below "
+                    f"the smallest the model takes ({smallest}); pad it to at least {smallest}"
+                )
             value = outputs[table["output"]]
-            outputs[table["output"]] = value[tuple(slice(0, length) if d == table["dim"] else slice(None)
-                                                   for d in range(value.ndim))]
+            outputs[table["output"]] = value[
+                tuple(slice(0, length) if d == table["dim"] else slice(None) for d in range(value.ndim))
+            ]
         return outputs
 
     def fill_specs(self, inputs: list[TensorSpec]) -> list[TensorSpec]:
@@ -183,8 +226,9 @@ class Bucketing:
         return [spec for spec in inputs if spec.name not in self.valid_length]
 
 
-def reference_model(source_onnx: bytes, bucket_onnx: bytes, bucket: Mapping[str, tuple[int, ...]],
-                    sizes: Mapping[str, tuple[int, ...]]) -> bytes:
+def reference_model(
+    source_onnx: bytes, bucket_onnx: bytes, bucket: Mapping[str, tuple[int, ...]], sizes: Mapping[str, tuple[int, ...]]
+) -> bytes:
     """The bucket's quantized model at unpadded `sizes`: what the reference runs on the input as given.
 
     The load stage folds shape computations to constants at the bucket's shapes; loading the source model at
@@ -228,9 +272,11 @@ def _constants(model) -> dict:
     """Constant nodes' tensors, by output name (as initializers are by name)."""
     import onnx
 
-    return {node.output[0]: onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(node.attribute[0].t),
-                                                          node.output[0])
-            for node in model.graph.node if node.op_type == "Constant" and node.attribute[0].name == "value"}
+    return {
+        node.output[0]: onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(node.attribute[0].t), node.output[0])
+        for node in model.graph.node
+        if node.op_type == "Constant" and node.attribute[0].name == "value"
+    }
 
 
 LIFTED_MIN_BYTES = 64  # smaller constants (zero points, shifts) stay in the library: not worth a lookup

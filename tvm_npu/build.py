@@ -46,8 +46,12 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
             return tvm.transform.Sequential(
-                cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target) + [schedules]
-                + cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target))(mod)
+                cpu_generic.library_dispatch_passes(target)
+                + cpu_generic.legalize_passes(target)
+                + [schedules]
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target)
+            )(mod)
 
     return pipeline
 
@@ -64,8 +68,7 @@ class ParallelVectorize(CPUScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         # Counted as written: dlight's normalization folds unit axes, and a 1x1 convolution's kernel axes with them.
-        axes = {sch.get(block).name_hint: _reduction_axes(sch, block)
-                for block in sch.get_child_blocks(sch.get_sblock("root"))}
+        axes = {sch.get(block).name_hint: _reduction_axes(sch, block) for block in sch.get_child_blocks(sch.get_sblock("root"))}
         infos = normalize_prim_func(sch)
         if infos is None or 1 in axes.values():
             return None

@@ -68,16 +68,24 @@ def cached(arguments: dict, build: Callable[[Path], dict[str, float]]) -> dict[s
         entry.folder.mkdir(parents=True, exist_ok=True)
         entry.lock_path.touch()
     except OSError as err:
-        print(f"warning: cannot use the compile cache {entry.folder} ({first_line(err)}); compiling without it "
-              f"(set ${CACHE_DIR_VARIABLE} to a writable folder, or pass --no-cache)", file=sys.stderr)
+        print(
+            f"warning: cannot use the compile cache {entry.folder} ({first_line(err)}); compiling without it "
+            f"(set ${CACHE_DIR_VARIABLE} to a writable folder, or pass --no-cache)",
+            file=sys.stderr,
+        )
         return build(output)
     with entry.locked():
         start = time.perf_counter()
         if entry.copy_to(output):
             return {"cache": time.perf_counter() - start}
         seconds = build(entry.package)
-        entry.seal({"model": str(Path(arguments["model"]).resolve()), "target": resolve_target(arguments["target"]).name,
-                    "compile_seconds": round(sum(seconds.values()), 3)})
+        entry.seal(
+            {
+                "model": str(Path(arguments["model"]).resolve()),
+                "target": resolve_target(arguments["target"]).name,
+                "compile_seconds": round(sum(seconds.values()), 3),
+            }
+        )
         start = time.perf_counter()
         if not entry.copy_to(output):
             raise OSError(f"compile cache entry {entry.package} changed while it was being copied")
@@ -120,22 +128,27 @@ def _jsonable(value):
     return str(value)  # Path and other plain values
 
 
-def cached_quantization(model: onnx.ModelProto, calibration_data: str | Path | None, settings: dict,
-                        quantize: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
+def cached_quantization(
+    model: onnx.ModelProto, calibration_data: str | Path | None, settings: dict, quantize: Callable[[], onnx.ModelProto]
+) -> onnx.ModelProto:
     """The quantized (QDQ) model of `quantize()`, from the cache when the same model (by its bytes at the fixed
     shapes) was quantized before with the same calibration data (by its SHA-256; None: seeded random inputs)
     and `settings` (seed, overflow fix) by this tvm_npu; entries live in the `quantize/` folder of the cache."""
-    keyed = {"model": hashlib.sha256(model.SerializeToString()).hexdigest(), "settings": settings,
-             "calibration": None if calibration_data is None else file_sha256(Path(calibration_data)),
-             "versions": {"tvm": tvm.__version__, "tvm_npu_code": code_digest()}}
-    entry = Entry(cache_dir() / QUANTIZE_FOLDER, hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest(),
-                  ".onnx")
+    keyed = {
+        "model": hashlib.sha256(model.SerializeToString()).hexdigest(),
+        "settings": settings,
+        "calibration": None if calibration_data is None else file_sha256(Path(calibration_data)),
+        "versions": {"tvm": tvm.__version__, "tvm_npu_code": code_digest()},
+    }
+    entry = Entry(cache_dir() / QUANTIZE_FOLDER, hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest(), ".onnx")
     try:
         entry.folder.mkdir(parents=True, exist_ok=True)
         entry.lock_path.touch()
     except OSError as err:
-        print(f"warning: cannot use the quantization cache {entry.folder} ({first_line(err)}); quantizing without it",
-              file=sys.stderr)
+        print(
+            f"warning: cannot use the quantization cache {entry.folder} ({first_line(err)}); quantizing without it",
+            file=sys.stderr,
+        )
         return quantize()
     with entry.locked():
         data = entry.read()
@@ -191,8 +204,12 @@ class Entry:
 
     def seal(self, description: dict) -> None:
         """Records the package's hash (and what it was compiled from): the entry is complete."""
-        info = {"sha256": file_sha256(self.package), "bytes": self.package.stat().st_size,
-                "created": time.strftime("%Y-%m-%d %H:%M:%S"), **description}
+        info = {
+            "sha256": file_sha256(self.package),
+            "bytes": self.package.stat().st_size,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **description,
+        }
         with atomic_output(self.seal_path) as stream:
             stream.write(json.dumps(info, indent=2).encode())
 
@@ -205,8 +222,10 @@ class Entry:
             return None
         data = self.package.read_bytes()
         if hashlib.sha256(data).hexdigest() != info.get("sha256"):
-            print(f"warning: compile cache entry {self.package} is corrupt (its hash does not match); rebuilding it",
-                  file=sys.stderr)
+            print(
+                f"warning: compile cache entry {self.package} is corrupt (its hash does not match); rebuilding it",
+                file=sys.stderr,
+            )
             self.remove()
             return None
         return data
@@ -246,8 +265,10 @@ def list_text() -> str:
         total += size
         state = "" if info else "  (incomplete)"
         kind = "quantized" if entry.suffix == ".onnx" else "package"
-        lines.append(f"{entry.key[:16]}  {kind:<9}  {size / 1e6:7.2f} MB  {info.get('created', '?'):<19}  "
-                     f"npu/{info.get('target', '?'):<6}  {info.get('model', '?')}{state}")
+        lines.append(
+            f"{entry.key[:16]}  {kind:<9}  {size / 1e6:7.2f} MB  {info.get('created', '?'):<19}  "
+            f"npu/{info.get('target', '?'):<6}  {info.get('model', '?')}{state}"
+        )
     lines.append(f"{len(lines)} entries, {total / 1e6:.2f} MB in {folder}")
     return "\n".join(lines)
 

@@ -55,12 +55,20 @@ class Cascade:
 
     def describe(self, layer: LayerPlan) -> dict:
         role = "producer" if self.produces(layer) else "consumer"
-        return {"index": self.index, "role": role, "rows": self.rows, "dram_saved": self.dram_saved,
-                "producer": self.producer.row, "consumer": self.consumer.row, "tuned": self.tuned}
+        return {
+            "index": self.index,
+            "role": role,
+            "rows": self.rows,
+            "dram_saved": self.dram_saved,
+            "producer": self.producer.row,
+            "consumer": self.consumer.row,
+            "tuned": self.tuned,
+        }
 
 
-def cascade(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig,
-            tuned: dict[str, dict] | None = None) -> list[LayerPlan]:
+def cascade(
+    mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig, tuned: dict[str, dict] | None = None
+) -> list[LayerPlan]:
     """`layers` with the chosen pairs fused; `tuned`: the best tuning record per task (`records.tuned_records`)."""
     by_function = {layer.function: layer for layer in layers}
     options = []  # (rank, producer, consumer, rows, from records): records first, then the largest saving
@@ -79,24 +87,40 @@ def cascade(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig,
         if producer.function not in fused and consumer.function not in fused:
             g1, g2 = producer.geometry, consumer.geometry
             apart = _dram(layer_cost(g1, producer.tiles, config), layer_cost(g2, consumer.tiles, config))
-            pair = Cascade(len(fused) // 2, producer, consumer, rows, sum(cascade_footprint(g1, g2, rows).values()),
-                           apart - _dram(*cascade_cost(g1, g2, rows, config)), from_records)
+            pair = Cascade(
+                len(fused) // 2,
+                producer,
+                consumer,
+                rows,
+                sum(cascade_footprint(g1, g2, rows).values()),
+                apart - _dram(*cascade_cost(g1, g2, rows, config)),
+                from_records,
+            )
             fused[producer.function] = fused[consumer.function] = pair
-    return [replace(layer, cascade=fused[layer.function], sram_planned=fused[layer.function].sram_planned)
-            if layer.function in fused else layer for layer in layers]
+    return [
+        replace(layer, cascade=fused[layer.function], sram_planned=fused[layer.function].sram_planned)
+        if layer.function in fused
+        else layer
+        for layer in layers
+    ]
 
 
 def task_key(producer: LayerPlan, consumer: LayerPlan) -> str:
     """What identifies a pair's cascade tuning task: the two layers' tasks (pairs alike share a band height)."""
-    return (f"{CASCADE_TASK}{layer_task_key(producer.kernel, producer.geometry)} -> "
-            f"{layer_task_key(consumer.kernel, consumer.geometry)}")
+    return (
+        f"{CASCADE_TASK}{layer_task_key(producer.kernel, producer.geometry)} -> "
+        f"{layer_task_key(consumer.kernel, consumer.geometry)}"
+    )
 
 
 def recorded(best: dict[str, dict], producer: LayerPlan, consumer: LayerPlan) -> tuple[int, float, float] | None:
     """(band height, cost) of the pair's best cascade record and the cost of its two layers' best records
     together, when the records have all three (costs in the log's units: one runner per log)."""
-    keys = (task_key(producer, consumer), layer_task_key(producer.kernel, producer.geometry),
-            layer_task_key(consumer.kernel, consumer.geometry))
+    keys = (
+        task_key(producer, consumer),
+        layer_task_key(producer.kernel, producer.geometry),
+        layer_task_key(consumer.kernel, consumer.geometry),
+    )
     if not all(key in best for key in keys):
         return None
     fused, first, second = (best[key] for key in keys)
@@ -148,6 +172,7 @@ def band_heights(producer: Geometry, consumer: Geometry, config: NpuConfig) -> l
 
 def default_band(producer: Geometry, consumer: Geometry, config: NpuConfig) -> int | None:
     """The fitting band height with the least DRAM traffic, then cycles, then footprint."""
+
     def key(rows):
         costs = cascade_cost(producer, consumer, rows, config)
         return _dram(*costs), sum(c.cycles for c in costs), sum(cascade_footprint(producer, consumer, rows).values())
@@ -190,8 +215,9 @@ def compute(producer: LayerPlan, consumer: LayerPlan) -> tvm.tirx.PrimFunc:
     top = g2.padding[0]
     x = te.placeholder(x_spec[0], x_spec[1], "X")
     consts1, y1 = producer_kernel.tensors(extended, x, "_p")
-    real = te.compute((y1.shape[0], y1.shape[1], g1.out_h, y1.shape[3]),
-                      lambda n, c, h, w: y1[n, c, h + top, w], name="intermediate")
+    real = te.compute(
+        (y1.shape[0], y1.shape[1], g1.out_h, y1.shape[3]), lambda n, c, h, w: y1[n, c, h + top, w], name="intermediate"
+    )
     consts2, y2 = consumer_kernel.tensors(p2, real, "_c")
     return te.create_prim_func([x, *consts1, *consts2, y2])
 
@@ -246,17 +272,29 @@ def _spatial_again(func: tvm.tirx.PrimFunc, names: set[str]) -> tvm.tirx.PrimFun
         if isinstance(stmt, tirx.SeqStmt):
             return tirx.SeqStmt([visit(child) for child in stmt.seq])
         if isinstance(stmt, tirx.For):
-            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, visit(stmt.body),
-                            stmt.thread_binding, stmt.annotations)
+            return tirx.For(
+                stmt.loop_var, stmt.min, stmt.extent, stmt.kind, visit(stmt.body), stmt.thread_binding, stmt.annotations
+            )
         if isinstance(stmt, s_tir.SBlockRealize):
             block = stmt.block
             iters = block.iter_vars
             if block.name_hint in names:
-                iters = [tirx.IterVar(v.dom, v.var, tirx.IterVar.DataPar if v.iter_type == tirx.IterVar.Opaque
-                                      else v.iter_type) for v in iters]
+                iters = [
+                    tirx.IterVar(v.dom, v.var, tirx.IterVar.DataPar if v.iter_type == tirx.IterVar.Opaque else v.iter_type)
+                    for v in iters
+                ]
             body = block.body if block.name_hint in names else visit(block.body)
-            rebuilt = s_tir.SBlock(iters, block.reads, block.writes, block.name_hint, body, block.init,
-                                   block.alloc_buffers, block.match_buffers, block.annotations)
+            rebuilt = s_tir.SBlock(
+                iters,
+                block.reads,
+                block.writes,
+                block.name_hint,
+                body,
+                block.init,
+                block.alloc_buffers,
+                block.match_buffers,
+                block.annotations,
+            )
             return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, rebuilt)
         return stmt
 

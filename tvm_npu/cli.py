@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.set_defaults(handler=_run)
 
     validate_cmd = commands.add_parser(
-        "validate", help="compare a package (or an ONNX model, compiled first) against OpenVINO",
+        "validate",
+        help="compare a package (or an ONNX model, compiled first) against OpenVINO",
         description="Runs the package and a reference on the same inputs and the same ONNX model and compares "
         "every output. Reference chain: OpenVINO (NPU if present, else CPU) -> ONNX Runtime on the same "
         f"model (if installed) -> OpenVINO CPU on the FP32 model (cosine >= {FP32_MIN_COSINE}). "
@@ -124,35 +125,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate_cmd.add_argument("FILE", help="a package (.tar) or a model (.onnx, .tflite)")
     _add_input_options(validate_cmd)
-    validate_cmd.add_argument("--samples", type=int, default=1, metavar="N",
-                              help="with --fill-mode: validate on N input samples (seeds --seed .. --seed+N-1; default: 1); "
-                                   "classifier top-1/top-5 agreement is reported as k/N with a 95%% Wilson interval")
-    validate_cmd.add_argument("--device", choices=DEVICES, default="AUTO",
-                              help="OpenVINO device: AUTO uses the NPU when present, else the CPU")
-    validate_cmd.add_argument("--atol-steps", type=float, default=DEFAULT_ATOL_STEPS,
-                              help=f"quantized outputs: at least {MIN_WITHIN_STEPS * 100:g}%% of elements at most this many "
-                                   f"quantization steps off (default: {DEFAULT_ATOL_STEPS:g})")
-    validate_cmd.add_argument("--max-bias-steps", type=float, default=DEFAULT_MAX_BIAS_STEPS,
-                              help=f"quantized outputs: largest mean signed error in steps (default: {DEFAULT_MAX_BIAS_STEPS:g})")
-    validate_cmd.add_argument("--per-layer", action="store_true",
-                              help="also compare every quantized intermediate tensor and name the first layer "
-                                   "beyond tolerance (compiles a probed copy of the model)")
-    validate_cmd.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                              help="relative tolerance for float outputs, also the float tail's slack on a quantized model "
-                                   f"(default: {DEFAULT_RTOL})")
-    validate_cmd.add_argument("--atol", type=float, default=DEFAULT_ATOL,
-                              help=f"absolute tolerance for float outputs (default: {DEFAULT_ATOL})")
-    validate_cmd.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
-                              help=f"minimum cosine similarity for float models' outputs (and a quantized model's float "
-                                   f"output whose float tail cannot be analysed) (default: {DEFAULT_MIN_COSINE})")
-    validate_cmd.add_argument("--reference-isa", metavar="ISA",
-                              help="run OpenVINO's CPU plugin as on a CPU with at most this oneDNN instruction set, "
-                                   "e.g. AVX2 (no VNNI: int8 products summed in saturating int16 pairs), in a child "
-                                   "process; outputs it gets wrong are judged by the exact reference")
-    validate_cmd.add_argument("--max-exact-gmacs", type=float, default=DEFAULT_MAX_EXACT_GMACS, metavar="G",
-                              help="largest model (10^9 multiply-accumulates over all samples) the exact reference "
-                                   "(onnx.reference, ~1 s per GMAC) runs on when the reference's int8 path cannot be "
-                                   f"trusted (default: {DEFAULT_MAX_EXACT_GMACS:g})")
+    validate_cmd.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --fill-mode: validate on N input samples (seeds --seed .. --seed+N-1; default: 1); "
+        "classifier top-1/top-5 agreement is reported as k/N with a 95%% Wilson interval",
+    )
+    validate_cmd.add_argument(
+        "--device", choices=DEVICES, default="AUTO", help="OpenVINO device: AUTO uses the NPU when present, else the CPU"
+    )
+    validate_cmd.add_argument(
+        "--atol-steps",
+        type=float,
+        default=DEFAULT_ATOL_STEPS,
+        help=f"quantized outputs: at least {MIN_WITHIN_STEPS * 100:g}%% of elements at most this many "
+        f"quantization steps off (default: {DEFAULT_ATOL_STEPS:g})",
+    )
+    validate_cmd.add_argument(
+        "--max-bias-steps",
+        type=float,
+        default=DEFAULT_MAX_BIAS_STEPS,
+        help=f"quantized outputs: largest mean signed error in steps (default: {DEFAULT_MAX_BIAS_STEPS:g})",
+    )
+    validate_cmd.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="also compare every quantized intermediate tensor and name the first layer "
+        "beyond tolerance (compiles a probed copy of the model)",
+    )
+    validate_cmd.add_argument(
+        "--rtol",
+        type=float,
+        default=DEFAULT_RTOL,
+        help=f"relative tolerance for float outputs, also the float tail's slack on a quantized model (default: {DEFAULT_RTOL})",
+    )
+    validate_cmd.add_argument(
+        "--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance for float outputs (default: {DEFAULT_ATOL})"
+    )
+    validate_cmd.add_argument(
+        "--min-cosine",
+        type=float,
+        default=DEFAULT_MIN_COSINE,
+        help=f"minimum cosine similarity for float models' outputs (and a quantized model's float "
+        f"output whose float tail cannot be analysed) (default: {DEFAULT_MIN_COSINE})",
+    )
+    validate_cmd.add_argument(
+        "--reference-isa",
+        metavar="ISA",
+        help="run OpenVINO's CPU plugin as on a CPU with at most this oneDNN instruction set, "
+        "e.g. AVX2 (no VNNI: int8 products summed in saturating int16 pairs), in a child "
+        "process; outputs it gets wrong are judged by the exact reference",
+    )
+    validate_cmd.add_argument(
+        "--max-exact-gmacs",
+        type=float,
+        default=DEFAULT_MAX_EXACT_GMACS,
+        metavar="G",
+        help="largest model (10^9 multiply-accumulates over all samples) the exact reference "
+        "(onnx.reference, ~1 s per GMAC) runs on when the reference's int8 path cannot be "
+        f"trusted (default: {DEFAULT_MAX_EXACT_GMACS:g})",
+    )
     validate_cmd.add_argument("--report-json", help="also write the report as JSON to this file")
     _add_compile_options(validate_cmd)
     validate_cmd.set_defaults(handler=_validate)
@@ -163,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd.set_defaults(handler=_report)
 
     tune_cmd = commands.add_parser(
-        "tune", help="autotune the NPU layers' tilings (meta_schedule + XGBoost) into a records file",
+        "tune",
+        help="autotune the NPU layers' tilings (meta_schedule + XGBoost) into a records file",
         description="Searches each distinct NPU layer's SRAM tiling with meta_schedule's evolutionary search and "
         "XGBoost cost model. Records are appended to -o as they are measured; rerunning the same command "
         "resumes. Apply them with `tvmc compile --tuning-records FILE`.",
@@ -171,25 +206,34 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument("FILE", help="the ONNX model to tune (give `tvmc compile` the same file)")
     tune_cmd.add_argument("-o", "--output", required=True, metavar="JSON", help="tuning log to write or resume")
     _add_target_options(tune_cmd)
-    tune_cmd.add_argument("--trials", type=int, default=64, metavar="N",
-                          help="candidates per task, the default tiling included (default: 64)")
-    tune_cmd.add_argument("--runner", choices=RUNNERS, default="npu-model",
-                          help="npu-model: score with the NPU performance model (deterministic); local: measure "
-                               "on this host; rpc: measure on machines registered with an RPC tracker")
+    tune_cmd.add_argument(
+        "--trials", type=int, default=64, metavar="N", help="candidates per task, the default tiling included (default: 64)"
+    )
+    tune_cmd.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="npu-model",
+        help="npu-model: score with the NPU performance model (deterministic); local: measure "
+        "on this host; rpc: measure on machines registered with an RPC tracker",
+    )
     tune_cmd.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker address (--runner rpc)")
     tune_cmd.add_argument("--rpc-key", metavar="KEY", help="device key the RPC servers registered with")
     tune_cmd.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
-    tune_cmd.add_argument("--early-stopping", type=int, metavar="N",
-                          help="end a task after N trials without a better candidate")
+    tune_cmd.add_argument("--early-stopping", type=int, metavar="N", help="end a task after N trials without a better candidate")
     tune_cmd.add_argument("--plot", metavar="PNG", help="also draw best cost against trials per task")
-    tune_cmd.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=False,
-                          help="then tune the band height of each conv -> conv pair compile --cascade could fuse; "
-                               "compile --cascade --tuning-records fuses a pair where its best cascade beats its two "
-                               "layers' best tilings (default: off)")
+    tune_cmd.add_argument(
+        "--cascade",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="then tune the band height of each conv -> conv pair compile --cascade could fuse; "
+        "compile --cascade --tuning-records fuses a pair where its best cascade beats its two "
+        "layers' best tilings (default: off)",
+    )
     tune_cmd.set_defaults(handler=_tune)
 
     cache_cmd = commands.add_parser(
-        "cache", help="list or clear the compile cache",
+        "cache",
+        help="list or clear the compile cache",
         description=f"`tvmc compile` reuses the package of an earlier compile of the same inputs from "
         f"{compile_cache.cache_dir()} (folder: $XDG_CACHE_HOME/tvm_npu/compile).",
     )
@@ -206,8 +250,20 @@ def _cache(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     config, shapes = _target_from_args(args)
     require_fixed(shapes, "tvmc tune")
-    result = tune(args.FILE, args.output, config, args.trials, args.runner, args.rpc_tracker, args.rpc_key,
-                  args.seed, args.early_stopping, shapes, args.plot, cascade=args.cascade)
+    result = tune(
+        args.FILE,
+        args.output,
+        config,
+        args.trials,
+        args.runner,
+        args.rpc_tracker,
+        args.rpc_key,
+        args.seed,
+        args.early_stopping,
+        shapes,
+        args.plot,
+        cascade=args.cascade,
+    )
     print(result.table())
     print(f"records: {result.log}")
     return EXIT_OK
@@ -224,89 +280,160 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="npu",
-                        help=f"npu or npu/<preset>; presets: {', '.join(PRESETS)} (default: npu = npu/mid)")
-    parser.add_argument("--target-npu-config", metavar="JSON",
-                        help="hardware description file overriding the preset's fields")
+    parser.add_argument(
+        "--target", default="npu", help=f"npu or npu/<preset>; presets: {', '.join(PRESETS)} (default: npu = npu/mid)"
+    )
+    parser.add_argument("--target-npu-config", metavar="JSON", help="hardware description file overriding the preset's fields")
     for name in OVERRIDABLE_FIELDS:
         kind = int if name in ("sram_kib", "mac_rows", "mac_cols", "mac_depth") else float
-        parser.add_argument(f"--target-npu-{name.replace('_', '-')}", dest=name, type=kind, metavar="N",
-                            help=f"override the preset's {name}")
-    parser.add_argument("--input-shapes",
-                        help='fix input shapes, e.g. "input:[1,3,224,224] other:[1,10]"; compile: a set of sizes for a '
-                             'dimension, e.g. "x:[1,3,48,{160,320,640}]", makes shape buckets (one plan per size in '
-                             'one package; run pads an input to the smallest bucket that holds it, README "Variable '
-                             'input sizes")')
+        parser.add_argument(
+            f"--target-npu-{name.replace('_', '-')}", dest=name, type=kind, metavar="N", help=f"override the preset's {name}"
+        )
+    parser.add_argument(
+        "--input-shapes",
+        help='fix input shapes, e.g. "input:[1,3,224,224] other:[1,10]"; compile: a set of sizes for a '
+        'dimension, e.g. "x:[1,3,48,{160,320,640}]", makes shape buckets (one plan per size in '
+        'one package; run pads an input to the smallest bucket that holds it, README "Variable '
+        'input sizes")',
+    )
 
 
 def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     _add_target_options(parser)
-    parser.add_argument("--model-format", choices=MODEL_FORMATS, default=None,
-                        help="input model format (default: from the file: TFLite's TFL3 identifier or .tflite, else ONNX)")
-    parser.add_argument("--target-host", metavar="CPU",
-                        help=f"the CPU the library is built for: {PORTABLE_X86} (default, portable: AVX2), "
-                             f"x86-64-v4 (AVX-512), {NATIVE} (this machine's exact CPU), an LLVM CPU name (znver4) "
-                             "or 'llvm -mcpu=znver4 -mattr=+avxvnni'; the package records the ISA it needs")
-    parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
-                        help="post-training INT8 quantization with NNCF (default: on unless the model is QDQ already)")
-    parser.add_argument("--calibration-data", metavar="NPZ",
-                        help="calibration samples: an .npz with one array per input, first axis = samples "
-                             "(default: seeded random inputs, accuracy unknown)")
+    parser.add_argument(
+        "--model-format",
+        choices=MODEL_FORMATS,
+        default=None,
+        help="input model format (default: from the file: TFLite's TFL3 identifier or .tflite, else ONNX)",
+    )
+    parser.add_argument(
+        "--target-host",
+        metavar="CPU",
+        help=f"the CPU the library is built for: {PORTABLE_X86} (default, portable: AVX2), "
+        f"x86-64-v4 (AVX-512), {NATIVE} (this machine's exact CPU), an LLVM CPU name (znver4) "
+        "or 'llvm -mcpu=znver4 -mattr=+avxvnni'; the package records the ISA it needs",
+    )
+    parser.add_argument(
+        "--quantize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="post-training INT8 quantization with NNCF (default: on unless the model is QDQ already)",
+    )
+    parser.add_argument(
+        "--calibration-data",
+        metavar="NPZ",
+        help="calibration samples: an .npz with one array per input, first axis = samples "
+        "(default: seeded random inputs, accuracy unknown)",
+    )
     parser.add_argument("--save-quantized", metavar="PATH", help="also write the quantized QDQ ONNX model here")
-    parser.add_argument("--overflow-fix", choices=OVERFLOW_FIXES, default=DEFAULT_OVERFLOW_FIX,
-                        help="NNCF's overflow fix: 7-bit weights for the first convolutions (first_layer_only), every "
-                             "Conv/MatMul (enable: the QDQ model then computes exactly on every INT8 CPU runtime, "
-                             "also without VNNI) or none (disable) (default: first_layer_only)")
-    parser.add_argument("--allow-cpu-fallback", action="store_true",
-                        help="run a layer no SRAM tiling fits on the CPU (and say so) instead of stopping")
-    parser.add_argument("--sparse", choices=SPARSE_MODES, default="auto",
-                        help="CSR (zero-skipping) weights for conv/dense layers: auto where the NPU model predicts "
-                             "a win, force wherever possible, off never (default: auto)")
-    parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=False,
-                        help="fuse consecutive convolutions in SRAM row bands where that lowers DRAM traffic "
-                             "(default: off: the cascaded schedule runs its row bands serially on the host, ~10x slower "
-                             "on the default model)")
-    parser.add_argument("--dump-offloads", action="store_true",
-                        help="list every operator with where it runs (NPU kernel or CPU) and why")
-    parser.add_argument("--tuning-records", metavar="JSON",
-                        help="apply a `tvmc tune` log: each tuned layer uses its best measured tiling")
-    parser.add_argument("--pad-value", type=float, default=0.0, metavar="V",
-                        help="shape buckets: the value inputs are padded with up to their bucket (default: 0, zero after "
-                             "the model's normalisation)")
-    parser.add_argument("--valid-length", action="append", default=[], metavar="NAME=INPUT:DIM",
-                        help="shape buckets: the model input NAME (an integer of one element) receives the unpadded "
-                             "size of INPUT's dimension DIM, for a model that masks or slices the padding itself")
-    parser.add_argument("--no-cache", dest="cache", action="store_false",
-                        help="compile from scratch and leave the compile cache alone (`tvmc cache --help`)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no stage-by-stage progress on stderr (shown by default when stderr is a terminal)")
+    parser.add_argument(
+        "--overflow-fix",
+        choices=OVERFLOW_FIXES,
+        default=DEFAULT_OVERFLOW_FIX,
+        help="NNCF's overflow fix: 7-bit weights for the first convolutions (first_layer_only), every "
+        "Conv/MatMul (enable: the QDQ model then computes exactly on every INT8 CPU runtime, "
+        "also without VNNI) or none (disable) (default: first_layer_only)",
+    )
+    parser.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        help="run a layer no SRAM tiling fits on the CPU (and say so) instead of stopping",
+    )
+    parser.add_argument(
+        "--sparse",
+        choices=SPARSE_MODES,
+        default="auto",
+        help="CSR (zero-skipping) weights for conv/dense layers: auto where the NPU model predicts "
+        "a win, force wherever possible, off never (default: auto)",
+    )
+    parser.add_argument(
+        "--cascade",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="fuse consecutive convolutions in SRAM row bands where that lowers DRAM traffic "
+        "(default: off: the cascaded schedule runs its row bands serially on the host, ~10x slower "
+        "on the default model)",
+    )
+    parser.add_argument(
+        "--dump-offloads", action="store_true", help="list every operator with where it runs (NPU kernel or CPU) and why"
+    )
+    parser.add_argument(
+        "--tuning-records", metavar="JSON", help="apply a `tvmc tune` log: each tuned layer uses its best measured tiling"
+    )
+    parser.add_argument(
+        "--pad-value",
+        type=float,
+        default=0.0,
+        metavar="V",
+        help="shape buckets: the value inputs are padded with up to their bucket (default: 0, zero after "
+        "the model's normalisation)",
+    )
+    parser.add_argument(
+        "--valid-length",
+        action="append",
+        default=[],
+        metavar="NAME=INPUT:DIM",
+        help="shape buckets: the model input NAME (an integer of one element) receives the unpadded "
+        "size of INPUT's dimension DIM, for a model that masks or slices the padding itself",
+    )
+    parser.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="compile from scratch and leave the compile cache alone (`tvmc cache --help`)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no stage-by-stage progress on stderr (shown by default when stderr is a terminal)",
+    )
     parser.add_argument("--print-pass-times", action="store_true", help="print the seconds each compile stage took")
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--truncate", action="store_true",
-                        help="shape buckets (run): crop an input larger than the largest bucket to it (default: an error)")
-    parser.add_argument("--fill-shapes", metavar="SHAPES",
-                        help='shape buckets: the unpadded shapes --fill-mode fills, e.g. "x:[1,3,48,161]" (default: the '
-                             'largest bucket); validate takes size sets, "x:[1,3,48,{100,161,500}]", one check per size')
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="shape buckets (run): crop an input larger than the largest bucket to it (default: an error)",
+    )
+    parser.add_argument(
+        "--fill-shapes",
+        metavar="SHAPES",
+        help='shape buckets: the unpadded shapes --fill-mode fills, e.g. "x:[1,3,48,161]" (default: the '
+        'largest bucket); validate takes size sets, "x:[1,3,48,{100,161,500}]", one check per size',
+    )
     parser.add_argument("-i", "--inputs", help="an .npz file with one array per model input")
-    parser.add_argument("--fill-mode", choices=FILL_MODES, default="random",
-                        help="fill inputs when --inputs is not given (default: random); image: a natural picture "
-                             "resized to each image input (NCHW/NHWC, 1 or 3 channels) and normalised as below")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed for --fill-mode random and image (image: seed 0 is the whole picture, others "
-                             "seeded crops, mirrors and noise of it)")
-    parser.add_argument("--image", metavar="FILE",
-                        help="--fill-mode image: this PNG/JPEG instead of matplotlib's sample photograph with a caption")
-    parser.add_argument("--image-normalize", choices=list(IMAGE_NORMALIZATIONS), default=DEFAULT_NORMALIZATION,
-                        help="--fill-mode image, float inputs: imagenet (pixel/255 - ImageNet mean) / std, unit [0, 1], "
-                             f"symmetric [-1, 1], raw 0..255 (default: {DEFAULT_NORMALIZATION})")
+    parser.add_argument(
+        "--fill-mode",
+        choices=FILL_MODES,
+        default="random",
+        help="fill inputs when --inputs is not given (default: random); image: a natural picture "
+        "resized to each image input (NCHW/NHWC, 1 or 3 channels) and normalised as below",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for --fill-mode random and image (image: seed 0 is the whole picture, others "
+        "seeded crops, mirrors and noise of it)",
+    )
+    parser.add_argument(
+        "--image",
+        metavar="FILE",
+        help="--fill-mode image: this PNG/JPEG instead of matplotlib's sample photograph with a caption",
+    )
+    parser.add_argument(
+        "--image-normalize",
+        choices=list(IMAGE_NORMALIZATIONS),
+        default=DEFAULT_NORMALIZATION,
+        help="--fill-mode image, float inputs: imagenet (pixel/255 - ImageNet mean) / std, unit [0, 1], "
+        f"symmetric [-1, 1], raw 0..255 (default: {DEFAULT_NORMALIZATION})",
+    )
 
 
 def _target_from_args(args: argparse.Namespace):
-    config = resolve_target(
-        args.target, args.target_npu_config, **{name: getattr(args, name) for name in OVERRIDABLE_FIELDS}
-    )
+    config = resolve_target(args.target, args.target_npu_config, **{name: getattr(args, name) for name in OVERRIDABLE_FIELDS})
     return config, parse_input_shapes(args.input_shapes) if args.input_shapes else None
 
 
@@ -316,12 +443,22 @@ def _compile_from_args(args: argparse.Namespace, output: Path):
         model_format(Path(args.FILE), Path(args.FILE).read_bytes(), args.model_format)
     with progress.reporting(sys.stderr if sys.stderr.isatty() and not args.quiet else None):
         result = compile_model(
-            args.FILE, output=output, target=config, input_shapes=shapes, quantize_model=args.quantize,
-            calibration_data=args.calibration_data, save_quantized=args.save_quantized,
-            allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False), sparse=getattr(args, "sparse", "auto"),
-            cascade=args.cascade, tuning_records=args.tuning_records, overflow_fix=args.overflow_fix,
-            pad_value=args.pad_value, valid_length=dict(map(_valid_length, args.valid_length)) or None,
-            target_host=args.target_host, cache=args.cache,
+            args.FILE,
+            output=output,
+            target=config,
+            input_shapes=shapes,
+            quantize_model=args.quantize,
+            calibration_data=args.calibration_data,
+            save_quantized=args.save_quantized,
+            allow_cpu_fallback=getattr(args, "allow_cpu_fallback", False),
+            sparse=getattr(args, "sparse", "auto"),
+            cascade=args.cascade,
+            tuning_records=args.tuning_records,
+            overflow_fix=args.overflow_fix,
+            pad_value=args.pad_value,
+            valid_length=dict(map(_valid_length, args.valid_length)) or None,
+            target_host=args.target_host,
+            cache=args.cache,
         )
     operators = result.metadata.extra["operators"]
     on_npu = sum(row["runs_on"] == "npu" for row in operators)
@@ -448,8 +585,10 @@ def _validate(args: argparse.Namespace) -> int:
         groups, described = [[read_npz(args.inputs)]], f"--inputs {args.inputs}"
     else:
         image = _image_fill(args)
-        groups = [[make_inputs(specs, args.fill_mode, args.seed + i, image) for i in range(args.samples)]
-                  for specs in _fill_specs(args, model, "tvmc validate")]
+        groups = [
+            [make_inputs(specs, args.fill_mode, args.seed + i, image) for i in range(args.samples)]
+            for specs in _fill_specs(args, model, "tvmc validate")
+        ]
         described = describe_fill(args.fill_mode, args.seed, args.samples, image)
     reports = []
     for samples in groups:
@@ -459,9 +598,21 @@ def _validate(args: argparse.Namespace) -> int:
             samples = [model.complete(sample) for sample in samples]  # the reference takes the valid lengths too
             print(f"== {checked.describe()}")
             fp32_onnx = None if is_quantized(onnx.load_from_string(model.source_onnx)) else model.source_onnx
-        report = validate(checked, samples, args.device, args.rtol, args.atol, args.min_cosine, args.atol_steps,
-                          args.max_bias_steps, args.per_layer, fp32_onnx, args.reference_isa, args.max_exact_gmacs,
-                          inputs_description=described)
+        report = validate(
+            checked,
+            samples,
+            args.device,
+            args.rtol,
+            args.atol,
+            args.min_cosine,
+            args.atol_steps,
+            args.max_bias_steps,
+            args.per_layer,
+            fp32_onnx,
+            args.reference_isa,
+            args.max_exact_gmacs,
+            inputs_description=described,
+        )
         print(report)
         if not report.passed and not args.per_layer:
             print("hint: rerun with --per-layer to find the first layer that diverges")

@@ -75,8 +75,12 @@ def cases(seeds=DEFAULT_SEEDS) -> list[tuple[NpuKernel, int, int]]:
     A variant (CSR weights) takes the examples whose layer its `check` accepts, and must accept one."""
     found = []
     for k in kernels():
-        mine = [(k, seed, i) for seed in seeds for i, example in enumerate(examples(k, seed))
-                if k.variant_of is None or _variant_accepts(k, example)]
+        mine = [
+            (k, seed, i)
+            for seed in seeds
+            for i, example in enumerate(examples(k, seed))
+            if k.variant_of is None or _variant_accepts(k, example)
+        ]
         if not mine:
             raise ConformanceError(f"{k.name} refuses every one of its examples: give it examples it implements")
         found += mine
@@ -121,19 +125,31 @@ def prepare(kernel: NpuKernel, example: Example) -> Case:
     on_npu = [row for row in operators if row["runs_on"] == "npu"]
     landed = [row["kernel"] for row in on_npu]
     if landed != [kernel.variant_of or kernel.name]:  # a variant's layers are its base kernel's
-        reasons = "; ".join(f"{row['ops'][0]}: {row['reason']}" for row in operators
-                            if row["runs_on"] == "cpu" and row["ops"][0] not in ("relax.quantize", "relax.dequantize"))
-        raise ConformanceError(f"{where}: the operator must land on {kernel.variant_of or kernel.name} alone, it landed on "
-                               f"{landed or 'the CPU'}{f' ({reasons})' if reasons else ''}")
-    call = next(b.value for block in mod["main"].body.blocks for b in block.bindings
-                if isinstance(b.value, relax.Call) and isinstance(b.value.op, relax.GlobalVar)
-                and "Composite" in (mod[b.value.op].attrs or {}))
+        reasons = "; ".join(
+            f"{row['ops'][0]}: {row['reason']}"
+            for row in operators
+            if row["runs_on"] == "cpu" and row["ops"][0] not in ("relax.quantize", "relax.dequantize")
+        )
+        raise ConformanceError(
+            f"{where}: the operator must land on {kernel.variant_of or kernel.name} alone, it landed on "
+            f"{landed or 'the CPU'}{f' ({reasons})' if reasons else ''}"
+        )
+    call = next(
+        b.value
+        for block in mod["main"].body.blocks
+        for b in block.bindings
+        if isinstance(b.value, relax.Call)
+        and isinstance(b.value.op, relax.GlobalVar)
+        and "Composite" in (mod[b.value.op].attrs or {})
+    )
     graph_inputs = list(mod["main"].params)
     inputs = []
     for arg in call.args:
         if not any(arg.same_as(param) for param in graph_inputs):
-            raise ConformanceError(f"{where}: the {kernel.name} composite reads {arg}, not a graph input: "
-                                   "an example must be one operator between DequantizeLinear inputs and a QuantizeLinear")
+            raise ConformanceError(
+                f"{where}: the {kernel.name} composite reads {arg}, not a graph input: "
+                "an example must be one operator between DequantizeLinear inputs and a QuantizeLinear"
+            )
         inputs.append(example.inputs[arg.name])
     if kernel.variant_of is None:
         params = kernel.params(Composite(mod[call.op]))
@@ -150,8 +166,10 @@ def first_difference(ours: np.ndarray, expected: np.ndarray) -> str | None:
     if not len(differ):
         return None
     index = tuple(int(i) for i in differ[0])
-    return (f"first differing element at index {index}: ours {ours[index]}, reference {expected[index]} "
-            f"({len(differ)} of {ours.size} elements differ)")
+    return (
+        f"first differing element at index {index}: ours {ours[index]}, reference {expected[index]} "
+        f"({len(differ)} of {ours.size} elements differ)"
+    )
 
 
 def run_primfunc(prim: tvm.tirx.PrimFunc, case: Case, config: NpuConfig, host: dict | None = None) -> np.ndarray:
@@ -198,8 +216,13 @@ def check_host_isa(case: Case, isa: str) -> str:
 
 def uneven_tiles(geometry, config: NpuConfig) -> Tiles | None:
     """The smallest-footprint tiling that fits and splits rows and channels unevenly (short last tiles)."""
-    uneven = [t for t in candidates(geometry, config) if geometry.out_h % t.rows and geometry.out_channels % t.channels
-              and sum(footprint(geometry, t).values()) <= config.sram_bytes]
+    uneven = [
+        t
+        for t in candidates(geometry, config)
+        if geometry.out_h % t.rows
+        and geometry.out_channels % t.channels
+        and sum(footprint(geometry, t).values()) <= config.sram_bytes
+    ]
     return min(uneven, key=lambda t: sum(footprint(geometry, t).values()), default=None)
 
 
@@ -213,8 +236,10 @@ def check_presets(case: Case) -> list[str]:
             raise ConformanceError(f"{case.where()}, npu/{config.name}: planned on {layer.kernel}: {layer.weights.get('reason')}")
         (cost,) = estimate([layer], config).layers
         if cost.cycles < cost.roofline_cycles - 1e-9 or cost.roofline_cycles <= 0:
-            raise ConformanceError(f"{case.where()}, npu/{config.name}: modelled {cost.cycles:.1f} cycles below the "
-                                   f"roofline bound {cost.roofline_cycles:.1f}")
+            raise ConformanceError(
+                f"{case.where()}, npu/{config.name}: modelled {cost.cycles:.1f} cycles below the "
+                f"roofline bound {cost.roofline_cycles:.1f}"
+            )
         if layer.tiles is None:  # a kernel without a schedule, or an instance it cannot tile
             done.append(f"npu/{config.name}: not tiled, {cost.cycles:.0f} cycles >= roofline {cost.roofline_cycles:.0f}")
             continue
@@ -234,9 +259,11 @@ def _check_model(case: Case, config: NpuConfig, geometry, tiles: Tiles) -> None:
     cost = layer_cost(geometry, tiles, config)
     bound = roofline(geometry.compulsory_bytes, geometry.macs, config)
     if cost.cycles < bound - 1e-9 or cost.dram_bytes < geometry.compulsory_bytes:
-        raise ConformanceError(f"{case.where()}, npu/{config.name} tiles {tiles.describe()}: modelled {cost.cycles:.1f} cycles, "
-                               f"{cost.dram_bytes} DRAM B, below the roofline bound {bound:.1f} cycles or the "
-                               f"compulsory {geometry.compulsory_bytes} B")
+        raise ConformanceError(
+            f"{case.where()}, npu/{config.name} tiles {tiles.describe()}: modelled {cost.cycles:.1f} cycles, "
+            f"{cost.dram_bytes} DRAM B, below the roofline bound {bound:.1f} cycles or the "
+            f"compulsory {geometry.compulsory_bytes} B"
+        )
 
 
 def _check_tiling(case: Case, configs: list[NpuConfig], geometry, tiles: Tiles) -> str:
@@ -273,20 +300,25 @@ def check_openvino(case: Case, isa: str | None = None) -> str:
         if example.openvino_deviation:
             # OpenVINO's own outputs, not the verdict: validate's third opinion may pass ours on the exact answer
             if all(o.passed for o in report.outputs):
-                raise ConformanceError(f"{case.where()}: OpenVINO now agrees; drop the example's openvino_deviation "
-                                       f"({example.openvino_deviation})")
+                raise ConformanceError(
+                    f"{case.where()}: OpenVINO now agrees; drop the example's openvino_deviation ({example.openvino_deviation})"
+                )
             onnx_bytes = example.model.SerializeToString()
             (exact,), (_, steps) = exact_reference_outputs(onnx_bytes, [example.inputs]), quantization_steps(onnx_bytes)
-            report.outputs = [compare(name, value, exact[name], quantized=True, step=steps.get(name))
-                              for name, value in model.run(example.inputs).items()]
+            report.outputs = [
+                compare(name, value, exact[name], quantized=True, step=steps.get(name))
+                for name, value in model.run(example.inputs).items()
+            ]
     judged_exactly = report.exact.outputs if report.exact else {}
     lines = []
     for o in report.outputs:
         judge = "the exact reference" if o.name in judged_exactly or example.openvino_deviation else "OpenVINO"
         if not o.passed:
-            raise ConformanceError(f"{case.where()}: output {o.name} against {judge}: {o.reason} "
-                                   f"(max {o.max_steps:g} steps, bias {o.bias_steps:+.3f}); {report.int8_path}"
-                                   + (f"; {report.exact.describe(report.reference)}" if report.exact else ""))
+            raise ConformanceError(
+                f"{case.where()}: output {o.name} against {judge}: {o.reason} "
+                f"(max {o.max_steps:g} steps, bias {o.bias_steps:+.3f}); {report.int8_path}"
+                + (f"; {report.exact.describe(report.reference)}" if report.exact else "")
+            )
         wrong = f" (OpenVINO: {judged_exactly[o.name][0]} elements wrong)" if o.name in judged_exactly else ""
         lines.append(f"{o.name} against {judge}{wrong}: max {o.max_steps:g} steps, {o.within_1_step:.1%} within 1 step")
     return "; ".join(lines)

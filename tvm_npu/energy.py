@@ -48,5 +48,10 @@ def energy(macs: int, sram_bytes: float, activation_bytes: float, weight_bytes: 
     sram = sram_bytes * sram_pj_per_byte(config.sram_bytes)
     dram = activation_bytes * config.dram_pj_per_byte + weight_bytes * config.weight_energy
     total = mac + sram + dram
-    return {"energy_pj": total, "energy_mac_pj": mac, "energy_sram_pj": sram, "energy_dram_pj": dram,
-            "energy_dram_share": dram / total if total else 0.0}
+    return {
+        "energy_pj": total,
+        "energy_mac_pj": mac,
+        "energy_sram_pj": sram,
+        "energy_dram_pj": dram,
+        "energy_dram_share": dram / total if total else 0.0,
+    }

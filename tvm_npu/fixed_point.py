@@ -130,8 +130,7 @@ def tflite_requantize_te(value, mult, exponent, zero_point: int, lo: int, hi: in
     threshold = (mask >> one) + tirx.if_then_else(high < zero, one, zero)
     r = (high >> right) + tirx.if_then_else((high & mask) > threshold, one, zero) + tirx.const(zero_point, "int64")
     clamped = tirx.max(tirx.min(r, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(dtype)
-    return tirx.Let(ab, (value.astype("int64") << left) * mult,
-                    tirx.Let(high, tirx.truncdiv(ab + nudge, one << 31), clamped))
+    return tirx.Let(ab, (value.astype("int64") << left) * mult, tirx.Let(high, tirx.truncdiv(ab + nudge, one << 31), clamped))
 
 
 def tflite_requantize_np(value, mult, exponent, zero_point: int, lo: int, hi: int, dtype: str) -> np.ndarray:
@@ -183,10 +182,12 @@ def epilogue_consts(bias: np.ndarray, acc_scale: np.ndarray, out_scale: float) -
 def epilogue_te(acc, bias, mult, shift, attrs: dict):
     """TE: the output element from an int32 accumulator and its channel's epilogue constants."""
     if attrs.get("arithmetic") == TFLITE:
-        return tflite_requantize_te(acc.astype("int64") + bias, mult, shift, attrs["zy"], attrs["lo"], attrs["hi"],
-                                    attrs["out_dtype"])
-    return requantize_te((acc.astype("int64") << BIAS_FRACTION_BITS) + bias, mult, shift, attrs["zy"], attrs["lo"],
-                         attrs["hi"], attrs["out_dtype"])
+        return tflite_requantize_te(
+            acc.astype("int64") + bias, mult, shift, attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"]
+        )
+    return requantize_te(
+        (acc.astype("int64") << BIAS_FRACTION_BITS) + bias, mult, shift, attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"]
+    )
 
 
 def epilogue_np(acc, bias, mult, shift, attrs: dict) -> np.ndarray:
@@ -194,5 +195,6 @@ def epilogue_np(acc, bias, mult, shift, attrs: dict) -> np.ndarray:
     acc = np.asarray(acc, dtype=np.int64)
     if attrs.get("arithmetic") == TFLITE:
         return tflite_requantize_np(acc + bias, mult, shift, attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"])
-    return requantize_np((acc << BIAS_FRACTION_BITS) + bias, mult, shift, attrs["zy"], attrs["lo"], attrs["hi"],
-                         attrs["out_dtype"])
+    return requantize_np(
+        (acc << BIAS_FRACTION_BITS) + bias, mult, shift, attrs["zy"], attrs["lo"], attrs["hi"], attrs["out_dtype"]
+    )

@@ -37,8 +37,10 @@ from .passes.fold_shapes import SHAPE_READERS
 from .fixed_point import ARITHMETIC_ATTR, TFLITE
 from .tflite_onnx import SOURCE_KEY, is_tflite, tflite_to_onnx
 
-_NUMERIC_TYPES = {getattr(onnx.TensorProto, name) for name in (
-    "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
+_NUMERIC_TYPES = {
+    getattr(onnx.TensorProto, name)
+    for name in ("FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")
+}
 _DYNAMIC_DIM = -1  # how some exporters (Paddle's) store a dimension without a fixed size
 _SHAPE_ENTRY = re.compile(r"\s*(?P<name>[^\s\[\]]+?):(?P<shape>\[[^\]]*\])\s*")
 
@@ -90,7 +92,7 @@ def parse_input_shapes(text: str) -> dict[str, tuple]:
         if match is None:
             raise NpuError(
                 f"cannot parse --input-shapes {text!r}: expected space-separated entries "
-                f"like \"input:[1,3,224,224] other:[1,10]\" (a set of sizes for a bucketed dimension: {{160,320}})"
+                f'like "input:[1,3,224,224] other:[1,10]" (a set of sizes for a bucketed dimension: {{160,320}})'
             )
         name, shape_text = match["name"], match["shape"]
         try:
@@ -145,8 +147,9 @@ def import_onnx(loaded: OnnxModel) -> ImportedModel:
         except tvm.error.OpNotImplemented as err:
             failure = f"{loaded.name}: {err}; remove or replace those operators before compiling"
         except Exception as err:  # noqa: BLE001 - TVM's importer raises many kinds; the message is what matters
-            failure = (f"{loaded.name}: TVM's ONNX importer rejected the model: {first_line(err)[:300]}; "
-                       "fix or re-export the model")
+            failure = (
+                f"{loaded.name}: TVM's ONNX importer rejected the model: {first_line(err)[:300]}; fix or re-export the model"
+            )
     if failure:
         raise NpuError(failure)
     _check_no_empty_tensors(mod, loaded.name)
@@ -222,12 +225,14 @@ MODEL_FORMATS = ("onnx", "tflite")
 
 
 def model_format(path: Path, data: bytes, requested: str | None = None) -> str:
-    """"tflite" or "onnx", as read_onnx will read the file; `requested` (tvmc's --model-format) must agree."""
+    """ "tflite" or "onnx", as read_onnx will read the file; `requested` (tvmc's --model-format) must agree."""
     found = "tflite" if is_tflite(path, data) else "onnx"
     if requested is not None and requested != found:
         names = {"onnx": "an ONNX", "tflite": "a TFLite"}
-        raise NpuError(f"{path} is {names[found]} model, not {names[requested][2:].strip()}; drop --model-format "
-                       f"{requested} or give {names[requested]} file")
+        raise NpuError(
+            f"{path} is {names[found]} model, not {names[requested][2:].strip()}; drop --model-format "
+            f"{requested} or give {names[requested]} file"
+        )
     return found
 
 
@@ -308,9 +313,7 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
     names = [i.name for i in graph_inputs]
     unknown = sorted(set(input_shapes) - set(names))
     if unknown:
-        raise NpuError(
-            f"--input-shapes names unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(names)}"
-        )
+        raise NpuError(f"--input-shapes names unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(names)}")
     specs = []
     for value in graph_inputs:
         tensor_type = value.type.tensor_type
@@ -325,9 +328,7 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
         declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
         if value.name in input_shapes:
             shape = input_shapes[value.name]
-            if len(shape) != len(declared) or any(
-                isinstance(d, int) and d > 0 and d != s for d, s in zip(declared, shape)
-            ):
+            if len(shape) != len(declared) or any(isinstance(d, int) and d > 0 and d != s for d, s in zip(declared, shape)):
                 raise NpuError(
                     f"--input-shapes gives {value.name!r} shape {list(shape)} but the model declares "
                     f"{_shape_str(declared)}; give a shape of rank {len(declared)} matching its fixed dimensions"
@@ -342,7 +343,7 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
                 example = [d if isinstance(d, int) and d > 0 else 1 for d in declared]
                 raise NpuError(
                     f"input {value.name!r} has dynamic shape {_shape_str(declared)}; fix it with "
-                    f"--input-shapes \"{value.name}:[{','.join(map(str, example))}]\""
+                    f'--input-shapes "{value.name}:[{",".join(map(str, example))}]"'
                 )
             shape = tuple(declared)
         specs.append(TensorSpec(value.name, tuple(shape), dtype))
@@ -356,9 +357,9 @@ def _with_input_shapes(model: onnx.ModelProto, inputs: list[TensorSpec]) -> onnx
     shapes = {spec.name: spec.shape for spec in inputs}
     declared = {value.name: value.type.tensor_type.shape.dim for value in model.graph.input if value.name in shapes}
     annotated = [*model.graph.output, *model.graph.value_info]
-    if all([d.dim_value if d.HasField("dim_value") else None for d in dims] == list(shapes[name])
-           for name, dims in declared.items()) and not any(
-            d.HasField("dim_value") and d.dim_value < 0 for v in annotated for d in v.type.tensor_type.shape.dim):
+    if all(
+        [d.dim_value if d.HasField("dim_value") else None for d in dims] == list(shapes[name]) for name, dims in declared.items()
+    ) and not any(d.HasField("dim_value") and d.dim_value < 0 for v in annotated for d in v.type.tensor_type.shape.dim):
         return model
     static = onnx.ModelProto()
     static.CopyFrom(model)
@@ -383,14 +384,20 @@ def _check_shapes(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) 
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, UnicodeDecodeError) as err:
         shapes = {spec.name: spec.shape for spec in inputs}
         raise NpuError(
-            f"{path} is inconsistent at input shapes {format_input_shapes(shapes)}: {one_line(err)}; "
-            "fix or re-export the model"
+            f"{path} is inconsistent at input shapes {format_input_shapes(shapes)}: {one_line(err)}; fix or re-export the model"
         ) from None
 
 
 # Operands that give an operator's output shape: at fixed input shapes each must fold to a constant.
-_SHAPE_OPERANDS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
-                   "Resize": (1, 2, 3), "Upsample": (1,)}
+_SHAPE_OPERANDS = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+}
 
 
 def _check_shapes_folded(model: onnx.ModelProto, path: Path) -> None:
@@ -400,8 +407,11 @@ def _check_shapes_folded(model: onnx.ModelProto, path: Path) -> None:
     constants = {init.name for init in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
     for node in model.graph.node:
-        operands = [node.input[0]] if node.op_type in SHAPE_READERS else [
-            node.input[i] for i in _SHAPE_OPERANDS.get(node.op_type, ()) if i < len(node.input) and node.input[i]]
+        operands = (
+            [node.input[0]]
+            if node.op_type in SHAPE_READERS
+            else [node.input[i] for i in _SHAPE_OPERANDS.get(node.op_type, ()) if i < len(node.input) and node.input[i]]
+        )
         unfolded = [name for name in operands if name not in constants]
         if not unfolded:
             continue
@@ -443,7 +453,8 @@ def _check_operators(model: onnx.ModelProto) -> None:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             params = [constants.get(name) for name in node.input[1:3] if name]
             if any(p is not None and len(p.dims) > 1 for p in params) or (
-                    len(params) == 2 and all(p is not None for p in params) and params[0].dims != params[1].dims):
+                len(params) == 2 and all(p is not None for p in params) and params[0].dims != params[1].dims
+            ):
                 raise NpuError(
                     f"{node.op_type} node {node.name or node.output[0]!r}: scale and zero point must be scalars or "
                     "1-D tensors of one shape; fix or re-quantize the model"
@@ -454,8 +465,7 @@ def _check_operators(model: onnx.ModelProto) -> None:
             if low > high:
                 # ONNX then sets every value to max; TVM's clip applies min last and returns min.
                 raise NpuError(
-                    f"Clip node {node.name or node.output[0]!r} has min {low:g} above max {high:g}; "
-                    "fix its bounds (min <= max)"
+                    f"Clip node {node.name or node.output[0]!r} has min {low:g} above max {high:g}; fix its bounds (min <= max)"
                 )
 
 

@@ -25,15 +25,46 @@ NATIVE = "native"
 # The instruction-set features a library can need, by LLVM's name, and how Linux's /proc/cpuinfo spells each
 # (LLVM's other features are tuning hints, not instructions).
 ISA_FEATURES = {
-    "sse3": "pni", "ssse3": "ssse3", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "popcnt": "popcnt", "cx16": "cx16",
-    "sahf": "lahf_lm", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2",
-    "lzcnt": "abm", "movbe": "movbe", "xsave": "xsave", "aes": "aes", "pclmul": "pclmulqdq", "sha": "sha_ni",
-    "adx": "adx", "gfni": "gfni", "vaes": "vaes", "vpclmulqdq": "vpclmulqdq", "avxvnni": "avx_vnni",
-    "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512cd": "avx512cd", "avx512dq": "avx512dq",
-    "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
-    "avx512vbmi": "avx512vbmi", "avx512vbmi2": "avx512_vbmi2", "avx512ifma": "avx512ifma",
-    "avx512bitalg": "avx512_bitalg", "avx512vpopcntdq": "avx512_vpopcntdq", "amx-tile": "amx_tile",
-    "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
+    "sse3": "pni",
+    "ssse3": "ssse3",
+    "sse4.1": "sse4_1",
+    "sse4.2": "sse4_2",
+    "popcnt": "popcnt",
+    "cx16": "cx16",
+    "sahf": "lahf_lm",
+    "avx": "avx",
+    "avx2": "avx2",
+    "fma": "fma",
+    "f16c": "f16c",
+    "bmi": "bmi1",
+    "bmi2": "bmi2",
+    "lzcnt": "abm",
+    "movbe": "movbe",
+    "xsave": "xsave",
+    "aes": "aes",
+    "pclmul": "pclmulqdq",
+    "sha": "sha_ni",
+    "adx": "adx",
+    "gfni": "gfni",
+    "vaes": "vaes",
+    "vpclmulqdq": "vpclmulqdq",
+    "avxvnni": "avx_vnni",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512cd": "avx512cd",
+    "avx512dq": "avx512dq",
+    "avx512vl": "avx512vl",
+    "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16",
+    "avx512vbmi": "avx512vbmi",
+    "avx512vbmi2": "avx512_vbmi2",
+    "avx512ifma": "avx512ifma",
+    "avx512bitalg": "avx512_bitalg",
+    "avx512vpopcntdq": "avx512_vpopcntdq",
+    "amx-tile": "amx_tile",
+    "amx-int8": "amx_int8",
+    "amx-bf16": "amx_bf16",
 }
 
 CPUINFO = Path("/proc/cpuinfo")  # what `host_features` reads; a test points it at a fixture of another CPU
@@ -49,18 +80,24 @@ def host_target(spec: str | None = None) -> dict:
         options = dict(word.lstrip("-").partition("=")[::2] for word in words[1:])
         unknown = sorted(set(options) - {"mcpu", "mattr", "mtriple"})
         if unknown or "mcpu" not in options:
-            raise NpuError(f"--target-host {spec!r}: give -mcpu (and optionally -mattr, -mtriple), not "
-                           f"{', '.join('-' + u for u in unknown) or 'no -mcpu'}; e.g. 'llvm -mcpu=znver4'")
+            raise NpuError(
+                f"--target-host {spec!r}: give -mcpu (and optionally -mattr, -mtriple), not "
+                f"{', '.join('-' + u for u in unknown) or 'no -mcpu'}; e.g. 'llvm -mcpu=znver4'"
+            )
         cpu = options["mcpu"]
     elif len(words) == 1:
         cpu, options = words[0], {}
     else:
-        raise NpuError(f"--target-host {spec!r} is not a CPU; use {PORTABLE_X86}, x86-64-v4, native, an LLVM CPU "
-                       "name (znver4) or 'llvm -mcpu=znver4 -mattr=+avxvnni'")
+        raise NpuError(
+            f"--target-host {spec!r} is not a CPU; use {PORTABLE_X86}, x86-64-v4, native, an LLVM CPU "
+            "name (znver4) or 'llvm -mcpu=znver4 -mattr=+avxvnni'"
+        )
     cpu = system if cpu == NATIVE else cpu
     if not tvm.target.codegen.llvm_is_valid_cpu(cpu, tvm.target.codegen.llvm_get_system_triple()):
-        raise NpuError(f"--target-host: LLVM knows no CPU {cpu!r}; use {PORTABLE_X86}, x86-64-v4, native or a CPU "
-                       "name such as znver3, znver4, skylake-avx512, sapphirerapids")
+        raise NpuError(
+            f"--target-host: LLVM knows no CPU {cpu!r}; use {PORTABLE_X86}, x86-64-v4, native or a CPU "
+            "name such as znver3, znver4, skylake-avx512, sapphirerapids"
+        )
     target = {"kind": "llvm", "mcpu": cpu}
     if options.get("mattr"):
         target["mattr"] = options["mattr"].split(",")

@@ -33,13 +33,21 @@ def lower(mod: tvm.IRModule, layers: list[LayerPlan], sram_bytes: int | None = N
             if isinstance(func, relax.Function) and not (func.attrs and "Composite" in func.attrs):
                 mutator.builder_.update_func(gv, mutator.visit_expr(func))
     lowered = relax.transform.DeadCodeElimination(["main"])(mutator.builder_.finalize())
-    return lowered, [replace(layer, sram_proven=mutator.proven[layer.function]) if layer.function in mutator.proven
-                     else layer for layer in layers]
+    return lowered, [
+        replace(layer, sram_proven=mutator.proven[layer.function]) if layer.function in mutator.proven else layer
+        for layer in layers
+    ]
 
 
-def lower_layer(npu_kernel: NpuKernel, params: KernelParams, inputs: list[TensorSpec], tiles: Tiles | None,
-                planned: int | None = None, sram_bytes: int | None = None,
-                symbol: str = "main") -> tuple[tvm.tirx.PrimFunc, SramProof | None]:
+def lower_layer(
+    npu_kernel: NpuKernel,
+    params: KernelParams,
+    inputs: list[TensorSpec],
+    tiles: Tiles | None,
+    planned: int | None = None,
+    sram_bytes: int | None = None,
+    symbol: str = "main",
+) -> tuple[tvm.tirx.PrimFunc, SramProof | None]:
     """One layer's PrimFunc: the kernel's compute, scheduled in `tiles` (None: the default schedule,
     not tiled) with its SRAM footprint proven against `planned` bytes (`check_footprint`)."""
     prim = npu_kernel.primfunc(symbol, params, inputs)
@@ -49,8 +57,9 @@ def lower_layer(npu_kernel: NpuKernel, params: KernelParams, inputs: list[Tensor
     return prim, check_footprint(prim, planned, sram_bytes, npu_kernel.name)
 
 
-def lower_cascade(producer: LayerPlan, consumer: LayerPlan, rows: int, planned: int, sram_bytes: int | None = None,
-                  symbol: str = "main") -> tuple[tvm.tirx.PrimFunc, SramProof]:
+def lower_cascade(
+    producer: LayerPlan, consumer: LayerPlan, rows: int, planned: int, sram_bytes: int | None = None, symbol: str = "main"
+) -> tuple[tvm.tirx.PrimFunc, SramProof]:
     """A fused pair's PrimFunc (`cascade.primfunc`) in bands of `rows`, its SRAM footprint proven as a layer's."""
     prim = cascade.primfunc(producer, consumer, rows).with_attr("global_symbol", symbol).with_attr("op_pattern", 8)
     return prim, check_footprint(prim, planned, sram_bytes, f"cascade {producer.kernel} -> {consumer.kernel}")
@@ -107,8 +116,9 @@ class _LowerComposites(relax.PyExprMutator):
                 self.proven[fused.producer.function] = self.proven[layer.function] = proof.total
             else:
                 args, consts = list(call.args), list(layer.params.consts)
-                prim, proof = lower_layer(kernel(layer.kernel), layer.params, layer.inputs, layer.tiles, layer.sram_planned,
-                                          self.sram_bytes, symbol)
+                prim, proof = lower_layer(
+                    kernel(layer.kernel), layer.params, layer.inputs, layer.tiles, layer.sram_planned, self.sram_bytes, symbol
+                )
                 if proof is not None:
                     self.proven[layer.function] = proof.total
         except NpuError as err:

@@ -133,17 +133,26 @@ def quantized_operator(
         if isinstance(item, Activation):
             data = item.values if item.values is not None else integers(rng, item.shape, item.dtype)
             values[label] = np.ascontiguousarray(data.astype(item.dtype).reshape(item.shape))
-            graph_inputs.append(helper.make_tensor_value_info(label, helper.np_dtype_to_tensor_dtype(np.dtype(item.dtype)),
-                                                              list(item.shape)))
+            graph_inputs.append(
+                helper.make_tensor_value_info(label, helper.np_dtype_to_tensor_dtype(np.dtype(item.dtype)), list(item.shape))
+            )
             zero = constant(np.array(item.zero_point, item.dtype), f"{label}_zero_point")
-            nodes.append(helper.make_node("DequantizeLinear", [label, constant(np.float32(item.scale), f"{label}_scale"),
-                                                               zero], [f"{label}_real"]))
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear", [label, constant(np.float32(item.scale), f"{label}_scale"), zero], [f"{label}_real"]
+                )
+            )
             return f"{label}_real"
         if isinstance(item, Weight):
             scale = np.asarray(item.scale, np.float32)
-            nodes.append(helper.make_node("DequantizeLinear", [constant(item.values.astype(np.int8), f"{label}_int8"),
-                                                               constant(scale, f"{label}_scale")],
-                                          [f"{label}_real"], axis=item.axis))
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [constant(item.values.astype(np.int8), f"{label}_int8"), constant(scale, f"{label}_scale")],
+                    [f"{label}_real"],
+                    axis=item.axis,
+                )
+            )
             return f"{label}_real"
         return constant(np.asarray(item.values, item.dtype), label)
 
@@ -162,14 +171,20 @@ def quantized_operator(
         nodes.append(helper.make_node("Relu", [real], ["activated"]))
         real = "activated"
     elif activation == "relu6":
-        nodes.append(helper.make_node("Clip", [real, constant(np.float32(0), "zero"), constant(np.float32(6), "six")],
-                                      ["activated"]))
+        nodes.append(
+            helper.make_node("Clip", [real, constant(np.float32(0), "zero"), constant(np.float32(6), "six")], ["activated"])
+        )
         real = "activated"
     elif activation is not None:
         raise ValueError(f"activation must be None, 'relu' or 'relu6', not {activation!r}")
     scale, zero_point = output_quantization or _calibrate(nodes, graph_inputs, inits, real, values, out_dtype)
-    nodes.append(helper.make_node("QuantizeLinear", [real, constant(np.float32(scale), "y_scale"),
-                                                     constant(np.array(zero_point, out_dtype), "y_zero_point")], ["y"]))
+    nodes.append(
+        helper.make_node(
+            "QuantizeLinear",
+            [real, constant(np.float32(scale), "y_scale"), constant(np.array(zero_point, out_dtype), "y_zero_point")],
+            ["y"],
+        )
+    )
     output = helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype)), None)
     graph = helper.make_graph(nodes, name, graph_inputs, [output], inits)
     model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
@@ -198,9 +213,17 @@ def saturating_conv(rng: np.random.Generator, channels: int = 16, size: int = 12
     saturates them), while the exact answer is well inside the output's range."""
     x = rng.integers(240, 256, (1, channels, size, size)).astype(np.uint8)
     w = (rng.choice([-1, 1], (channels, 1, 1, 1)) * rng.integers(100, 128, (channels, channels, 3, 3))).astype(np.int8)
-    return quantized_operator("saturating_conv", "Conv", [Activation(x.shape, "uint8", 0.02, 0, values=x),
-                                                          Weight(w, np.full(channels, 0.01, np.float32)),
-                                                          Constant(np.zeros(channels))], rng, pads=[1, 1, 1, 1])
+    return quantized_operator(
+        "saturating_conv",
+        "Conv",
+        [
+            Activation(x.shape, "uint8", 0.02, 0, values=x),
+            Weight(w, np.full(channels, 0.01, np.float32)),
+            Constant(np.zeros(channels)),
+        ],
+        rng,
+        pads=[1, 1, 1, 1],
+    )
 
 
 def _calibrate(nodes, graph_inputs, inits, real: str, values: dict, out_dtype: str) -> tuple[float, int]:

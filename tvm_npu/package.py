@@ -84,9 +84,7 @@ class PackageMetadata:
         )
 
 
-def write_package(
-    path: str | Path, executable: tvm.relax.Executable, metadata: PackageMetadata, onnx_bytes: bytes
-) -> Path:
+def write_package(path: str | Path, executable: tvm.relax.Executable, metadata: PackageMetadata, onnx_bytes: bytes) -> Path:
     """Writes `path` atomically: either the complete package exists afterwards or nothing new does."""
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="tvm_npu_pkg_") as staging:
@@ -116,8 +114,9 @@ class Package:
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # the buckets' shared kernel constants
 
 
-def write_bucket_package(path: str | Path, bucket_packages: list[Path], source_onnx: bytes, bucketing: dict,
-                         weights: dict[str, np.ndarray]) -> Path:
+def write_bucket_package(
+    path: str | Path, bucket_packages: list[Path], source_onnx: bytes, bucketing: dict, weights: dict[str, np.ndarray]
+) -> Path:
     """Writes one bucketed package from the packages compiled for each bucket (smallest first): their files
     under `buckets/<i>/`, the source model, the kernels' constants lifted out of their libraries (by content:
     `tvm_npu.buckets.lift_weights`; each stored once) and metadata whose top level describes the largest bucket."""
@@ -133,10 +132,18 @@ def write_bucket_package(path: str | Path, bucket_packages: list[Path], source_o
         arrays = io.BytesIO()
         np.savez(arrays, **weights)
         _add_bytes(out, WEIGHTS_NAME, arrays.getvalue())
-        metadata = {**buckets[-1], "format_version": BUCKETS_FORMAT_VERSION, "library_sha256": "",
-                    "model_sha256": hashlib.sha256(source_onnx).hexdigest(),
-                    "extra": {**buckets[-1]["extra"], "bucketing": bucketing, "buckets": buckets,
-                              "weights_sha256": hashlib.sha256(arrays.getvalue()).hexdigest()}}
+        metadata = {
+            **buckets[-1],
+            "format_version": BUCKETS_FORMAT_VERSION,
+            "library_sha256": "",
+            "model_sha256": hashlib.sha256(source_onnx).hexdigest(),
+            "extra": {
+                **buckets[-1]["extra"],
+                "bucketing": bucketing,
+                "buckets": buckets,
+                "weights_sha256": hashlib.sha256(arrays.getvalue()).hexdigest(),
+            },
+        }
         _add_bytes(out, METADATA_NAME, json.dumps(metadata, indent=2).encode())
     return path
 
@@ -151,8 +158,9 @@ def _members(version: int, metadata: dict) -> set[str]:
     if version != BUCKETS_FORMAT_VERSION:
         return set(MEMBERS)
     count = len(metadata["extra"]["buckets"])
-    return {METADATA_NAME, SOURCE_NAME, WEIGHTS_NAME} | {f"{BUCKETS_FOLDER}/{i}/{name}" for i in range(count)
-                                           for name in (LIBRARY_NAME, MODEL_NAME)}
+    return {METADATA_NAME, SOURCE_NAME, WEIGHTS_NAME} | {
+        f"{BUCKETS_FOLDER}/{i}/{name}" for i in range(count) for name in (LIBRARY_NAME, MODEL_NAME)
+    }
 
 
 def read_package(path: str | Path, load_library: bool = True) -> Package:
@@ -184,11 +192,14 @@ def read_package(path: str | Path, load_library: bool = True) -> Package:
                 source = tar.extractfile(members[SOURCE_NAME]).read()
                 arrays = tar.extractfile(members[WEIGHTS_NAME]).read()
                 if (hashlib.sha256(source).hexdigest(), hashlib.sha256(arrays).hexdigest()) != (
-                        metadata.model_sha256, metadata.extra["weights_sha256"]):
-                    raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); "
-                                   "recompile it")
-                buckets = [_bucket(tar, members, i, PackageMetadata.from_dict(data), folder, path, load_library)
-                           for i, data in enumerate(metadata.extra["buckets"])]
+                    metadata.model_sha256,
+                    metadata.extra["weights_sha256"],
+                ):
+                    raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); recompile it")
+                buckets = [
+                    _bucket(tar, members, i, PackageMetadata.from_dict(data), folder, path, load_library)
+                    for i, data in enumerate(metadata.extra["buckets"])
+                ]
                 with np.load(io.BytesIO(arrays), allow_pickle=False) as archive:
                     weights = {name: archive[name] for name in archive.files}
                 return Package(metadata, None, buckets[-1].onnx_bytes, buckets, source, weights)
@@ -201,15 +212,15 @@ def read_package(path: str | Path, load_library: bool = True) -> Package:
         raise NpuError(f"{path} is not a readable package ({first_line(err)}); recompile it with `tvmc compile`") from None
 
 
-def _bucket(tar: tarfile.TarFile, members: dict, index: int | None, metadata: PackageMetadata, folder: str,
-            path: Path, load_library: bool) -> Package:
+def _bucket(
+    tar: tarfile.TarFile, members: dict, index: int | None, metadata: PackageMetadata, folder: str, path: Path, load_library: bool
+) -> Package:
     """The library and model of a single-shape package, or of bucket `index` of a bucketed one."""
     prefix = "" if index is None else f"{BUCKETS_FOLDER}/{index}/"
     library_path = Path(folder) / f"{index or 0}_{LIBRARY_NAME}"
     library_path.write_bytes(tar.extractfile(members[prefix + LIBRARY_NAME]).read())
     onnx_bytes = tar.extractfile(members[prefix + MODEL_NAME]).read()
-    if (_sha256(library_path), hashlib.sha256(onnx_bytes).hexdigest()) != (metadata.library_sha256,
-                                                                           metadata.model_sha256):
+    if (_sha256(library_path), hashlib.sha256(onnx_bytes).hexdigest()) != (metadata.library_sha256, metadata.model_sha256):
         raise NpuError(f"{path}: its files do not match the package metadata (tampered or corrupt); recompile it")
     if load_library:
         check_host(metadata, str(path))

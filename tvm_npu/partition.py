@@ -59,9 +59,17 @@ def _report(mod: tvm.IRModule, rejections: dict[str, str]) -> list[dict]:
                 if func.attrs and "Composite" in func.attrs:
                     calls = list(Composite(func).bindings.values())
                     kernel = str(func.attrs["Composite"])
-                    rows.append({"name": name, "ops": [op_name(v) for v in calls if op_name(v)], "runs_on": "npu",
-                                 "kernel": kernel, "reason": "", "onnx_name": Composite(func).onnx_name() or "",
-                                 "macs": sum(map(conv_gemm_macs, calls))})
+                    rows.append(
+                        {
+                            "name": name,
+                            "ops": [op_name(v) for v in calls if op_name(v)],
+                            "runs_on": "npu",
+                            "kernel": kernel,
+                            "reason": "",
+                            "onnx_name": Composite(func).onnx_name() or "",
+                            "macs": sum(map(conv_gemm_macs, calls)),
+                        }
+                    )
                     continue
                 op = value.op.name
             elif isinstance(value.op, tvm.ir.Op):
@@ -69,8 +77,9 @@ def _report(mod: tvm.IRModule, rejections: dict[str, str]) -> list[dict]:
             else:
                 op = str(value.op)
             reason = _cpu_reason(op, binding.var, value, anchors, rejections, graph)
-            rows.append({"name": name, "ops": [op], "runs_on": "cpu", "kernel": "", "reason": reason,
-                         "macs": conv_gemm_macs(value)})
+            rows.append(
+                {"name": name, "ops": [op], "runs_on": "cpu", "kernel": "", "reason": reason, "macs": conv_gemm_macs(value)}
+            )
     return rows
 
 
@@ -106,8 +115,10 @@ def _cpu_reason(op: str, var, value, anchors: dict[str, str], rejections: dict[s
     if op in QDQ_OPS:
         return "quantization boundary between NPU integers and CPU floats"
     if op == "relax.concat" and str(value.ty.dtype) in ("int8", "uint8"):  # written by passes.concat_of_dequantized
-        return ("unsupported op: no NPU kernel copies differently quantized tensors together unchanged "
-                "(the next layer reads them per channel)")
+        return (
+            "unsupported op: no NPU kernel copies differently quantized tensors together unchanged "
+            "(the next layer reads them per channel)"
+        )
     if op in anchors:
         inputs, outputs = graph.float_inputs(value), graph.float_outputs(var)
         # NNCF quantizes neither side of an op it fuses with its neighbours (conv + HardSwish,

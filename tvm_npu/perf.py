@@ -132,8 +132,9 @@ def load_cycles(nbytes, config: NpuConfig, weights: bool = False):
     """Cycles of DMA loads of `nbytes` each (array or scalar): the memory's read latency per transfer,
     then the bytes at its bandwidth (weights from their own memory where the config has one)."""
     nbytes = np.asarray(nbytes, float)
-    bw, latency = ((config.weight_bandwidth, config.weight_latency) if weights
-                   else (config.dram_bytes_per_cycle, config.dram_latency_cycles))
+    bw, latency = (
+        (config.weight_bandwidth, config.weight_latency) if weights else (config.dram_bytes_per_cycle, config.dram_latency_cycles)
+    )
     return nbytes / bw + latency * (nbytes > 0)
 
 
@@ -151,12 +152,17 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
         for tile, count in chan_tiles.items():
             first, ch = tile if g.sparse else (0, tile)
             x_in = g.operands * real * g.real_cols * g.tile_in_channels("weights", ch) * g.in_bytes
-            c = csr_tile_compute_cycles(g, first, ch, rows, config) if g.sparse \
+            c = (
+                csr_tile_compute_cycles(g, first, ch, rows, config)
+                if g.sparse
                 else tile_compute_cycles(g, "weights", ch, rows, config)
+            )
             out = ch * rows * g.out_w * g.out_bytes
             weights = g.weight_bytes(ch, first)
-            cycles += count * (float(load_cycles(weights, config, weights=True))
-                               + pipeline(load_cycles(x_in, config), c, out / bw, t.double_buffer))
+            cycles += count * (
+                float(load_cycles(weights, config, weights=True))
+                + pipeline(load_cycles(x_in, config), c, out / bw, t.double_buffer)
+            )
             compute += count * float(c.sum())
             sram += count * float(tile_sram_bytes(g, "weights", ch, rows).sum())
             weight_read += count * weights
@@ -175,8 +181,10 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
                 stationary, streamed = 0.0, x_in * np.ones_like(chans)
             c = tile_compute_cycles(g, "rows", chans, r, config)
             out = chans * r * g.out_w * g.out_bytes
-            cycles += count * (float(load_cycles(stationary, config)) + pipeline(
-                load_cycles(streamed, config, weights=streams_weights), c, out / bw, t.double_buffer))
+            cycles += count * (
+                float(load_cycles(stationary, config))
+                + pipeline(load_cycles(streamed, config, weights=streams_weights), c, out / bw, t.double_buffer)
+            )
             compute += count * float(c.sum())
             sram += count * float(tile_sram_bytes(g, "rows", chans, r).sum())
             if g.input_stationary("rows"):
@@ -186,8 +194,16 @@ def layer_cost(g: Geometry, t: Tiles, config: NpuConfig) -> LayerCost:
             output_write += count * int(out.sum())
     n, table = g.batch, g.table_bytes  # a lookup table is loaded once, before the tile loops
     tiles = len(row_tiles) * sum(chan_tiles.values())
-    return LayerCost(n * cycles + float(load_cycles(table, config)), n * compute, n * weight_read + table, n * input_read,
-                     n * output_write, n * tiles, n * sram)
+    return LayerCost(
+        n * cycles + float(load_cycles(table, config)),
+        n * compute,
+        n * weight_read + table,
+        n * input_read,
+        n * output_write,
+        n * tiles,
+        n * sram,
+    )
+
 
 def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuConfig) -> tuple[LayerCost, LayerCost]:
     """(producer, consumer) costs of a cascade. The intermediate never touches DRAM; weights and parameters
@@ -203,8 +219,9 @@ def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuC
     n = producer.batch
     dma_in = np.array([b.new_input_real for b in bands], float) * px.real_cols * px.in_channels * px.in_bytes
     dma_out = np.array([b.rows for b in bands], float) * consumer.out_w * consumer.out_channels * consumer.out_bytes
-    compute_p = np.array([float(tile_compute_cycles(px, "weights", producer.out_channels, b.new_intermediate, config))
-                          for b in bands])
+    compute_p = np.array(
+        [float(tile_compute_cycles(px, "weights", producer.out_channels, b.new_intermediate, config)) for b in bands]
+    )
     compute_c = np.array([float(tile_compute_cycles(consumer, "weights", consumer.out_channels, b.rows, config)) for b in bands])
     compute = compute_p + compute_c
     sram_p = sum(float(tile_sram_bytes(px, "weights", producer.out_channels, b.new_intermediate)) for b in bands)
@@ -216,10 +233,10 @@ def cascade_cost(producer: Geometry, consumer: Geometry, rows: int, config: NpuC
     w_p, w_c = producer.weight_bytes(), consumer.weight_bytes()
     cycles = float(load_cycles(np.array([w_p, w_c]), config, weights=True).sum()) + n * body
     share = compute_p.sum() / compute.sum() if compute.sum() else 0.5
-    return (LayerCost(share * cycles, n * float(compute_p.sum()), w_p, n * int(dma_in.sum()), 0, n * len(bands),
-                      n * sram_p),
-            LayerCost((1 - share) * cycles, n * float(compute_c.sum()), w_c, 0, n * int(dma_out.sum()), n * len(bands),
-                      n * sram_c))
+    return (
+        LayerCost(share * cycles, n * float(compute_p.sum()), w_p, n * int(dma_in.sum()), 0, n * len(bands), n * sram_p),
+        LayerCost((1 - share) * cycles, n * float(compute_c.sum()), w_c, 0, n * int(dma_out.sum()), n * len(bands), n * sram_c),
+    )
 
 
 def cascade_compulsory(producer: Geometry, consumer: Geometry) -> tuple[int, int]:
@@ -228,11 +245,17 @@ def cascade_compulsory(producer: Geometry, consumer: Geometry) -> tuple[int, int
     is not compulsory any more: it never leaves SRAM."""
     touched = []
     for axis in (0, 1):
-        needed = {y * consumer.stride[axis] + r * consumer.dilation[axis] - consumer.padding[axis]
-                  for y in range((consumer.out_h, consumer.out_w)[axis]) for r in range(consumer.kernel[axis])}
+        needed = {
+            y * consumer.stride[axis] + r * consumer.dilation[axis] - consumer.padding[axis]
+            for y in range((consumer.out_h, consumer.out_w)[axis])
+            for r in range(consumer.kernel[axis])
+        }
         needed &= set(range((producer.out_h, producer.out_w)[axis]))
-        rows = {y * producer.stride[axis] + r * producer.dilation[axis] - producer.padding[axis]
-                for y in needed for r in range(producer.kernel[axis])}
+        rows = {
+            y * producer.stride[axis] + r * producer.dilation[axis] - producer.padding[axis]
+            for y in needed
+            for r in range(producer.kernel[axis])
+        }
         touched.append(len(rows & set(range((producer.in_h, producer.in_w)[axis]))))
     x = producer.batch * producer.in_channels * touched[0] * touched[1] * producer.in_bytes
     return x + producer.weight_bytes(), consumer.weight_bytes() + consumer.output_bytes
@@ -268,17 +291,22 @@ class LayerEstimate:
 
     def energy(self, config: NpuConfig) -> dict:
         """tvm_npu.energy's split; every DRAM byte also passes through SRAM once (the DMA's end)."""
-        return energy(self.macs, self.sram_traffic + self.dram_bytes, self.activation_read + self.activation_write,
-                      self.weight_read, config)
+        return energy(
+            self.macs, self.sram_traffic + self.dram_bytes, self.activation_read + self.activation_write, self.weight_read, config
+        )
 
     def to_dict(self, config: NpuConfig) -> dict:
         peak = config.macs_per_cycle
-        return asdict(self) | self.energy(config) | {
-            "dram_bytes": self.dram_bytes,
-            "utilization": self.macs / (self.cycles * peak) if self.cycles else 0.0,
-            "array_utilization": self.macs / (self.compute_cycles * peak) if self.compute_cycles else 0.0,
-            "roofline_ratio": self.cycles / self.roofline_cycles if self.roofline_cycles else 1.0,
-        }
+        return (
+            asdict(self)
+            | self.energy(config)
+            | {
+                "dram_bytes": self.dram_bytes,
+                "utilization": self.macs / (self.cycles * peak) if self.cycles else 0.0,
+                "array_utilization": self.macs / (self.compute_cycles * peak) if self.compute_cycles else 0.0,
+                "roofline_ratio": self.cycles / self.roofline_cycles if self.roofline_cycles else 1.0,
+            }
+        )
 
 
 @dataclass
@@ -326,9 +354,13 @@ class ModelEstimate:
             "conv_utilization": conv_macs / (conv_cycles * peak) if conv_cycles else 0.0,
             "inferences_per_second": self.config.clock_mhz * 1e6 / cycles if cycles else math.inf,
             "clock_mhz": self.config.clock_mhz,
-        } | energy(macs, sum(x.sram_traffic + x.dram_bytes for x in npu),
-                   sum(x.activation_read + x.activation_write for x in npu), sum(x.weight_read for x in npu),
-                   self.config)
+        } | energy(
+            macs,
+            sum(x.sram_traffic + x.dram_bytes for x in npu),
+            sum(x.activation_read + x.activation_write for x in npu),
+            sum(x.weight_read for x in npu),
+            self.config,
+        )
 
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "layers": [layer.to_dict(self.config) for layer in self.layers]}
@@ -360,23 +392,54 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             first = fused.produces(p)
             cost, neighbour = (costs[0], fused.consumer) if first else (costs[1], fused.producer)
             g = p.geometry
-            result.layers.append(LayerEstimate(
-                p.label, p.kernel, p.placement, g.describe(),
-                f"cascade {fused.index} {'into' if first else 'from'} {neighbour.label}, {fused.rows} rows"
-                + (" (tuned)" if fused.tuned else ""),
-                g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
-                compulsory[0 if first else 1], bound * (share if first else 1 - share), p.sram_planned, p.sram_proven,
-                p.weights.get("original", 0), p.weights.get("encoded", 0), cascade=fused.describe(p),
-                sram_traffic=cost.sram_traffic,
-            ))
+            result.layers.append(
+                LayerEstimate(
+                    p.label,
+                    p.kernel,
+                    p.placement,
+                    g.describe(),
+                    f"cascade {fused.index} {'into' if first else 'from'} {neighbour.label}, {fused.rows} rows"
+                    + (" (tuned)" if fused.tuned else ""),
+                    g.macs,
+                    cost.cycles,
+                    cost.compute_cycles,
+                    cost.weight_read,
+                    cost.input_read,
+                    cost.output_write,
+                    compulsory[0 if first else 1],
+                    bound * (share if first else 1 - share),
+                    p.sram_planned,
+                    p.sram_proven,
+                    p.weights.get("original", 0),
+                    p.weights.get("encoded", 0),
+                    cascade=fused.describe(p),
+                    sram_traffic=cost.sram_traffic,
+                )
+            )
         elif p.geometry is not None and p.tiles is not None and p.placement == "npu":
             g, cost = p.geometry, layer_cost(p.geometry, p.tiles, config)
-            result.layers.append(LayerEstimate(
-                p.label, p.kernel, p.placement, g.describe(), p.tiles.describe(g.weighted) + (" (tuned)" if p.tuned else ""),
-                g.macs, cost.cycles, cost.compute_cycles, cost.weight_read, cost.input_read, cost.output_write,
-                g.compulsory_bytes, layer_roofline(g, config), p.sram_planned, p.sram_proven,
-                p.weights.get("original", 0), p.weights.get("encoded", 0), sram_traffic=cost.sram_traffic,
-            ))
+            result.layers.append(
+                LayerEstimate(
+                    p.label,
+                    p.kernel,
+                    p.placement,
+                    g.describe(),
+                    p.tiles.describe(g.weighted) + (" (tuned)" if p.tuned else ""),
+                    g.macs,
+                    cost.cycles,
+                    cost.compute_cycles,
+                    cost.weight_read,
+                    cost.input_read,
+                    cost.output_write,
+                    g.compulsory_bytes,
+                    layer_roofline(g, config),
+                    p.sram_planned,
+                    p.sram_proven,
+                    p.weights.get("original", 0),
+                    p.weights.get("encoded", 0),
+                    sram_traffic=cost.sram_traffic,
+                )
+            )
         else:
             # Untiled (elementwise, pools) or on the CPU: the NPU streams its operands once; its vector unit
             # (one lane per MAC column) does `ops` operations. CPU layers cost the NPU nothing.
@@ -386,10 +449,24 @@ def estimate(layers, config: NpuConfig) -> ModelEstimate:
             bound = roofline(compulsory, 0, config)
             compute = s["ops"] / config.mac_cols
             cycles = max(bound, compute) if on_npu else 0.0
-            result.layers.append(LayerEstimate(
-                p.label, p.kernel, p.placement, s["shape"], "not tiled" if on_npu else f"cpu: {p.reason}",
-                0, cycles, compute if on_npu else 0.0, 0, s["read"] if on_npu else 0, s["write"] if on_npu else 0,
-                compulsory if on_npu else 0, bound if on_npu else 0.0, None, None,
-                sram_traffic=compulsory if on_npu else 0.0,  # the vector unit reads and writes each byte once
-            ))
+            result.layers.append(
+                LayerEstimate(
+                    p.label,
+                    p.kernel,
+                    p.placement,
+                    s["shape"],
+                    "not tiled" if on_npu else f"cpu: {p.reason}",
+                    0,
+                    cycles,
+                    compute if on_npu else 0.0,
+                    0,
+                    s["read"] if on_npu else 0,
+                    s["write"] if on_npu else 0,
+                    compulsory if on_npu else 0,
+                    bound if on_npu else 0.0,
+                    None,
+                    None,
+                    sram_traffic=compulsory if on_npu else 0.0,  # the vector unit reads and writes each byte once
+                )
+            )
     return result

@@ -100,29 +100,60 @@ def compile(  # noqa: A001 - mirrors tvm.compile / tvmc compile
     run = _compile_buckets if is_bucketed(input_shapes) else _compile_fixed
     if not cache:
         return run(**arguments)
-    seconds = compile_cache.cached(arguments, lambda staged: run(**{**arguments, "output": staged},
-                                                                 cache_quantization=True).stage_seconds)
+    seconds = compile_cache.cached(
+        arguments, lambda staged: run(**{**arguments, "output": staged}, cache_quantization=True).stage_seconds
+    )
     return CompileResult(output, read_package(output, load_library=False).metadata, seconds)
 
 
 def _compile_fixed(pad_value, valid_length, **arguments) -> CompileResult:
     if pad_value != 0.0 or valid_length:
-        raise NpuError("--pad-value and --valid-length are for shape buckets; give a size set such as "
-                       "x:[1,3,48,{160,320}] in --input-shapes, or drop them")
+        raise NpuError(
+            "--pad-value and --valid-length are for shape buckets; give a size set such as "
+            "x:[1,3,48,{160,320}] in --input-shapes, or drop them"
+        )
     return _compile(**arguments)
 
 
-def _compile(model, output, target, input_shapes, quantize_model, calibration_data, save_quantized, seed,
-             allow_cpu_fallback, sparse, cascade, tuning_records, overflow_fix, target_host,
-             cache_quantization: bool = False, lift: bool = False) -> CompileResult:
+def _compile(
+    model,
+    output,
+    target,
+    input_shapes,
+    quantize_model,
+    calibration_data,
+    save_quantized,
+    seed,
+    allow_cpu_fallback,
+    sparse,
+    cascade,
+    tuning_records,
+    overflow_fix,
+    target_host,
+    cache_quantization: bool = False,
+    lift: bool = False,
+) -> CompileResult:
     config = resolve_target(target)
     host = host_target(target_host)
     output = check_output_path(output)
     best = tuned_records(tuning_records, model, config) if tuning_records is not None else {}
     tuned = tuned_tiles(best)
     seconds: dict[str, float] = {}
-    front, layers = planned(model, config, input_shapes, quantize_model, calibration_data, save_quantized, seed,
-                            allow_cpu_fallback, sparse, tuned, seconds, overflow_fix, cache_quantization)
+    front, layers = planned(
+        model,
+        config,
+        input_shapes,
+        quantize_model,
+        calibration_data,
+        save_quantized,
+        seed,
+        allow_cpu_fallback,
+        sparse,
+        tuned,
+        seconds,
+        overflow_fix,
+        cache_quantization,
+    )
     loaded, imported, mod, operators = front.loaded, front.imported, front.mod, front.operators
     if tuned:
         keys = {task_key(layer.kernel, layer.geometry) for layer in layers if layer.geometry is not None}
@@ -147,27 +178,36 @@ def _compile(model, output, target, input_shapes, quantize_model, calibration_da
         target=json.loads(str(config.tvm_target(host))),
         target_isa=required_isa(host),
         versions={"tvm_npu": __version__, "tvm": tvm.__version__},
-        extra={"quantized": is_quantized(loaded.model), "operators": operators,
-               "layers": [layer.to_dict() for layer in layers],
-               "performance": estimate(layers, config).to_dict(), **({"weights": list(weights)} if lift else {})},
+        extra={
+            "quantized": is_quantized(loaded.model),
+            "operators": operators,
+            "layers": [layer.to_dict() for layer in layers],
+            "performance": estimate(layers, config).to_dict(),
+            **({"weights": list(weights)} if lift else {}),
+        },
     )
     with _timed(seconds, "package"):
         write_package(output, executable, metadata, imported.onnx_bytes)
     return CompileResult(output, metadata, seconds, weights)
 
 
-def _compile_buckets(model, output, input_shapes, pad_value, valid_length, save_quantized, calibration_data,
-                     **arguments) -> CompileResult:
+def _compile_buckets(
+    model, output, input_shapes, pad_value, valid_length, save_quantized, calibration_data, **arguments
+) -> CompileResult:
     """One plan per bucket (`_compile` at each fixed shape), then one package holding them all."""
     if save_quantized is not None:
-        raise NpuError("--save-quantized writes one model; compile shape buckets without it (each bucket's "
-                       "quantized model is inside the package as buckets/<i>/model.onnx)")
+        raise NpuError(
+            "--save-quantized writes one model; compile shape buckets without it (each bucket's "
+            "quantized model is inside the package as buckets/<i>/model.onnx)"
+        )
     valid_length = dict(valid_length or {})
     shapes, dynamic = expand(input_shapes), dynamic_dims(input_shapes)
     for extra, (name, dim) in valid_length.items():
         if dim not in dynamic.get(name, []):
-            raise NpuError(f"--valid-length {extra}={name}:{dim}: dimension {dim} of {name!r} is not bucketed; "
-                           f"name a dimension given as a size set in --input-shapes")
+            raise NpuError(
+                f"--valid-length {extra}={name}:{dim}: dimension {dim} of {name!r} is not bucketed; "
+                f"name a dimension given as a size set in --input-shapes"
+            )
     source = Path(model).read_bytes()
     seconds: dict[str, float] = {}
     weights: dict[str, np.ndarray] = {}  # by content: an array two buckets share is stored once
@@ -175,10 +215,20 @@ def _compile_buckets(model, output, input_shapes, pad_value, valid_length, save_
         packages = []
         for index, bucket in enumerate(shapes):
             progress.stage(f"bucket {index + 1}/{len(shapes)}: " + " ".join(f"{n}:{list(s)}" for n, s in bucket.items()))
-            calibration = (None if calibration_data is None else
-                           _bucket_calibration(calibration_data, bucket, pad_value, Path(folder) / f"{index}.npz"))
-            result = _compile(model, Path(folder) / f"{index}.tar", input_shapes=bucket, calibration_data=calibration,
-                              save_quantized=None, lift=True, **arguments)
+            calibration = (
+                None
+                if calibration_data is None
+                else _bucket_calibration(calibration_data, bucket, pad_value, Path(folder) / f"{index}.npz")
+            )
+            result = _compile(
+                model,
+                Path(folder) / f"{index}.tar",
+                input_shapes=bucket,
+                calibration_data=calibration,
+                save_quantized=None,
+                lift=True,
+                **arguments,
+            )
             weights.update(result.weights)
             for stage, spent in result.stage_seconds.items():
                 seconds[stage] = seconds.get(stage, 0.0) + spent
@@ -213,9 +263,17 @@ class Partitioned:
     operators: list[dict]
 
 
-def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=None, save_quantized=None,
-                seed: int = 0, seconds: dict[str, float] | None = None,
-                overflow_fix: str = DEFAULT_OVERFLOW_FIX, cache_quantization: bool = False) -> Partitioned:
+def partitioned(
+    model,
+    input_shapes=None,
+    quantize_model=None,
+    calibration_data=None,
+    save_quantized=None,
+    seed: int = 0,
+    seconds: dict[str, float] | None = None,
+    overflow_fix: str = DEFAULT_OVERFLOW_FIX,
+    cache_quantization: bool = False,
+) -> Partitioned:
     """load -> quantize -> import -> partition, as `compile` runs them (`cache_quantization`: the quantized
     model from the cache, `tvm_npu.cache.cached_quantization`)."""
     seconds = {} if seconds is None else seconds
@@ -227,13 +285,17 @@ def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=
         quantize_model = not is_quantized(loaded.model)
     if quantize_model:
         with _timed(seconds, "quantize"):
+
             def quantized():
                 samples = load_calibration(calibration_data, loaded.inputs) if calibration_data else None
                 return quantize(loaded.model, loaded.inputs, samples, seed, overflow_fix)
 
             settings = {"seed": seed, "overflow_fix": overflow_fix}
-            qdq = (compile_cache.cached_quantization(loaded.model, calibration_data, settings, quantized)
-                   if cache_quantization else quantized())
+            qdq = (
+                compile_cache.cached_quantization(loaded.model, calibration_data, settings, quantized)
+                if cache_quantization
+                else quantized()
+            )
             loaded = OnnxModel(qdq, loaded.inputs, loaded.name)
     if save_quantized is not None:
         with atomic_output(save_quantized) as stream:
@@ -245,14 +307,26 @@ def partitioned(model, input_shapes=None, quantize_model=None, calibration_data=
     return Partitioned(loaded, imported, mod, operators)
 
 
-def planned(model, config: NpuConfig, input_shapes=None, quantize_model=None, calibration_data=None,
-            save_quantized=None, seed: int = 0, allow_cpu_fallback: bool = False, sparse: str = "auto",
-            tuned: dict | None = None, seconds: dict[str, float] | None = None,
-            overflow_fix: str = DEFAULT_OVERFLOW_FIX, cache_quantization: bool = False) -> tuple[Partitioned, list[LayerPlan]]:
+def planned(
+    model,
+    config: NpuConfig,
+    input_shapes=None,
+    quantize_model=None,
+    calibration_data=None,
+    save_quantized=None,
+    seed: int = 0,
+    allow_cpu_fallback: bool = False,
+    sparse: str = "auto",
+    tuned: dict | None = None,
+    seconds: dict[str, float] | None = None,
+    overflow_fix: str = DEFAULT_OVERFLOW_FIX,
+    cache_quantization: bool = False,
+) -> tuple[Partitioned, list[LayerPlan]]:
     """The pipeline up to the plan, as `compile` runs it: what `tvmc tune` tunes (with `allow_cpu_fallback`)."""
     seconds = {} if seconds is None else seconds
-    front = partitioned(model, input_shapes, quantize_model, calibration_data, save_quantized, seed, seconds,
-                        overflow_fix, cache_quantization)
+    front = partitioned(
+        model, input_shapes, quantize_model, calibration_data, save_quantized, seed, seconds, overflow_fix, cache_quantization
+    )
     with _timed(seconds, "plan"):
         return front, plan(front.mod, config, allow_cpu_fallback, sparse, tuned)
 

@@ -65,17 +65,31 @@ class LayerPlan:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "label": self.label, "row": self.row, "kernel": self.kernel, "placement": self.placement,
-            "reason": self.reason, "geometry": None if self.geometry is None else
-            {k: v for k, v in self.geometry.__dict__.items() if k != "row_nonzeros"},  # per channel: too long
+            "name": self.name,
+            "label": self.label,
+            "row": self.row,
+            "kernel": self.kernel,
+            "placement": self.placement,
+            "reason": self.reason,
+            "geometry": None
+            if self.geometry is None
+            else {k: v for k, v in self.geometry.__dict__.items() if k != "row_nonzeros"},  # per channel: too long
             "tiles": None if self.tiles is None else self.tiles.__dict__,
-            "sram_planned": self.sram_planned, "sram_proven": self.sram_proven, "weights": self.weights,
-            "cascade": None if self.cascade is None else self.cascade.describe(self), "tuned": self.tuned,
+            "sram_planned": self.sram_planned,
+            "sram_proven": self.sram_proven,
+            "weights": self.weights,
+            "cascade": None if self.cascade is None else self.cascade.describe(self),
+            "tuned": self.tuned,
         }
 
 
-def plan(mod: tvm.IRModule, config: NpuConfig, allow_cpu_fallback: bool = False, sparse: str = "auto",
-         tuned: dict[str, Tiles] | None = None) -> list[LayerPlan]:
+def plan(
+    mod: tvm.IRModule,
+    config: NpuConfig,
+    allow_cpu_fallback: bool = False,
+    sparse: str = "auto",
+    tuned: dict[str, Tiles] | None = None,
+) -> list[LayerPlan]:
     """`tuned` maps `task_key`s to the tiles tuning found best for them. The kernels read their parameters in
     the module's arithmetic (`fixed_point.arithmetic_of`: TFLite's for a model compiled from a TFLite file)."""
     if sparse not in SPARSE_MODES:
@@ -102,11 +116,18 @@ def _plan(mod, config, allow_cpu_fallback, sparse, tuned) -> list[LayerPlan]:
             inputs = [(tuple(int(d) for d in a.ty.shape), str(a.ty.dtype)) for a in call.args]
             kind = npu_kernel.name.removeprefix("npu.")
             per_kind[kind] = per_kind.get(kind, -1) + 1
-            layer = LayerPlan(binding.var.name, call.op.name_hint, npu_kernel.name, row=row,
-                              stream=_stream(params, inputs, call), params=params, inputs=inputs,
-                              label=composite.onnx_name() or f"{kind}_{per_kind[kind]}",
-                              # None: this instance cannot be tiled
-                              geometry=None if npu_kernel.geometry is None else npu_kernel.geometry(params, inputs))
+            layer = LayerPlan(
+                binding.var.name,
+                call.op.name_hint,
+                npu_kernel.name,
+                row=row,
+                stream=_stream(params, inputs, call),
+                params=params,
+                inputs=inputs,
+                label=composite.onnx_name() or f"{kind}_{per_kind[kind]}",
+                # None: this instance cannot be tiled
+                geometry=None if npu_kernel.geometry is None else npu_kernel.geometry(params, inputs),
+            )
             if layer.geometry is not None:
                 layer = _choose_variant(layer, npu_kernel, config, sparse)
                 layer = _choose(layer, config, allow_cpu_fallback, (tuned or {}).get(task_key(layer.kernel, layer.geometry)))
@@ -120,8 +141,12 @@ def _stream(params, inputs, call) -> dict:
     read += sum(int(c.nbytes) for c in params.consts)
     taps = math.prod(params.attrs.get("pool", (1,)))
     shapes = " + ".join("x".join(map(str, s)) for s, _ in inputs)
-    return {"read": read, "write": math.prod(out_shape) * tvm.DataType(str(call.ty.dtype)).bits // 8,
-            "ops": math.prod(out_shape) * taps, "shape": f"{shapes} -> {'x'.join(map(str, out_shape))}"}
+    return {
+        "read": read,
+        "write": math.prod(out_shape) * tvm.DataType(str(call.ty.dtype)).bits // 8,
+        "ops": math.prod(out_shape) * taps,
+        "shape": f"{shapes} -> {'x'.join(map(str, out_shape))}",
+    }
 
 
 def candidates(g: Geometry, config: NpuConfig) -> list[Tiles]:
@@ -150,8 +175,9 @@ def feasible(g: Geometry, config: NpuConfig, host: bool = False) -> list[Tiles]:
             if sum(footprint(g, tiles).values()) > config.sram_bytes:
                 continue
             serial = (False,) * (g.sparse or outer_trips(g, tiles) > 1)
-            space += [replace(tiles, parallel=p, vectorize=v) for p in (True, *serial) for v in (True, False)] \
-                if host else [tiles]
+            space += (
+                [replace(tiles, parallel=p, vectorize=v) for p in (True, *serial) for v in (True, False)] if host else [tiles]
+            )
     return space
 
 
@@ -180,8 +206,13 @@ def _choose_variant(layer: LayerPlan, base, config: NpuConfig, sparse: str) -> L
     if not variants(base.name):
         return layer
     weights = layer.params.consts[0]
-    record = {"original": int(weights.nbytes), "encoded": int(weights.nbytes), "zeros": zero_fraction(weights),
-              "kernel": base.name, "reason": "--sparse off" if sparse == "off" else ""}
+    record = {
+        "original": int(weights.nbytes),
+        "encoded": int(weights.nbytes),
+        "zeros": zero_fraction(weights),
+        "kernel": base.name,
+        "reason": "--sparse off" if sparse == "off" else "",
+    }
     if sparse == "off":
         return replace(layer, weights=record)
     dense_tiles, _ = choose_tiles(layer.geometry, config)
@@ -195,13 +226,21 @@ def _choose_variant(layer: LayerPlan, base, config: NpuConfig, sparse: str) -> L
         geometry = variant.geometry(own, layer.inputs)
         tiles, _ = choose_tiles(geometry, config)
         key = _key(geometry, tiles, config)
-        record.update({f"{base.name}_cycles": _finite(dense_key[0]), f"{variant.name}_cycles": _finite(key[0]),
-                       f"{variant.name}_bytes": int(sum(c.nbytes for c in own.consts[:3]))})
+        record.update(
+            {
+                f"{base.name}_cycles": _finite(dense_key[0]),
+                f"{variant.name}_cycles": _finite(key[0]),
+                f"{variant.name}_bytes": int(sum(c.nbytes for c in own.consts[:3])),
+            }
+        )
         if tiles is None:
             record["reason"] = f"{variant.name}: no tiling fits the SRAM"
         elif sparse == "force" or key < dense_key:
-            record.update(kernel=variant.name, encoded=record[f"{variant.name}_bytes"],
-                          reason=f"--sparse {sparse}" if sparse == "force" else "modelled win")
+            record.update(
+                kernel=variant.name,
+                encoded=record[f"{variant.name}_bytes"],
+                reason=f"--sparse {sparse}" if sparse == "force" else "modelled win",
+            )
             return replace(layer, kernel=variant.name, geometry=geometry, params=own, weights=record)
         else:
             record["reason"] = f"the model predicts no win for {variant.name}"
@@ -227,9 +266,14 @@ def _choose(layer: LayerPlan, config: NpuConfig, allow_cpu_fallback: bool, tuned
     tiles, smallest = choose_tiles(layer.geometry, config)
     if tiles is not None:
         return replace(layer, tiles=tiles, sram_planned=sum(footprint(layer.geometry, tiles).values()))
-    problem = (f"layer {layer.label or layer.name} ({layer.geometry.describe()}) needs at least {smallest} B of SRAM in its "
-               f"smallest tiling, but npu/{config.name} has {config.sram_bytes} B")
+    problem = (
+        f"layer {layer.label or layer.name} ({layer.geometry.describe()}) needs at least {smallest} B of SRAM in its "
+        f"smallest tiling, but npu/{config.name} has {config.sram_bytes} B"
+    )
     if not allow_cpu_fallback:
         raise NpuError(f"{problem}; raise --target-npu-sram-kib or pass --allow-cpu-fallback to run it on the CPU")
-    return replace(layer, placement="cpu",
-                   reason=f"sram: needs at least {smallest} B, the NPU has {config.sram_bytes} B (--allow-cpu-fallback)")
+    return replace(
+        layer,
+        placement="cpu",
+        reason=f"sram: needs at least {smallest} B, the NPU has {config.sram_bytes} B (--allow-cpu-fallback)",
+    )

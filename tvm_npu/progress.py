@@ -38,5 +38,13 @@ def stage(name: str) -> None:
 def bar(total: int, description: str) -> tqdm:
     """A progress bar over `total` steps of the running stage (inert when progress is off); a context manager."""
     # Every step drawn (layers are few and slow): the last one, n/n, shows before the bar clears itself.
-    return tqdm(total=total, desc=f"{'':9} {description}", unit="layer", file=_stream, disable=_stream is None,
-                leave=False, mininterval=0, miniters=1)
+    return tqdm(
+        total=total,
+        desc=f"{'':9} {description}",
+        unit="layer",
+        file=_stream,
+        disable=_stream is None,
+        leave=False,
+        mininterval=0,
+        miniters=1,
+    )

@@ -68,8 +68,9 @@ def load_calibration(path: str | Path, inputs: Sequence[TensorSpec]) -> list[dic
         raise NpuError(f"--calibration-data {path} holds arrays {sorted(arrays)}; it needs exactly one per input: {names}")
     counts = {len(a) if a.ndim else 0 for a in arrays.values()}
     if len(counts) != 1 or 0 in counts:
-        raise NpuError(f"--calibration-data {path}: every array needs the same number (at least 1) of samples "
-                       "along its first axis")
+        raise NpuError(
+            f"--calibration-data {path}: every array needs the same number (at least 1) of samples along its first axis"
+        )
     samples = [{} for _ in range(counts.pop())]
     for spec in inputs:
         array = arrays[spec.name]
@@ -94,8 +95,10 @@ def _with_min_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.version_converter.convert_version(model, MIN_OPSET)
     except Exception as err:  # noqa: BLE001 - the converter raises assorted errors per operator
-        raise NpuError(f"cannot upgrade the model from opset {opset} to {MIN_OPSET} for quantization "
-                       f"({first_line(err)}); export it with opset {MIN_OPSET} or newer") from None
+        raise NpuError(
+            f"cannot upgrade the model from opset {opset} to {MIN_OPSET} for quantization "
+            f"({first_line(err)}); export it with opset {MIN_OPSET} or newer"
+        ) from None
 
 
 def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], overflow_fix: str) -> onnx.ModelProto:
@@ -118,8 +121,10 @@ def _nncf_quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]],
                 ),
             )
     except Exception as err:  # noqa: BLE001 - NNCF raises many kinds on models it cannot handle
-        raise NpuError(f"NNCF could not quantize the model ({first_line(err)}); "
-                       "quantize it yourself to QDQ ONNX, or compile with --no-quantize") from None
+        raise NpuError(
+            f"NNCF could not quantize the model ({first_line(err)}); "
+            "quantize it yourself to QDQ ONNX, or compile with --no-quantize"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -34,8 +34,16 @@ CASCADE_TASK = "cascade "  # how a cascade task's key starts: its records carry 
 
 
 def header(model_sha256: str, model_name: str, config: NpuConfig, runner: str, seed: int) -> dict:
-    return {"format": FORMAT, "tvm_npu": __version__, "model": model_name, "model_sha256": model_sha256,
-            "target": f"npu/{config.name}", "npu_config": config.to_dict(), "runner": runner, "seed": seed}
+    return {
+        "format": FORMAT,
+        "tvm_npu": __version__,
+        "model": model_name,
+        "model_sha256": model_sha256,
+        "target": f"npu/{config.name}",
+        "npu_config": config.to_dict(),
+        "runner": runner,
+        "seed": seed,
+    }
 
 
 def file_sha256(path: str | Path) -> str:
@@ -56,7 +64,7 @@ def _text(path: Path, data: bytes) -> str:
     try:
         return data.decode()
     except UnicodeDecodeError as err:
-        raise _corrupt(path, data[:err.start].count(b"\n") + 1, "not UTF-8 text") from None
+        raise _corrupt(path, data[: err.start].count(b"\n") + 1, "not UTF-8 text") from None
 
 
 def _parse(path: Path, text: str) -> tuple[dict, list[dict], int]:
@@ -85,8 +93,9 @@ def _parse(path: Path, text: str) -> tuple[dict, list[dict], int]:
             if not (type(rows) is int and rows >= 1 and "tiles" not in record):
                 raise _corrupt(path, number, "a cascade record needs rows (its band height, a positive integer), no tiles")
         elif not (isinstance(record.get("tiles"), dict) and REQUIRED_KNOBS <= record["tiles"].keys() <= KNOBS):
-            raise _corrupt(path, number, f"a layer record needs tiles with rows, channels and order, taking only "
-                                         f"{', '.join(sorted(KNOBS))}")
+            raise _corrupt(
+                path, number, f"a layer record needs tiles with rows, channels and order, taking only {', '.join(sorted(KNOBS))}"
+            )
     return head, records, len(complete.encode())
 
 
@@ -121,8 +130,9 @@ class TuningLog:
         mismatched = [k for k in ("model_sha256", "npu_config", "runner", "seed") if found.get(k) != head.get(k)]
         if mismatched:
             self.close()
-            raise NpuError(f"{self.path} holds records of another tuning run (different {', '.join(mismatched)}); "
-                           "pass another -o")
+            raise NpuError(
+                f"{self.path} holds records of another tuning run (different {', '.join(mismatched)}); pass another -o"
+            )
 
     def append(self, record: dict) -> None:
         self._write(record)
@@ -186,5 +196,7 @@ def warn_unmatched(path: str | Path, tuned: dict[str, Tiles], layer_keys: set[st
     since, e.g. with another tvm_npu) would leave those layers untuned without a word: say so."""
     unmatched = set(tuned) - layer_keys
     if unmatched:
-        print(f"warning: {len(unmatched)} of the {len(tuned)} tuned tasks in {path} match no layer of this model "
-              "(tuned by another tvm_npu version?); those layers keep the planner's tiling: rerun tvmc tune")
+        print(
+            f"warning: {len(unmatched)} of the {len(tuned)} tuned tasks in {path} match no layer of this model "
+            "(tuned by another tvm_npu version?); those layers keep the planner's tiling: rerun tvmc tune"
+        )

@@ -105,8 +105,13 @@ def kernels() -> tuple[NpuKernel, ...]:
 
 def kernel_path_files() -> list[Path]:
     """The kernel files on $TVM_NPU_KERNEL_PATH, in load order."""
-    return [path for folder in os.environ.get(KERNEL_PATH_VARIABLE, "").split(os.pathsep) if folder
-            for path in sorted(Path(folder).glob("*.py")) if not path.name.startswith(("test_", "_"))]
+    return [
+        path
+        for folder in os.environ.get(KERNEL_PATH_VARIABLE, "").split(os.pathsep)
+        if folder
+        for path in sorted(Path(folder).glob("*.py"))
+        if not path.name.startswith(("test_", "_"))
+    ]
 
 
 def _load_file(path: Path):

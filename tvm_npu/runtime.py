@@ -64,8 +64,7 @@ class LayerTime:
 class CompiledModel:
     """A loaded package, ready to run on the host CPU."""
 
-    def __init__(self, package: Package, origin: str = "the package",
-                 weights: Mapping[str, tvm.runtime.Tensor] | None = None):
+    def __init__(self, package: Package, origin: str = "the package", weights: Mapping[str, tvm.runtime.Tensor] | None = None):
         self.metadata = package.metadata
         self.onnx_bytes = package.onnx_bytes  # the model the library was compiled from
         self.origin = origin
@@ -142,16 +141,17 @@ class CompiledModel:
         shared machine can catch a preemption)."""
         self.run(inputs)
         profiles = [self.profile(inputs) for _ in range(runs)]
-        return [LayerTime(call.symbol, float(np.median([p[i].ms for p in profiles])), call.shape)
-                for i, call in enumerate(profiles[0])]
+        return [
+            LayerTime(call.symbol, float(np.median([p[i].ms for p in profiles])), call.shape)
+            for i, call in enumerate(profiles[0])
+        ]
 
     def _mismatch(self, detail: str) -> NpuError:
         return NpuError(f"{self.origin}: its metadata does not match its library ({detail}); tampered or corrupt, recompile it")
 
     def _to_device(self, inputs: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
         check_inputs(self.inputs, inputs)
-        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec.name]), self.device)
-                for spec in self.inputs] + self._weights
+        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec.name]), self.device) for spec in self.inputs] + self._weights
 
 
 def call_kind(symbol: str) -> str:
@@ -283,8 +283,7 @@ def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> N
     if missing or extra:
         problems = [f"missing {', '.join(missing)}" if missing else "", f"unexpected {', '.join(extra)}" if extra else ""]
         raise NpuError(
-            f"inputs do not match the model ({'; '.join(p for p in problems if p)}); "
-            f"the model takes {', '.join(expected)}"
+            f"inputs do not match the model ({'; '.join(p for p in problems if p)}); the model takes {', '.join(expected)}"
         )
     for spec in specs:
         value = np.asarray(inputs[spec.name])
@@ -295,8 +294,9 @@ def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> N
             )
 
 
-def make_inputs(specs: list[TensorSpec], fill_mode: str = "random", seed: int = 0,
-                image: ImageFill | None = None) -> dict[str, np.ndarray]:
+def make_inputs(
+    specs: list[TensorSpec], fill_mode: str = "random", seed: int = 0, image: ImageFill | None = None
+) -> dict[str, np.ndarray]:
     """Inputs filled like tvmc's --fill-mode (random: uniform [0, 1) floats, full-range integers;
     image: a picture as models see one, see `ImageFill`)."""
     if fill_mode not in FILL_MODES:
@@ -365,27 +365,34 @@ class ImageFill:
 
     def __post_init__(self):
         if self.normalization not in IMAGE_NORMALIZATIONS:
-            raise NpuError(f"unknown image normalisation {self.normalization!r}; choose one of "
-                           f"{', '.join(IMAGE_NORMALIZATIONS)}")
+            raise NpuError(f"unknown image normalisation {self.normalization!r}; choose one of {', '.join(IMAGE_NORMALIZATIONS)}")
         if self.picture is not None and not Path(self.picture).is_file():
             raise NpuError(f"image file {self.picture} does not exist; check the --image path")
 
     def describe(self) -> str:
-        source = (f"picture {self.picture}" if self.picture else
-                  "matplotlib's sample photograph grace_hopper.jpg with its logo2.png as a caption")
+        source = (
+            f"picture {self.picture}"
+            if self.picture
+            else "matplotlib's sample photograph grace_hopper.jpg with its logo2.png as a caption"
+        )
         mean, std = IMAGE_NORMALIZATIONS[self.normalization]
-        scale = ("pixels 0..255" if self.normalization == "raw" else
-                 f"(pixel/255 - {list(mean)}) / {list(std)} ({self.normalization})")
-        return (f"{source}, RGB, resized to each input's H x W, float inputs {scale}; "
-                f"seed 0 the whole picture, other seeds a crop of {CROP_SIDE[0]:.0%}-{CROP_SIDE[1]:.0%} a side, "
-                f"mirrored half the time, noise sigma {NOISE_SIGMA:g}/255")
+        scale = (
+            "pixels 0..255" if self.normalization == "raw" else f"(pixel/255 - {list(mean)}) / {list(std)} ({self.normalization})"
+        )
+        return (
+            f"{source}, RGB, resized to each input's H x W, float inputs {scale}; "
+            f"seed 0 the whole picture, other seeds a crop of {CROP_SIDE[0]:.0%}-{CROP_SIDE[1]:.0%} a side, "
+            f"mirrored half the time, noise sigma {NOISE_SIGMA:g}/255"
+        )
 
     def fill(self, spec: TensorSpec, seed: int) -> np.ndarray:
         layout = _image_layout(spec.shape)
         dtype = np.dtype(spec.dtype)
         if layout is None or dtype.kind not in "fui" or (dtype.kind in "ui" and dtype.itemsize != 1):
-            raise NpuError(f"input {spec.name!r} ({spec.dtype}{list(spec.shape)}) is not an image (NCHW or NHWC, "
-                           "1 or 3 channels, float, uint8 or int8); use --fill-mode random or give --inputs")
+            raise NpuError(
+                f"input {spec.name!r} ({spec.dtype}{list(spec.shape)}) is not an image (NCHW or NHWC, "
+                "1 or 3 channels, float, uint8 or int8); use --fill-mode random or give --inputs"
+            )
         batch, channels, height, width = (spec.shape[i] for i in ((0, 1, 2, 3) if layout == "NCHW" else (0, 3, 1, 2)))
         rng = np.random.default_rng(seed)
         picture = _picture(self.picture)

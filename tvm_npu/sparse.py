@@ -172,8 +172,7 @@ def dense_params(p: KernelParams) -> KernelParams:
 
 def sparse_geometry(base_geometry: Geometry, rowptr, index_dtype) -> Geometry:
     """The dense geometry with the CSR weights' non-zeros per output channel and index width."""
-    return replace(base_geometry, row_nonzeros=tuple(int(n) for n in np.diff(rowptr)),
-                   index_bytes=np.dtype(index_dtype).itemsize)
+    return replace(base_geometry, row_nonzeros=tuple(int(n) for n in np.diff(rowptr)), index_bytes=np.dtype(index_dtype).itemsize)
 
 
 def layer_geometry(layer: dict, base_geometry: Geometry) -> Geometry:
@@ -185,8 +184,12 @@ def csr_layer(p: KernelParams, inputs) -> dict:
     """What a CSR kernel's TIR is generated from, JSON-serializable: the PrimFunc carries it (attribute
     `npu_csr_layer`) so that `schedule` can regenerate the kernel tile by tile."""
     values, indices, rowptr, *_ = p.consts
-    return {"attrs": p.attrs, "rowptr": rowptr.tolist(), "input": [list(inputs[0][0]), inputs[0][1]],
-            "csr": [[list(a.shape), str(a.dtype)] for a in (values, indices, rowptr)]}
+    return {
+        "attrs": p.attrs,
+        "rowptr": rowptr.tolist(),
+        "input": [list(inputs[0][0]), inputs[0][1]],
+        "csr": [[list(a.shape), str(a.dtype)] for a in (values, indices, rowptr)],
+    }
 
 
 def retile(func: tirx.PrimFunc, tiles, generate) -> tirx.PrimFunc:

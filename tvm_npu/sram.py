@@ -73,8 +73,7 @@ def vectorize(sch: s_tir.Schedule, loop) -> None:
     sch.vectorize(sch.split(loop, [None, lanes])[1] if lanes < extent else loop)
 
 
-def finish_tile_loops(sch: s_tir.Schedule, tiles, y, y_out, outer, inner, loads: set[str],
-                      tile_loops: int) -> tirx.PrimFunc:
+def finish_tile_loops(sch: s_tir.Schedule, tiles, y, y_out, outer, inner, loads: set[str], tile_loops: int) -> tirx.PrimFunc:
     """Applies the tiling's loop knobs (`tiling.Tiles`): vectorizes the output's innermost loops,
     double-buffers the inner tile loop, runs the outer one in parallel on the host. `tile_loops`
     counts the loops enclosing one tile."""
@@ -89,8 +88,9 @@ def finish_tile_loops(sch: s_tir.Schedule, tiles, y, y_out, outer, inner, loads:
     return sch.mod["main"]
 
 
-def stream_tiles(func: tirx.PrimFunc, tiles, row_axis: int, stationary: frozenset[str] = frozenset(),
-                 inside: int | None = None) -> tirx.PrimFunc:
+def stream_tiles(
+    func: tirx.PrimFunc, tiles, row_axis: int, stationary: frozenset[str] = frozenset(), inside: int | None = None
+) -> tirx.PrimFunc:
     """The SRAM schedule of a one-block kernel `Y` without weights (elementwise, lookup table, concat):
     tiles of `tiles.rows` along dimension `row_axis` (`inside`: an earlier dimension moved into the
     tile, concat's axis). Every buffer Y reads streams into SRAM per tile, except those named in

@@ -113,29 +113,25 @@ class NpuConfig:
     def check(self, origin: str) -> None:
         """Raises NpuError naming the first field that cannot describe real hardware."""
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise NpuError(
-                f"invalid NPU config from {origin}: name must be letters, digits, '_', '.' or '-', "
-                f"got {self.name!r}"
-            )
+            raise NpuError(f"invalid NPU config from {origin}: name must be letters, digits, '_', '.' or '-', got {self.name!r}")
         for name in ("sram_kib", "mac_rows", "mac_cols", "mac_depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise NpuError(
-                    f"invalid NPU config from {origin}: {name} must be a positive integer, got {value!r}"
-                )
+                raise NpuError(f"invalid NPU config from {origin}: {name} must be a positive integer, got {value!r}")
         for name in ("dram_bytes_per_cycle", "sram_bytes_per_cycle", "clock_mhz"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise NpuError(
-                    f"invalid NPU config from {origin}: {name} must be a positive number, got {value!r}"
-                )
-        for name in ("weight_bytes_per_cycle", "dram_latency_cycles", "weight_latency_cycles", "dram_pj_per_byte",
-                     "weight_pj_per_byte"):
+                raise NpuError(f"invalid NPU config from {origin}: {name} must be a positive number, got {value!r}")
+        for name in (
+            "weight_bytes_per_cycle",
+            "dram_latency_cycles",
+            "weight_latency_cycles",
+            "dram_pj_per_byte",
+            "weight_pj_per_byte",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise NpuError(
-                    f"invalid NPU config from {origin}: {name} must be a number >= 0, got {value!r}"
-                )
+                raise NpuError(f"invalid NPU config from {origin}: {name} must be a number >= 0, got {value!r}")
         bad = [d for d in self.dtypes if d not in SUPPORTED_DTYPES]
         if not self.dtypes or bad:
             raise NpuError(
@@ -241,8 +237,7 @@ PRESETS: dict[str, NpuConfig] = {
                 "flash, so 'DRAM' here is the system SRAM. sram_bytes_per_cycle 32 is Vela's IFM "
                 "micro-block (2x2x8 int8 per cycle per core); Vela sets no SHRAM bandwidth"
             ),
-            vela="--accelerator-config ethos-u55-256 --system-config Ethos_U55_High_End_Embedded "
-                 "--memory-mode Shared_Sram",
+            vela="--accelerator-config ethos-u55-256 --system-config Ethos_U55_High_End_Embedded --memory-mode Shared_Sram",
         ),
         NpuConfig(
             name="ethos-u65-512",
@@ -264,8 +259,7 @@ PRESETS: dict[str, NpuConfig] = {
                 "512 KiB SRAM (arena_cache_size 524288) caching them. sram_bytes_per_cycle 64 is Vela's IFM "
                 "micro-block (2x2x8 int8 per cycle) times 2 cores"
             ),
-            vela="--accelerator-config ethos-u65-512 --system-config Ethos_U65_High_End "
-                 "--memory-mode Dedicated_Sram_512KB",
+            vela="--accelerator-config ethos-u65-512 --system-config Ethos_U65_High_End --memory-mode Dedicated_Sram_512KB",
         ),
     )
 }
@@ -284,10 +278,7 @@ OVERRIDABLE_FIELDS = (
 
 def _preset_name(spec: str) -> str:
     if spec not in PRESETS:
-        raise NpuError(
-            f"unknown NPU preset {spec!r}; choose one of {', '.join(PRESETS)} "
-            f"(e.g. --target npu/{DEFAULT_PRESET})"
-        )
+        raise NpuError(f"unknown NPU preset {spec!r}; choose one of {', '.join(PRESETS)} (e.g. --target npu/{DEFAULT_PRESET})")
     return spec
 
 
@@ -306,8 +297,7 @@ def resolve_target(
         kind, _, preset = target.partition("/")
         if kind != "npu":
             raise NpuError(
-                f"unsupported target {target!r}; tvm_npu compiles for 'npu' or 'npu/<preset>' "
-                f"with presets {', '.join(PRESETS)}"
+                f"unsupported target {target!r}; tvm_npu compiles for 'npu' or 'npu/<preset>' with presets {', '.join(PRESETS)}"
             )
         config = PRESETS[_preset_name(preset or DEFAULT_PRESET)]
     if config_file is not None:
@@ -328,7 +318,7 @@ def _load_config_file(path: Path, base: NpuConfig) -> NpuConfig:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise NpuError(f"NPU config file {path} is not valid JSON ({err}); fix or regenerate it") from None
     if not isinstance(data, dict):
-        raise NpuError(f"NPU config file {path} must hold a JSON object of fields, e.g. {{\"sram_kib\": 512}}")
+        raise NpuError(f'NPU config file {path} must hold a JSON object of fields, e.g. {{"sram_kib": 512}}')
     if "base" in data:
         base = PRESETS[_preset_name(data.pop("base"))]
     fields = {f.name for f in dataclasses.fields(NpuConfig)}

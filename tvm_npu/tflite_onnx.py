@@ -52,19 +52,21 @@ def tflite_to_onnx(data: bytes, path: Path) -> onnx.ModelProto:
     import tflite
 
     if data[4:8] != b"TFL3":
-        raise NpuError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier); give a .tflite file written by "
-                       "TFLite's converter")
+        raise NpuError(
+            f"{path} is not a TFLite flatbuffer (no TFL3 identifier); give a .tflite file written by TFLite's converter"
+        )
     try:
         model = tflite.Model.GetRootAsModel(data, 0)
         if model.SubgraphsLength() != 1:
-            raise NpuError(f"{path} has {model.SubgraphsLength()} subgraphs; only single-subgraph TFLite models "
-                           "are supported: convert without control flow")
+            raise NpuError(
+                f"{path} has {model.SubgraphsLength()} subgraphs; only single-subgraph TFLite models "
+                "are supported: convert without control flow"
+            )
         converted = _Converter(model, path).convert()
     except NpuError:
         raise
     except Exception as err:  # noqa: BLE001 - a truncated flatbuffer fails anywhere inside the generated reader
-        raise NpuError(f"{path} is not a readable TFLite model ({type(err).__name__}: {str(err)[:120]}); "
-                       "re-export it") from None
+        raise NpuError(f"{path} is not a readable TFLite model ({type(err).__name__}: {str(err)[:120]}); re-export it") from None
     helper.set_model_props(converted, {SOURCE_KEY: base64.b64encode(data).decode()})
     return converted
 
@@ -83,11 +85,18 @@ class _Tensor:
         raw = buffer.DataAsNumpy() if buffer is not None and buffer.DataLength() else None
         self.data = None
         if raw is not None:
-            dtype = {"INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-                     "FLOAT32": np.float32}.get(self.type)
+            dtype = {
+                "INT8": np.int8,
+                "UINT8": np.uint8,
+                "INT16": np.int16,
+                "INT32": np.int32,
+                "INT64": np.int64,
+                "FLOAT32": np.float32,
+            }.get(self.type)
             if dtype is None:
-                raise NpuError(f"tensor {self.name!r} holds {self.type} constants; only int8/uint8/int32/float32 "
-                               "constants are supported")
+                raise NpuError(
+                    f"tensor {self.name!r} holds {self.type} constants; only int8/uint8/int32/float32 constants are supported"
+                )
             self.data = np.frombuffer(raw.tobytes(), dtype).reshape(self.shape)
         q = t.Quantization()
         self.scale = self.zero_point = None
@@ -146,8 +155,7 @@ class _Converter:
         return outputs[0]
 
     def qparams(self, t: _Tensor, axis=None):
-        scale, zp = t.scale, t.zero_point.astype(np.int8 if t.type == "INT8" else np.uint8 if t.type == "UINT8"
-                                                 else np.int32)
+        scale, zp = t.scale, t.zero_point.astype(np.int8 if t.type == "INT8" else np.uint8 if t.type == "UINT8" else np.int32)
         if axis is None:  # activations: TFLite's spec is per-tensor
             scale, zp = scale[:1], zp[:1]
             return self.const(scale.reshape(()), f"{t.name}_scale"), self.const(zp.reshape(()), f"{t.name}_zp")
@@ -197,8 +205,10 @@ class _Converter:
             return self.node("Relu", [value], name=f"{name}_relu")
         bounds = {"RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}.get(act)
         if bounds is None:
-            raise NpuError(f"{self.path}: fused activation {act} of {name!r} is not supported (ReLU, ReLU6 and "
-                           "ReLU_N1_TO_1 are); re-export without it")
+            raise NpuError(
+                f"{self.path}: fused activation {act} of {name!r} is not supported (ReLU, ReLU6 and "
+                "ReLU_N1_TO_1 are); re-export without it"
+            )
         lo, hi = (self.const(np.float32(b), f"{name}_clip") for b in bounds)
         return self.node("Clip", [value, lo, hi], name=f"{name}_clip")
 
@@ -214,16 +224,15 @@ class _Converter:
         graph_inputs = []
         for index in self.graph.InputsAsNumpy():
             t = self.tensors[index]
-            elem = helper.np_dtype_to_tensor_dtype(np.dtype({"INT8": "int8", "UINT8": "uint8",
-                                                             "FLOAT32": "float32"}.get(t.type, "int64")))
+            elem = helper.np_dtype_to_tensor_dtype(
+                np.dtype({"INT8": "int8", "UINT8": "uint8", "FLOAT32": "float32"}.get(t.type, "int64"))
+            )
             if t.type not in ("INT8", "UINT8", "FLOAT32"):
-                raise NpuError(f"{self.path}: input {t.name!r} is {t.type}; int8, uint8 or float32 inputs are "
-                               "supported")
+                raise NpuError(f"{self.path}: input {t.name!r} is {t.type}; int8, uint8 or float32 inputs are supported")
             graph_inputs.append(helper.make_tensor_value_info(t.name, elem, list(t.shape)))
             self.onnx_name[index] = t.name
             if len(t.shape) == 4:  # into NCHW (quantized: in QDQ, so that the NPU's data movement does it)
-                moved = self.node("Transpose", [self.dequantize(index)], perm=list(_TO_NCHW),
-                                  name=f"{t.name}_to_nchw")
+                moved = self.node("Transpose", [self.dequantize(index)], perm=list(_TO_NCHW), name=f"{t.name}_to_nchw")
                 self.dequantized.pop(index, None)
                 self.emit(index, moved, True, f"{t.name}_to_nchw")
         self._check_quantized()
@@ -254,12 +263,16 @@ class _Converter:
                 continue
             ins = [self.tensors[j] for j in op.InputsAsNumpy() if j >= 0]
             if any(t.type == "FLOAT32" and t.data is None for t in ins):
-                raise NpuError(f"{self.path} is a float TFLite model ({kind} {self.tensors[op.OutputsAsNumpy()[0]].name!r} "
-                               "computes in float32); tvm_npu compiles INT8 TFLite: convert with full-integer "
-                               "quantization (TFLiteConverter with a representative_dataset, TFLITE_BUILTINS_INT8)")
+                raise NpuError(
+                    f"{self.path} is a float TFLite model ({kind} {self.tensors[op.OutputsAsNumpy()[0]].name!r} "
+                    "computes in float32); tvm_npu compiles INT8 TFLite: convert with full-integer "
+                    "quantization (TFLiteConverter with a representative_dataset, TFLITE_BUILTINS_INT8)"
+                )
             if any(t.type == "INT16" for t in ins):
-                raise NpuError(f"{self.path}: {kind} has int16 activations (16x8 quantization); tvm_npu compiles "
-                               "int8 activations: convert with TFLITE_BUILTINS_INT8")
+                raise NpuError(
+                    f"{self.path}: {kind} has int16 activations (16x8 quantization); tvm_npu compiles "
+                    "int8 activations: convert with TFLITE_BUILTINS_INT8"
+                )
 
     def op_kind(self, op):
         code = self.model.OperatorCodes(op.OpcodeIndex())
@@ -273,8 +286,10 @@ class _Converter:
         name = self.tensors[outs[0]].name
         if handler is None:
             supported = sorted(k[3:].upper() for k in dir(self) if k.startswith("op_") and k != "op_kind")
-            raise NpuError(f"{self.path}: TFLite operator {kind} (producing {name!r}) is not supported; supported: "
-                           f"{', '.join(supported)}; replace it before converting to TFLite")
+            raise NpuError(
+                f"{self.path}: TFLite operator {kind} (producing {name!r}) is not supported; supported: "
+                f"{', '.join(supported)}; replace it before converting to TFLite"
+            )
         handler(op, ins, outs, name)
 
     def options(self, op, cls):
@@ -292,8 +307,7 @@ class _Converter:
         o = self.options(op, DepthwiseConv2DOptions if depthwise else Conv2DOptions)
         x, w = self.tensors[ins[0]], self.tensors[ins[1]]
         if w.data is None or not w.quantized:
-            raise NpuError(f"{self.path}: {name!r} has non-constant or float weights; only INT8 constant weights "
-                           "are supported")
+            raise NpuError(f"{self.path}: {name!r} has non-constant or float weights; only INT8 constant weights are supported")
         _, h, width, cin = x.shape
         if depthwise:  # TFLite [1, kh, kw, C*M] -> ONNX [C*M, 1, kh, kw], one group per input channel
             weights, axis, group = w.data.transpose(3, 0, 1, 2), 0, cin
@@ -309,13 +323,15 @@ class _Converter:
             pads = [top, left, bottom, right]
         per_axis = len(w.scale) > 1
         w_scale, w_zp = self.qparams(w, axis=axis if per_axis else None)
-        dq_w = self.node("DequantizeLinear", [self.const(weights, f"{w.name}"), w_scale, w_zp],
-                         **({"axis": axis} if per_axis else {}))
+        dq_w = self.node(
+            "DequantizeLinear", [self.const(weights, f"{w.name}"), w_scale, w_zp], **({"axis": axis} if per_axis else {})
+        )
         inputs = [self.dequantize(ins[0]), dq_w]
         if len(ins) > 2 and ins[2] >= 0:
             inputs.append(self.dequantize(ins[2]))
-        value = self.node("Conv", inputs, name=name, strides=strides, dilations=dilations, pads=pads, group=group,
-                          kernel_shape=[kh, kw])
+        value = self.node(
+            "Conv", inputs, name=name, strides=strides, dilations=dilations, pads=pads, group=group, kernel_shape=[kh, kw]
+        )
         self.emit(outs[0], self.activation(value, o.FusedActivationFunction(), name), True, name)
 
     def op_depthwise_conv_2d(self, op, ins, outs, name):
@@ -327,15 +343,13 @@ class _Converter:
         o = self.options(op, FullyConnectedOptions)
         w = self.tensors[ins[1]]
         if w.data is None or not w.quantized:
-            raise NpuError(f"{self.path}: {name!r} has non-constant or float weights; only INT8 constant weights "
-                           "are supported")
+            raise NpuError(f"{self.path}: {name!r} has non-constant or float weights; only INT8 constant weights are supported")
         x = self.nhwc_flat(ins[0])
         if len(self.tensors[ins[0]].shape) != 2:
             x = self.node("Reshape", [x, self.const(np.array([-1, w.shape[1]], np.int64), f"{name}_flat")])
         per_axis = len(w.scale) > 1
         w_scale, w_zp = self.qparams(w, axis=0 if per_axis else None)
-        dq_w = self.node("DequantizeLinear", [self.const(w.data, w.name), w_scale, w_zp],
-                         **({"axis": 0} if per_axis else {}))
+        dq_w = self.node("DequantizeLinear", [self.const(w.data, w.name), w_scale, w_zp], **({"axis": 0} if per_axis else {}))
         inputs = [x, dq_w]
         if len(ins) > 2 and ins[2] >= 0:
             inputs.append(self.dequantize(ins[2]))
@@ -356,8 +370,7 @@ class _Converter:
                 value = self.node("Reshape", [value, self.const(np.array(full, np.int64), f"{name}_b")])
                 operands.append(self.node("Transpose", [value], perm=list(_TO_NCHW)))
             elif four_d and len(t.shape) < 4:
-                raise NpuError(f"{self.path}: {name!r} broadcasts a rank-{len(t.shape)} activation over a 4-D one; "
-                               "not supported")
+                raise NpuError(f"{self.path}: {name!r} broadcasts a rank-{len(t.shape)} activation over a 4-D one; not supported")
             else:
                 operands.append(self.dequantize(i))
         value = self.node(onnx_op, operands, name=name)
@@ -366,14 +379,17 @@ class _Converter:
 
     def op_add(self, op, ins, outs, name):
         from tflite.AddOptions import AddOptions
+
         self._binary(op, ins, outs, name, "Add", AddOptions)
 
     def op_sub(self, op, ins, outs, name):
         from tflite.SubOptions import SubOptions
+
         self._binary(op, ins, outs, name, "Sub", SubOptions)
 
     def op_mul(self, op, ins, outs, name):
         from tflite.MulOptions import MulOptions
+
         self._binary(op, ins, outs, name, "Mul", MulOptions)
 
     def _pool(self, op, ins, outs, name, onnx_op):
@@ -407,8 +423,9 @@ class _Converter:
             axes = [_NHWC_AXIS_IN_NCHW[a] for a in axes]
         keep = bool(self.options(op, ReducerOptions).KeepDims())
         out = self.tensors[outs[0]]
-        value = self.node("ReduceMean", [self.dequantize(ins[0]), self.const(np.array(sorted(axes), np.int64), "axes")],
-                          name=name, keepdims=1)
+        value = self.node(
+            "ReduceMean", [self.dequantize(ins[0]), self.const(np.array(sorted(axes), np.int64), "axes")], name=name, keepdims=1
+        )
         if not keep:  # the NPU pools keep the dimensions; dropping them is a reshape (a data movement) after
             if out.quantized:
                 scale, zp = self.qparams(out)
@@ -419,8 +436,7 @@ class _Converter:
 
     def op_reshape(self, op, ins, outs, name):
         shape = self.tensors[outs[0]].shape
-        value = self.node("Reshape", [self.nhwc_flat(ins[0]), self.const(np.array(shape, np.int64), f"{name}_shape")],
-                          name=name)
+        value = self.node("Reshape", [self.nhwc_flat(ins[0]), self.const(np.array(shape, np.int64), f"{name}_shape")], name=name)
         if len(shape) == 4:
             value = self.node("Transpose", [value], perm=list(_TO_NCHW))
         self.emit(outs[0], value, len(shape) == 4, name)

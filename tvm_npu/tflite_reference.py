@@ -51,8 +51,9 @@ def interpreter_outputs(tflite: bytes, samples: Sequence[Mapping[str, np.ndarray
         raise TFLiteReferenceFailure(f"TFLite's interpreter could not run the model: {first_line(err)}") from None
 
 
-def openvino_outputs(tflite: bytes, samples: Sequence[Mapping[str, np.ndarray]], device: str,
-                     properties: dict) -> list[dict[str, np.ndarray]]:
+def openvino_outputs(
+    tflite: bytes, samples: Sequence[Mapping[str, np.ndarray]], device: str, properties: dict
+) -> list[dict[str, np.ndarray]]:
     """OpenVINO's TFLite frontend on the flatbuffer (it reads TFLite from a file only)."""
     import openvino as ov
 

@@ -99,19 +99,19 @@ class Geometry:
         channels = self.out_channels if channels is None else channels
         if not self.sparse:
             return channels * (self.taps + PARAM_BYTES_PER_CHANNEL)
-        nonzeros = sum(self.row_nonzeros[first:first + channels])
+        nonzeros = sum(self.row_nonzeros[first : first + channels])
         return nonzeros * (1 + self.index_bytes) + ROWPTR_BYTES * (channels + 1) + channels * PARAM_BYTES_PER_CHANNEL
 
     def csr_tile_capacity(self, channels: int) -> int:
         """Most non-zeros of any tile of `channels` output channels (at least 1: buffers are never empty)."""
-        counts = [sum(self.row_nonzeros[f:f + channels]) for f in range(0, self.out_channels, channels)]
+        counts = [sum(self.row_nonzeros[f : f + channels]) for f in range(0, self.out_channels, channels)]
         return max(1, *counts)
 
     def csr_steps(self, first: int, channels: int, mac_cols: int) -> int:
         """Zero-skipping steps of a channel tile: array columns advance in lockstep, so each group of
         mac_cols channels takes as many steps as its longest row has non-zeros."""
-        rows = self.row_nonzeros[first:first + channels]
-        return sum(max(rows[g:g + mac_cols]) for g in range(0, len(rows), mac_cols))
+        rows = self.row_nonzeros[first : first + channels]
+        return sum(max(rows[g : g + mac_cols]) for g in range(0, len(rows), mac_cols))
 
     @property
     def input_bytes(self) -> int:
@@ -170,8 +170,10 @@ class Geometry:
             return f"dense {self.in_h}x{self.in_channels} -> {self.out_channels}"
         kh, kw = self.kernel
         dw = " depthwise" if self.depthwise else f" groups {self.groups}" if self.groups > 1 else ""
-        return (f"conv {kh}x{kw}/{self.stride[0]}{dw} {self.in_channels}x{self.in_h}x{self.in_w} "
-                f"-> {self.out_channels}x{self.out_h}x{self.out_w}")
+        return (
+            f"conv {kh}x{kw}/{self.stride[0]}{dw} {self.in_channels}x{self.in_h}x{self.in_w} "
+            f"-> {self.out_channels}x{self.out_h}x{self.out_w}"
+        )
 
 
 @dataclass(frozen=True)
@@ -196,8 +198,15 @@ class Tiles:
 
     def describe(self, weighted: bool = True) -> str:
         outer = self.order if weighted else {"weights": "channels", "rows": "rows"}[self.order]
-        knobs = [name for name, off in (("single-buffered", not self.double_buffer), ("serial", not self.parallel),
-                                        ("scalar", not self.vectorize)) if off]
+        knobs = [
+            name
+            for name, off in (
+                ("single-buffered", not self.double_buffer),
+                ("serial", not self.parallel),
+                ("scalar", not self.vectorize),
+            )
+            if off
+        ]
         return f"{self.rows} rows x {self.channels} ch, {outer} outer" + "".join(f", {k}" for k in knobs)
 
 
@@ -249,8 +258,9 @@ def extended_producer(producer: Geometry, consumer: Geometry) -> Geometry:
     top, bottom = consumer.padding[0], consumer.padding[2]
     pt, pl, pb, pr = producer.padding
     sh = producer.stride[0]
-    return replace(producer, out_h=producer.out_h + top + bottom, out_w=consumer.real_cols,
-                   padding=(pt + top * sh, pl, pb + bottom * sh, pr))
+    return replace(
+        producer, out_h=producer.out_h + top + bottom, out_w=consumer.real_cols, padding=(pt + top * sh, pl, pb + bottom * sh, pr)
+    )
 
 
 @dataclass(frozen=True)
@@ -290,8 +300,10 @@ def _rolls(previous: tuple[int, int] | None, current: tuple[int, int]) -> bool:
 def cascade_rolls(producer: Geometry, consumer: Geometry, rows: int) -> tuple[bool, bool]:
     """Whether the intermediate and the producer's input roll (consecutive bands overlap)."""
     bands = cascade_bands(producer, consumer, rows)
-    return (any(_rolls(a.intermediate, b.intermediate) for a, b in zip(bands, bands[1:])),
-            any(_rolls(a.producer_input, b.producer_input) for a, b in zip(bands, bands[1:])))
+    return (
+        any(_rolls(a.intermediate, b.intermediate) for a, b in zip(bands, bands[1:])),
+        any(_rolls(a.producer_input, b.producer_input) for a, b in zip(bands, bands[1:])),
+    )
 
 
 def cascade_footprint(producer: Geometry, consumer: Geometry, rows: int) -> dict[str, int]:

@@ -128,14 +128,22 @@ class Task:
         for t in self.space:
             size = footprint(g, t)
             pixels = t.rows * g.out_w
-            rows.append([
-                math.log2(t.rows), math.log2(t.channels), float(t.order == "weights"),
-                float(t.double_buffer), float(t.parallel), float(t.vectorize),
-                math.log2(-(-g.out_h // t.rows)), math.log2(-(-g.out_channels // t.channels)),
-                *(math.log2(1 + size.get(k, 0)) for k in ("input", "weights", "acc", "output")),  # weightless: none
-                math.log2(1 + sum(size.values())),
-                _fill(pixels, config.mac_rows), _fill(t.channels, config.mac_cols),
-            ])
+            rows.append(
+                [
+                    math.log2(t.rows),
+                    math.log2(t.channels),
+                    float(t.order == "weights"),
+                    float(t.double_buffer),
+                    float(t.parallel),
+                    float(t.vectorize),
+                    math.log2(-(-g.out_h // t.rows)),
+                    math.log2(-(-g.out_channels // t.channels)),
+                    *(math.log2(1 + size.get(k, 0)) for k in ("input", "weights", "acc", "output")),  # weightless: none
+                    math.log2(1 + sum(size.values())),
+                    _fill(pixels, config.mac_rows),
+                    _fill(t.channels, config.mac_cols),
+                ]
+            )
         return np.array(rows, np.float32)
 
 
@@ -191,11 +199,16 @@ class CascadeTask:
         for r in self.space:
             size = cascade_footprint(g1, g2, r)
             pixels = r * g2.out_w
-            rows.append([
-                math.log2(r), math.log2(-(-g2.out_h // r)), *map(float, cascade_rolls(g1, g2, r)),
-                *(math.log2(1 + size[k]) for k in ("input", "acc", "intermediate", "output")),
-                math.log2(1 + sum(size.values())), _fill(pixels, config.mac_rows),
-            ])
+            rows.append(
+                [
+                    math.log2(r),
+                    math.log2(-(-g2.out_h // r)),
+                    *map(float, cascade_rolls(g1, g2, r)),
+                    *(math.log2(1 + size[k]) for k in ("input", "acc", "intermediate", "output")),
+                    math.log2(1 + sum(size.values())),
+                    _fill(pixels, config.mac_rows),
+                ]
+            )
         return np.array(rows, np.float32)
 
 
@@ -241,27 +254,37 @@ class TuneResult:
             return "failed" if value is None else f"{value * scale:.0f}" if model else f"{value * scale:.3f}"
 
         width = max([48] + [len(t.task) + 1 for t in self.tasks])
-        lines = [f"{'task':<{width}}{'layers':>7}{'trials':>7}{'default ' + unit:>16}{'best ' + unit:>14}{'speedup':>9}"
-                 f"{'s/trial':>9}  best"]
+        lines = [
+            f"{'task':<{width}}{'layers':>7}{'trials':>7}{'default ' + unit:>16}{'best ' + unit:>14}{'speedup':>9}"
+            f"{'s/trial':>9}  best"
+        ]
         for t in self.tasks:
             best = t.best or "-"
             if t.cascade:
-                best += (f"; apart {cost(t.apart_cost)}: {'fuses' if t.fuses else 'stays apart'}"
-                         if t.apart_cost is not None else "; a layer unmeasured: the DRAM heuristic decides")
+                best += (
+                    f"; apart {cost(t.apart_cost)}: {'fuses' if t.fuses else 'stays apart'}"
+                    if t.apart_cost is not None
+                    else "; a layer unmeasured: the DRAM heuristic decides"
+                )
             per_trial = f"{t.seconds / t.new_trials:.2f}" if t.new_trials else "-"
             speedup = "-" if t.speedup is None else f"{t.speedup:.2f}x"
-            lines.append(f"{t.task:<{width}}{t.layers:>7}{t.trials:>7}{cost(t.default_cost):>16}{cost(t.best_cost):>14}"
-                         f"{speedup:>9}{per_trial:>9}  {best}")
+            lines.append(
+                f"{t.task:<{width}}{t.layers:>7}{t.trials:>7}{cost(t.default_cost):>16}{cost(t.best_cost):>14}"
+                f"{speedup:>9}{per_trial:>9}  {best}"
+            )
         layers = [t for t in self.tasks if not t.cascade]
         default = sum(t.default_cycles * t.layers for t in layers)
         best = sum((t.best_cycles or t.default_cycles) * t.layers for t in layers)
         if best:
-            lines.append(f"tiled NPU layers, NPU-model cycles: default {default:.0f}, tuned {best:.0f} "
-                         f"({default / best:.2f}x fewer)")
+            lines.append(
+                f"tiled NPU layers, NPU-model cycles: default {default:.0f}, tuned {best:.0f} ({default / best:.2f}x fewer)"
+            )
         cascades = [t for t in self.tasks if t.cascade]
         if cascades:
-            lines.append(f"cascade tasks: {sum(t.fuses for t in cascades)} of {len(cascades)} beat their two layers "
-                         "apart; `tvmc compile --cascade --tuning-records` fuses their pairs (a layer in one at most)")
+            lines.append(
+                f"cascade tasks: {sum(t.fuses for t in cascades)} of {len(cascades)} beat their two layers "
+                "apart; `tvmc compile --cascade --tuning-records` fuses their pairs (a layer in one at most)"
+            )
         return "\n".join(lines)
 
 
@@ -335,8 +358,7 @@ def _measuring_runner(runner: str, tracker) -> ms.runner.Runner | None:
     return None
 
 
-def _tasks(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig, host: bool,
-           cascades: bool) -> list[Task | CascadeTask]:
+def _tasks(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig, host: bool, cascades: bool) -> list[Task | CascadeTask]:
     """One task per distinct (kernel, geometry) among the layers the planner tiles on the NPU; `host`:
     the runner measures on the host, so the host's loop knobs are searched too. With `cascades`, then one
     per distinct pair of those layers `tvm_npu.cascade` could fuse with a band height that fits."""
@@ -358,9 +380,15 @@ def _tasks(mod: tvm.IRModule, layers: list[LayerPlan], config: NpuConfig, host: 
         space = cascade.band_heights(producer.geometry, consumer.geometry, config)
         if not space:
             continue
-        tasks[key] = CascadeTask(key, producer, consumer, [f"{producer.name}+{consumer.name}"],
-                                 cascade.compute(producer, consumer),
-                                 cascade.default_band(producer.geometry, consumer.geometry, config), space)
+        tasks[key] = CascadeTask(
+            key,
+            producer,
+            consumer,
+            [f"{producer.name}+{consumer.name}"],
+            cascade.compute(producer, consumer),
+            cascade.default_band(producer.geometry, consumer.geometry, config),
+            space,
+        )
     return list(tasks.values())
 
 
@@ -371,13 +399,22 @@ def _tune_all(tasks, log, config, runner, measure, trials, seed, early_stopping,
     goals = [min(trials, len(t.space)) for t in tasks]
     done = [sum(r["task"] == t.key for r in log.records) for t in tasks]
     results = []
-    with tqdm(total=sum(goals), initial=min(sum(done), sum(goals)), desc="all tasks", unit="trial",
-              disable=not progress, position=0) as overall, _deferred_interrupt() as interrupted:
+    with (
+        tqdm(
+            total=sum(goals), initial=min(sum(done), sum(goals)), desc="all tasks", unit="trial", disable=not progress, position=0
+        ) as overall,
+        _deferred_interrupt() as interrupted,
+    ):
         for number, (task, goal) in enumerate(zip(tasks, goals), 1):
-            with tqdm(total=goal, desc=f"task {number}/{len(tasks)} {task.name}", unit="trial",
-                      disable=not progress, position=1, leave=False) as bar:
-                session = _Session(task, log, config, runner, measure, goal, early_stopping, [bar, overall],
-                                   interrupted)
+            with tqdm(
+                total=goal,
+                desc=f"task {number}/{len(tasks)} {task.name}",
+                unit="trial",
+                disable=not progress,
+                position=1,
+                leave=False,
+            ) as bar:
+                session = _Session(task, log, config, runner, measure, goal, early_stopping, [bar, overall], interrupted)
                 session.run(seed)
             if interrupted.is_set():
                 break
@@ -403,8 +440,18 @@ def _deferred_interrupt():
 class _Session:
     """Tuning one task: its log records, the trial budget, and the progress bars to advance."""
 
-    def __init__(self, task: Task | CascadeTask, log: TuningLog, config: NpuConfig, runner: str, measure, goal: int,
-                 early_stopping: int | None, bars, interrupted: threading.Event):
+    def __init__(
+        self,
+        task: Task | CascadeTask,
+        log: TuningLog,
+        config: NpuConfig,
+        runner: str,
+        measure,
+        goal: int,
+        early_stopping: int | None,
+        bars,
+        interrupted: threading.Event,
+    ):
         self.task, self.log, self.config, self.runner, self.measure = task, log, config, runner, measure
         self.goal, self.early_stopping, self.bars, self.interrupted = goal, early_stopping, bars, interrupted
         self.index = {candidate: i for i, candidate in enumerate(task.space)}
@@ -447,33 +494,47 @@ class _Session:
 
     def _search(self, seed: int) -> None:
         size = len(self.task.space)
-        space = ms.space_generator.ScheduleFn(_design_space(size), sch_rules=[], postprocs=[],
-                                              mutator_probs={_Mutator(self.task): 1.0})
+        space = ms.space_generator.ScheduleFn(
+            _design_space(size), sch_rules=[], postprocs=[], mutator_probs={_Mutator(self.task): 1.0}
+        )
         strategy = ms.search_strategy.EvolutionarySearch(
-            population_size=min(256, 4 * size), init_min_unmeasured=min(16, size), genetic_num_iters=3)
-        context = _tune_context(tvm.IRModule({"main": self.task.func}), self.target, space, strategy,
-                                self.task.name, seed)
+            population_size=min(256, 4 * size), init_min_unmeasured=min(16, size), genetic_num_iters=3
+        )
+        context = _tune_context(tvm.IRModule({"main": self.task.func}), self.target, space, strategy, self.task.name, seed)
         database = ms.database.MemoryDatabase()
         workload = database.commit_workload(tvm.IRModule({"main": self.task.func}))
         args = ms.arg_info.ArgInfo.from_prim_func(self.task.func)
         for index, cost in self.measured.items():  # resumed: the search starts from what the log knows
             if cost is not None:
-                database.commit_tuning_record(ms.database.TuningRecord(
-                    _trace(self.task.func, size, index), workload, [cost], self.target, args))
+                database.commit_tuning_record(
+                    ms.database.TuningRecord(_trace(self.task.func, size, index), workload, [cost], self.target, args)
+                )
         np.random.seed(seed)  # the xgb model's warm-up predictions are numpy-random
-        cost_model = ms.cost_model.XGBModel(extractor=_Features(self.task.features(self.config)),
-                                            num_warmup_samples=TRIALS_PER_ITER, num_tuning_cores=1)
+        cost_model = ms.cost_model.XGBModel(
+            extractor=_Features(self.task.features(self.config)), num_warmup_samples=TRIALS_PER_ITER, num_tuning_cores=1
+        )
         self.recorder = _Recorder(self)
         # The budget leaves room for candidates the log already holds: they cost nothing and do not
         # count; the recorder ends the task when `goal` records exist.
         budget = self.goal - len(self.records) + len(self.measured)
         with tempfile.TemporaryDirectory(prefix="tvm_npu_tune_") as work_dir, self._until_finished():
             ms.tune.tune_tasks(
-                tasks=[context], task_weights=[1.0], work_dir=work_dir, max_trials_global=budget,
-                max_trials_per_task=budget, num_trials_per_iter=min(TRIALS_PER_ITER, budget),
-                builder=_Builder(self), runner=_Runner(self), database=database, cost_model=cost_model,
-                measure_callbacks=[ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
-                                   ms.measure_callback.UpdateCostModel(), self.recorder],
+                tasks=[context],
+                task_weights=[1.0],
+                work_dir=work_dir,
+                max_trials_global=budget,
+                max_trials_per_task=budget,
+                num_trials_per_iter=min(TRIALS_PER_ITER, budget),
+                builder=_Builder(self),
+                runner=_Runner(self),
+                database=database,
+                cost_model=cost_model,
+                measure_callbacks=[
+                    ms.measure_callback.AddToDatabase(),
+                    ms.measure_callback.RemoveBuildArtifact(),
+                    ms.measure_callback.UpdateCostModel(),
+                    self.recorder,
+                ],
                 task_scheduler="round-robin",
             )
 
@@ -491,8 +552,7 @@ class _Session:
         return self.task.cycles(index, self.config) / (self.config.clock_mhz * 1e6)
 
     def record(self, index: int, cost: float | None, error: str | None, default: bool = False) -> None:
-        entry = {"task": self.task.key, **self.task.fields(index), "cost": cost,
-                 "cycles": self.task.cycles(index, self.config)}
+        entry = {"task": self.task.key, **self.task.fields(index), "cost": cost, "cycles": self.task.cycles(index, self.config)}
         if default:
             entry["default"] = True
         if error:  # meta_schedule's messages start with who failed and end with why
@@ -513,10 +573,19 @@ class _Session:
         for r in self.records:
             low = min(low, math.inf if r["cost"] is None else r["cost"])
             history.append(low)
-        result = TaskResult(self.task.name, len(self.task.layers), len(self.records), default["cost"],
-                            None if best is None else best["cost"], default["cycles"],
-                            None if best is None else best["cycles"], None if best is None else self.task.describe(best),
-                            self.new_trials, self.seconds, history)
+        result = TaskResult(
+            self.task.name,
+            len(self.task.layers),
+            len(self.records),
+            default["cost"],
+            None if best is None else best["cost"],
+            default["cycles"],
+            None if best is None else best["cycles"],
+            None if best is None else self.task.describe(best),
+            self.new_trials,
+            self.seconds,
+            history,
+        )
         if isinstance(self.task, CascadeTask):
             found = cascade.recorded(best_records(self.log.records), self.task.producer, self.task.consumer)
             result.cascade, result.apart_cost = True, None if found is None else found[2]
@@ -702,8 +771,16 @@ def _tune_context(mod, target, space, strategy, name: str, seed: int) -> ms.Tune
     uses none. The public constructor does nothing else: it calls these same two FFI functions."""
     context = ms.TuneContext.__new__(ms.TuneContext)
     context.__init_handle_by_constructor__(
-        ms._ffi_api.TuneContext, mod, target, space, strategy, name, 1, seed,  # noqa: SLF001
-        get_logging_func(logging.getLogger("tvm.s_tir.meta_schedule")))
+        ms._ffi_api.TuneContext,
+        mod,
+        target,
+        space,
+        strategy,
+        name,
+        1,
+        seed,  # noqa: SLF001
+        get_logging_func(logging.getLogger("tvm.s_tir.meta_schedule")),
+    )
     ms._ffi_api.TuneContextInitialize(context)  # noqa: SLF001
     return context
 

@@ -211,18 +211,21 @@ class FloatTailJudgement:
     ours_tail_within: float = 1.0  # fraction of elements with |ours - tail(ours_f)| <= atol + rtol * |tail(ours_f)|
 
     def to_dict(self) -> dict:
-        return {**{k: v for k, v in self.__dict__.items() if k != "frontier"},
-                "frontier": [f.to_dict() for f in self.frontier]}
+        return {**{k: v for k, v in self.__dict__.items() if k != "frontier"}, "frontier": [f.to_dict() for f in self.frontier]}
 
     def summary(self) -> str:
-        frontier = ", ".join(f"{f.name} (step {f.step:.3g}, max {f.max_steps:g} steps, bias {f.bias_steps:+.3f}, "
-                             f"cosine {f.cosine:.4f})" for f in self.frontier)
+        frontier = ", ".join(
+            f"{f.name} (step {f.step:.3g}, max {f.max_steps:g} steps, bias {f.bias_steps:+.3f}, cosine {f.cosine:.4f})"
+            for f in self.frontier
+        )
         inputs = f"; graph inputs {', '.join(self.graph_inputs)}" if self.graph_inputs else ""
-        return (f"last quantized tensors vs reference: {frontier or 'none'}{inputs}; float tail {self.ops}: tolerance up to "
-                f"{self.tolerance_max:.3g} (propagated {self.propagated_max:.3g} + rtol), {self.within_tolerance:.2%} "
-                f"within; ours vs tail(ours) {self.ours_tail_error:.3g} ({self.ours_tail_within:.2%} within atol + rtol), "
-                f"reference vs tail(reference) "
-                f"{self.ref_tail_error:.3g}")
+        return (
+            f"last quantized tensors vs reference: {frontier or 'none'}{inputs}; float tail {self.ops}: tolerance up to "
+            f"{self.tolerance_max:.3g} (propagated {self.propagated_max:.3g} + rtol), {self.within_tolerance:.2%} "
+            f"within; ours vs tail(ours) {self.ours_tail_error:.3g} ({self.ours_tail_within:.2%} within atol + rtol), "
+            f"reference vs tail(reference) "
+            f"{self.ref_tail_error:.3g}"
+        )
 
 
 @dataclass
@@ -236,8 +239,13 @@ class LayerComparison:
     comparison: OutputComparison
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "layer": self.layer, "op_type": self.op_type, "tensor": self.tensor,
-                **{k: v for k, v in self.comparison.to_dict().items() if k != "name"}}
+        return {
+            "index": self.index,
+            "layer": self.layer,
+            "op_type": self.op_type,
+            "tensor": self.tensor,
+            **{k: v for k, v in self.comparison.to_dict().items() if k != "name"},
+        }
 
 
 @dataclass
@@ -258,8 +266,10 @@ class ExactJudgement:
         wrong, total = sum(w for w, _ in judged.values()), sum(n for _, n in judged.values())
         layers = f"{len(self.layers)} per-layer tensors" if self.layers else ""
         what = " and ".join(filter(None, [", ".join(self.outputs), layers]))
-        return (f"judged by the exact reference (onnx.reference, integer products exact): {what}; because "
-                f"{self.reason}; {runtime} got {wrong} of {total} of their elements wrong ({self.off_by} the exact answer)")
+        return (
+            f"judged by the exact reference (onnx.reference, integer products exact): {what}; because "
+            f"{self.reason}; {runtime} got {wrong} of {total} of their elements wrong ({self.off_by} the exact answer)"
+        )
 
 
 @dataclass
@@ -302,8 +312,9 @@ class ValidationReport:
     @property
     def exit_code(self) -> int:
         """0 passed; 3 when every failure is one only an untrusted reference saw (nothing could judge it); else 1."""
-        failed = [o.name for o in self.outputs if not o.verdict] + [layer.tensor for layer in self.layers or []
-                                                                  if not layer.comparison.passed]
+        failed = [o.name for o in self.outputs if not o.verdict] + [
+            layer.tensor for layer in self.layers or [] if not layer.comparison.passed
+        ]
         failed += [c.name for c in self.local or [] if not c.passed]
         if self.passed:
             return EXIT_OK
@@ -367,14 +378,19 @@ class ValidationReport:
             lines.append(f"per-layer: {self.per_layer_note}")
         if self.layers is not None:
             lines.append(_table_header("layer (per-layer probes, graph order)"))
-            lines += [_table_row(f"{layer.index:>3} {layer.layer} ({layer.op_type})", layer.comparison)
-                      for layer in self.layers]
+            lines += [_table_row(f"{layer.index:>3} {layer.layer} ({layer.op_type})", layer.comparison) for layer in self.layers]
             divergent = self.first_divergent_layer
-            lines.append("first layer beyond tolerance: " + (
-                "none" if divergent is None else
-                f"{divergent.layer} ({divergent.op_type}, tensor {divergent.tensor}): {divergent.comparison.reason}"))
+            lines.append(
+                "first layer beyond tolerance: "
+                + (
+                    "none"
+                    if divergent is None
+                    else f"{divergent.layer} ({divergent.op_type}, tensor {divergent.tensor}): {divergent.comparison.reason}"
+                )
+            )
         verdict = {EXIT_OK: "PASSED", EXIT_VALIDATION_FAILED: "FAILED"}.get(
-            self.exit_code, "UNDECIDED (no trusted reference could judge)")
+            self.exit_code, "UNDECIDED (no trusted reference could judge)"
+        )
         lines.append("validation " + verdict)
         return "\n".join(lines)
 
@@ -383,10 +399,16 @@ class ValidationReport:
             return [f"local checks: {self.local_note}"] if self.local_note else []
         failed = [c for c in self.local if not c.passed]
         worst = max(self.local, key=lambda c: (c.max_steps or 0, abs(c.bias_steps or 0)), default=None)
-        lines = [f"local checks: {len(self.local)} quantized tensors recomputed by onnx's reference evaluator from our own "
-                 f"values of their inputs, judged in steps: {len(self.local) - len(failed)} pass"
-                 + ("" if worst is None else f" (largest: {worst.name} max {worst.max_steps:g} steps, "
-                                             f"{worst.within_1_step:.2%} within 1 step, bias {worst.bias_steps:+.3f})")]
+        lines = [
+            f"local checks: {len(self.local)} quantized tensors recomputed by onnx's reference evaluator from our own "
+            f"values of their inputs, judged in steps: {len(self.local) - len(failed)} pass"
+            + (
+                ""
+                if worst is None
+                else f" (largest: {worst.name} max {worst.max_steps:g} steps, "
+                f"{worst.within_1_step:.2%} within 1 step, bias {worst.bias_steps:+.3f})"
+            )
+        ]
         if failed:
             lines.append(_table_header("  local check failed"))
             lines += [_table_row(f"  {c.name}", c) for c in failed]
@@ -396,14 +418,18 @@ class ValidationReport:
         t = self.tolerances
         if self.reference_model == "fp32":
             return f"cosine >= {t.fp32_min_cosine} (INT8 against FP32)"
-        return (f"quantized: >= {t.min_within_steps:.1%} within {t.atol_steps:g} steps, |bias| <= {t.max_bias_steps:g} step; "
-                f"float outputs of the quantized model: quantized tensors locally in steps, tail within the propagated frontier "
-                f"error + {t.rtol:g} * (m + max m), m = max(|ref|, |tail(ours)|)")
+        return (
+            f"quantized: >= {t.min_within_steps:.1%} within {t.atol_steps:g} steps, |bias| <= {t.max_bias_steps:g} step; "
+            f"float outputs of the quantized model: quantized tensors locally in steps, tail within the propagated frontier "
+            f"error + {t.rtol:g} * (m + max m), m = max(|ref|, |tail(ours)|)"
+        )
 
 
 def _table_header(first: str) -> str:
-    return (f"{first:<36}{'max err':>10}{'max steps':>10}{'mean steps':>11}{'<=1 step':>9}{'<=2 steps':>10}"
-            f"{'bias':>8}{'cosine':>10}{'top-1':>7}{'top-5':>7}  result")
+    return (
+        f"{first:<36}{'max err':>10}{'max steps':>10}{'mean steps':>11}{'<=1 step':>9}{'<=2 steps':>10}"
+        f"{'bias':>8}{'cosine':>10}{'top-1':>7}{'top-5':>7}  result"
+    )
 
 
 def _table_row(name: str, o: OutputComparison) -> str:
@@ -417,9 +443,11 @@ def _table_row(name: str, o: OutputComparison) -> str:
     verdict = "PASS" if o.passed else f"FAIL ({o.reason})"
     if o.local_verdict is not None:  # the reference's comparison is reported, the local checks decided
         verdict = f"{'PASS' if o.local_verdict else 'FAIL'} by local checks (reference: {verdict})"
-    return (f"{name[:35]:<36}{o.max_abs_error:>10.3g}{steps[0]:>10}{steps[1]:>11}{pct(o.within_1_step):>9}"
-            f"{pct(o.within_2_steps):>10}{steps[2]:>8}{o.cosine:>10.6f}{count(o.top1_matches):>7}"
-            f"{count(o.top5_matches):>7}  {verdict}")
+    return (
+        f"{name[:35]:<36}{o.max_abs_error:>10.3g}{steps[0]:>10}{steps[1]:>11}{pct(o.within_1_step):>9}"
+        f"{pct(o.within_2_steps):>10}{steps[2]:>8}{o.cosine:>10.6f}{count(o.top1_matches):>7}"
+        f"{count(o.top5_matches):>7}  {verdict}"
+    )
 
 
 def wilson_interval(matches: int | None, n: int | None, z: float = WILSON_Z) -> tuple[float, float] | None:
@@ -444,6 +472,7 @@ def _agreement_text(o: OutputComparison) -> str:
 
 
 # --- devices and reference runtimes ---------------------------------------------------------------
+
 
 def choose_device(requested: str = "AUTO") -> tuple[str, str]:
     """The OpenVINO device that will serve, and why, never claiming an NPU that is not there."""
@@ -474,8 +503,9 @@ def reference_properties(device: str) -> dict[str, str]:
     return {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-def openvino_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np.ndarray]], device: str,
-                     isa: str | None = None) -> list[dict[str, np.ndarray]]:
+def openvino_outputs(
+    onnx_bytes: bytes, samples: Sequence[Mapping[str, np.ndarray]], device: str, isa: str | None = None
+) -> list[dict[str, np.ndarray]]:
     """Runs the ONNX model with OpenVINO on `device`; raises ReferenceFailure with OpenVINO's message.
     `isa` (a oneDNN ISA name, e.g. AVX2) runs OpenVINO's CPU plugin as on a CPU with at most that
     instruction set, in a child process (see `_CappedOpenVINO`)."""
@@ -554,8 +584,9 @@ def exact_reference_outputs(onnx_bytes: bytes, samples: Sequence[Mapping[str, np
     `exact_reference_gmacs`. Raises ReferenceFailure when the evaluator cannot run the model."""
     try:
         evaluator = ReferenceEvaluator(onnx.load_from_string(onnx_bytes), new_ops=[_ExactDequantizeLinear, _BatchNormalization])
-        return [dict(zip(evaluator.output_names, (np.asarray(v) for v in evaluator.run(None, dict(inputs)))))
-                for inputs in samples]
+        return [
+            dict(zip(evaluator.output_names, (np.asarray(v) for v in evaluator.run(None, dict(inputs))))) for inputs in samples
+        ]
     except Exception as err:  # noqa: BLE001 - the evaluator raises whatever its NumPy operators raise
         raise ReferenceFailure(f"onnx's reference evaluator could not run the model: {first_line(err)}") from None
 
@@ -602,9 +633,22 @@ ACTIVATION_MAX = 255  # the largest u8 operand vpmaddubsw sees (an s8 activation
 VNNI_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # as /proc/cpuinfo names them
 # oneDNN's ISA cap, read once when OpenVINO's CPU plugin loads; the values at which oneDNN still has VNNI.
 ISA_CAP_VARIABLE = "ONEDNN_MAX_CPU_ISA"
-VNNI_ISAS = ("AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16",
-             "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16",
-             "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
+VNNI_ISAS = (
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE_VNNI",
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16",
+    "AVX512_CORE_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512",
+    "AVX10_1_512_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+    "ALL",
+    "DEFAULT",
+)
 SATURATING_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
@@ -641,12 +685,15 @@ def int8_path(runtime: str, device: str = "CPU", isa: str | None = None) -> Int8
         return Int8Path(True, "TFLite's reference kernels accumulate int8 products in int32")
     vnni = sorted(cpu_flags() & set(VNNI_CPU_FLAGS))
     if not vnni:
-        return Int8Path(False, f"this CPU has no VNNI ({', '.join(VNNI_CPU_FLAGS)} absent): {runtime} sums int8 "
-                               "products in saturating int16 pairs")
+        return Int8Path(
+            False,
+            f"this CPU has no VNNI ({', '.join(VNNI_CPU_FLAGS)} absent): {runtime} sums int8 products in saturating int16 pairs",
+        )
     cap = ((isa or "").upper() or isa_cap()) if runtime == "OpenVINO" else None  # MLAS does not read oneDNN's cap
     if cap and cap not in VNNI_ISAS:
-        return Int8Path(False, f"{ISA_CAP_VARIABLE}={cap} keeps OpenVINO's oneDNN below VNNI: it sums int8 products "
-                               "in saturating int16 pairs")
+        return Int8Path(
+            False, f"{ISA_CAP_VARIABLE}={cap} keeps OpenVINO's oneDNN below VNNI: it sums int8 products in saturating int16 pairs"
+        )
     return Int8Path(True, f"this CPU has VNNI ({', '.join(vnni)}): {runtime} accumulates int8 products in int32")
 
 
@@ -667,7 +714,10 @@ class _CappedOpenVINO:
         self.isa = isa
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from tvm_npu.validate import _serve_openvino; _serve_openvino()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, ISA_CAP_VARIABLE: isa})
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, ISA_CAP_VARIABLE: isa},
+        )
         atexit.register(self.close)
 
     @classmethod
@@ -682,8 +732,9 @@ class _CappedOpenVINO:
             _send_frame(self.process.stdin, (onnx_bytes, list(samples), device))
             kind, value = _read_frame(self.process.stdout)
         except (OSError, EOFError):
-            raise ReferenceFailure(f"OpenVINO under {ISA_CAP_VARIABLE}={self.isa} (a child process) exited with "
-                                   f"code {self.process.wait()}") from None
+            raise ReferenceFailure(
+                f"OpenVINO under {ISA_CAP_VARIABLE}={self.isa} (a child process) exited with code {self.process.wait()}"
+            ) from None
         if kind == "failure":
             raise ReferenceFailure(value)
         return value
@@ -761,8 +812,11 @@ def saturation_risks(model: onnx.ModelProto) -> list[SaturationRisk]:
                 continue  # depthwise: one input channel per output, no pairs (measured exact on OpenVINO's AVX2 path)
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             out_axis = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if trans_b else -1}.get(node.op_type, -1)
-            per_channel = (np.moveaxis(w.astype(np.int64), out_axis, 0).reshape(w.shape[out_axis], -1) if w.ndim > 1
-                           else w.astype(np.int64).reshape(1, -1))  # a MatMul vector: one output
+            per_channel = (
+                np.moveaxis(w.astype(np.int64), out_axis, 0).reshape(w.shape[out_axis], -1)
+                if w.ndim > 1
+                else w.astype(np.int64).reshape(1, -1)
+            )  # a MatMul vector: one output
             top_two = lambda v: np.sort(v, axis=1)[:, -2:].sum(axis=1) if v.shape[1] > 1 else v[:, 0]  # noqa: E731
             largest = max(top_two(np.maximum(per_channel, 0)).max(), top_two(np.maximum(-per_channel, 0)).max())
             pair_sum = ACTIVATION_MAX * int(largest)
@@ -799,8 +853,10 @@ def exact_reference_gmacs(onnx_bytes: bytes, sample: Mapping[str, np.ndarray]) -
             del dims[:]
             dims.extend(onnx.TensorShapeProto.Dimension(dim_value=int(d)) for d in np.shape(sample[value.name]))
     inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    }
     shapes.update({init.name: list(init.dims) for init in model.graph.initializer})
     macs = 0
     for node in model.graph.node:
@@ -829,8 +885,9 @@ class _Reference:
     run: Callable[[bytes, Sequence[Mapping[str, np.ndarray]]], list[dict[str, np.ndarray]]]
 
 
-def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes: bytes | None,
-               isa: str | None = None) -> _Reference:
+def _reference(
+    onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes: bytes | None, isa: str | None = None
+) -> _Reference:
     """Walks the fallback chain: OpenVINO (same model) -> ONNX Runtime (same model) -> OpenVINO CPU (FP32).
     `isa` caps OpenVINO's CPU plugin (see `openvino_outputs`)."""
     notes = []
@@ -842,15 +899,24 @@ def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes:
     try:
         outputs = openvino_outputs(onnx_bytes, samples, device, isa)
         properties = reference_properties(device) | ({ISA_CAP_VARIABLE: isa.upper()} if isa else {})
-        return _Reference("OpenVINO", device, reason, "same", properties, outputs, notes,
-                          lambda b, s: openvino_outputs(b, s, device, isa))
+        return _Reference(
+            "OpenVINO", device, reason, "same", properties, outputs, notes, lambda b, s: openvino_outputs(b, s, device, isa)
+        )
     except ReferenceFailure as err:
         notes.append(str(err))
     if _onnxruntime() is not None:
         try:
             outputs = onnxruntime_outputs(onnx_bytes, samples)
-            return _Reference("ONNX Runtime", "CPU", "OpenVINO could not run the model; falling back to ONNX Runtime",
-                              "same", {"providers": "CPUExecutionProvider"}, outputs, notes, onnxruntime_outputs)
+            return _Reference(
+                "ONNX Runtime",
+                "CPU",
+                "OpenVINO could not run the model; falling back to ONNX Runtime",
+                "same",
+                {"providers": "CPUExecutionProvider"},
+                outputs,
+                notes,
+                onnxruntime_outputs,
+            )
         except ReferenceFailure as err:
             notes.append(str(err))
     else:
@@ -860,37 +926,60 @@ def _reference(onnx_bytes: bytes, samples, device: str, reason: str, fp32_bytes:
     if fp32_bytes is not None:
         try:
             outputs = openvino_outputs(fp32_bytes, samples, "CPU", isa)
-            return _Reference("OpenVINO", "CPU", "no reference could run the quantized model; comparing with the FP32 model",
-                              "fp32", reference_properties("CPU"), outputs, notes,
-                              lambda b, s: openvino_outputs(b, s, "CPU", isa))
+            return _Reference(
+                "OpenVINO",
+                "CPU",
+                "no reference could run the quantized model; comparing with the FP32 model",
+                "fp32",
+                reference_properties("CPU"),
+                outputs,
+                notes,
+                lambda b, s: openvino_outputs(b, s, "CPU", isa),
+            )
         except ReferenceFailure as err:
             notes.append(f"FP32 model: {err}")
-    raise NpuError("could not validate: no reference runtime could run the model (" + "; ".join(notes) + ")",
-                   EXIT_COULD_NOT_VALIDATE)
+    raise NpuError(
+        "could not validate: no reference runtime could run the model (" + "; ".join(notes) + ")", EXIT_COULD_NOT_VALIDATE
+    )
 
 
 def _tflite_reference(tflite: bytes, samples, device: str, reason: str, notes: list[str]) -> _Reference | None:
     """TFLite's interpreter, else OpenVINO, on the original .tflite file (module doc, step 0)."""
+
     def unprobed(_bytes, _samples):
         raise ReferenceFailure("it runs the .tflite file, not probed ONNX models")
 
     version = litert_version()
     try:
         if version is not None:
-            return _Reference(INTERPRETER, "CPU", "the package was compiled from a TFLite file", "same",
-                              {"ai-edge-litert": version, "op_resolver": "BUILTIN_REF"},
-                              tflite_interpreter_outputs(tflite, samples), notes, unprobed)
+            return _Reference(
+                INTERPRETER,
+                "CPU",
+                "the package was compiled from a TFLite file",
+                "same",
+                {"ai-edge-litert": version, "op_resolver": "BUILTIN_REF"},
+                tflite_interpreter_outputs(tflite, samples),
+                notes,
+                unprobed,
+            )
         notes.append("ai-edge-litert is not installed (pip install 'tvm_npu[validate]'); OpenVINO reads the .tflite")
-        return _Reference("OpenVINO", device, f"{reason}; reading the original .tflite file", "same",
-                          reference_properties(device), tflite_openvino_outputs(tflite, samples, device,
-                                                                                reference_properties(device)),
-                          notes, unprobed)
+        return _Reference(
+            "OpenVINO",
+            device,
+            f"{reason}; reading the original .tflite file",
+            "same",
+            reference_properties(device),
+            tflite_openvino_outputs(tflite, samples, device, reference_properties(device)),
+            notes,
+            unprobed,
+        )
     except TFLiteReferenceFailure as err:
         notes.append(str(err))
         return None
 
 
 # --- quantization facts of an ONNX model ----------------------------------------------------------
+
 
 def quantization_steps(onnx_bytes: bytes) -> tuple[bool, dict[str, float]]:
     """Whether the model is quantized, and the step size of each output that has one."""
@@ -945,8 +1034,11 @@ def strip_qdq(onnx_bytes: bytes) -> bytes:
                 shape[axis % q.ndim] = -1
                 scale, zp = scale.reshape(shape), zp.reshape(shape)
             new_inits.append(numpy_helper.from_array(((q - zp) * scale).astype(np.float32), node.output[0]))
-        elif node.op_type == "DequantizeLinear" and producers.get(node.input[0]) is not None \
-                and producers[node.input[0]].op_type == "QuantizeLinear":
+        elif (
+            node.op_type == "DequantizeLinear"
+            and producers.get(node.input[0]) is not None
+            and producers[node.input[0]].op_type == "QuantizeLinear"
+        ):
             q = producers[node.input[0]]
             bounds = _clip_bounds(q, inits)
             if bounds is None:
@@ -1011,8 +1103,12 @@ def output_quantization(onnx_bytes: bytes) -> dict[str, tuple[float, int]]:
     inits = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     found = {}
     for node in graph.node:
-        if node.op_type == "QuantizeLinear" and node.output[0] in {o.name for o in graph.output} \
-                and node.input[1] in inits and inits[node.input[1]].size == 1:
+        if (
+            node.op_type == "QuantizeLinear"
+            and node.output[0] in {o.name for o in graph.output}
+            and node.input[1] in inits
+            and inits[node.input[1]].size == 1
+        ):
             zp = inits[node.input[2]] if len(node.input) > 2 and node.input[2] in inits else np.zeros(1)
             found[node.output[0]] = (float(inits[node.input[1]].reshape(-1)[0]), int(zp.reshape(-1)[0]))
     return found
@@ -1020,10 +1116,19 @@ def output_quantization(onnx_bytes: bytes) -> dict[str, tuple[float, int]]:
 
 # --- comparison -----------------------------------------------------------------------------------
 
+
 def compare(
-    name: str, ours: np.ndarray, ref: np.ndarray, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-    min_cosine: float = DEFAULT_MIN_COSINE, quantized: bool = False, step: float | np.ndarray | None = None,
-    tolerances: Tolerances | None = None, fp32_reference: bool = False, layer: bool = False,
+    name: str,
+    ours: np.ndarray,
+    ref: np.ndarray,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    min_cosine: float = DEFAULT_MIN_COSINE,
+    quantized: bool = False,
+    step: float | np.ndarray | None = None,
+    tolerances: Tolerances | None = None,
+    fp32_reference: bool = False,
+    layer: bool = False,
 ) -> OutputComparison:
     """Metrics of `ours` against `ref` and the verdict under the documented tolerances."""
     t = tolerances or Tolerances(rtol=rtol, atol=atol, min_cosine=min_cosine)
@@ -1087,9 +1192,17 @@ def compare(
     return c
 
 
-def compare_float_tail(name: str, ours: np.ndarray, ref: np.ndarray, tail_of_ours: np.ndarray, tail_of_ref: np.ndarray,
-                       frontier: list[OutputComparison], tail: FloatTail, tolerances: Tolerances,
-                       judge_frontier: bool = False) -> OutputComparison:
+def compare_float_tail(
+    name: str,
+    ours: np.ndarray,
+    ref: np.ndarray,
+    tail_of_ours: np.ndarray,
+    tail_of_ref: np.ndarray,
+    frontier: list[OutputComparison],
+    tail: FloatTail,
+    tolerances: Tolerances,
+    judge_frontier: bool = False,
+) -> OutputComparison:
     """A float output of a quantized model, judged where the model is integer (module docstring):
     `frontier` holds its last quantized tensors compared in steps with the reference's (judged only
     with `judge_frontier`, when the local checks could not run), `tail_of_ours` / `tail_of_ref` the
@@ -1106,10 +1219,16 @@ def compare_float_tail(name: str, ours: np.ndarray, ref: np.ndarray, tail_of_our
     ours_within = float(np.mean(np.abs(ours64 - tail_ours64) <= t.atol + t.rtol * np.abs(tail_ours64))) if ref64.size else 1.0
     c.criterion = "float tail"
     c.tail = FloatTailJudgement(
-        ops=tail.ops, frontier=frontier, graph_inputs=list(tail.graph_inputs),
-        propagated_max=float(propagated.max(initial=0.0)), tolerance_max=float(tolerance.max(initial=0.0)),
-        within_tolerance=within, ours_tail_error=float(np.abs(ours64 - tail_ours64).max(initial=0.0)),
-        ref_tail_error=float(np.abs(ref64 - tail_ref64).max(initial=0.0)), ours_tail_within=ours_within)
+        ops=tail.ops,
+        frontier=frontier,
+        graph_inputs=list(tail.graph_inputs),
+        propagated_max=float(propagated.max(initial=0.0)),
+        tolerance_max=float(tolerance.max(initial=0.0)),
+        within_tolerance=within,
+        ours_tail_error=float(np.abs(ours64 - tail_ours64).max(initial=0.0)),
+        ref_tail_error=float(np.abs(ref64 - tail_ref64).max(initial=0.0)),
+        ours_tail_within=ours_within,
+    )
     failed = next((f for f in frontier if not f.passed), None) if judge_frontier else None
     c.reason = ""
     if failed is not None:
@@ -1117,8 +1236,10 @@ def compare_float_tail(name: str, ours: np.ndarray, ref: np.ndarray, tail_of_our
     elif within < t.min_within_steps:
         c.reason = f"{within:.2%} within the propagated tolerance < {t.min_within_steps:.1%}"
     elif ours_within < t.min_within_steps:
-        c.reason = (f"our float tail on our own quantized tensors: {ours_within:.2%} within atol + rtol of the "
-                    f"evaluator's < {t.min_within_steps:.1%}")
+        c.reason = (
+            f"our float tail on our own quantized tensors: {ours_within:.2%} within atol + rtol of the "
+            f"evaluator's < {t.min_within_steps:.1%}"
+        )
     c.passed = not c.reason
     return c
 
@@ -1143,6 +1264,7 @@ def _stacked(runs: Sequence[Mapping[str, np.ndarray]], name: str) -> np.ndarray:
 
 # --- the exact reference judges where the reference cannot be trusted ------------------------------
 
+
 @dataclass
 class _ExactJudge:
     """Re-judges failed comparisons against `exact_reference_outputs` where the reference's int8 path
@@ -1155,8 +1277,15 @@ class _ExactJudge:
     tolerances: Tolerances
     max_gmacs: float
 
-    def rejudge(self, onnx_bytes: bytes, comparisons: Sequence[OutputComparison], ours: list[dict], ref: list[dict],
-                steps: Mapping[str, float | np.ndarray], layer: bool = False) -> dict[str, OutputComparison]:
+    def rejudge(
+        self,
+        onnx_bytes: bytes,
+        comparisons: Sequence[OutputComparison],
+        ours: list[dict],
+        ref: list[dict],
+        steps: Mapping[str, float | np.ndarray],
+        layer: bool = False,
+    ) -> dict[str, OutputComparison]:
         if self.path is None or self.path.exact:
             return {}
         model = onnx.load_from_string(onnx_bytes)
@@ -1190,6 +1319,7 @@ class _ExactJudge:
 
 
 # --- per-layer bisection --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -1246,8 +1376,13 @@ def _probed_runs(model: CompiledModel, samples, tensors: Sequence[str], referenc
     with tempfile.TemporaryDirectory(prefix="tvm_npu_probed_") as folder:
         path = Path(folder) / "probed.onnx"
         onnx.save(probed, path)
-        compile_model(path, output=Path(folder) / "probed.tar", target=model.metadata.npu_config,
-                      input_shapes={spec.name: spec.shape for spec in model.inputs}, quantize_model=False)
+        compile_model(
+            path,
+            output=Path(folder) / "probed.tar",
+            target=model.metadata.npu_config,
+            input_shapes={spec.name: spec.shape for spec in model.inputs},
+            quantize_model=False,
+        )
         probed_model = load(Path(folder) / "probed.tar")
         ours = [probed_model.run(inputs) for inputs in samples]
     return _Probed(probed, ours, reference.run(probed.SerializeToString(), samples))
@@ -1260,13 +1395,21 @@ def _layers(found: Sequence[Probe], probed: _Probed, tolerances: Tolerances) -> 
     for index, probe in enumerate(found):
         if probe.tensor not in probed.ref[0] or probe.tensor not in probed.ours[0] or probe.tensor not in steps:
             continue
-        comparison = compare(probe.tensor, _stacked(probed.ours, probe.tensor), _stacked(probed.ref, probe.tensor),
-                             step=steps[probe.tensor], quantized=True, tolerances=tolerances, layer=True)
+        comparison = compare(
+            probe.tensor,
+            _stacked(probed.ours, probe.tensor),
+            _stacked(probed.ref, probe.tensor),
+            step=steps[probe.tensor],
+            quantized=True,
+            tolerances=tolerances,
+            layer=True,
+        )
         layers.append(LayerComparison(index, probe.layer, probe.op_type, probe.tensor, comparison))
     return layers
 
 
 # --- float outputs of a quantized model: judged where the model is integer ---------------------------
+
 
 @dataclass(frozen=True)
 class FloatTail:
@@ -1325,8 +1468,12 @@ def _upstream(model: onnx.ModelProto, output: str, start: Sequence[str]) -> Floa
         else:
             nodes[id(node)] = node
             pending.extend(node.input)
-    return FloatTail(output, tuple(sorted(frontier, key=lambda n: position[id(producers[n])])), tuple(sorted(graph_inputs)),
-                     tuple(sorted(nodes.values(), key=lambda n: position[id(n)])))
+    return FloatTail(
+        output,
+        tuple(sorted(frontier, key=lambda n: position[id(producers[n])])),
+        tuple(sorted(graph_inputs)),
+        tuple(sorted(nodes.values(), key=lambda n: position[id(n)])),
+    )
 
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
@@ -1336,20 +1483,27 @@ def tail_model(model: onnx.ModelProto, tail: FloatTail, feeds: Mapping[str, np.n
     """The tail (or segment) as a model of its own: the frontier tensors and graph inputs in (typed
     and shaped as `feeds`), the output out."""
     needed = {name for node in tail.nodes for name in node.input}
-    output = next((o for o in model.graph.output if o.name == tail.output), None) \
-        or helper.make_tensor_value_info(tail.output, onnx.TensorProto.FLOAT, None)
+    output = next((o for o in model.graph.output if o.name == tail.output), None) or helper.make_tensor_value_info(
+        tail.output, onnx.TensorProto.FLOAT, None
+    )
     graph = helper.make_graph(
-        list(tail.nodes), f"{tail.output}_tail",
-        [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(feeds[name].dtype), feeds[name].shape)
-         for name in (*tail.frontier, *tail.graph_inputs)],
-        [output], [init for init in model.graph.initializer if init.name in needed])
+        list(tail.nodes),
+        f"{tail.output}_tail",
+        [
+            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(feeds[name].dtype), feeds[name].shape)
+            for name in (*tail.frontier, *tail.graph_inputs)
+        ],
+        [output],
+        [init for init in model.graph.initializer if init.name in needed],
+    )
     tail_proto = helper.make_model(graph, opset_imports=list(model.opset_import))
     tail_proto.ir_version = model.ir_version
     return tail_proto.SerializeToString()
 
 
-def local_checks(probed: _Probed, samples, tensors: Sequence[str], steps: Mapping[str, float | np.ndarray],
-                 tolerances: Tolerances) -> list[OutputComparison]:
+def local_checks(
+    probed: _Probed, samples, tensors: Sequence[str], steps: Mapping[str, float | np.ndarray], tolerances: Tolerances
+) -> list[OutputComparison]:
     """Each quantized tensor in `tensors` recomputed by onnx's reference evaluator from our own values of the
     quantized tensors it is computed from (its `segments`), against ours, in steps like an integer output:
     a kernel's own error counts, drift through the network does not. Raises ReferenceFailure."""
@@ -1357,11 +1511,21 @@ def local_checks(probed: _Probed, samples, tensors: Sequence[str], steps: Mappin
     for name, segment in segments(probed.model, tensors).items():
         if name not in steps or any(n not in probed.ours[0] for n in (name, *segment.frontier)):
             continue  # a tensor (or an input of its segment) that was not probed
-        feeds = [{**{n: run[n] for n in segment.frontier}, **{n: sample[n] for n in segment.graph_inputs}}
-                 for run, sample in zip(probed.ours, samples)]
+        feeds = [
+            {**{n: run[n] for n in segment.frontier}, **{n: sample[n] for n in segment.graph_inputs}}
+            for run, sample in zip(probed.ours, samples)
+        ]
         recomputed = exact_reference_outputs(tail_model(probed.model, segment, feeds[0]), feeds)
-        results.append(compare(name, _stacked(probed.ours, name), _stacked(recomputed, name), step=steps[name],
-                               quantized=True, tolerances=tolerances))
+        results.append(
+            compare(
+                name,
+                _stacked(probed.ours, name),
+                _stacked(recomputed, name),
+                step=steps[name],
+                quantized=True,
+                tolerances=tolerances,
+            )
+        )
     return results
 
 
@@ -1385,8 +1549,9 @@ class _Local:
     checked: bool = False
 
     def wanted(self) -> list[str]:
-        return list(dict.fromkeys([p.tensor for p in self.found] +
-                                  [name for tail in self.tails.values() for name in tail.frontier]))
+        return list(
+            dict.fromkeys([p.tensor for p in self.found] + [name for tail in self.tails.values() for name in tail.frontier])
+        )
 
     def probe(self) -> None:
         if self.probed_once or not self.wanted():
@@ -1403,13 +1568,18 @@ class _Local:
         if self.checked:
             return
         self.checked = True
-        report.local_note = self.unprobed if self.probed is None else exact_cost_note(
-            self.model.onnx_bytes, self.samples, self.max_gmacs)
+        report.local_note = (
+            self.unprobed if self.probed is None else exact_cost_note(self.model.onnx_bytes, self.samples, self.max_gmacs)
+        )
         quantized_outputs = [spec.name for spec in self.model.outputs if spec.name in self.steps]
         try:
-            report.local = None if report.local_note else local_checks(
-                self.probed, self.samples, list(dict.fromkeys(self.wanted() + quantized_outputs)), self.steps,
-                self.tolerances)
+            report.local = (
+                None
+                if report.local_note
+                else local_checks(
+                    self.probed, self.samples, list(dict.fromkeys(self.wanted() + quantized_outputs)), self.steps, self.tolerances
+                )
+            )
         except ReferenceFailure as err:
             report.local_note = str(err)
         if report.local is None:
@@ -1422,8 +1592,14 @@ class _Local:
         return _Side(outputs, None if self.probed is None else self.probed.ref)
 
 
-def decide_locally(report: ValidationReport, disputed: Sequence[OutputComparison], ours: list[dict[str, np.ndarray]],
-                   probed: _Probed | None, steps: Mapping[str, float | np.ndarray], tolerances: Tolerances) -> None:
+def decide_locally(
+    report: ValidationReport,
+    disputed: Sequence[OutputComparison],
+    ours: list[dict[str, np.ndarray]],
+    probed: _Probed | None,
+    steps: Mapping[str, float | np.ndarray],
+    tolerances: Tolerances,
+) -> None:
     """Quantized outputs the reference disagrees on, decided by the local checks (module docstring): such an
     output passes when every local check passes, its own among them, and the probed copy computes the
     package's output (within the step criterion: the checks speak for this package); the reference's
@@ -1439,22 +1615,36 @@ def decide_locally(report: ValidationReport, disputed: Sequence[OutputComparison
         exact = report.exact is not None and o.name in report.exact.outputs  # judged for an untrusted reference
         judge = "the exact reference (onnx's evaluator on the whole model)" if exact else report.reference
         against = f"{judge} disagrees ({o.reason}, max {o.max_steps:g} steps, bias {o.bias_steps:+.3f})"
-        off = ("the difference is step differences compounding through the network" if exact
-               else f"{report.reference} is the one off")
-        same = compare(o.name, _stacked(ours, o.name), _stacked(probed.ours, o.name), step=steps[o.name],
-                       quantized=True, tolerances=tolerances)
+        off = (
+            "the difference is step differences compounding through the network"
+            if exact
+            else f"{report.reference} is the one off"
+        )
+        same = compare(
+            o.name,
+            _stacked(ours, o.name),
+            _stacked(probed.ours, o.name),
+            step=steps[o.name],
+            quantized=True,
+            tolerances=tolerances,
+        )
         if not same.passed:
-            o.local_reason = (f"not decided by local checks: the probed copy's output is not the package's "
-                              f"({same.reason}); {against}")
+            o.local_reason = (
+                f"not decided by local checks: the probed copy's output is not the package's ({same.reason}); {against}"
+            )
             continue
         o.local_verdict = not failed
         if failed:
-            o.local_reason = (f"FAIL by local checks: {len(failed)} quantized tensor(s) off from onnx's reference "
-                              f"evaluator on our own inputs (first: {failed[0].name}, {failed[0].reason}); {against}")
+            o.local_reason = (
+                f"FAIL by local checks: {len(failed)} quantized tensor(s) off from onnx's reference "
+                f"evaluator on our own inputs (first: {failed[0].name}, {failed[0].reason}); {against}"
+            )
         else:
-            o.local_reason = (f"PASS by local checks: every quantized tensor up to it (itself: max {own.max_steps:g} "
-                              f"steps, bias {own.bias_steps:+.3f}) is what onnx's reference evaluator computes from our "
-                              f"own inputs, so our integer arithmetic is right and {off}: {against}")
+            o.local_reason = (
+                f"PASS by local checks: every quantized tensor up to it (itself: max {own.max_steps:g} "
+                f"steps, bias {own.bias_steps:+.3f}) is what onnx's reference evaluator computes from our "
+                f"own inputs, so our integer arithmetic is right and {off}: {against}"
+            )
 
 
 @dataclass
@@ -1465,10 +1655,20 @@ class _Side:
     probed: list[dict[str, np.ndarray]] | None
 
 
-
-def _judge_outputs(model: CompiledModel, samples, ours: _Side, theirs: _Side, run_tail, tails: Mapping[str, FloatTail],
-                   steps: Mapping[str, float | np.ndarray], unprobed: str, quantized: bool, tolerances: Tolerances,
-                   fp32: bool = False, judge_frontier: bool = False) -> list[OutputComparison]:
+def _judge_outputs(
+    model: CompiledModel,
+    samples,
+    ours: _Side,
+    theirs: _Side,
+    run_tail,
+    tails: Mapping[str, FloatTail],
+    steps: Mapping[str, float | np.ndarray],
+    unprobed: str,
+    quantized: bool,
+    tolerances: Tolerances,
+    fp32: bool = False,
+    judge_frontier: bool = False,
+) -> list[OutputComparison]:
     """Every graph output of ours against theirs (module docstring). `run_tail(onnx_bytes, samples)` runs
     a float tail; `unprobed` says why no inner tensors were probed, when none were; `judge_frontier`:
     see `compare_float_tail`."""
@@ -1484,39 +1684,61 @@ def _judge_outputs(model: CompiledModel, samples, ours: _Side, theirs: _Side, ru
         why = unprobed
         if tail is not None and ours.probed is not None and theirs.probed is not None:
             try:
-                results.append(_judge_tail(source, tail, mine, other, ours, theirs, samples, run_tail, steps, tolerances,
-                                           judge_frontier))
+                results.append(
+                    _judge_tail(source, tail, mine, other, ours, theirs, samples, run_tail, steps, tolerances, judge_frontier)
+                )
                 continue
             except ReferenceFailure as err:
                 why = str(err)
-        comparison = compare(spec.name, mine, other, quantized=quantized, step=step, tolerances=tolerances,
-                             fp32_reference=fp32)
+        comparison = compare(spec.name, mine, other, quantized=quantized, step=step, tolerances=tolerances, fp32_reference=fp32)
         if tail is not None:
             comparison.criterion = f"cosine (float tail not analysed: {why})"
         results.append(comparison)
     return results
 
 
-def _judge_tail(source: onnx.ModelProto, tail: FloatTail, mine: np.ndarray, other: np.ndarray, ours: _Side, theirs: _Side,
-                samples, run_tail, steps: Mapping[str, float | np.ndarray], tolerances: Tolerances,
-                judge_frontier: bool) -> OutputComparison:
+def _judge_tail(
+    source: onnx.ModelProto,
+    tail: FloatTail,
+    mine: np.ndarray,
+    other: np.ndarray,
+    ours: _Side,
+    theirs: _Side,
+    samples,
+    run_tail,
+    steps: Mapping[str, float | np.ndarray],
+    tolerances: Tolerances,
+    judge_frontier: bool,
+) -> OutputComparison:
     """One float output: its frontier in steps, then the tail run on each side's frontier (raises
     ReferenceFailure when `run_tail` cannot run it)."""
-    frontier = [compare(name, _stacked(ours.probed, name), _stacked(theirs.probed, name), step=steps.get(name),
-                        quantized=True, tolerances=tolerances, layer=True) for name in tail.frontier]
+    frontier = [
+        compare(
+            name,
+            _stacked(ours.probed, name),
+            _stacked(theirs.probed, name),
+            step=steps.get(name),
+            quantized=True,
+            tolerances=tolerances,
+            layer=True,
+        )
+        for name in tail.frontier
+    ]
 
     def feeds(side: _Side) -> list[dict[str, np.ndarray]]:
-        return [{**{name: run[name] for name in tail.frontier}, **{name: sample[name] for name in tail.graph_inputs}}
-                for run, sample in zip(side.probed, samples)]
+        return [
+            {**{name: run[name] for name in tail.frontier}, **{name: sample[name] for name in tail.graph_inputs}}
+            for run, sample in zip(side.probed, samples)
+        ]
 
     ours_feeds, their_feeds = feeds(ours), feeds(theirs)
     program = tail_model(source, tail, ours_feeds[0])
     tail_of_ours, tail_of_theirs = (_stacked(run_tail(program, f), tail.output) for f in (ours_feeds, their_feeds))
-    return compare_float_tail(tail.output, mine, other, tail_of_ours, tail_of_theirs, frontier, tail, tolerances,
-                              judge_frontier)
+    return compare_float_tail(tail.output, mine, other, tail_of_ours, tail_of_theirs, frontier, tail, tolerances, judge_frontier)
 
 
 # --- third opinion ----------------------------------------------------------------------------------
+
 
 @dataclass
 class ThirdOpinion:
@@ -1547,8 +1769,10 @@ class ThirdOpinion:
                 found[mine.name] = "the reference is off" if mine.passed else "ours is off"
             else:  # the same verdict: the side farther from the evaluator's answer
                 closer = "ours" if mine.mean_abs_error <= theirs.mean_abs_error else "the reference"
-                found[mine.name] = (f"{'both pass' if mine.passed else 'both fail'}; {closer} is closer (mean error "
-                                    f"{mine.mean_abs_error:.3g} ours, {theirs.mean_abs_error:.3g} reference)")
+                found[mine.name] = (
+                    f"{'both pass' if mine.passed else 'both fail'}; {closer} is closer (mean error "
+                    f"{mine.mean_abs_error:.3g} ours, {theirs.mean_abs_error:.3g} reference)"
+                )
         return found
 
     def lines(self) -> list[str]:
@@ -1558,21 +1782,40 @@ class ThirdOpinion:
         note = f"; {self.note}" if self.note else ""
         lines = [f"{head} on {self.samples} sample(s), {self.seconds:.0f} s{note}"]
         for (name, finding), mine, theirs in zip(self.findings().items(), self.ours, self.reference):
-            lines.append(f"  {name}: {finding} (ours: {'PASS' if mine.passed else mine.reason}; "
-                         f"reference: {'PASS' if theirs.passed else theirs.reason})")
+            lines.append(
+                f"  {name}: {finding} (ours: {'PASS' if mine.passed else mine.reason}; "
+                f"reference: {'PASS' if theirs.passed else theirs.reason})"
+            )
         lines.append("  outputs judged against it: " + ("ours PASS" if self.ours_passed else "ours FAIL"))
         return lines
 
     def to_dict(self) -> dict:
-        return {"runtime": "onnx.reference.ReferenceEvaluator", "samples": self.samples, "total": self.total,
-                "seconds": self.seconds, "note": self.note, "decides": self.decides,
-                "findings": self.findings(), "ours": [o.to_dict() for o in self.ours],
-                "reference": [o.to_dict() for o in self.reference]}
+        return {
+            "runtime": "onnx.reference.ReferenceEvaluator",
+            "samples": self.samples,
+            "total": self.total,
+            "seconds": self.seconds,
+            "note": self.note,
+            "decides": self.decides,
+            "findings": self.findings(),
+            "ours": [o.to_dict() for o in self.ours],
+            "reference": [o.to_dict() for o in self.reference],
+        }
 
 
-def third_opinion(model: CompiledModel, samples, ours: _Side, ref: _Side, program: bytes, tails: Mapping[str, FloatTail],
-                  steps: Mapping[str, float | np.ndarray], unprobed: str, tolerances: Tolerances,
-                  judge_frontier: bool, max_gmacs: float) -> ThirdOpinion:
+def third_opinion(
+    model: CompiledModel,
+    samples,
+    ours: _Side,
+    ref: _Side,
+    program: bytes,
+    tails: Mapping[str, FloatTail],
+    steps: Mapping[str, float | np.ndarray],
+    unprobed: str,
+    tolerances: Tolerances,
+    judge_frontier: bool,
+    max_gmacs: float,
+) -> ThirdOpinion:
     """Runs `program` (the package's model, or its probed copy) with onnx's reference evaluator, unless it
     is beyond `max_gmacs`, and judges both sides against it."""
     started = time.perf_counter()
@@ -1584,12 +1827,27 @@ def third_opinion(model: CompiledModel, samples, ours: _Side, ref: _Side, progra
     if note:
         return ThirdOpinion(0, len(samples), time.perf_counter() - started, note=note)
     evaluator = _Side(exact, exact if ours.probed is not None else None)
-    judged = [_judge_outputs(model, samples, side, evaluator, exact_reference_outputs, tails, steps, unprobed, True,
-                             tolerances, judge_frontier=judge_frontier) for side in (ours, ref)]
+    judged = [
+        _judge_outputs(
+            model,
+            samples,
+            side,
+            evaluator,
+            exact_reference_outputs,
+            tails,
+            steps,
+            unprobed,
+            True,
+            tolerances,
+            judge_frontier=judge_frontier,
+        )
+        for side in (ours, ref)
+    ]
     return ThirdOpinion(len(samples), len(samples), time.perf_counter() - started, judged[0], judged[1])
 
 
 # --- entry point ----------------------------------------------------------------------------------
+
 
 def validate(
     model: CompiledModel,
@@ -1622,8 +1880,17 @@ def validate(
     ours = [model.run(sample) for sample in samples]
     ref = _reference(model.onnx_bytes, samples, served, reason, fp32_onnx, reference_isa)
     quantized, steps = quantization_steps(model.onnx_bytes)
-    report = ValidationReport(ref.device, ref.reason, ref.runtime, ref.model, ref.properties, ref.notes,
-                              len(samples), tolerances, inputs=inputs_description)
+    report = ValidationReport(
+        ref.device,
+        ref.reason,
+        ref.runtime,
+        ref.model,
+        ref.properties,
+        ref.notes,
+        len(samples),
+        tolerances,
+        inputs=inputs_description,
+    )
     path = int8_path(ref.runtime, ref.device, reference_isa) if quantized and ref.model == "same" else None
     report.int8_path = path.reason if path else ""
     exact = _ExactJudge(report, path, samples, tolerances, max_exact_gmacs)
@@ -1639,15 +1906,29 @@ def validate(
     tails = float_tails(source) if integer else {}
     local = _Local(model, samples, ref, probes(source) if integer else [], tails, tolerances, max_exact_gmacs, steps)
     if padded:
-        report.local_note = ("not run: this input runs padded into its bucket and the reference unpadded; "
-                             "the outputs are judged against the reference")
+        report.local_note = (
+            "not run: this input runs padded into its bucket and the reference unpadded; "
+            "the outputs are judged against the reference"
+        )
     if per_layer or tails:
         local.probe()
     if tails:
         local.check(report)
     judge_frontier = report.local is None
-    report.outputs = _judge_outputs(model, samples, local.ours(ours), local.theirs(ref.outputs), exact_reference_outputs,
-                                    tails, local.steps, local.unprobed, quantized, tolerances, fp32, judge_frontier)
+    report.outputs = _judge_outputs(
+        model,
+        samples,
+        local.ours(ours),
+        local.theirs(ref.outputs),
+        exact_reference_outputs,
+        tails,
+        local.steps,
+        local.unprobed,
+        quantized,
+        tolerances,
+        fp32,
+        judge_frontier,
+    )
     rejudged = exact.rejudge(model.onnx_bytes, [o for o in report.outputs if o.tail is None], ours, ref.outputs, local.steps)
     report.outputs = [rejudged.get(o.name, o) for o in report.outputs]
     disputed = [o for o in report.outputs if not o.passed and o.tail is None and o.step is not None]
@@ -1668,15 +1949,23 @@ def validate(
             report.layers, report.per_layer_note = [], unprobed
         else:
             report.layers = _layers(found, probed, tolerances)
-            rejudged = exact.rejudge(probed.model.SerializeToString(), [layer.comparison for layer in report.layers],
-                                     probed.ours, probed.ref, steps, layer=True)
+            rejudged = exact.rejudge(
+                probed.model.SerializeToString(),
+                [layer.comparison for layer in report.layers],
+                probed.ours,
+                probed.ref,
+                steps,
+                layer=True,
+            )
             for layer in report.layers:
                 layer.comparison = rejudged.get(layer.tensor, layer.comparison)
-            report.per_layer_note = (f"{len(report.layers)} activation tensors probed "
-                                     "(DequantizeLinear outputs exposed on both sides)")
+            report.per_layer_note = (
+                f"{len(report.layers)} activation tensors probed (DequantizeLinear outputs exposed on both sides)"
+            )
     drifted = any(not f.passed for o in report.outputs if o.tail is not None for f in o.tail.frontier)
     if (drifted or not all(o.passed for o in report.outputs)) and not fp32 and not padded:  # which side is off
         program = model.onnx_bytes if probed is None else probed.model.SerializeToString()
-        report.third_opinion = third_opinion(model, samples, ours_side, ref_side, program, tails, steps, unprobed, tolerances,
-                                             judge_frontier, max_exact_gmacs)
+        report.third_opinion = third_opinion(
+            model, samples, ours_side, ref_side, program, tails, steps, unprobed, tolerances, judge_frontier, max_exact_gmacs
+        )
     return report

@@ -168,8 +168,11 @@ def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
             consumers.setdefault(name, []).append((node, index))
 
     # (name, shape, dtype, ConstantOfShape node or None), in graph order.
-    candidates = [(t.name, tuple(t.dims), helper.tensor_dtype_to_np_dtype(t.data_type), None)
-                  for t in graph.initializer if t.data_type in _FLOAT_TYPES]
+    candidates = [
+        (t.name, tuple(t.dims), helper.tensor_dtype_to_np_dtype(t.data_type), None)
+        for t in graph.initializer
+        if t.data_type in _FLOAT_TYPES
+    ]
     for node in graph.node:
         if node.op_type == "ConstantOfShape" and node.input[0] in constants:
             value = next((a.t for a in node.attribute if a.name == "value"), None)
@@ -233,8 +236,7 @@ class _GraphMaker:
         inputs = [x, self.const(f"{name}.weight", np.zeros((cout, cin // group, k, k)))]
         if bias:
             inputs.append(self.const(f"{name}.bias", np.zeros(cout)))
-        return self.op("Conv", name, *inputs, kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4,
-                       group=group)
+        return self.op("Conv", name, *inputs, kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group)
 
     def conv_bn(self, name, bn, x, cin, cout, k, stride=1, group=1):
         y = self.conv(name, x, cin, cout, k, stride, group)
@@ -246,10 +248,13 @@ class _GraphMaker:
 
     def model(self, name, input_shape, output_name, output_shape, seed):
         graph = helper.make_graph(
-            self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
-            [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)], self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7,
-                                  producer_name="tvm_npu.zoo")
+            self.nodes,
+            name,
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+            [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)],
+            self.initializers,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7, producer_name="tvm_npu.zoo")
         return randomize_weights(model, seed)
 
 
@@ -277,8 +282,21 @@ def make_default_model(seed: int = 0) -> onnx.ModelProto:
 
 
 # MobileNetV1's body at width 0.5: (output channels, stride) of each depthwise-separable block.
-_MOBILENET_BLOCKS = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2),
-                     (256, 1), (256, 1), (256, 1), (256, 1), (256, 1), (512, 2), (512, 1))
+_MOBILENET_BLOCKS = (
+    (32, 1),
+    (64, 2),
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (256, 1),
+    (256, 1),
+    (256, 1),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+)
 
 
 def make_mobilenet_model(seed: int = 0, size: int = 128, classes: int = 100) -> onnx.ModelProto:
@@ -296,6 +314,7 @@ def make_mobilenet_model(seed: int = 0, size: int = 128, classes: int = 100) -> 
         x = g.relu6(f"block{i}.pw.relu6", g.conv(f"block{i}.pw", x, channels, out, 1, bias=True))
         channels = out
     x = g.op("Flatten", "flatten", g.op("GlobalAveragePool", "gap", x))
-    g.op("Gemm", "logits", x, g.const("fc.weight", np.zeros((classes, channels))), g.const("fc.bias", np.zeros(classes)),
-         transB=1)
+    g.op(
+        "Gemm", "logits", x, g.const("fc.weight", np.zeros((classes, channels))), g.const("fc.bias", np.zeros(classes)), transB=1
+    )
     return g.model("tvm_npu_mobilenet", [1, 3, size, size], "logits", [1, classes], seed)

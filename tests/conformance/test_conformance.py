@@ -16,6 +16,7 @@ import pytest
 from tvm_npu import conformance
 from tvm_npu.registry import kernel, kernels
 
+
 @cache
 def _case(name: str, seed: int, index: int) -> conformance.Case:
     npu_kernel = kernel(name)
@@ -47,8 +48,9 @@ def test_every_preset_plans_proves_and_stays_exact(name, seed, index):
 
 
 @pytest.mark.parametrize("isa", list(conformance.HOST_ISAS))
-@pytest.mark.parametrize("name, seed, index", [p for p in _params(conformance.DEFAULT_SEEDS)
-                                               if p.values[0] in conformance.MAC_KERNELS])
+@pytest.mark.parametrize(
+    "name, seed, index", [p for p in _params(conformance.DEFAULT_SEEDS) if p.values[0] in conformance.MAC_KERNELS]
+)
 def test_mac_kernels_are_exact_built_for_each_host_isa(name, seed, index, isa):
     """The portable build is what the other checks run; the ISA levels this CPU has are checked here, and
     the ones it lacks are reported as not run."""

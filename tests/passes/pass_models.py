@@ -18,7 +18,8 @@ from tvm_npu.registry import op_name
 def onnx_model(nodes, inputs: dict, outputs: dict, constants: dict, opset: int = 17) -> onnx.ModelProto:
     """`inputs`/`outputs`: name -> (TensorProto type, shape); `constants`: name -> array."""
     graph = helper.make_graph(
-        nodes, "rewrite_test",
+        nodes,
+        "rewrite_test",
         [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
         [helper.make_tensor_value_info(n, t, s) for n, (t, s) in outputs.items()],
         [numpy_helper.from_array(np.asarray(v), n) for n, v in constants.items()],

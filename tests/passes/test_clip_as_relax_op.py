@@ -11,8 +11,9 @@ from tvm_npu.passes import clip_as_relax_op
 
 def test_constant_bound_clip_becomes_one_clip(tmp_path):
     nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])]
-    model = onnx_model(nodes, {"x": (FLOAT, [1, 3, 4, 4])}, {"y": (FLOAT, [1, 3, 4, 4])},
-                       {"lo": np.float32(-1.5), "hi": np.float32(2.0)})
+    model = onnx_model(
+        nodes, {"x": (FLOAT, [1, 3, 4, 4])}, {"y": (FLOAT, [1, 3, 4, 4])}, {"lo": np.float32(-1.5), "hi": np.float32(2.0)}
+    )
     mod = imported(model, tmp_path)
     assert "relax.clip" not in ops(mod) and "relax.call_tir" in ops(mod)
     rewritten = clip_as_relax_op(mod)

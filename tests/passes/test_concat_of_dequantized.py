@@ -11,16 +11,21 @@ from tvm_npu.passes import concat_of_dequantized
 
 
 def _concat_model(then_quantized: bool):
-    nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["fa"]),
-             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["fb"]),
-             helper.make_node("Concat", ["fa", "fb"], ["c"], axis=1)]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["fa"]),
+        helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["fb"]),
+        helper.make_node("Concat", ["fa", "fb"], ["c"], axis=1),
+    ]
     if then_quantized:
         nodes.append(helper.make_node("QuantizeLinear", ["c", "sa", "za"], ["y"]))
     else:
         nodes.append(helper.make_node("Relu", ["c"], ["y"]))
-    return onnx_model(nodes, {"a": (UINT8, [1, 3, 2, 2]), "b": (INT8, [1, 2, 2, 2])},
-                      {"y": (UINT8 if then_quantized else FLOAT, [1, 5, 2, 2])},
-                      {"sa": np.float32(0.05), "za": np.uint8(130), "sb": np.float32(0.02), "zb": np.int8(-9)})
+    return onnx_model(
+        nodes,
+        {"a": (UINT8, [1, 3, 2, 2]), "b": (INT8, [1, 2, 2, 2])},
+        {"y": (UINT8 if then_quantized else FLOAT, [1, 5, 2, 2])},
+        {"sa": np.float32(0.05), "za": np.uint8(130), "sb": np.float32(0.02), "zb": np.int8(-9)},
+    )
 
 
 def test_concat_reads_integers_through_one_per_channel_dequantize(tmp_path):

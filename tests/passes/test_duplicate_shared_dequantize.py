@@ -10,11 +10,14 @@ from tvm_npu.passes import duplicate_shared_dequantize
 
 
 def test_dequantize_shared_by_two_consumers_is_duplicated(tmp_path):
-    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["f"]),
-             helper.make_node("Relu", ["f"], ["r"]),
-             helper.make_node("Add", ["f", "r"], ["y"])]
-    model = onnx_model(nodes, {"x": (UINT8, [1, 2, 3, 3])}, {"y": (FLOAT, [1, 2, 3, 3])},
-                       {"s": np.float32(0.04), "z": np.uint8(90)})
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "s", "z"], ["f"]),
+        helper.make_node("Relu", ["f"], ["r"]),
+        helper.make_node("Add", ["f", "r"], ["y"]),
+    ]
+    model = onnx_model(
+        nodes, {"x": (UINT8, [1, 2, 3, 3])}, {"y": (FLOAT, [1, 2, 3, 3])}, {"s": np.float32(0.04), "z": np.uint8(90)}
+    )
     mod = imported(model, tmp_path)
     assert ops(mod).count("relax.dequantize") == 1
     rewritten = duplicate_shared_dequantize(mod)

@@ -40,10 +40,17 @@ def _exporter_style_model() -> onnx.ModelProto:
         n("Div", ["grid1", "size_f"], ["scaled"]),
         n("Add", ["x", "scaled"], ["y"]),
     ]
-    constants = {"zero": np.int64(0), "one": np.int64(1), "axis0": _i64(0), "one1": _i64(1),
-                 "minus_one": _i64(-1), "three": _i64(3)}
-    return onnx_model(nodes, {"x": (FLOAT, DYNAMIC)}, {"y": (FLOAT, DYNAMIC), "flat": (FLOAT, ["batch", "r", 3])},
-                      constants, opset=17)
+    constants = {
+        "zero": np.int64(0),
+        "one": np.int64(1),
+        "axis0": _i64(0),
+        "one1": _i64(1),
+        "minus_one": _i64(-1),
+        "three": _i64(3),
+    }
+    return onnx_model(
+        nodes, {"x": (FLOAT, DYNAMIC)}, {"y": (FLOAT, DYNAMIC), "flat": (FLOAT, ["batch", "r", 3])}, constants, opset=17
+    )
 
 
 def _fixed(model: onnx.ModelProto, shape) -> onnx.ModelProto:

@@ -11,8 +11,12 @@ from tvm_npu.passes import pad_as_relax_op
 
 def _pad_model(mode: str):
     nodes = [helper.make_node("Pad", ["x", "pads", "value"], ["y"], mode=mode)]
-    return onnx_model(nodes, {"x": (FLOAT, [1, 2, 3, 4])}, {"y": (FLOAT, [1, 2, 6, 5])},
-                      {"pads": np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64), "value": np.float32(0.75)})
+    return onnx_model(
+        nodes,
+        {"x": (FLOAT, [1, 2, 3, 4])},
+        {"y": (FLOAT, [1, 2, 6, 5])},
+        {"pads": np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64), "value": np.float32(0.75)},
+    )
 
 
 def test_constant_pad_becomes_relax_pad_with_its_widths_and_value(tmp_path):

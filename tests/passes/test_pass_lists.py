@@ -17,7 +17,8 @@ def _rewrite_files() -> set[str]:
 
 def test_every_rewrite_file_is_listed_once_and_tested():
     listed = [r.__name__ for r in passes.ONNX_PASSES + passes.QUANTIZE_PASSES] + [
-        module for module in _rewrite_files() if getattr(passes, module, None) in passes.RELAX_PASSES]
+        module for module in _rewrite_files() if getattr(passes, module, None) in passes.RELAX_PASSES
+    ]
     assert sorted(listed) == sorted(_rewrite_files()), "a rewrite file is in none of ONNX_PASSES, QUANTIZE_PASSES, RELAX_PASSES"
     tests = Path(__file__).parent
     untested = [name for name in _rewrite_files() if not (tests / f"test_{name}.py").exists()]

@@ -13,8 +13,10 @@ SHAPE = [1, 3, 4, 4]
 
 
 def _qdq(name, source, scale, zero_point):
-    return [helper.make_node("QuantizeLinear", [source, f"{name}_s", f"{name}_z"], [f"{name}_q"]),
-            helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_dq"])]
+    return [
+        helper.make_node("QuantizeLinear", [source, f"{name}_s", f"{name}_z"], [f"{name}_q"]),
+        helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_dq"]),
+    ]
 
 
 def _models():
@@ -22,17 +24,21 @@ def _models():
     HardSwish's input in float, its output quantized for the Conv only; the float model it came from."""
     rng = np.random.default_rng(0)
     constants = {"w": rng.normal(0, 0.5, (3, 3, 1, 1)).astype(np.float32), "half": np.float32(0.5)}
-    body = [helper.make_node("HardSwish", ["c"], ["h"]),
-            helper.make_node("Mul", ["h", "half"], ["scaled"]),  # a constant operand: no two-activation Mul
-            helper.make_node("Sigmoid", ["scaled"], ["gate"]),
-            helper.make_node("Mul", ["scaled", "gate"], ["y"])]  # SiLU: the gate stays float inside it
-    float_model = onnx_model([helper.make_node("Conv", ["x", "w"], ["c"])] + body,
-                             {"x": (FLOAT, SHAPE)}, {"y": (FLOAT, SHAPE)}, constants)
+    body = [
+        helper.make_node("HardSwish", ["c"], ["h"]),
+        helper.make_node("Mul", ["h", "half"], ["scaled"]),  # a constant operand: no two-activation Mul
+        helper.make_node("Sigmoid", ["scaled"], ["gate"]),
+        helper.make_node("Mul", ["scaled", "gate"], ["y"]),
+    ]  # SiLU: the gate stays float inside it
+    float_model = onnx_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"])] + body, {"x": (FLOAT, SHAPE)}, {"y": (FLOAT, SHAPE)}, constants
+    )
     quantization = {"x_s": np.float32(0.02), "x_z": np.uint8(128), "h_s": np.float32(0.03), "h_z": np.uint8(10)}
     qdq_nodes = _qdq("x", "x", 0.02, 128) + [helper.make_node("Conv", ["x_dq", "w"], ["c"])] + body[:1] + _qdq("h", "h", 0.03, 10)
     qdq_nodes += [helper.make_node("Mul", ["h", "half"], ["scaled"])] + body[2:]
-    qdq = onnx_model(qdq_nodes, {"x": (FLOAT, SHAPE)}, {"y": (FLOAT, SHAPE)}, {**constants, **quantization},
-                     opset=19)  # the reference evaluator runs DequantizeLinear from opset 19 on
+    qdq = onnx_model(
+        qdq_nodes, {"x": (FLOAT, SHAPE)}, {"y": (FLOAT, SHAPE)}, {**constants, **quantization}, opset=19
+    )  # the reference evaluator runs DequantizeLinear from opset 19 on
     samples = [{"x": rng.normal(0, 1, SHAPE).astype(np.float32)} for _ in range(4)]
     return qdq, float_model, samples
 
@@ -69,14 +75,23 @@ def test_activation_inputs_and_outputs_are_quantized_and_nncf_scales_reused():
 
 def test_a_model_without_activation_functions_is_unchanged():
     qdq, float_model, samples = _models()
-    plain = onnx_model(list(qdq.graph.node)[:3], {"x": (FLOAT, SHAPE)}, {"c": (FLOAT, SHAPE)}, opset=19, constants=
-                       {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name in ("w", "x_s", "x_z")})
+    plain = onnx_model(
+        list(qdq.graph.node)[:3],
+        {"x": (FLOAT, SHAPE)},
+        {"c": (FLOAT, SHAPE)},
+        opset=19,
+        constants={i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name in ("w", "x_s", "x_z")},
+    )
     assert quantize_activations(plain, float_model, samples) == plain
 
 
 def _with_output(model, name):
-    return onnx_model(list(model.graph.node), {"x": (FLOAT, SHAPE)}, {"y": (FLOAT, SHAPE), name: (FLOAT, SHAPE)},
-                      {i.name: numpy_helper.to_array(i) for i in model.graph.initializer})
+    return onnx_model(
+        list(model.graph.node),
+        {"x": (FLOAT, SHAPE)},
+        {"y": (FLOAT, SHAPE), name: (FLOAT, SHAPE)},
+        {i.name: numpy_helper.to_array(i) for i in model.graph.initializer},
+    )
 
 
 def test_attention_scores_softmax_and_weighted_sum_are_quantized_but_not_a_weighted_matmul():
@@ -85,21 +100,46 @@ def test_attention_scores_softmax_and_weighted_sum_are_quantized_but_not_a_weigh
     rng = np.random.default_rng(1)
     tokens, width = 5, 4
     w = rng.normal(0, 0.5, (width, width)).astype(np.float32)
-    constants = {"w": w, "wq": np.round(w / 0.01).astype(np.int8), "w_s": np.float32(0.01), "w_z": np.int8(0),
-                 "q_s": np.float32(0.02), "q_z": np.uint8(128), "p_s": np.float32(1 / 255), "p_z": np.uint8(0)}
-    attention = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-                 helper.make_node("MatMul", ["q_dq", "kt"], ["scores"]),
-                 helper.make_node("Softmax", ["scores"], ["p"], axis=-1)]
-    weighted = [helper.make_node("DequantizeLinear", ["wq", "w_s", "w_z"], ["w_dq"]),
-                helper.make_node("MatMul", ["y", "w_dq"], ["out"])]
+    constants = {
+        "w": w,
+        "wq": np.round(w / 0.01).astype(np.int8),
+        "w_s": np.float32(0.01),
+        "w_z": np.int8(0),
+        "q_s": np.float32(0.02),
+        "q_z": np.uint8(128),
+        "p_s": np.float32(1 / 255),
+        "p_z": np.uint8(0),
+    }
+    attention = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q_dq", "kt"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+    ]
+    weighted = [
+        helper.make_node("DequantizeLinear", ["wq", "w_s", "w_z"], ["w_dq"]),
+        helper.make_node("MatMul", ["y", "w_dq"], ["out"]),
+    ]
     shape = [1, tokens, width]
     inputs = {"q": (FLOAT, shape), "k": (FLOAT, shape), "v": (FLOAT, shape)}
-    qdq = onnx_model(_qdq("q", "q", 0.02, 128) + attention + _qdq("p", "p", 1 / 255, 0)
-                     + [helper.make_node("MatMul", ["p_dq", "v"], ["y"])] + weighted,
-                     inputs, {"out": (FLOAT, shape)}, constants, opset=19)
-    float_model = onnx_model([helper.make_node("Identity", ["q"], ["q_dq"])] + attention
-                             + [helper.make_node("MatMul", ["p", "v"], ["y"]), helper.make_node("MatMul", ["y", "w"], ["out"])],
-                             inputs, {"out": (FLOAT, shape)}, {"w": w})
+    qdq = onnx_model(
+        _qdq("q", "q", 0.02, 128)
+        + attention
+        + _qdq("p", "p", 1 / 255, 0)
+        + [helper.make_node("MatMul", ["p_dq", "v"], ["y"])]
+        + weighted,
+        inputs,
+        {"out": (FLOAT, shape)},
+        constants,
+        opset=19,
+    )
+    float_model = onnx_model(
+        [helper.make_node("Identity", ["q"], ["q_dq"])]
+        + attention
+        + [helper.make_node("MatMul", ["p", "v"], ["y"]), helper.make_node("MatMul", ["y", "w"], ["out"])],
+        inputs,
+        {"out": (FLOAT, shape)},
+        {"w": w},
+    )
     samples = [{name: rng.normal(0, 1, shape).astype(np.float32) for name in inputs} for _ in range(4)]
     rewritten = quantize_activations(qdq, float_model, samples)
     producers = {out: node for node in rewritten.graph.node for out in node.output}

@@ -32,8 +32,30 @@ from onnx.reference import ReferenceEvaluator
 from .common import copy_model
 
 # Operators computing each output element from the same element of their inputs (and scalars).
-ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Exp", "Log", "Sqrt", "Tanh", "Sigmoid", "Erf", "Softplus",
-               "Relu", "LeakyRelu", "Clip", "Max", "Min", "HardSigmoid", "HardSwish", "Identity"}
+ELEMENTWISE = {
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Tanh",
+    "Sigmoid",
+    "Erf",
+    "Softplus",
+    "Relu",
+    "LeakyRelu",
+    "Clip",
+    "Max",
+    "Min",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+}
 GRID = np.concatenate([np.linspace(-12, 12, 4801), [-1e3, -40.0, 40.0, 1e3]]).astype(np.float32)
 _RTOL, _ATOL = 1e-4, 1e-5
 
@@ -42,8 +64,11 @@ def canonical_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = copy_model(model)
     graph = copy.graph
     opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
-    scalars = {init.name: numpy_helper.to_array(init) for init in graph.initializer
-               if int(np.prod(init.dims)) == 1 and init.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE)}
+    scalars = {
+        init.name: numpy_helper.to_array(init)
+        for init in graph.initializer
+        if int(np.prod(init.dims)) == 1 and init.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE)
+    }
     while _rewrite_once(graph, opset, scalars):  # a function of rewritten functions shows up in the next round
         pass
     return copy
@@ -58,9 +83,14 @@ def _rewrite_once(graph: onnx.GraphProto, opset: int, scalars: dict) -> bool:
             continue
         # the first (largest) function that is a known one; an affine map after an activation, say, is none,
         # but the activation before it is found from its own last node
-        region, canonical = next(((region, canonical) for region, x in _functions_ending_at(graph, root, scalars)
-                                  if (canonical := _identify(graph, region, x, root.output[0], opset)) is not None),
-                                 (None, None))
+        region, canonical = next(
+            (
+                (region, canonical)
+                for region, x in _functions_ending_at(graph, root, scalars)
+                if (canonical := _identify(graph, region, x, root.output[0], opset)) is not None
+            ),
+            (None, None),
+        )
         if canonical is None:
             continue
         done.update(out for node in region for out in node.output)
@@ -87,17 +117,26 @@ def _functions_ending_at(graph: onnx.GraphProto, root: onnx.NodeProto, scalars: 
         for node in region.values():
             for name in node.input:
                 producer = producers.get(name)
-                if (producer is not None and producer.output[0] not in grown and producer.op_type in ELEMENTWISE
-                        and len(producer.output) == 1 and name not in outputs
-                        and all(c in region for c in consumers.get(name, []))):
+                if (
+                    producer is not None
+                    and producer.output[0] not in grown
+                    and producer.op_type in ELEMENTWISE
+                    and len(producer.output) == 1
+                    and name not in outputs
+                    and all(c in region for c in consumers.get(name, []))
+                ):
                     grown[producer.output[0]] = producer
         if len(grown) == len(region):
             break
         region = grown
     found = []
     for level in reversed(levels[1:]):  # one operator is canonical as it is
-        external = {name for node in level.values() for name in node.input
-                    if name and name not in scalars and (name not in producers or producers[name].output[0] not in level)}
+        external = {
+            name
+            for node in level.values()
+            for name in node.input
+            if name and name not in scalars and (name not in producers or producers[name].output[0] not in level)
+        }
         if len(external) == 1:
             found.append(([node for node in graph.node if node.output[0] in level], external.pop()))
     return found
@@ -111,8 +150,11 @@ def _identify(graph: onnx.GraphProto, region: list[onnx.NodeProto], x: str, y: s
     name = f"{y}_canonical"
     with np.errstate(over="ignore"):  # exp(-x) overflows to inf at the grid's ends: sigmoid is 0 there
         for make, function, min_opset in _candidates(values):
-            if make is not None and opset >= min_opset and np.allclose(values, function(GRID.astype(np.float64)),
-                                                                       rtol=_RTOL, atol=_ATOL):
+            if (
+                make is not None
+                and opset >= min_opset
+                and np.allclose(values, function(GRID.astype(np.float64)), rtol=_RTOL, atol=_ATOL)
+            ):
                 return make(x, y, name, opset)
     return None
 
@@ -139,24 +181,30 @@ def _candidates(values: np.ndarray):
     def hard_swish(x, y, name, opset):
         if opset >= 14:
             return [helper.make_node("HardSwish", [x], [y], name=name)]
-        return [helper.make_node("HardSigmoid", [x], [f"{name}_gate"], name=f"{name}_gate", alpha=1 / 6, beta=0.5),
-                helper.make_node("Mul", [x, f"{name}_gate"], [y], name=name)]
+        return [
+            helper.make_node("HardSigmoid", [x], [f"{name}_gate"], name=f"{name}_gate", alpha=1 / 6, beta=0.5),
+            helper.make_node("Mul", [x, f"{name}_gate"], [y], name=name),
+        ]
 
     def silu(x, y, name, _):
-        return [helper.make_node("Sigmoid", [x], [f"{name}_gate"], name=f"{name}_gate"),
-                helper.make_node("Mul", [x, f"{name}_gate"], [y], name=name)]
+        return [
+            helper.make_node("Sigmoid", [x], [f"{name}_gate"], name=f"{name}_gate"),
+            helper.make_node("Mul", [x, f"{name}_gate"], [y], name=name),
+        ]
 
     return [
         (hard_swish, lambda v: v * hard_sigmoid(v, 1 / 6, 0.5), 1),
-        (node("HardSigmoid", alpha=alpha_hs, beta=beta_hs) if hard_sigmoid_ok else None,
-         lambda v: hard_sigmoid(v, alpha_hs, beta_hs), 1),
+        (
+            node("HardSigmoid", alpha=alpha_hs, beta=beta_hs) if hard_sigmoid_ok else None,
+            lambda v: hard_sigmoid(v, alpha_hs, beta_hs),
+            1,
+        ),
         (node("Sigmoid"), sigmoid, 1),
         (silu, lambda v: v * sigmoid(v), 1),
         (node("Tanh"), np.tanh, 1),
         (node("LeakyRelu", alpha=alpha_lr) if leaky_ok else None, lambda v: np.where(v >= 0, v, alpha_lr * v), 1),
         (node("Mish"), lambda v: v * np.tanh(np.logaddexp(0, v)), 18),
-        (node("Gelu", approximate="tanh"),
-         lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))), 20),
+        (node("Gelu", approximate="tanh"), lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))), 20),
     ]
 
 
@@ -164,12 +212,18 @@ def _evaluate(graph: onnx.GraphProto, region: list[onnx.NodeProto], x: str, y: s
     """The region's output for x = GRID (a 1-D tensor: scalar constants broadcast onto it)."""
     used = {name for node in region for name in node.input}
     inits = [init for init in graph.initializer if init.name in used]
-    probe = helper.make_graph(region, "function", [helper.make_tensor_value_info(x, TensorProto.FLOAT, [len(GRID)])],
-                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], inits)
+    probe = helper.make_graph(
+        region,
+        "function",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [len(GRID)])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
+        inits,
+    )
     try:
         with np.errstate(all="ignore"):
             (result,) = ReferenceEvaluator(helper.make_model(probe, opset_imports=[helper.make_opsetid("", 21)])).run(
-                None, {x: GRID})
+                None, {x: GRID}
+            )
     except Exception:  # noqa: BLE001 - a region the evaluator cannot run is no function we know
         return None
     result = np.asarray(result, np.float64)

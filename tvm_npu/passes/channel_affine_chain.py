@@ -83,8 +83,11 @@ def _channel_affine(add, mutator) -> tuple | None:
     if not isinstance(data, relax.Var) or not isinstance(factor, tvm.ir.expr.Constant):
         return None
     channels = int(add.ty.shape[1])
-    return (data, np.broadcast_to(factor.value.numpy().astype(np.float64).reshape(-1), (channels,)),
-            np.broadcast_to(add.args[1].value.numpy().astype(np.float64).reshape(-1), (channels,)))
+    return (
+        data,
+        np.broadcast_to(factor.value.numpy().astype(np.float64).reshape(-1), (channels,)),
+        np.broadcast_to(add.args[1].value.numpy().astype(np.float64).reshape(-1), (channels,)),
+    )
 
 
 channel_affine_chain = relax_pass(_ChannelAffineChain, "ChannelAffineChain")

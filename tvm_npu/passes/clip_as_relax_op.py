@@ -40,7 +40,7 @@ class _ClipAsRelaxOp(relax.PyExprMutator):
         return relax.op.clip(x, lo, hi)
 
     def _clip_side(self, call) -> str | None:
-        """"max" / "min" for a call_tir of an elementwise maximum/minimum with a scalar second operand."""
+        """ "max" / "min" for a call_tir of an elementwise maximum/minimum with a scalar second operand."""
         if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], relax.GlobalVar):
             return None
         args = call.args[1]

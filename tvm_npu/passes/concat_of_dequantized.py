@@ -23,8 +23,11 @@ class _ConcatOfDequantized(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
         graph = DataflowGraph(mod["main"])
-        self.quantized = {graph.values[var] for var in graph.values
-                          if any(op_name(graph.values[user]) == "relax.quantize" for user in graph.users.get(var, []))}
+        self.quantized = {
+            graph.values[var]
+            for var in graph.values
+            if any(op_name(graph.values[user]) == "relax.quantize" for user in graph.users.get(var, []))
+        }
 
     def visit_call_(self, call):
         quantized = any(call.same_as(v) for v in self.quantized)
@@ -41,16 +44,23 @@ class _ConcatOfDequantized(relax.PyExprMutator):
         for source in sources:
             part, zero_point = source.args[0], source.args[2].value.numpy().astype(np.int64).reshape(-1)
             if str(part.ty.dtype) != dtype:  # uint8 among int8 parts: v - 128 with zero point z - 128, exactly
-                part = self.builder_.emit(relax.op.astype(relax.op.subtract(
-                    relax.op.astype(part, "int16"), relax.const(128, "int16")), "int8"), "signed")
+                part = self.builder_.emit(
+                    relax.op.astype(relax.op.subtract(relax.op.astype(part, "int16"), relax.const(128, "int16")), "int8"),
+                    "signed",
+                )
                 zero_point = zero_point - 128
             channels = int(part.ty.shape[axis])
             parts.append(part)
             scales.append(np.broadcast_to(source.args[1].value.numpy().reshape(-1), (channels,)))
             zero_points.append(np.broadcast_to(zero_point, (channels,)))
         integers = self.builder_.emit(relax.op.concat(parts, axis), "concatenated")
-        return relax.op.dequantize(integers, relax.const(np.concatenate(scales), "float32"),
-                                   relax.const(np.concatenate(zero_points).astype(dtype), dtype), axis=axis, out_dtype="float32")
+        return relax.op.dequantize(
+            integers,
+            relax.const(np.concatenate(scales), "float32"),
+            relax.const(np.concatenate(zero_points).astype(dtype), dtype),
+            axis=axis,
+            out_dtype="float32",
+        )
 
 
 concat_of_dequantized = relax_pass(_ConcatOfDequantized, "ConcatOfDequantized")

@@ -59,9 +59,14 @@ def _next_channel_affine(graph: onnx.GraphProto, inits: dict) -> tuple | None:
     producers = {out: node for node in graph.node for out in node.output}
     for node in graph.node:
         conv = producers.get(_data_input(node, inits))
-        if (conv is None or conv.op_type not in _OUTPUT_CHANNEL_AXIS or len(consumers.get(conv.output[0], [])) != 1
-                or conv.input[1] not in inits or len(consumers.get(conv.input[1], [])) != 1
-                or len([o for o in node.output if o]) != 1):
+        if (
+            conv is None
+            or conv.op_type not in _OUTPUT_CHANNEL_AXIS
+            or len(consumers.get(conv.output[0], [])) != 1
+            or conv.input[1] not in inits
+            or len(consumers.get(conv.input[1], [])) != 1
+            or len([o for o in node.output if o]) != 1
+        ):
             continue
         if conv.op_type == "ConvTranspose" and any(a.name == "group" and a.i != 1 for a in conv.attribute):
             continue  # a grouped ConvTranspose's weight axis 1 holds only one group's output channels

@@ -31,16 +31,22 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     kept_nodes = []
     for node in graph.node:
         operands = [name for name in node.input if name]
-        if node.op_type in _KEPT or not all(name in values for name in operands) or node.attribute and any(
-            a.type == onnx.AttributeProto.GRAPH for a in node.attribute
+        if (
+            node.op_type in _KEPT
+            or not all(name in values for name in operands)
+            or node.attribute
+            and any(a.type == onnx.AttributeProto.GRAPH for a in node.attribute)
         ):
             kept_nodes.append(node)
             continue
         single = onnx.helper.make_model(
             onnx.helper.make_graph(
-                [node], "fold",
-                [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(values[n].dtype), values[n].shape)
-                 for n in dict.fromkeys(operands)],
+                [node],
+                "fold",
+                [
+                    onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(values[n].dtype), values[n].shape)
+                    for n in dict.fromkeys(operands)
+                ],
                 [onnx.helper.make_empty_tensor_value_info(n) for n in node.output if n],
             ),
             opset_imports=opsets,

@@ -39,8 +39,9 @@ _BINARY = ("Mul", "Add")
 _UNARY = (*ACTIVATIONS, "Softmax")  # input and output quantized
 
 
-def quantize_activations(qdq: onnx.ModelProto, float_model: onnx.ModelProto,
-                         samples: Sequence[dict[str, np.ndarray]]) -> onnx.ModelProto:
+def quantize_activations(
+    qdq: onnx.ModelProto, float_model: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]]
+) -> onnx.ModelProto:
     model = copy_model(qdq)
     graph = model.graph
     wanted = list(dict.fromkeys(_tensors_to_quantize(graph)))
@@ -117,8 +118,9 @@ def _read_through(graph: onnx.GraphProto, name: str, quantize: onnx.NodeProto) -
     dequantized = f"{name}_npu_dequantized"
     if not any(name in node.input for node in graph.node if node.op_type != "QuantizeLinear"):
         return  # every consumer quantizes it already
-    dq = helper.make_node("DequantizeLinear", [quantize.output[0], *quantize.input[1:3]], [dequantized],
-                          name=f"{name}_npu_dequantize")
+    dq = helper.make_node(
+        "DequantizeLinear", [quantize.output[0], *quantize.input[1:3]], [dequantized], name=f"{name}_npu_dequantize"
+    )
     _redirect(graph, name, dequantized, skip={"QuantizeLinear"})
     graph.node.insert(list(graph.node).index(quantize) + 1, dq)
 
@@ -127,8 +129,12 @@ def _insert_pair(graph: onnx.GraphProto, name: str, scale: float, zero_point: in
     """QuantizeLinear -> DequantizeLinear on `name`: the dequantized tensor takes its name (so a graph
     output ends quantized too) and its producer writes `name`_npu_float; a graph input is read through the pair."""
     prefix = f"{name}_npu"
-    graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}_scale"),
-                              numpy_helper.from_array(np.array(zero_point, np.uint8), f"{prefix}_zero_point")])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}_scale"),
+            numpy_helper.from_array(np.array(zero_point, np.uint8), f"{prefix}_zero_point"),
+        ]
+    )
     producer = next((i for i, node in enumerate(graph.node) if name in node.output), None)
     if producer is None:
         source, result = name, f"{prefix}_dequantized"
@@ -137,10 +143,15 @@ def _insert_pair(graph: onnx.GraphProto, name: str, scale: float, zero_point: in
         source, result = f"{prefix}_float", name
         outputs = graph.node[producer].output
         outputs[list(outputs).index(name)] = source
-    quantize = helper.make_node("QuantizeLinear", [source, f"{prefix}_scale", f"{prefix}_zero_point"], [f"{prefix}_quantized"],
-                                name=f"{prefix}_quantize")
-    dequantize = helper.make_node("DequantizeLinear", [f"{prefix}_quantized", f"{prefix}_scale", f"{prefix}_zero_point"],
-                                  [result], name=f"{prefix}_dequantize")
+    quantize = helper.make_node(
+        "QuantizeLinear", [source, f"{prefix}_scale", f"{prefix}_zero_point"], [f"{prefix}_quantized"], name=f"{prefix}_quantize"
+    )
+    dequantize = helper.make_node(
+        "DequantizeLinear",
+        [f"{prefix}_quantized", f"{prefix}_scale", f"{prefix}_zero_point"],
+        [result],
+        name=f"{prefix}_dequantize",
+    )
     at = -1 if producer is None else producer
     graph.node.insert(at + 1, quantize)
     graph.node.insert(at + 2, dequantize)

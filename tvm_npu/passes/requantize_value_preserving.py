@@ -17,8 +17,16 @@ from .common import DataflowGraph, per_tensor_dequantize, relax_pass
 # pure copy (npu.concat); differently quantized inputs have no exact common grid, so only the model's
 # own QuantizeLinear gives npu.concat one.
 _VALUE_PRESERVING = {
-    "relax.nn.max_pool2d", "relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
-    "relax.flatten", "relax.concat", "relax.split", "relax.strided_slice", "relax.nn.pad",
+    "relax.nn.max_pool2d",
+    "relax.reshape",
+    "relax.permute_dims",
+    "relax.squeeze",
+    "relax.expand_dims",
+    "relax.flatten",
+    "relax.concat",
+    "relax.split",
+    "relax.strided_slice",
+    "relax.nn.pad",
 }
 
 
@@ -57,8 +65,10 @@ class _RequantizeValuePreserving(relax.PyExprMutator):
             return call
         dq = sources[0]
         out = self.builder_.emit(call, "preserved")
-        q = self.builder_.emit(relax.op.quantize(out, dq.args[1], dq.args[2], axis=int(dq.attrs.axis),
-                                                 out_dtype=str(dq.args[0].ty.dtype)), "requantized")
+        q = self.builder_.emit(
+            relax.op.quantize(out, dq.args[1], dq.args[2], axis=int(dq.attrs.axis), out_dtype=str(dq.args[0].ty.dtype)),
+            "requantized",
+        )
         return relax.op.dequantize(q, dq.args[1], dq.args[2], axis=int(dq.attrs.axis), out_dtype="float32")
 
     def _identity_requantize(self, call):
@@ -69,9 +79,11 @@ class _RequantizeValuePreserving(relax.PyExprMutator):
             return call
         if not all(isinstance(a, tvm.ir.expr.Constant) and a.value.numpy().size == 1 for a in call.args[1:3]):
             return call
-        same = (float(call.args[1].value.numpy()) == float(source.args[1].value.numpy())
-                and int(call.args[2].value.numpy()) == int(source.args[2].value.numpy())
-                and str(call.attrs.out_dtype) == str(source.args[0].ty.dtype))
+        same = (
+            float(call.args[1].value.numpy()) == float(source.args[1].value.numpy())
+            and int(call.args[2].value.numpy()) == int(source.args[2].value.numpy())
+            and str(call.attrs.out_dtype) == str(source.args[0].ty.dtype)
+        )
         return source.args[0] if same else call
 
     def _source(self, arg):
@@ -91,8 +103,12 @@ def _shuffle_interiors(graph: DataflowGraph) -> set:
         if op_name(value) != "relax.permute_dims" or not isinstance(value.args[0], relax.Var):
             continue
         before, users = value.args[0], graph.users.get(var, [])
-        if op_name(graph.values.get(before)) == "relax.reshape" and len(graph.users.get(before, [])) == 1 \
-                and len(users) == 1 and op_name(graph.values[users[0]]) == "relax.reshape":
+        if (
+            op_name(graph.values.get(before)) == "relax.reshape"
+            and len(graph.users.get(before, [])) == 1
+            and len(users) == 1
+            and op_name(graph.values[users[0]]) == "relax.reshape"
+        ):
             interior |= {before, var}
     return interior
 

@@ -24,7 +24,7 @@ class _SplitAsSlices(relax.PyExprMutator):
         x = split.args[0]
         axis = int(split.attrs.axis) % len(x.ty.shape)
         extents = [int(part.shape[axis]) for part in split.ty.fields]
-        start = sum(extents[:op.index])
+        start = sum(extents[: op.index])
         return relax.op.strided_slice(x, [axis], [start], [start + extents[op.index]], [1])  # strides: the importer's form
 
 
