@@ -46,7 +46,7 @@ CASES = [
     Case("random-bytes-model", "compile {M}/random.onnx", "not a valid ONNX model", "re-export"),
     Case("truncated-model", "compile {M}/truncated.onnx", "not a valid ONNX model", "re-export"),
     Case("package-as-model", "compile {V}", "not a valid ONNX model", "re-export"),
-    Case("model-is-a-folder", "compile {M}/folder.onnx", "is not a regular file", "the .onnx file itself"),
+    Case("model-is-a-folder", "compile {M}/folder.onnx", "is not a regular file", "the .onnx or .tflite file itself"),
     Case("missing-model", "compile {M}/absent.onnx", "does not exist", "check the path"),
     Case("no-graph", "compile {M}/no_graph.onnx", "holds no ONNX graph", "re-export"),
     Case("unknown-opset", "compile {M}/unknown_opset.onnx", "declares ONNX opset 999", "re-export it with opset"),

@@ -19,7 +19,8 @@ from tvm_npu.cli import main
 from tvm_npu.frontend import import_onnx, load_onnx
 from tvm_npu.package import read_package
 from tvm_npu.partition import partition
-from tvm_npu.report import mac_share, measured_host_time, summary_text
+from tvm_npu.registry import kernels
+from tvm_npu.report import cpu_operator_counts, mac_share, measured_host_time, summary_text
 from tvm_npu.runtime import host_mismatch
 from test_int8_end_to_end import make_small_cnn
 
@@ -32,13 +33,15 @@ def cnn_package(tmp_path_factory):
 
 def test_metadata_holds_plan_and_estimates(cnn_package):
     extra = cnn_package.metadata.extra
-    # every kind is SRAM-tiled but npu.move (the flatten before the classifier), a DRAM-to-DRAM DMA copy
-    npu = [layer for layer in extra["layers"] if layer["placement"] == "npu" and layer["kernel"] != "npu.move"]
+    # every kind is SRAM-tiled but those without a schedule (the flatten's npu.move, a DRAM-to-DRAM DMA copy;
+    # the classifier's npu.softmax)
+    untiled = {kernel.name for kernel in kernels() if kernel.schedule is None}
+    npu = [layer for layer in extra["layers"] if layer["placement"] == "npu" and layer["kernel"] not in untiled]
     assert {layer["kernel"] for layer in npu} >= {"npu.conv2d", "npu.pool", "npu.elementwise"}
     assert all(layer["tiles"] and layer["sram_proven"] == layer["sram_planned"] for layer in npu)
     perf = extra["performance"]
     assert len(perf["layers"]) == len(extra["layers"])
-    assert {row["kernel"] for row in perf["layers"] if row["tiles"] == "not tiled"} <= {"npu.move"}
+    assert {row["kernel"] for row in perf["layers"] if row["tiles"] == "not tiled"} <= untiled
     for row in perf["layers"]:
         assert row["cycles"] >= row["roofline_cycles"] - 1e-9
     summary = perf["summary"]
@@ -132,8 +135,19 @@ def test_summary_says_what_runs_where(cnn_package, tmp_path):
     assert host["total_ms"] > 0 and abs(host["cpu_share"] + host["npu_share"] + host["vm_share"] - 1) < 1e-9
     text = summary_text(metadata, host)
     assert f"Conv/gemm MACs on the NPU    {math.floor(1000 * share['npu_share']) / 10:.1f} %" in text
-    assert "(NPU part only; " in text  # the small CNN's softmax and Gemm stay on the CPU
+    assert ("(NPU part only; " in text) == (cpu_operator_counts(metadata)[0] > 0)
     assert "Host time per inference" in text and "CPU operators by host time" in text
+
+
+def test_npu_rate_is_labelled_the_npu_part_while_cpu_operators_remain(tmp_path):
+    """The small CNN compiled without quantization: every operator stays on the CPU, so the modelled rate
+    covers none of them and says so."""
+    fp32 = tvm_npu.compile(
+        make_small_cnn(tmp_path / "cnn.onnx"), output=tmp_path / "fp32.tar", target="npu/micro", quantize_model=False
+    )
+    count, _ = cpu_operator_counts(fp32.metadata)
+    assert count > 0
+    assert f"(NPU part only; {count} CPU operators not included)" in summary_text(fp32.metadata, "not measured")
 
 
 def test_host_time_is_not_measured_for_a_library_built_for_another_cpu(cnn_package):

@@ -26,7 +26,7 @@ from tvm_npu import registry, validate as validate_module
 from tvm_npu.errors import EXIT_BAD_INPUT, EXIT_COULD_NOT_VALIDATE, EXIT_OK, EXIT_VALIDATION_FAILED
 from tvm_npu.onnx_builder import saturating_conv
 from tvm_npu.runtime import make_inputs
-from tvm_npu.schedules import conv2d
+from tvm_npu import fixed_point
 from tvm_npu.validate import compare, probes, strip_qdq, validate
 from tvm_npu.zoo import default_model_path, light_model_path, randomize_weights
 
@@ -78,7 +78,7 @@ def break_conv_kernel(monkeypatch, weight_shape: tuple[int, ...] | None = None) 
     def compute(params, inputs):
         if weight_shape is None or tuple(params.consts[0].shape) == weight_shape:
             with monkeypatch.context() as patch:
-                patch.setattr(conv2d, "requantize_te", off_by_one_requantize)
+                patch.setattr(fixed_point, "requantize_te", off_by_one_requantize)  # conv2d's epilogue_te calls it
                 return conv.compute(params, inputs)
         return conv.compute(params, inputs)
 
@@ -195,10 +195,10 @@ def test_bundled_model_validates_on_cpu_and_says_why(tmp_path):
     assert report["device"] == "CPU" and report["properties"] == {"INFERENCE_PRECISION_HINT": "f32"}
     assert report["samples"] == 3 and report["tolerances"]["atol_steps"] == 2.0
     (probs,) = report["outputs"]
-    assert probs["criterion"] == "float tail" and probs["cosine"] > 0.999 and probs["top1_agreement"] == 1.0
-    # OpenVINO CPU computes the Gemm > Softmax tail 8e-4 off the ONNX evaluator's answer; ours is within 1e-7
-    assert probs["passed"] or report["third_opinion"]["findings"]["probs"] == "the reference is off"
-    assert report["local"] and all(check["passed"] for check in report["local"])
+    # the classifier's Softmax runs on the NPU (passes.quantize_activations): a quantized output, judged in steps
+    assert probs["criterion"] == "steps" and probs["cosine"] > 0.999 and probs["top1_agreement"] == 1.0
+    # the output agrees with OpenVINO in steps, so no local check is needed (they run for float tails and disputes)
+    assert probs["passed"] and report["local"] is None
     assert report["layers"] and report["first_divergent_layer"] is None
     print(f"TABLE default probs: cosine {probs['cosine']:.6f}, top-1 {probs['top1_agreement']:.0%}")
 
