@@ -117,7 +117,7 @@ def test_package_lists_buckets_and_report_shows_each(bucketed):
 
 
 @pytest.mark.parametrize("width, bucket", [(16, 0), (17, 1), (64, 2)])
-def test_bucket_boundary_matches_openvino_on_the_unpadded_input(bucketed, width, bucket):
+def test_bucket_boundary_matches_openvino_on_the_unpadded_input(bucketed, width, bucket, reference_isa):
     _, package = bucketed
     model = tvm_npu.load(package)
     view = model.view({"x": (1, 3, 8, width)})
@@ -126,11 +126,11 @@ def test_bucket_boundary_matches_openvino_on_the_unpadded_input(bucketed, width,
     assert samples[0]["width"].tolist() == [width]
     out = model.run(samples[0])["y"]
     assert out.shape == (1, 4, 4, (width + 1) // 2)  # cropped to what the model gives at this width
-    result = validate(view, samples, "CPU")
+    result = validate(view, samples, "CPU", reference_isa=reference_isa)
     assert result.passed, str(result)
 
 
-def test_padding_reaches_the_last_valid_column_of_an_unmasked_model(unmasked):
+def test_padding_reaches_the_last_valid_column_of_an_unmasked_model(unmasked, reference_isa):
     """Without the valid length, the padded columns' activations (ReLU of the bias, not the zeros of the second
     convolution's own padding) reach the last valid output column: validation says so, and only there."""
     _, package = unmasked
@@ -138,7 +138,7 @@ def test_padding_reaches_the_last_valid_column_of_an_unmasked_model(unmasked):
     for width, passes in ((16, True), (17, False)):
         view = model.view({"x": (1, 3, 8, width)})
         sample = make_inputs(view.inputs, "random", 0)
-        assert validate(view, [sample], "CPU").passed == passes
+        assert validate(view, [sample], "CPU", reference_isa=reference_isa).passed == passes
     core = ov.Core()
     reference = core.compile_model(core.read_model(view.onnx_bytes, b""), "CPU")(sample)[0]
     ours = model.run(sample)["y"]
